@@ -1,0 +1,26 @@
+# Two jobs for a fresh machine: `make demo` (the main job on the simulated head) and `make test`.
+# Each creates the virtual environment it needs on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/glass-inspect: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/glass-inspect
+	$(BIN)/glass-inspect demo --out demo
+
+test: $(BIN)/glass-inspect
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/glass-inspect
+	$(BIN)/python benchmarks/sim_render.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache

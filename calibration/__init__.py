@@ -1,0 +1,1 @@
+"""Field calibration of a head: dark frames, flat fields, LED balance, defective pixels."""

@@ -1,0 +1,238 @@
+"""``glass-inspect``: the one command-line entry point, with a subcommand per job.
+
+The CLI only parses arguments, calls the library and reports in words an operator understands;
+every error that the library raises for bad input (config, recording, arguments) becomes one
+message on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from edge import __version__, config
+
+log = logging.getLogger("glass-inspect")
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT -> (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1024x768, got {text!r}")
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"frame size must be even and at least 16x16, got {text}")
+    return h, w
+
+
+def _share(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return v
+
+
+def _write_previews(sample_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    from edge.preview import outlines_for, states_panel
+    from edge.recording import open_sample
+
+    rec = open_sample(sample_dir)
+    m = rec.manifest
+    truth = rec.truth()
+    out = out_dir or sample_dir / "preview"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in m.rois:
+        frames = rec.frames(entry.index)
+        outlines = (outlines_for(truth.defects, entry.origin_mm, m.mm_per_px, frames.shape[1:])
+                    if truth else [])
+        img = states_panel(frames, m.camera.bayer_pattern, (1 << m.camera.bit_depth) - 1,
+                           m.illumination_deg, outlines)
+        path = out / f"roi_{entry.index:02d}.png"
+        img.save(path)
+        written.append(path)
+    return written
+
+
+def _describe(sample) -> str:
+    counts = Counter(d.kind for d in sample.defects)
+    parts = [f"{counts.get(k, 0)} {k}{'es' if k == 'scratch' else 's'}"
+             for k in ("scratch", "dust", "stain", "fibre")]
+    return ", ".join(parts).replace("dusts", "dust specks")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from edge.recording import find_samples
+    from edge.sim import SimHead, generate_sample
+    from edge.sim.recorder import record_sample
+
+    if args.samples is None:
+        if not isinstance(args.preview, str):
+            raise UsageError("simulate: give --samples N --out DIR, or --preview DIR")
+        for sample_dir in find_samples(args.preview):
+            for p in _write_previews(sample_dir):
+                print(p)
+        return 0
+    if args.out is None:
+        raise UsageError("simulate: --samples needs --out DIR")
+    if isinstance(args.preview, str):
+        raise UsageError("simulate: with --samples, give --preview without a folder; "
+                         "the previews go into each sample's preview/ folder")
+    cfg = config.load(args.config)
+    head = SimHead(cfg, shape=args.size)
+    extent = cfg.stage.roi_grid.extent_mm
+    for k in range(args.samples):
+        sample = generate_sample(args.seed + k, extent, args.scratch_share)
+        path = record_sample(cfg, head, sample, args.out, progress=not args.quiet)
+        log.info("sample %s: %s -> %s", sample.sample_id, _describe(sample), path)
+        if args.preview:
+            for p in _write_previews(path):
+                log.info("  preview %s", p)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from edge.recording import find_samples
+
+    for sample_dir in find_samples(args.sample_dir):
+        out = Path(args.out) / sample_dir.name if args.out else None
+        for p in _write_previews(sample_dir, out):
+            print(p)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.sim import SimHead, generate_sample
+    from edge.sim.recorder import record_sample
+
+    cfg = config.load(args.config)
+    head = SimHead(cfg, shape=args.size)
+    out = Path(args.out)
+    log.info("head: %s (%s), %d RoIs of %s mm, %d x %d px frames, 6 illumination states",
+             cfg.name, cfg.source, cfg.stage.roi_grid.count, cfg.stage.roi_grid.size_mm,
+             head.shape[1], head.shape[0])
+    sample = generate_sample(args.seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
+    log.info("simulating sample %s: %s", sample.sample_id, _describe(sample))
+    sample_dir = out / sample.sample_id
+    if not (sample_dir / "manifest.json").exists():
+        record_sample(cfg, head, sample, out)
+    log.info("recorded sample: %s", sample_dir)
+    previews = _write_previews(sample_dir)
+    for s in sample.scratches:
+        x, y = s.points_mm[0]
+        log.info("  scratch from (%.1f, %.1f) mm, %.2f mm long, peak %.0f DN, %s profile",
+                 x, y, s.length_mm, s.intensity_dn, s.profile)
+    log.info("previews (6 states side by side, ground truth outlined): %s", previews[0].parent)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "default":
+        sys.stdout.write(config.default_text())
+        return 0
+    cfg = config.load(args.file)
+    if args.action == "check":
+        g = cfg.stage.roi_grid
+        print(f"{cfg.source}: valid head configuration '{cfg.name}'")
+        print(f"  camera {cfg.camera.width} x {cfg.camera.height} px, "
+              f"{cfg.camera.bit_depth}-bit {cfg.camera.bayer_pattern}, "
+              f"{cfg.mm_per_px[0] * 1000:.2f} x {cfg.mm_per_px[1] * 1000:.2f} um per pixel")
+        print(f"  {g.count} RoIs ({g.columns} x {g.rows}) of {g.size_mm[0]} x {g.size_mm[1]} mm, "
+              f"covering {g.extent_mm[0]:.1f} x {g.extent_mm[1]:.1f} mm")
+        print(f"  config sha256 {cfg.digest()}")
+    else:
+        import json
+
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="glass-inspect",
+        description="Dark-field scratch inspection of smartphone cover glass on an edge device.",
+        epilog="Run 'glass-inspect COMMAND --help' for the options of one command.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def head_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", metavar="HEAD.toml",
+                       help="head configuration file (default: the embedded simulated head)")
+
+    d = sub.add_parser("demo", help="simulate one scratched sample on the simulated head and "
+                                    "write previews of it",
+                       description="Simulate one sample with scratches on the simulated head, "
+                                   "record it, and write a preview PNG per RoI.")
+    head_option(d)
+    d.add_argument("--out", default="demo", metavar="DIR", help="where to write (default: demo)")
+    d.add_argument("--seed", type=int, default=7, help="sample seed (default: 7)")
+    d.add_argument("--size", type=_size, metavar="WxH", help="render smaller frames (tests)")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser(
+        "simulate", help="render random glass samples into recorded-sample folders",
+        description="Render random glass samples with the optics simulator and write them as "
+                    "recorded samples (manifest, one TIFF of 6 RAW frames per RoI, ground truth). "
+                    "With --preview DIR alone: write preview PNGs of recorded samples in DIR.")
+    head_option(s)
+    s.add_argument("--samples", type=int, metavar="N", help="number of samples to simulate")
+    s.add_argument("--out", metavar="DIR", help="folder to write the sample folders into")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the first sample; sample k uses seed+k (default: 0)")
+    s.add_argument("--scratch-share", type=_share, default=0.3, metavar="P",
+                   help="share of samples with scratches (default: 0.3, as in the glass paper)")
+    s.add_argument("--preview", nargs="?", const=True, default=False, metavar="DIR",
+                   help="with --samples: also write previews; alone: preview the recorded "
+                        "samples in DIR (each into its preview/ folder)")
+    s.add_argument("--size", type=_size, metavar="WxH",
+                   help="render smaller frames than the camera's (same pixel footprint)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_simulate)
+
+    v = sub.add_parser("preview", help="write preview PNGs of recorded samples",
+                       description="One PNG per RoI: the 6 states side by side, ground truth "
+                                   "outlined where the recording has it.")
+    v.add_argument("sample_dir", metavar="SAMPLE_DIR",
+                   help="a recorded sample folder, or a folder of them")
+    v.add_argument("--out", metavar="DIR", help="write here instead of SAMPLE_DIR/preview")
+    v.set_defaults(func=cmd_preview)
+
+    c = sub.add_parser("config", help="check, show or print the default head configuration",
+                       description="check: validate a head file and summarise it; show: print it "
+                                   "as validated JSON; default: print the embedded default TOML "
+                                   "(a starting point for a real head).")
+    c.add_argument("action", choices=("check", "show", "default"))
+    c.add_argument("file", nargs="?", metavar="HEAD.toml",
+                   help="head configuration (default: the embedded simulated head)")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.recording import RecordingError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    try:
+        return args.func(args)
+    except (config.ConfigError, RecordingError, UsageError) as exc:
+        print(f"glass-inspect {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"glass-inspect {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The head configuration: one TOML file, loaded and validated here and nowhere else.
+
+A head file describes the camera, the ring light, the stage and its RoI grid, the pipeline's
+thresholds, the inference engine, the calibration file and the link to the line controller.
+The simulated head ships inside the package (``default_head.toml``) and is what runs when no
+file is given.
+
+Every problem is reported as one :class:`ConfigError` that names the file and the dotted key,
+for all problems found at once, so a field engineer fixes the file in one pass.
+
+Choices written down here:
+
+* GPIO pins are physical pin numbers of the 40-pin header (what is printed on the carrier
+  board), not SoC line numbers; the Jetson pin factory maps them.
+* The RoI pitch is derived (``size - overlap``) rather than stored, so the two cannot disagree.
+* The pixel footprint on the sample is derived from the RoI size and the camera resolution per
+  axis (40 mm / 3504 px = 11.4 um, 35 mm / 3120 px = 11.2 um by default).
+* Relative paths (engine artifact, calibration file) are taken relative to the config file's
+  folder; for the embedded default, relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictFloat,
+    ValidationError,
+    model_validator,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
+
+DEFAULT_NAME = "<embedded default head>"
+
+# Power, ground and the fixed-function pins of the 40-pin header cannot drive an LED driver.
+_NOT_GPIO = {1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39}
+
+
+class ConfigError(ValueError):
+    """A head configuration that cannot be used; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+# TOML has arrays, not tuples: accept a 2-element array, its items still strictly numbers.
+Pair = Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]
+PositivePair = Annotated[
+    tuple[Annotated[StrictFloat, Field(gt=0)], Annotated[StrictFloat, Field(gt=0)]],
+    Field(strict=False),
+]
+HeaderPin = Annotated[int, Field(ge=1, le=40)]
+
+
+class Camera(_Section):
+    width: int = Field(ge=16, le=16384, multiple_of=2)
+    height: int = Field(ge=16, le=16384, multiple_of=2)
+    bit_depth: int = Field(ge=8, le=16)
+    bayer_pattern: Literal["GRBG", "RGGB", "GBRG", "BGGR"]
+    exposure_ms: float = Field(gt=0, le=10_000)
+    frame_time_ms: float = Field(gt=0, le=60_000)
+
+    @property
+    def max_dn(self) -> int:
+        return (1 << self.bit_depth) - 1
+
+    @model_validator(mode="after")
+    def _frame_holds_exposure(self) -> Camera:
+        if self.frame_time_ms < self.exposure_ms:
+            raise ValueError(
+                f"frame_time_ms ({self.frame_time_ms}) is shorter than exposure_ms "
+                f"({self.exposure_ms}); a frame cannot be exposed longer than it lasts"
+            )
+        return self
+
+
+class IlluminationState(_Section):
+    angle_deg: float = Field(ge=0, lt=180)
+    pin: HeaderPin
+
+
+class Illumination(_Section):
+    trigger_pin: HeaderPin
+    settle_ms: float = Field(ge=0, le=1000)
+    max_on_ms: float = Field(gt=0, le=10_000)
+    states: list[IlluminationState] = Field(min_length=6, max_length=6)
+
+    @property
+    def angles_deg(self) -> tuple[float, ...]:
+        return tuple(s.angle_deg for s in self.states)
+
+    @model_validator(mode="after")
+    def _pins_and_angles(self) -> Illumination:
+        pins = [s.pin for s in self.states] + [self.trigger_pin]
+        bad = sorted({p for p in pins if p in _NOT_GPIO})
+        if bad:
+            raise ValueError(f"header pins {bad} are power, ground or fixed-function, not GPIO")
+        if len(set(pins)) != len(pins):
+            raise ValueError(f"each LED group and the trigger need their own pin, got {pins}")
+        angles = self.angles_deg
+        if len(set(angles)) != len(angles):
+            raise ValueError(f"the 6 states need 6 different angles, got {list(angles)}")
+        return self
+
+
+class RoiGrid(_Section):
+    origin_mm: Pair
+    size_mm: PositivePair
+    overlap_mm: float = Field(ge=0)
+    columns: int = Field(ge=1, le=100)
+    rows: int = Field(ge=1, le=100)
+
+    @property
+    def pitch_mm(self) -> tuple[float, float]:
+        return (self.size_mm[0] - self.overlap_mm, self.size_mm[1] - self.overlap_mm)
+
+    @property
+    def count(self) -> int:
+        return self.columns * self.rows
+
+    def roi_origin_mm(self, index: int) -> tuple[float, float]:
+        """Sample coordinates of RoI ``index``'s top-left corner; row-major, serpentine-free."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"RoI {index} outside the grid of {self.count}")
+        row, col = divmod(index, self.columns)
+        return (col * self.pitch_mm[0], row * self.pitch_mm[1])
+
+    @property
+    def extent_mm(self) -> tuple[float, float]:
+        """Width and height of the sample area the grid covers."""
+        return (
+            self.size_mm[0] + (self.columns - 1) * self.pitch_mm[0],
+            self.size_mm[1] + (self.rows - 1) * self.pitch_mm[1],
+        )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RoiGrid:
+        if self.overlap_mm >= min(self.size_mm):
+            raise ValueError(
+                f"overlap_mm ({self.overlap_mm}) must be smaller than the RoI size {self.size_mm}"
+            )
+        return self
+
+
+class Limits(_Section):
+    x: Pair
+    y: Pair
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Limits:
+        for axis, (lo, hi) in (("x", self.x), ("y", self.y)):
+            if lo >= hi:
+                raise ValueError(f"{axis} limits must be [min, max] with min < max, got {[lo, hi]}")
+        return self
+
+
+_BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 460800, 921600, 1000000)
+
+
+class Stage(_Section):
+    port: str = Field(min_length=1)
+    baud: Literal[_BAUDS]  # type: ignore[valid-type]
+    feed_mm_min: float = Field(gt=0, le=50_000)
+    soft_limits_mm: Limits
+    roi_grid: RoiGrid
+
+    @model_validator(mode="after")
+    def _grid_inside_limits(self) -> Stage:
+        g, lim = self.roi_grid, self.soft_limits_mm
+        last = g.roi_origin_mm(g.count - 1)
+        for axis, k, span in (("x", 0, lim.x), ("y", 1, lim.y)):
+            lo, hi = g.origin_mm[k], g.origin_mm[k] + last[k]
+            if lo < span[0] or hi > span[1]:
+                raise ValueError(
+                    f"the RoI grid needs stage {axis} from {lo} to {hi} mm, outside the soft "
+                    f"limits {list(span)}"
+                )
+        return self
+
+
+class Pipeline(_Section):
+    tile_size: int = Field(ge=32, le=4096, multiple_of=32)
+    tile_overlap: int = Field(ge=0)
+    t_low: float = Field(ge=-1, le=1)
+    t_high: float = Field(ge=-1, le=1)
+    dbscan_eps: float = Field(gt=0)
+    dbscan_min_samples: int = Field(ge=1)
+    downscale: int = Field(ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Pipeline:
+        if self.tile_overlap >= self.tile_size // 2:
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be below half the tile_size "
+                f"({self.tile_size})"
+            )
+        if self.t_low > self.t_high:
+            raise ValueError(f"t_low ({self.t_low}) must not exceed t_high ({self.t_high})")
+        return self
+
+
+class Engine(_Section):
+    artifact: str = Field(min_length=1)
+    backend: Literal["auto", "onnxruntime", "tensorrt"]
+    threads: int = Field(ge=1, le=256)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=256)]] = Field(min_length=1)
+
+
+class Calibration(_Section):
+    file: str
+
+
+class VerdictLink(_Section):
+    port: str = Field(min_length=1)
+    baud: Literal[_BAUDS]  # type: ignore[valid-type]
+
+
+class ChannelGain(_Section):
+    R: PositiveFloat
+    G: PositiveFloat
+    B: PositiveFloat
+
+
+class Simulation(_Section):
+    """Parameters of the simulated head (sensor and ring light); a real head has none."""
+
+    head_seed: int = Field(ge=0)
+    dark_offset_dn: float = Field(ge=0)
+    read_noise_dn: float = Field(ge=0)
+    conversion_gain_dn_per_e: float = Field(gt=0)
+    hot_pixel_fraction: float = Field(ge=0, le=0.01)
+    background_dn: float = Field(ge=0)
+    channel_gain: ChannelGain
+    field_vignetting: float = Field(ge=0, lt=1)
+    field_tilt: float = Field(ge=0, lt=1)
+    led_balance: float = Field(ge=0, lt=1)
+
+
+class HeadConfig(_Section):
+    name: str = Field(min_length=1)
+    camera: Camera
+    illumination: Illumination
+    stage: Stage
+    pipeline: Pipeline
+    engine: Engine
+    calibration: Calibration
+    verdict_link: VerdictLink
+    simulation: Simulation | None = None
+
+    # Where the file came from: relative paths resolve against it. Not part of the head.
+    _source: str = PrivateAttr(default=DEFAULT_NAME)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        return Path.cwd() if self.source == DEFAULT_NAME else Path(self.source).parent
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def mm_per_px(self) -> tuple[float, float]:
+        """Footprint of one sensor pixel on the sample, x and y."""
+        w, h = self.stage.roi_grid.size_mm
+        return (w / self.camera.width, h / self.camera.height)
+
+    def digest(self) -> str:
+        """SHA-256 of the head's content (not of the file's formatting or location)."""
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (not part of a head configuration; check its spelling)"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and kind != "value_error" and not isinstance(err["input"], dict):
+        return f"{key}: {msg} (got {err['input']!r})"
+    return f"{key}: {msg}"
+
+
+def parse(data: dict, source: str = DEFAULT_NAME) -> HeadConfig:
+    """Validate an already-parsed TOML mapping; ``source`` names it in errors."""
+    try:
+        cfg = HeadConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        head = f"invalid head configuration {source}"
+        raise ConfigError(head + ":\n  " + "\n  ".join(problems)) from None
+    cfg._source = source
+    return cfg
+
+
+def load(path: str | Path | None = None) -> HeadConfig:
+    """Load and validate a head file; ``None`` gives the embedded simulated head."""
+    if path is None:
+        text = resources.files("edge").joinpath("default_head.toml").read_text()
+        source = DEFAULT_NAME
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"head configuration {source} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read head configuration {source}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"head configuration {source} is not valid TOML: {exc}") from None
+    return parse(data, source)
+
+
+def default_text() -> str:
+    """The embedded default file, as a starting point for a real head."""
+    return resources.files("edge").joinpath("default_head.toml").read_text()

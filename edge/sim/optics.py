@@ -1,0 +1,361 @@
+"""Dark-field optics and sensor: renders a :class:`~edge.sim.sample.Sample` into RAW frames.
+
+The model follows the glass paper (sections 3-4) and its Fig. 3:
+
+* Clean glass is almost black: a faint haze (``background_dn``) plus the sensor's dark level.
+* A scratch scatters directionally. Its signal under a state lit from azimuth ``theta`` follows
+  the angle ``delta`` between ``theta`` and the scratch's local normal (the direction across it),
+  modulo 180 degrees because each state lights an opposite facet pair:
+  ``R = b + (1 - b) * exp(-delta**2 / (2 * s**2))`` with a sharp peak (``s`` 8-14 degrees) and a
+  small floor ``b`` (2-6 %). Curved scratches change their normal, and so their brightest state,
+  along the length. "Rugged" scratches add one or two secondary lobes 25-75 degrees away, a higher
+  floor, and lobe weights that drift along the length: a less regular response.
+* Dust scatters isotropically (+-5 % between states) and is often brighter than full scale; stains
+  are diffuse blobs built from several Gaussians with a weak ``cos 2(theta - psi)`` modulation
+  (5-25 %); fibres are thick curved threads, isotropic (+-6 %).
+* Each LED group lights the RoI unevenly: a radial fall-off whose centre is off-axis, a tilt
+  along the group's azimuth (the two facets of a pair differ), and a brightness of its own (LED
+  balance). These belong to the head (fixed by ``head_seed``), not to the sample: calibration
+  measures them with flat fields.
+* The sensor: Bayer colour gain per channel (white LEDs through an RGB filter array), shot noise
+  (variance = signal x conversion gain), Gaussian read noise, a dark offset, hot pixels at fixed
+  places with a level that scales with exposure, 12-bit quantisation with clipping (saturation).
+
+Signals are defined at a reference exposure of 20 ms and scale linearly with the configured one.
+
+Speed: the scene (defects) is rasterised sparsely into float32 layers, one per state, touching
+only the pixels near a defect and marking 16 x 16 blocks as occupied; the sensor pass then walks
+every pixel once, reads the layers only in occupied blocks, and draws its noise from a
+counter-based hash (splitmix64 of the pixel index and a per-frame key) through a 65536-entry
+inverse-normal table, so frames are the same whatever the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
+
+import numba as nb
+import numpy as np
+
+from edge.config import HeadConfig
+from edge.sim.sample import Defect, Sample
+
+REFERENCE_EXPOSURE_MS = 20.0
+BLOCK_SHIFT = 4  # occupancy blocks of 16 x 16 px
+N_STATES = 6
+MASK_ENVELOPE = 0.25  # faded ends of a scratch below this share of its brightness are not labelled
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@lru_cache(maxsize=1)
+def _normal_table() -> np.ndarray:
+    nd = NormalDist()
+    return np.array([nd.inv_cdf((i + 0.5) / 65536) for i in range(65536)], dtype=np.float32)
+
+
+@nb.njit(inline="always")
+def _splitmix(z):
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True)
+def _draw_polyline(scene, occ, mask, verts, amp, env, sigma, mask_r):
+    """Add a line of Gaussian cross-section ``sigma`` (px) along ``verts`` (V x 2, x/y px).
+
+    ``amp`` (V x S) is the per-state peak at each vertex, interpolated along each segment. A
+    pixel belongs to the segment it projects onto, so joints are neither doubled nor dropped.
+    Where ``mask_r`` > 0, pixels within ``mask_r`` of the centre line are set in ``mask``.
+    """
+    n_states, h, w = scene.shape
+    reach = 3.5 * sigma + 1.0
+    n = verts.shape[0]
+    for i in range(n - 1):
+        ax, ay = verts[i, 0], verts[i, 1]
+        dx, dy = verts[i + 1, 0] - ax, verts[i + 1, 1] - ay
+        seg = math.sqrt(dx * dx + dy * dy)
+        if seg < 1e-9:
+            continue
+        ux, uy = dx / seg, dy / seg
+        last = i == n - 2
+        c0 = max(0, int(math.floor(min(ax, ax + dx) - reach)))
+        c1 = min(w - 1, int(math.ceil(max(ax, ax + dx) + reach)))
+        r0 = max(0, int(math.floor(min(ay, ay + dy) - reach)))
+        r1 = min(h - 1, int(math.ceil(max(ay, ay + dy) + reach)))
+        for r in range(r0, r1 + 1):
+            py = r - ay
+            for c in range(c0, c1 + 1):
+                px = c - ax
+                t = px * ux + py * uy
+                if t < 0.0 or t > seg or (t == seg and not last):
+                    continue
+                d = abs(px * uy - py * ux)
+                if d > reach:
+                    continue
+                wgt = math.exp(-0.5 * (d / sigma) ** 2)
+                f = t / seg
+                for s in range(n_states):
+                    scene[s, r, c] += wgt * ((1.0 - f) * amp[i, s] + f * amp[i + 1, s])
+                occ[r >> BLOCK_SHIFT, c >> BLOCK_SHIFT] = 1
+                if d <= mask_r and (1.0 - f) * env[i] + f * env[i + 1] >= MASK_ENVELOPE:
+                    mask[r, c] = True
+
+
+@nb.njit(cache=True)
+def _draw_blob(scene, occ, cx, cy, sigma, amp):
+    """Add an isotropic Gaussian spot centred at (cx, cy) px with per-state peaks ``amp``."""
+    n_states, h, w = scene.shape
+    reach = 4.0 * sigma + 1.0
+    c0, c1 = max(0, int(math.floor(cx - reach))), min(w - 1, int(math.ceil(cx + reach)))
+    r0, r1 = max(0, int(math.floor(cy - reach))), min(h - 1, int(math.ceil(cy + reach)))
+    k = -0.5 / (sigma * sigma)
+    for r in range(r0, r1 + 1):
+        dy2 = (r - cy) ** 2
+        for c in range(c0, c1 + 1):
+            wgt = math.exp(k * ((c - cx) ** 2 + dy2))
+            for s in range(n_states):
+                scene[s, r, c] += wgt * amp[s]
+            occ[r >> BLOCK_SHIFT, c >> BLOCK_SHIFT] = 1
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
+def _expose(out, scene, occ, lit, field, chan, background, dark, read_var, shot_k, key, table,
+            max_dn):
+    """One RAW frame: light the scene with the states in ``lit`` and read it out.
+
+    ``lit`` holds the indexes of the lit states; ``field[s]`` is (brightness, cx, cy, fall-off,
+    tilt x, tilt y) of state ``s``'s illumination field over normalised coordinates [-1, 1].
+    """
+    h, w = out.shape
+    wu = np.uint64(w)
+    for r in nb.prange(h):
+        yn = 2.0 * (r + 0.5) / h - 1.0
+        row_key = key + np.uint64(r) * wu
+        for c in range(w):
+            xn = 2.0 * (c + 0.5) / w - 1.0
+            busy = occ[r >> BLOCK_SHIFT, c >> BLOCK_SHIFT] != 0
+            sig = 0.0
+            for j in range(lit.shape[0]):
+                s = lit[j]
+                ddx = xn - field[s, 1]
+                ddy = yn - field[s, 2]
+                f = field[s, 0] * (1.0 - 0.5 * field[s, 3] * (ddx * ddx + ddy * ddy))
+                f *= 1.0 + field[s, 4] * xn + field[s, 5] * yn
+                rad = background
+                if busy:
+                    rad += scene[s, r, c]
+                sig += rad * f
+            sig *= chan[r & 1, c & 1]
+            z = table[_splitmix((row_key + np.uint64(c)) * _GOLDEN) >> np.uint64(48)]
+            v = dark + sig + math.sqrt(read_var + shot_k * sig) * z + 0.5
+            if v < 0.0:
+                v = 0.0
+            elif v > max_dn:
+                v = max_dn
+            out[r, c] = np.uint16(v)
+
+
+_CHANNELS = {"R": 0, "G": 1, "B": 2}
+
+
+@dataclass
+class Scene:
+    """One RoI's defects rasterised per state, before light falls on the sensor."""
+
+    layers: np.ndarray  # (6, H, W) float32, DN at the reference exposure and a flat field
+    occupied: np.ndarray  # (H/16, W/16) uint8
+    mask: np.ndarray  # (H, W) bool: scratch ground truth
+    origin_mm: tuple[float, float]
+    defect_ids: tuple[int, ...]  # indexes into the sample's defects that reach this RoI
+
+
+@dataclass
+class RoiRender:
+    frames: np.ndarray  # (6, H, W) uint16, RAW Bayer
+    mask: np.ndarray  # (H, W) bool
+    origin_mm: tuple[float, float]
+    defect_ids: tuple[int, ...]
+
+
+def _wrap90(deg: np.ndarray) -> np.ndarray:
+    return (deg + 90.0) % 180.0 - 90.0
+
+
+def _arc_length(p: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(p, axis=0).T))])
+
+
+def _envelope(rng: np.random.Generator, t: np.ndarray, taper_mm: float, depth: float) -> np.ndarray:
+    total = t[-1]
+    ta = max(min(taper_mm, total / 3.0), 1e-9)
+    taper = np.clip(np.minimum(t, total - t) / ta, 0.0, 1.0)
+    wave = 1.0 + depth * np.sin(2 * np.pi * t / rng.uniform(1.0, 6.0) + rng.uniform(0, 2 * np.pi))
+    return taper * wave
+
+
+def line_response(d: Defect, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex, per-state peak signal (V x S) and brightness envelope (V) of a line defect."""
+    rng = np.random.default_rng(d.seed)
+    p = d.points
+    t = _arc_length(p)
+    if d.kind == "fibre":
+        env = _envelope(rng, t, 0.05, 0.25)
+        jitter = 1.0 + rng.normal(0.0, 0.06, angles_deg.size)
+        return d.intensity_dn * env[:, None] * jitter[None, :], env
+    tangent = np.gradient(p, axis=0)
+    normal_deg = np.degrees(np.arctan2(tangent[:, 1], tangent[:, 0])) + 90.0
+    delta = _wrap90(angles_deg[None, :] - normal_deg[:, None])  # V x S
+    if d.profile == "rugged":
+        env = _envelope(rng, t, 0.3, 0.35)
+        n_lobes = int(rng.integers(2, 4))
+        offsets = np.concatenate([[rng.normal(0, 8.0)],
+                                  rng.choice([-1, 1], n_lobes - 1) * rng.uniform(25, 75, n_lobes - 1)])
+        widths = rng.uniform(6.0, 12.0, n_lobes)
+        weights = np.concatenate([[1.0], rng.uniform(0.3, 0.8, n_lobes - 1)])
+        floor = rng.uniform(0.06, 0.15)
+        grid = np.arange(-90.0, 90.0, 0.5)
+        peak = max((weights * np.exp(-0.5 * (_wrap90(grid[:, None] - offsets) / widths) ** 2))
+                   .sum(axis=1))
+        phase = rng.uniform(0, 2 * np.pi, n_lobes)
+        period = rng.uniform(0.5, 4.0, n_lobes)
+        drift = weights * (1 + 0.5 * np.sin(2 * np.pi * t[:, None] / period + phase))  # V x L
+        lobes = np.exp(-0.5 * (_wrap90(delta[:, :, None] - offsets) / widths) ** 2)  # V x S x L
+        resp = floor + (1 - floor) * (lobes * drift[:, None, :]).sum(axis=2) / peak
+    else:
+        env = _envelope(rng, t, 0.3, 0.15)
+        width = rng.uniform(8.0, 14.0)
+        floor = rng.uniform(0.02, 0.06)
+        resp = floor + (1 - floor) * np.exp(-0.5 * (delta / width) ** 2)
+    return d.intensity_dn * env[:, None] * resp, env
+
+
+def blob_primitives(d: Defect, angles_deg: np.ndarray) -> list[tuple[float, float, float, np.ndarray]]:
+    """(x mm, y mm, sigma mm, per-state peak) of the Gaussians that make up a dust or stain."""
+    rng = np.random.default_rng(d.seed)
+    (cx, cy), = d.points_mm
+    diam = d.width_um * 1e-3
+    if d.kind == "dust":
+        amp = d.intensity_dn * (1.0 + rng.normal(0.0, 0.05, angles_deg.size))
+        return [(cx, cy, diam / 2.355, amp)]
+    depth, psi = rng.uniform(0.05, 0.25), rng.uniform(0, 180)
+    modulation = 1.0 + depth * np.cos(np.radians(2 * (angles_deg - psi)))
+    parts = []
+    for _ in range(int(rng.integers(3, 8))):
+        ox, oy = rng.normal(0.0, 0.15 * diam, 2)
+        sigma = 0.5 * diam * rng.uniform(0.25, 0.6) / 2.0
+        parts.append((cx + ox, cy + oy, sigma, d.intensity_dn * rng.uniform(0.4, 1.0) * modulation))
+    return parts
+
+
+class SimHead:
+    """The simulated camera and ring light of a head, as its config and ``head_seed`` fix them.
+
+    ``shape`` (height, width) renders a smaller window at the same pixel footprint, for tests.
+    """
+
+    def __init__(self, cfg: HeadConfig, shape: tuple[int, int] | None = None):
+        sim = cfg.simulation
+        if sim is None:
+            raise ValueError(
+                f"head configuration {cfg.source} has no [simulation] section: it describes a "
+                "real head, which cannot be simulated"
+            )
+        h, w = shape if shape is not None else (cfg.camera.height, cfg.camera.width)
+        if h < 2 or w < 2 or h % 2 or w % 2:
+            raise ValueError(f"frame size must be even and at least 2 x 2, got {h} x {w}")
+        self.cfg = cfg
+        self.shape = (h, w)
+        self.angles_deg = np.asarray(cfg.illumination.angles_deg, dtype=np.float64)
+        self.mm_per_px = cfg.mm_per_px
+        self.max_dn = float(cfg.camera.max_dn)
+        self.exposure_scale = cfg.camera.exposure_ms / REFERENCE_EXPOSURE_MS
+        pattern = cfg.camera.bayer_pattern
+        gains = sim.channel_gain
+        per_channel = (gains.R, gains.G, gains.B)
+        # colour response of each site of the 2x2 Bayer cell, with the exposure folded in
+        self.chan = self.exposure_scale * np.array(
+            [per_channel[_CHANNELS[ch]] for ch in pattern], dtype=np.float64).reshape(2, 2)
+        rng = np.random.default_rng(sim.head_seed)
+        theta = np.radians(self.angles_deg)
+        tilt = sim.field_tilt * rng.uniform(-1, 1, N_STATES)
+        self.field = np.stack([
+            1.0 + sim.led_balance * rng.uniform(-1, 1, N_STATES),
+            rng.uniform(-0.15, 0.15, N_STATES),
+            rng.uniform(-0.15, 0.15, N_STATES),
+            sim.field_vignetting * rng.uniform(0.8, 1.2, N_STATES),
+            tilt * np.cos(theta),
+            tilt * np.sin(theta),
+        ], axis=1)
+        n_hot = round(sim.hot_pixel_fraction * h * w)
+        self.hot_index = np.sort(rng.choice(h * w, size=n_hot, replace=False))
+        self.hot_dn = np.exp(rng.uniform(np.log(50.0), np.log(2000.0), n_hot))
+        self.sim = sim
+
+    # -- geometry -------------------------------------------------------------------------------
+    def to_px(self, pts_mm: np.ndarray, origin_mm: tuple[float, float]) -> np.ndarray:
+        """Sample mm -> pixel coordinates of this window (pixel centres at integers)."""
+        sx, sy = self.mm_per_px
+        return np.stack([(pts_mm[:, 0] - origin_mm[0]) / sx - 0.5,
+                         (pts_mm[:, 1] - origin_mm[1]) / sy - 0.5], axis=1)
+
+    def footprint_mm(self, origin_mm: tuple[float, float]) -> tuple[float, float, float, float]:
+        h, w = self.shape
+        return (origin_mm[0], origin_mm[1],
+                origin_mm[0] + w * self.mm_per_px[0], origin_mm[1] + h * self.mm_per_px[1])
+
+    # -- rendering ------------------------------------------------------------------------------
+    def scene(self, sample: Sample, origin_mm: tuple[float, float]) -> Scene:
+        h, w = self.shape
+        layers = np.zeros((N_STATES, h, w), np.float32)  # calloc: untouched pages cost nothing
+        occ = np.zeros(((h >> BLOCK_SHIFT) + 1, (w >> BLOCK_SHIFT) + 1), np.uint8)
+        mask = np.zeros((h, w), np.bool_)
+        x0, y0, x1, y1 = self.footprint_mm(origin_mm)
+        px_mm = float(np.mean(self.mm_per_px))
+        seen = []
+        for i, d in enumerate(sample.defects):
+            # the faintest tail drawn: 4 sigma of a line or dust, half a diameter past a stain
+            bx0, by0, bx1, by1 = d.bounds_mm(pad_mm=d.width_um * 1e-3 * 2.0)
+            if bx1 < x0 or bx0 > x1 or by1 < y0 or by0 > y1:
+                continue
+            seen.append(i)
+            if d.kind in ("scratch", "fibre"):
+                amp, env = line_response(d, self.angles_deg)
+                sigma = max(0.5, d.width_um * 1e-3 / px_mm / 2.355)
+                # label the line's core: the pixel nearest the centre line at least
+                mask_r = max(0.71, 1.55 * sigma) if d.kind == "scratch" else -1.0
+                _draw_polyline(layers, occ, mask, self.to_px(d.points, origin_mm),
+                               np.ascontiguousarray(amp), env, sigma, mask_r)
+            else:
+                for bx, by, sig_mm, amp in blob_primitives(d, self.angles_deg):
+                    (cx, cy), = self.to_px(np.array([[bx, by]]), origin_mm)
+                    _draw_blob(layers, occ, cx, cy, max(0.5, sig_mm / px_mm), amp)
+        return Scene(layers, occ, mask, (float(origin_mm[0]), float(origin_mm[1])), tuple(seen))
+
+    def expose(self, scene: Scene, lit: Sequence[int], noise_key: int) -> np.ndarray:
+        """A RAW frame of ``scene`` with the LED groups in ``lit`` on (none: a dark frame)."""
+        lit_arr = np.asarray(sorted(set(lit)), dtype=np.int64)
+        if lit_arr.size and (lit_arr.min() < 0 or lit_arr.max() >= N_STATES):
+            raise ValueError(f"lit states must be within 0..{N_STATES - 1}, got {list(lit)}")
+        sim, k = self.sim, self.exposure_scale
+        out = np.empty(self.shape, np.uint16)
+        _expose(out, scene.layers, scene.occupied, lit_arr, self.field, self.chan,
+                sim.background_dn, sim.dark_offset_dn, sim.read_noise_dn ** 2,
+                sim.conversion_gain_dn_per_e, np.uint64(noise_key), _normal_table(), self.max_dn)
+        flat = out.reshape(-1)
+        flat[self.hot_index] = np.minimum(flat[self.hot_index] + self.hot_dn * k, self.max_dn)
+        return out
+
+    def render(self, sample: Sample, origin_mm: tuple[float, float], noise_seed: int) -> RoiRender:
+        """The 6 frames of one RoI, one per illumination state, and its scratch mask."""
+        sc = self.scene(sample, origin_mm)
+        keys = np.random.SeedSequence(noise_seed).generate_state(N_STATES, np.uint64)
+        frames = np.stack([self.expose(sc, [s], int(keys[s])) for s in range(N_STATES)])
+        return RoiRender(frames, sc.mask, sc.origin_mm, sc.defect_ids)

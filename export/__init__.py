@@ -1,0 +1,1 @@
+"""Export stage: trained network -> ONNX -> TensorRT engine, with metadata and parity checks."""

@@ -1,0 +1,1 @@
+"""Serial protocol between the inspection head and the line controller (codec, server, client)."""

@@ -1,0 +1,1 @@
+"""Training side (torch only): the networks of both papers, the loss, datasets, training."""
