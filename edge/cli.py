@@ -27,7 +27,8 @@ def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1024x768, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT, e.g. 1024x768, got {text!r}") from None
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise argparse.ArgumentTypeError(f"frame size must be even and at least 16x16, got {text}")
     return h, w

@@ -73,8 +73,8 @@ def states_panel(frames: np.ndarray, bayer_pattern: str, max_dn: int,
                   fill=(230, 230, 230))
         for o in outlines:
             bx0, by0, bx1, by1 = (v / scale for v in o.box_px)
-            pad = 4
-            box = (x0 + bx0 - pad, y0 + label_h + by0 - pad, x0 + bx1 + pad, y0 + label_h + by1 + pad)
+            pad, top = 4, y0 + label_h
+            box = (x0 + bx0 - pad, top + by0 - pad, x0 + bx1 + pad, top + by1 + pad)
             # keep outlines inside their own panel
             box = (max(box[0], x0), max(box[1], y0 + label_h), min(box[2], x0 + pw - 1),
                    min(box[3], y0 + label_h + ph - 1))

@@ -216,8 +216,8 @@ def line_response(d: Defect, angles_deg: np.ndarray) -> tuple[np.ndarray, np.nda
     if d.profile == "rugged":
         env = _envelope(rng, t, 0.3, 0.35)
         n_lobes = int(rng.integers(2, 4))
-        offsets = np.concatenate([[rng.normal(0, 8.0)],
-                                  rng.choice([-1, 1], n_lobes - 1) * rng.uniform(25, 75, n_lobes - 1)])
+        side = rng.choice([-1, 1], n_lobes - 1)
+        offsets = np.concatenate([[rng.normal(0, 8.0)], side * rng.uniform(25, 75, n_lobes - 1)])
         widths = rng.uniform(6.0, 12.0, n_lobes)
         weights = np.concatenate([[1.0], rng.uniform(0.3, 0.8, n_lobes - 1)])
         floor = rng.uniform(0.06, 0.15)
@@ -237,7 +237,10 @@ def line_response(d: Defect, angles_deg: np.ndarray) -> tuple[np.ndarray, np.nda
     return d.intensity_dn * env[:, None] * resp, env
 
 
-def blob_primitives(d: Defect, angles_deg: np.ndarray) -> list[tuple[float, float, float, np.ndarray]]:
+Blob = tuple[float, float, float, np.ndarray]
+
+
+def blob_primitives(d: Defect, angles_deg: np.ndarray) -> list[Blob]:
     """(x mm, y mm, sigma mm, per-state peak) of the Gaussians that make up a dust or stain."""
     rng = np.random.default_rng(d.seed)
     (cx, cy), = d.points_mm

@@ -1,0 +1,112 @@
+import pytest
+
+from edge import config
+from tests.conftest import with_changes
+
+
+def write_toml(tmp_path, text: str):
+    p = tmp_path / "head.toml"
+    p.write_text(text)
+    return p
+
+
+def test_embedded_default_is_the_simulated_head(cfg):
+    assert cfg.name == "simulated-head"
+    assert cfg.simulation is not None
+    assert (cfg.camera.width, cfg.camera.height, cfg.camera.bit_depth) == (3504, 3120, 12)
+    assert cfg.camera.bayer_pattern == "GRBG"
+    assert cfg.illumination.angles_deg == (0, 30, 60, 90, 120, 150)
+    assert cfg.stage.roi_grid.count == 10
+    assert cfg.stage.roi_grid.pitch_mm == (38.0, 33.0)
+    assert (cfg.pipeline.t_low, cfg.pipeline.t_high) == (0.25, 0.75)
+    assert (cfg.pipeline.dbscan_eps, cfg.pipeline.dbscan_min_samples) == (25, 16)
+
+
+def test_file_round_trip_and_digest_ignores_formatting(tmp_path, cfg):
+    p = write_toml(tmp_path, "# a comment\n\n" + config.default_text())
+    loaded = config.load(p)
+    assert loaded.model_dump() == cfg.model_dump()
+    assert loaded.digest() == cfg.digest()
+    assert loaded.source == str(p)
+    assert loaded.resolve("models/x.onnx") == tmp_path / "models/x.onnx"
+
+
+def test_digest_changes_with_content():
+    assert with_changes(camera={"exposure_ms": 10.0}).digest() != config.load().digest()
+
+
+def test_roi_grid_geometry(cfg):
+    g = cfg.stage.roi_grid
+    assert g.roi_origin_mm(0) == (0.0, 0.0)
+    assert g.roi_origin_mm(1) == (38.0, 0.0)
+    assert g.roi_origin_mm(9) == (38.0, 132.0)
+    assert g.extent_mm == (78.0, 167.0)
+    with pytest.raises(IndexError):
+        g.roi_origin_mm(10)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "words"),
+    [
+        (lambda d: d["camera"].update(colour="red"), "camera.colour", "unknown key"),
+        (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
+        (lambda d: d["camera"].update(width="3504"), "camera.width", "valid integer"),
+        (lambda d: d["camera"].update(width=3505), "camera.width", "multiple of 2"),
+        (lambda d: d["camera"].update(bit_depth=20), "camera.bit_depth", "less than or equal"),
+        (lambda d: d["camera"].update(bayer_pattern="GRGB"), "camera.bayer_pattern", "GRBG"),
+        (lambda d: d["camera"].update(exposure_ms=-1.0), "camera.exposure_ms", "greater than"),
+        (lambda d: d["camera"].pop("height"), "camera.height", "missing"),
+        (lambda d: d["illumination"]["states"].pop(), "illumination.states", "at least 6"),
+        (lambda d: d["illumination"]["states"][0].update(angle_deg=180.0),
+         "illumination.states.0.angle_deg", "less than 180"),
+        (lambda d: d["illumination"]["states"][1].update(pin=29), "illumination", "own pin"),
+        (lambda d: d["illumination"].update(trigger_pin=6), "illumination", "not GPIO"),
+        (lambda d: d["stage"]["roi_grid"].update(origin_mm=[1.0, 2.0, 3.0]),
+         "stage.roi_grid.origin_mm", "at most 2"),
+        (lambda d: d["stage"]["roi_grid"].update(size_mm=[40.0, "35"]),
+         "stage.roi_grid.size_mm.1", "valid number"),
+        (lambda d: d["stage"]["roi_grid"].update(overlap_mm=50.0), "stage.roi_grid", "overlap"),
+        (lambda d: d["stage"].update(baud=12345), "stage.baud", "115200"),
+        (lambda d: d["stage"]["soft_limits_mm"].update(x=[0.0, 40.0]), "stage", "soft limits"),
+        (lambda d: d["pipeline"].update(t_low=0.9), "pipeline", "t_low"),
+        (lambda d: d["pipeline"].update(tile_size=500), "pipeline.tile_size", "multiple of 32"),
+        (lambda d: d["engine"].update(backend="cuda"), "engine.backend", "tensorrt"),
+        (lambda d: d["simulation"].update(read_noise_dn=-2.0), "simulation.read_noise_dn",
+         "greater than or equal"),
+    ],
+)
+def test_each_error_names_the_file_and_the_key(tmp_path, default_data, edit, key, words):
+    edit(default_data)
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(default_data, str(tmp_path / "head.toml"))
+    msg = str(err.value)
+    assert str(tmp_path / "head.toml") in msg
+    line = next((x for x in msg.splitlines() if x.strip().startswith(key + ":")), None)
+    assert line is not None, msg
+    assert words in line, msg
+
+
+def test_all_problems_reported_at_once(default_data):
+    default_data["camera"]["width"] = 1
+    default_data["pipeline"]["colour"] = 1
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(default_data, "h.toml")
+    assert "camera.width" in str(err.value) and "pipeline.colour" in str(err.value)
+
+
+def test_bad_toml_and_missing_file_name_the_file(tmp_path):
+    p = write_toml(tmp_path, "[camera\nwidth = 1\n")
+    with pytest.raises(config.ConfigError, match=r"head\.toml is not valid TOML"):
+        config.load(p)
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_real_head_without_simulation_is_valid(default_data):
+    del default_data["simulation"]
+    assert config.parse(default_data).simulation is None
+
+
+def test_frozen(cfg):
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
+        cfg.camera.width = 10
