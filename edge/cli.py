@@ -111,6 +111,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.recording import MANIFEST, open_sample
     from edge.sim import SimHead, generate_sample
     from edge.sim.recorder import record_sample
 
@@ -123,9 +124,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sample = generate_sample(args.seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
     log.info("simulating sample %s: %s", sample.sample_id, _describe(sample))
     sample_dir = out / sample.sample_id
-    if not (sample_dir / "manifest.json").exists():
+    manifest = sample_dir / MANIFEST
+    if manifest.exists():
+        old = open_sample(sample_dir).manifest
+        if old.head_config_sha256 == cfg.digest() and old.camera.height == head.shape[0] \
+                and old.camera.width == head.shape[1]:
+            log.info("already recorded by this head: %s", sample_dir)
+        else:
+            manifest.unlink()  # recorded by another head: record again
+    if not manifest.exists():
         record_sample(cfg, head, sample, out)
-    log.info("recorded sample: %s", sample_dir)
+        log.info("recorded sample: %s", sample_dir)
     previews = _write_previews(sample_dir)
     for s in sample.scratches:
         x, y = s.points_mm[0]

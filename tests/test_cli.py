@@ -61,3 +61,13 @@ def test_console_script_help():
                        text=True, check=True)
     for cmd in ("demo", "simulate", "preview", "config"):
         assert cmd in r.stdout
+
+
+def test_demo_records_again_when_the_head_changed(tmp_path, caplog):
+    caplog.set_level("INFO")
+    assert main(["demo", "--out", str(tmp_path), "--size", "64x64"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--size", "64x64"]) == 0
+    assert "already recorded by this head" in caplog.text
+    assert main(["demo", "--out", str(tmp_path), "--size", "96x64"]) == 0
+    sample_dir = next(tmp_path.iterdir())
+    assert open_sample(sample_dir).frames(0).shape == (6, 64, 96)

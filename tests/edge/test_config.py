@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge import config
 from tests.conftest import with_changes
@@ -110,3 +112,30 @@ def test_real_head_without_simulation_is_valid(default_data):
 def test_frozen(cfg):
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
         cfg.camera.width = 10
+
+
+_KEYS = [("camera", "width"), ("camera", "exposure_ms"), ("camera", "bayer_pattern"),
+         ("illumination", "settle_ms"), ("stage", "baud"), ("stage", "soft_limits_mm"),
+         ("pipeline", "t_low"), ("pipeline", "downscale"), ("engine", "batch_sizes"),
+         ("calibration", "file"), ("simulation", "channel_gain")]
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(_KEYS),
+       value=st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                       st.text(max_size=8), st.lists(st.integers(), max_size=3),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
+def test_any_value_either_loads_or_gives_a_config_error(default_data, where, value):
+    import copy
+
+    data = copy.deepcopy(default_data)
+    section, key = where
+    if value is None:
+        del data[section][key]
+    else:
+        data[section][key] = value
+    try:
+        config.parse(data, "fuzz.toml")
+    except config.ConfigError as exc:
+        assert "fuzz.toml" in str(exc) and f"{section}" in str(exc)

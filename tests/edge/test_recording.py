@@ -135,3 +135,12 @@ def test_writer_refuses_bad_input(tmp_path, cfg):
     w.close()
     with pytest.raises(RecordingError, match="already holds"):
         SampleWriter(tmp_path, "S1", cfg)
+
+
+def test_files_swapped_between_rois(copy_of):
+    a, b = copy_of / "roi_01.tif", copy_of / "roi_02.tif"
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    with pytest.raises(RecordingError, match=r"roi_01\.tif: content does not match"):
+        open_sample(copy_of).frames(1)
