@@ -289,11 +289,16 @@ class HeadConfig(_Section):
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, ``dotted.key: what is wrong (got value)``; shared by all loaders."""
+    return [_describe(e) for e in exc.errors()]
+
+
 def _describe(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"{key}: unknown key (not part of a head configuration; check its spelling)"
+        return f"{key}: unknown key (check its spelling)"
     if kind == "missing":
         return f"{key}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
@@ -307,7 +312,7 @@ def parse(data: dict, source: str = DEFAULT_NAME) -> HeadConfig:
     try:
         cfg = HeadConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
+        problems = describe_errors(exc)
         head = f"invalid head configuration {source}"
         raise ConfigError(head + ":\n  " + "\n  ".join(problems)) from None
     cfg._source = source

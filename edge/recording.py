@@ -30,9 +30,9 @@ from typing import Annotated, Literal
 import numpy as np
 import tifffile
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.config import HeadConfig
+from edge.config import HeadConfig, Pair, describe_errors
 from edge.sim.sample import Sample
 
 FORMAT = "glass-inspect-sample"
@@ -49,7 +49,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-Pair = Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]  # no paths: stays in the folder
 
@@ -265,10 +264,7 @@ def open_sample(path: str | Path) -> RecordedSample:
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = "\n  ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = "\n  ".join(describe_errors(exc))
         raise RecordingError(f"{mpath}: invalid manifest:\n  {problems}") from None
     indexes = [r.index for r in manifest.rois]
     if len(set(indexes)) != len(indexes):
