@@ -179,3 +179,22 @@ def test_real_head_cannot_be_simulated(default_data):
 def test_odd_window_rejected(cfg):
     with pytest.raises(ValueError, match="even"):
         SimHead(cfg, shape=(101, 100))
+
+
+def test_a_curved_scratch_changes_its_brightest_state_along_its_length(head):
+    # an arc turning 90 degrees: its normal sweeps 90 degrees, so does the best-lit state
+    pts = tuple(map(tuple, arc((0.4, 0.3), 0.0, 2.4, turn_deg=90.0)))
+    sample = only(Defect("scratch", pts, 25.0, 800.0, 5, "triangular"))
+    sc = head.scene(sample, (0.0, 0.0))
+    ys, xs = np.nonzero(sc.mask)
+    start = sc.layers[:, ys[xs < xs.min() + 10], xs[xs < xs.min() + 10]].sum(axis=1)
+    end = sc.layers[:, ys[ys > ys.max() - 10], xs[ys > ys.max() - 10]].sum(axis=1)
+    assert int(np.argmax(start)) == 3  # heading 0 deg: normal at 90 deg
+    assert int(np.argmax(end)) == 0  # heading 90 deg: normal at 0 deg
+
+
+def test_hot_pixels_belong_to_the_head_not_the_sample(cfg):
+    a, b = SimHead(cfg, shape=SHAPE), SimHead(cfg, shape=SHAPE)
+    assert np.array_equal(a.hot_index, b.hot_index) and np.array_equal(a.field, b.field)
+    other = SimHead(with_changes(simulation={"head_seed": 1}), shape=SHAPE)
+    assert not np.array_equal(a.field, other.field)
