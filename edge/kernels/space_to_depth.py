@@ -1,0 +1,246 @@
+"""Fused correction + space-to-depth, written straight into the engine's batch of tiles.
+
+Formula (1) of the glass paper with q = 2, for the stack ``I`` of 6 RAW frames indexed
+``I[row, column, state]``::
+
+    S[i, j, k] = I[2i + k % 2, 2j + (k // 2) % 2, k // 4]        k = 0..23
+
+so channel ``k`` holds state ``k // 4`` at the Bayer site (row offset ``k % 2``, column offset
+``(k // 2) % 2``). Outputs are channel-first (``24 x H/2 x W/2``), as the network takes them.
+
+In the same pass each RAW value is corrected: ``(raw - dark) * gain / (2**bit_depth - 1)``,
+with the dark level and the flat-field gain either one number per state or one map per state
+(full resolution, from the calibration file). Writing float16 halves what the engine copies in;
+Numba has no float16 type on the CPU, so the kernel asks LLVM for the conversion directly
+(round to nearest even, as NumPy does; the tests compare bit for bit).
+
+Tiles: the half-resolution map is cut into ``tile x tile`` tiles that overlap by at least
+``overlap`` pixels, the last tile of a row or column aligned to the map's edge (tiles only overflow
+when the map is smaller than one tile; the overflow is zero). Stitching takes the centre crop:
+each output pixel comes from the one tile in which it lies farthest from the edge (the cut is
+the middle of each overlap). Why not blend: a U-Net's output near a tile edge has seen less
+context and is the least reliable (the glass paper overlaps its RoIs for the same reason), so
+averaging would mix the worst prediction into the best; a crop is also an exact copy, so tiling
+and stitching an identity map gives the map back bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+N_STATES = 6
+CHANNELS = 4 * N_STATES
+
+
+class ShapeError(ValueError):
+    """Input that the kernel cannot take; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of a half-resolution map of ``height x width`` lie."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    ys: np.ndarray  # top row of each tile row
+    xs: np.ndarray  # left column of each tile column
+
+    @property
+    def count(self) -> int:
+        return self.ys.size * self.xs.size
+
+    def origins(self) -> np.ndarray:
+        """(count, 2) top-left corners, row-major: tile n is (ys[n // nx], xs[n % nx])."""
+        yy, xx = np.meshgrid(self.ys, self.xs, indexing="ij")
+        return np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.int64)
+
+    def cuts(self, axis: int) -> np.ndarray:
+        """Boundaries of the region each tile keeps when stitching, along ``axis`` (0: rows)."""
+        pos, size = (self.ys, self.height) if axis == 0 else (self.xs, self.width)
+        mids = (pos[:-1] + self.tile + pos[1:]) // 2
+        return np.concatenate([[0], mids, [size]]).astype(np.int64)
+
+
+def tile_positions(size: int, tile: int, overlap: int) -> np.ndarray:
+    """Starts of tiles covering ``size`` with at least ``overlap``, the last flush with the end."""
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise ShapeError(f"tile {tile} with overlap {overlap}: need tile > 0, 0 <= overlap < tile")
+    if size <= tile:
+        return np.zeros(1, np.int64)
+    step = tile - overlap
+    n = -(-(size - tile) // step) + 1
+    pos = np.arange(n, dtype=np.int64) * step
+    pos[-1] = size - tile
+    return pos
+
+
+def plan_tiles(height: int, width: int, tile: int = 512, overlap: int = 64) -> TileGrid:
+    """The tiling of a ``height x width`` half-resolution map."""
+    return TileGrid(height, width, tile, overlap, tile_positions(height, tile, overlap),
+                    tile_positions(width, tile, overlap))
+
+
+# -- float32 -> float16 bits, round to nearest even -------------------------------------------
+@intrinsic
+def _half_bits(typingctx, value):
+    """LLVM's fptrunc to half: one vcvtps2ph (x86 F16C) or fcvt (ARMv8) per lane, vectorised."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@nb.njit(inline="always")
+def _value(frames, dark_map, gain_map, use_maps, f, sy, sx, off, mul):
+    raw = np.float32(frames[f, sy, sx])
+    if use_maps:
+        return (raw - dark_map[f, sy, sx] - off) * (gain_map[f, sy, sx] * mul)
+    return (raw - off) * mul
+
+
+@nb.njit(cache=True, parallel=True)
+def _s2d(frames, offset, scale, dark_map, gain_map, use_maps, ys, xs, th, tw, h2, w2, out32, out16,
+         half):
+    """out[n, k, i, j] = corrected S[ys[n//nx] + i, xs[n%nx] + j, k]; zero outside the map.
+
+    Writes ``out32`` (float32), or ``out16`` (float16 bits as uint16) when ``half``. Parallel
+    over output rows of all tiles; each row reads one Bayer row at stride 2.
+    """
+    nx = xs.shape[0]
+    n_tiles = ys.shape[0] * nx
+    for q in nb.prange(n_tiles * th):
+        n = q // th
+        i = q - n * th
+        gy = ys[n // nx] + i
+        x0 = xs[n % nx]
+        jmax = min(tw, w2 - x0) if gy < h2 else 0  # columns inside the map
+        for k in range(24):
+            f = k >> 2
+            sy = 2 * gy + (k & 1)
+            dx = (k >> 1) & 1
+            off = offset[f]
+            mul = scale[f]
+            if half:
+                row16 = out16[n, k, i]
+                for j in range(jmax):
+                    row16[j] = _half_bits(_value(frames, dark_map, gain_map, use_maps, f, sy,
+                                                 2 * (x0 + j) + dx, off, mul))
+                row16[jmax:] = 0
+            else:
+                row32 = out32[n, k, i]
+                for j in range(jmax):
+                    row32[j] = _value(frames, dark_map, gain_map, use_maps, f, sy,
+                                      2 * (x0 + j) + dx, off, mul)
+                row32[jmax:] = 0
+
+
+def _per_state(value, name: str, frames_shape: tuple[int, ...]):
+    """-> (per-state scalars (6,) float32, per-state map (6, H, W) float32 or None)."""
+    if value is None:
+        return None, None
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim == 0:
+        return np.full(N_STATES, arr, np.float32), None
+    if arr.shape == (N_STATES,):
+        return arr, None
+    if arr.shape == frames_shape:
+        return None, np.ascontiguousarray(arr)
+    raise ShapeError(
+        f"{name} must be one number, one per state ({N_STATES},) or one map per state "
+        f"{frames_shape}; got shape {arr.shape}"
+    )
+
+
+def _check_frames(frames: np.ndarray) -> tuple[int, int]:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint16:
+        got = getattr(frames, "dtype", type(frames).__name__)
+        raise ShapeError(f"frames must be a uint16 array, got {got}")
+    if frames.ndim != 3 or frames.shape[0] != N_STATES:
+        raise ShapeError(f"frames must be ({N_STATES}, H, W), got shape {frames.shape}")
+    _, h, w = frames.shape
+    if h < 2 or w < 2 or h % 2 or w % 2:
+        raise ShapeError(
+            f"frames must have an even height and width (whole 2 x 2 Bayer cells), got {h} x {w}"
+        )
+    return h // 2, w // 2
+
+
+def _run(frames, grid_ys, grid_xs, th, tw, dark, gain, bit_depth, dtype, out):
+    h2, w2 = _check_frames(frames)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float16):
+        raise ShapeError(f"output dtype must be float32 or float16, got {dtype}")
+    if not 1 <= bit_depth <= 16:
+        raise ShapeError(f"bit_depth must be 1..16, got {bit_depth}")
+    dark_s, dark_m = _per_state(dark, "dark", frames.shape)
+    gain_s, gain_m = _per_state(gain, "gain", frames.shape)
+    norm = np.float32(1.0 / ((1 << bit_depth) - 1))
+    offset = dark_s if dark_s is not None else np.zeros(N_STATES, np.float32)
+    scale = (gain_s if gain_s is not None else np.ones(N_STATES, np.float32)) * norm
+    use_maps = dark_m is not None or gain_m is not None
+    dummy = np.zeros((1, 1, 1), np.float32)
+    if use_maps:
+        dark_m = dark_m if dark_m is not None else np.zeros(frames.shape, np.float32)
+        gain_m = gain_m if gain_m is not None else np.ones(frames.shape, np.float32)
+    shape = (grid_ys.size * grid_xs.size, CHANNELS, th, tw)
+    if out is None:
+        out = np.empty(shape, dtype)
+    elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ShapeError(f"out must be a C-contiguous {dtype} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    half = dtype == np.float16
+    out32 = np.zeros((1, 1, 1, 1), np.float32) if half else out
+    out16 = out.view(np.uint16) if half else np.zeros((1, 1, 1, 1), np.uint16)
+    _s2d(frames, offset, scale, dark_m if use_maps else dummy, gain_m if use_maps else dummy,
+         use_maps, grid_ys, grid_xs, th, tw, h2, w2, out32, out16, half)
+    return out
+
+
+def space_to_depth(frames: np.ndarray, dark=None, gain=None, bit_depth: int = 12,
+                   dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
+    """The whole corrected 24-channel map, ``(24, H/2, W/2)``."""
+    h2, w2 = _check_frames(frames)
+    if out is not None:
+        out = out.reshape(1, *out.shape) if out.ndim == 3 else out
+    zero = np.zeros(1, np.int64)
+    return _run(frames, zero, zero, h2, w2, dark, gain, bit_depth, dtype, out)[0]
+
+
+def space_to_depth_tiles(frames: np.ndarray, grid: TileGrid, dark=None, gain=None,
+                         bit_depth: int = 12, dtype=np.float32,
+                         out: np.ndarray | None = None) -> np.ndarray:
+    """The corrected map cut into the grid's tiles: ``(grid.count, 24, tile, tile)``."""
+    h2, w2 = _check_frames(frames)
+    if (grid.height, grid.width) != (h2, w2):
+        raise ShapeError(f"tile grid is for a {grid.height} x {grid.width} map, the frames give "
+                         f"{h2} x {w2}")
+    return _run(frames, grid.ys, grid.xs, grid.tile, grid.tile, dark, gain, bit_depth, dtype, out)
+
+
+def stitch(tiles: np.ndarray, grid: TileGrid, out: np.ndarray | None = None) -> np.ndarray:
+    """Per-tile maps ``(count, tile, tile)`` (or ``(count, 1, tile, tile)``) back into one map."""
+    t = tiles[:, 0] if tiles.ndim == 4 and tiles.shape[1] == 1 else tiles
+    if t.shape != (grid.count, grid.tile, grid.tile):
+        raise ShapeError(f"tiles must be ({grid.count}, {grid.tile}, {grid.tile}) for this grid, "
+                         f"got {tiles.shape}")
+    if out is None:
+        out = np.empty((grid.height, grid.width), t.dtype)
+    cy, cx = grid.cuts(0), grid.cuts(1)
+    nx = grid.xs.size
+    for n in range(grid.count):
+        iy, ix = divmod(n, nx)
+        y0, y1, x0, x1 = cy[iy], cy[iy + 1], cx[ix], cx[ix + 1]
+        oy, ox = grid.ys[iy], grid.xs[ix]
+        out[y0:y1, x0:x1] = t[n, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    return out
