@@ -139,36 +139,41 @@ def _join(px, py, core, cell_x, cell_y, start, keys, gx, gy, dense, eps2):
             if core[p]:
                 has_core[c] = True
                 break
-    for c in range(n_cells):
-        if not has_core[c]:
-            continue
-        p0 = start[c]
-        rc = _find(parent, c)
-        for off in range(12):  # the 12 cells after this one in key order: each pair once
-            dy = (off + 3) // 5
-            dx = (off + 3) % 5 - 2
-            cc = _cell_index(cell_x[p0] + dx, cell_y[p0] + dy, gx, gy, dense, keys)
-            if cc < 0 or not has_core[cc]:
+    # The 12 cells after a cell in key order (each pair of cells once): touching ones in a first
+    # pass, the farther ones in a second, when most of them are already joined through others
+    # and need no pair scan.
+    offsets = np.array([(1, 0), (-1, 1), (0, 1), (1, 1),
+                        (2, 0), (-2, 1), (2, 1), (-2, 2), (-1, 2), (0, 2), (1, 2), (2, 2)])
+    for rnd in range(2):
+        for c in range(n_cells):
+            if not has_core[c]:
                 continue
-            rcc = _find(parent, cc)
-            if rc == rcc:
-                continue
-            linked = False
-            for p in range(start[c], start[c + 1]):
-                if not core[p]:
+            p0 = start[c]
+            rc = _find(parent, c)
+            for off in range(4 * rnd, 4 + 8 * rnd):
+                dx, dy = offsets[off, 0], offsets[off, 1]
+                cc = _cell_index(cell_x[p0] + dx, cell_y[p0] + dy, gx, gy, dense, keys)
+                if cc < 0 or not has_core[cc]:
                     continue
-                for q in range(start[cc], start[cc + 1]):
-                    if core[q]:
-                        ddx = px[q] - px[p]
-                        ddy = py[q] - py[p]
-                        if ddx * ddx + ddy * ddy <= eps2:
-                            linked = True
-                            break
+                rcc = _find(parent, cc)
+                if rc == rcc:
+                    continue
+                linked = False
+                for p in range(start[c], start[c + 1]):
+                    if not core[p]:
+                        continue
+                    for q in range(start[cc], start[cc + 1]):
+                        if core[q]:
+                            ddx = px[q] - px[p]
+                            ddy = py[q] - py[p]
+                            if ddx * ddx + ddy * ddy <= eps2:
+                                linked = True
+                                break
+                    if linked:
+                        break
                 if linked:
-                    break
-            if linked:
-                parent[max(rc, rcc)] = min(rc, rcc)
-                rc = min(rc, rcc)
+                    parent[max(rc, rcc)] = min(rc, rcc)
+                    rc = min(rc, rcc)
     root = np.full(n_cells, -1, np.int64)
     for c in range(n_cells):
         if has_core[c]:
@@ -250,7 +255,7 @@ def _cluster(x: np.ndarray, y: np.ndarray, eps: float, min_samples: int):
     labels[order] = lab_s
     core = np.empty(n, bool)
     core[order] = core_s
-    return _renumber(labels), core
+    return _renumber(labels, start.shape[0] - 1), core
 
 
 def _squared_reach(eps: float) -> float:
@@ -287,15 +292,21 @@ def _cells(v: np.ndarray, side: float, eps: float) -> tuple[np.ndarray, int]:
     return squeezed[inverse].astype(np.int64), int(squeezed[-1]) + 1
 
 
-def _renumber(labels: np.ndarray) -> np.ndarray:
-    """Cluster roots -> 0, 1, ... in the order of each cluster's first point."""
-    out = np.full(labels.shape, -1, np.int64)
-    valid = labels >= 0
-    if valid.any():
-        roots, first = np.unique(labels[valid], return_index=True)
-        rank = np.empty(roots.size, np.int64)
-        rank[np.argsort(first)] = np.arange(roots.size)
-        out[valid] = rank[np.searchsorted(roots, labels[valid])]
+@nb.njit(cache=True)
+def _renumber(labels, n_roots):
+    """Cluster roots (cell indexes) -> 0, 1, ... in the order of each cluster's first point."""
+    rank = np.full(n_roots, -1, np.int64)
+    out = np.empty_like(labels)
+    k = 0
+    for i in range(labels.shape[0]):
+        r = labels[i]
+        if r < 0:
+            out[i] = -1
+            continue
+        if rank[r] < 0:
+            rank[r] = k
+            k += 1
+        out[i] = rank[r]
     return out
 
 
@@ -303,7 +314,10 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
 class MapClusters:
     """Clusters of a score map, in the (downscaled) map's pixel coordinates."""
 
-    labels: np.ndarray  # (h, w) int32: cluster of each pixel, -1 below T_low or noise
+    shape: tuple[int, int]  # of the (downscaled) map
+    rows: np.ndarray  # (N,) row of each pixel >= T_low
+    cols: np.ndarray  # (N,) its column
+    point_labels: np.ndarray  # (N,) its cluster, -1 for noise
     pixels: np.ndarray  # (K,) pixel count of each cluster
     max_score: np.ndarray  # (K,) highest score in each cluster
     bbox: np.ndarray  # (K, 4) row0, col0, row1, col1 (inclusive) in the downscaled map
@@ -312,6 +326,13 @@ class MapClusters:
     @property
     def count(self) -> int:
         return int(self.pixels.size)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(h, w) int32 map: the cluster of each pixel, -1 below T_low or noise."""
+        out = np.full(self.shape, -1, np.int32)
+        out[self.rows, self.cols] = self.point_labels
+        return out
 
     def bbox_full(self) -> np.ndarray:
         """Boxes in the input map's pixels: row0, col0, row1 (exclusive), col1 (exclusive)."""
@@ -365,7 +386,6 @@ def _above(score, t_low):
 
 @nb.njit(cache=True)
 def _map_stats(score, rows, cols, lab, k):
-    labels = np.full(score.shape, -1, np.int32)
     pixels = np.zeros(k, np.int64)
     max_score = np.full(k, -np.inf, np.float32)
     bbox = np.empty((k, 4), np.int64)
@@ -376,14 +396,13 @@ def _map_stats(score, rows, cols, lab, k):
         if j < 0:
             continue
         r, c = rows[i], cols[i]
-        labels[r, c] = j
         pixels[j] += 1
         max_score[j] = max(max_score[j], score[r, c])
         bbox[j, 0] = min(bbox[j, 0], r)
         bbox[j, 1] = min(bbox[j, 1], c)
         bbox[j, 2] = max(bbox[j, 2], r)
         bbox[j, 3] = max(bbox[j, 3], c)
-    return labels, pixels, max_score, bbox
+    return pixels, max_score, bbox
 
 
 def dbscan_map(score: np.ndarray, t_low: float, eps: float, min_samples: int,
@@ -403,6 +422,6 @@ def dbscan_map(score: np.ndarray, t_low: float, eps: float, min_samples: int,
                          f"{' of the downscaled map' if downscale > 1 else ''})")
     labels_pts, _ = _cluster(cols.astype(np.float64), rows.astype(np.float64), eps, min_samples)
     k = int(labels_pts.max()) + 1 if labels_pts.size else 0
-    labels, pixels, max_score, bbox = _map_stats(small.astype(np.float32, copy=False), rows, cols,
-                                                 labels_pts, k)
-    return MapClusters(labels, pixels, max_score, bbox, downscale)
+    pixels, max_score, bbox = _map_stats(small.astype(np.float32, copy=False), rows, cols,
+                                         labels_pts, k)
+    return MapClusters(small.shape, rows, cols, labels_pts, pixels, max_score, bbox, downscale)
