@@ -21,6 +21,8 @@ test: $(BIN)/glass-inspect
 
 bench: $(BIN)/glass-inspect
 	$(BIN)/python benchmarks/sim_render.py
+	$(BIN)/python benchmarks/space_to_depth.py
+	$(BIN)/python benchmarks/dbscan.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
