@@ -17,18 +17,10 @@ import time
 
 import numba
 import numpy as np
+from timing import best_of
 
 from edge import config
 from edge.sim import SimHead, generate_sample
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -47,7 +39,7 @@ def main() -> None:
     t = time.perf_counter()
     r = head.render(sample, origin, noise_seed=1)
     cold = time.perf_counter() - t
-    warm = best_of(lambda: head.render(sample, origin, noise_seed=1), args.repeat)
+    warm = best_of(lambda: head.render(sample, origin, noise_seed=1), args.repeat, warm=False)
     scene = best_of(lambda: head.scene(sample, origin), args.repeat)
 
     rng = np.random.default_rng(0)

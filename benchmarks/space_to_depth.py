@@ -14,24 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numba
 import numpy as np
+from timing import best_of
 
 from edge.kernels.space_to_depth import plan_tiles, space_to_depth, space_to_depth_tiles
 
 H, W = 3120, 3504
-
-
-def best_of(fn, repeat: int) -> float:
-    fn()  # warm: JIT or cache load, first touch of the output pages
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def numpy_path(frames: np.ndarray, out: np.ndarray) -> np.ndarray:

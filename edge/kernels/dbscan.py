@@ -47,6 +47,18 @@ def _find(parent, i):
 
 
 @nb.njit(inline="always")
+def _core_within(px, py, core, p, q0, q1, eps2):
+    """Whether some core point among q0..q1-1 lies within eps of point p."""
+    for q in range(q0, q1):
+        if core[q]:
+            ddx = px[q] - px[p]
+            ddy = py[q] - py[p]
+            if ddx * ddx + ddy * ddy <= eps2:
+                return True
+    return False
+
+
+@nb.njit(inline="always")
 def _cell_index(cx, cy, gx, gy, dense, keys):
     """Index of cell (cx, cy) in the cell arrays, or -1 if it is outside or empty-and-unlisted."""
     if cx < 0 or cy < 0 or cx >= gx or cy >= gy:
@@ -160,16 +172,8 @@ def _join(px, py, core, cell_x, cell_y, start, keys, gx, gy, dense, eps2):
                     continue
                 linked = False
                 for p in range(start[c], start[c + 1]):
-                    if not core[p]:
-                        continue
-                    for q in range(start[cc], start[cc + 1]):
-                        if core[q]:
-                            ddx = px[q] - px[p]
-                            ddy = py[q] - py[p]
-                            if ddx * ddx + ddy * ddy <= eps2:
-                                linked = True
-                                break
-                    if linked:
+                    if core[p] and _core_within(px, py, core, p, start[cc], start[cc + 1], eps2):
+                        linked = True
                         break
                 if linked:
                     parent[max(rc, rcc)] = min(rc, rcc)
@@ -199,14 +203,8 @@ def _label(px, py, core, cell_x, cell_y, start, keys, gx, gy, dense, eps2, root)
                     cc = _cell_index(cell_x[p] + dx, cell_y[p] + dy, gx, gy, dense, keys)
                     if cc < 0 or root[cc] < 0:
                         continue
-                    for q in range(start[cc], start[cc + 1]):
-                        if core[q]:
-                            ddx = px[q] - px[p]
-                            ddy = py[q] - py[p]
-                            if ddx * ddx + ddy * ddy <= eps2:
-                                found = root[cc]
-                                break
-                    if found >= 0:
+                    if _core_within(px, py, core, p, start[cc], start[cc + 1], eps2):
+                        found = root[cc]
                         break
                 if found >= 0:
                     break
