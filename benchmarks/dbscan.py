@@ -23,7 +23,7 @@ import time
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from edge.kernels.dbscan import dbscan_map
+from edge.kernels.dbscan import dbscan, dbscan_map
 
 T_LOW, EPS, MIN_SAMPLES = 0.25, 25.0, 16
 CASES = [("438x390 0.1%", 390, 438, 0.001), ("438x390 1%", 390, 438, 0.01),
@@ -92,8 +92,6 @@ def main() -> None:
             res = dbscan_map(m, T_LOW, EPS, MIN_SAMPLES)
             times.append(time.perf_counter() - t)
         kernel_s = min(times)
-        from edge.kernels.dbscan import dbscan
-
         labels, core = dbscan(pts, EPS, MIN_SAMPLES)
         ref_core = np.zeros(len(pts), bool)
         ref_core[ref.core_sample_indices_] = True

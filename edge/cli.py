@@ -65,9 +65,8 @@ def _write_previews(sample_dir: Path, out_dir: Path | None = None) -> list[Path]
 
 def _describe(sample) -> str:
     counts = Counter(d.kind for d in sample.defects)
-    parts = [f"{counts.get(k, 0)} {k}{'es' if k == 'scratch' else 's'}"
-             for k in ("scratch", "dust", "stain", "fibre")]
-    return ", ".join(parts).replace("dusts", "dust specks")
+    plural = {"scratch": "scratches", "dust": "dust specks", "stain": "stains", "fibre": "fibres"}
+    return ", ".join(f"{counts.get(k, 0)} {name}" for k, name in plural.items())
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def states_panel(frames: np.ndarray, bayer_pattern: str, max_dn: int,
     planes = [green_plane(f, bayer_pattern) for f in frames]
     factor = max(1, int(np.ceil(planes[0].shape[1] / panel_width)))
     small = [max_shrink(p, factor) for p in planes]
-    black = float(np.median(np.stack(planes[:1])))  # dark level + haze of clean glass
+    black = float(np.median(planes[0]))  # dark level + haze of clean glass
     scale = 2 * factor  # RAW px per panel px
     ph, pw = small[0].shape
     label_h, gap = 22, 6

@@ -412,14 +412,13 @@ def dbscan_map(score: np.ndarray, t_low: float, eps: float, min_samples: int,
         raise ValueError(f"score map must be 2-D, got shape {s.shape}")
     if not isinstance(downscale, (int, np.integer)) or downscale < 1:
         raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
-    small = max_downscale(s, downscale)
-    rows, cols, nan_at = _above(np.ascontiguousarray(small, dtype=np.float32), np.float32(t_low))
+    small = np.ascontiguousarray(max_downscale(s, downscale), dtype=np.float32)
+    rows, cols, nan_at = _above(small, np.float32(t_low))
     if nan_at >= 0:
         r, c = divmod(int(nan_at), small.shape[1])
         raise ValueError(f"score map holds NaN (first at row {r}, column {c}"
                          f"{' of the downscaled map' if downscale > 1 else ''})")
     labels_pts, _ = _cluster(cols.astype(np.float64), rows.astype(np.float64), eps, min_samples)
     k = int(labels_pts.max()) + 1 if labels_pts.size else 0
-    pixels, max_score, bbox = _map_stats(small.astype(np.float32, copy=False), rows, cols,
-                                         labels_pts, k)
+    pixels, max_score, bbox = _map_stats(small, rows, cols, labels_pts, k)
     return MapClusters(small.shape, rows, cols, labels_pts, pixels, max_score, bbox, downscale)
