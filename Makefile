@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/glass-inspect: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,cpu,train]'
 	touch $@
 
 demo: $(BIN)/glass-inspect

@@ -164,6 +164,55 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_torch(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(f"{what} needs torch, which this installation lacks; install the "
+                         "training extra: pip install -e '.[train]'")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _require_torch("training")
+    import torch
+
+    from model.train import CheckpointError, Trainer, TrainSettings
+
+    cfg = config.load(args.config)
+    try:
+        settings = TrainSettings(
+            network=args.network, loss=args.loss, alpha=args.alpha, width=args.width,
+            levels=args.levels, nested=not args.no_nested, epochs=args.epochs,
+            steps_per_epoch=args.steps, batch_size=args.batch, scratch_per_batch=args.scratch,
+            val_patches=args.val_patches, lr=args.lr, seed=args.seed, patch=args.patch,
+            input_compression=args.compress,
+            samples=[str(p) for p in args.samples])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        best = Trainer(settings, cfg, args.out, progress=not args.quiet).run(resume=args.resume)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    _require_torch("ONNX export")
+    from export.onnx import ExportError, export_onnx
+    from model.train import CheckpointError
+
+    try:
+        r = export_onnx(args.checkpoint, args.out, tile=args.tile, all_scales=args.all_scales)
+    except (CheckpointError, ExportError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, {r.parameters:,} parameters, outputs "
+          f"{', '.join(r.outputs)}); ONNX Runtime matches torch within {r.parity_max_abs:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="glass-inspect",
@@ -215,6 +264,65 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a recorded sample folder, or a folder of them")
     v.add_argument("--out", metavar="DIR", help="write here instead of SAMPLE_DIR/preview")
     v.set_defaults(func=cmd_preview)
+
+    t = sub.add_parser(
+        "train", help="train the scratch network (or the window classifier) on simulated or "
+                      "recorded samples",
+        description="Train the glass paper's U-Net with the autoencoder loss (or cross-entropy), "
+                    "or the weak-scratch paper's attention fusion classifier, on 1024 x 1024 RAW "
+                    "patches simulated on the fly or cut from recorded samples. Writes last.pt, "
+                    "best.pt, history.json and loss.png into --out; --resume continues. Needs the "
+                    "'train' extra (torch).")
+    head_option(t)
+    t.add_argument("--out", default="runs/unet", metavar="DIR",
+                   help="run folder (default: runs/unet)")
+    t.add_argument("--samples", nargs="*", default=[], metavar="SAMPLE_DIR",
+                   help="recorded samples with masks (default: simulate samples on the fly)")
+    t.add_argument("--network", choices=("unet", "fusion"), default="unet",
+                   help="unet: the glass paper's segmentation network (default); fusion: the "
+                        "weak-scratch paper's classifier on 256 x 256 windows")
+    t.add_argument("--loss", choices=("autoencoder", "bce"), default="autoencoder",
+                   help="U-Net loss: the paper's autoencoder L2 (default) or cross-entropy")
+    t.add_argument("--alpha", type=_share, default=0.7,
+                   help="weight of false positives in the autoencoder loss (default: 0.7)")
+    t.add_argument("--width", type=float, default=0.125,
+                   help="feature-count multiplier; 1 is the paper's network (default: 0.125)")
+    t.add_argument("--levels", type=int, default=6, choices=(4, 5, 6),
+                   help="encoder levels (default: 6, as in the paper)")
+    t.add_argument("--no-nested", action="store_true", help="own kernels for every convolution")
+    t.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    t.add_argument("--steps", type=int, default=50, help="batches per epoch (default: 50)")
+    t.add_argument("--batch", type=int, default=4, help="patches per batch (default: 4)")
+    t.add_argument("--scratch", type=int, default=1,
+                   help="scratch patches per batch (default: 1, as in the paper)")
+    t.add_argument("--val-patches", type=int, default=16,
+                   help="held-out validation patches, half with scratches (default: 16)")
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    t.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    t.add_argument("--patch", type=int, default=1024,
+                   help="RAW patch side in px (default: 1024, as in the paper)")
+    t.add_argument("--compress", type=float, default=0.0, metavar="K",
+                   help="U-Net input compression log1p(K x) / log1p(K); 0: none (default)")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a trained network (checkpoint -> ONNX)",
+                       description="Export stage. 'onnx': a training checkpoint -> an ONNX file "
+                                   "(opset 17, input 'frames', dynamic batch), checked with "
+                                   "onnx.checker, shape inference and parity with torch.")
+    esub = e.add_subparsers(dest="what", required=True, metavar="WHAT")
+    eo = esub.add_parser("onnx", help="checkpoint -> ONNX",
+                         description="Write CHECKPOINT as ONNX; refuses to write a file whose "
+                                     "ONNX Runtime output differs from torch by more than 1e-4.")
+    eo.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by 'train'")
+    eo.add_argument("--out", metavar="FILE.onnx", help="(default: CHECKPOINT with .onnx)")
+    eo.add_argument("--tile", type=int, default=512,
+                    help="side of the example input and the parity check (default: 512)")
+    eo.add_argument("--all-scales", action="store_true",
+                    help="also output the half- and quarter-resolution maps")
+    eo.set_defaults(func=cmd_export_onnx)
 
     c = sub.add_parser("config", help="check, show or print the default head configuration",
                        description="check: validate a head file and summarise it; show: print it "

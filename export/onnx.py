@@ -1,0 +1,168 @@
+"""Checkpoint -> ONNX: the file the runtime (ONNX Runtime) and the TensorRT build start from.
+
+* Opset 17, one input named ``frames`` (``N x 24 x H x W``, the space-to-depth stack scaled to
+  ``[0, 1]``), named outputs: ``scores`` (``N x 1 x H x W``, the finest of the U-Net's three
+  maps; ``scores_half`` and ``scores_quarter`` too with ``all_scales``) or ``logit`` (``N``) for
+  the attention fusion classifier.
+* Batch, height and width are dynamic (height and width multiples of the network's divisor);
+  the runtime fixes them to its tile size and the TensorRT profile to the configured batches.
+* Nested weights stay nested: the exporter's constant folding is off, so the kernel pool is one
+  initializer and each convolution slices it (``Slice`` on a constant, which ONNX Runtime and
+  TensorRT fold when they load the model). The file is about the pool's size, not the sum of
+  its slices.
+* Checked before it is written in place: ``onnx.checker`` (full check), strict shape inference,
+  and parity with torch on random inputs through ONNX Runtime (max abs difference <= 1e-4).
+* The model's ``metadata_props`` carry what the runtime and the model card need: the network
+  and its spec, the training settings, the head configuration's digest, the post-processing the
+  model was validated with, its last validation metrics and the checkpoint's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAME = "frames"
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a valid, faithful ONNX file."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    bytes: int
+    parameters: int
+    parity_max_abs: float
+    outputs: tuple[str, ...]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Outputs:
+    """Wraps the network so that the traced graph returns exactly the exported outputs."""
+
+    @staticmethod
+    def wrap(model, network: str, all_scales: bool):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = model
+
+            def forward(self, frames):
+                out = self.net(frames)
+                if network == "fusion":
+                    return out
+                return tuple(out) if all_scales else out[0]
+
+        return Wrapped().eval()
+
+
+def output_names(network: str, all_scales: bool) -> tuple[str, ...]:
+    if network == "fusion":
+        return ("logit",)
+    return ("scores", "scores_half", "scores_quarter") if all_scales else ("scores",)
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int = 512,
+                all_scales: bool = False, opset: int = OPSET, parity_batch: int = 2,
+                seed: int = 0) -> ExportResult:
+    import onnx
+    import torch
+
+    from model.train import load_checkpoint, model_from_checkpoint
+    from model.unet import parameter_count
+
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    network = ckpt["network"]
+    model = model_from_checkpoint(ckpt)
+    divisor = getattr(model.spec, "divisor", 32)
+    if network == "fusion":
+        tile = 256
+    if tile % divisor:
+        raise ExportError(f"tile {tile} is not a multiple of the network's divisor {divisor}")
+    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = output_names(network, all_scales)
+    wrapped = _Outputs.wrap(model, network, all_scales)
+    example = torch.rand(1, model.spec.in_channels, tile, tile,
+                         generator=torch.Generator().manual_seed(seed))
+    dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    for n in names:
+        dynamic[n] = {0: "batch"} if network == "fusion" else {0: "batch", 2: "height",
+                                                               3: "width"}
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        # the TorchScript exporter: its constant folding can be switched off, which keeps the
+        # nested kernels as slices of one pool; it warns that it is the legacy path
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(wrapped, (example,), str(tmp), input_names=[INPUT_NAME],
+                              output_names=list(names), dynamic_axes=dynamic,
+                              opset_version=opset, dynamo=False, do_constant_folding=False)
+        proto = onnx.load(str(tmp))
+        meta = {
+            "producer": "glass-inspect export onnx",
+            "network": network,
+            "spec": json.dumps(ckpt["spec"], sort_keys=True),
+            "settings": json.dumps(ckpt["settings"], sort_keys=True),
+            "head_digest": ckpt["head_digest"],
+            "pipeline": json.dumps(ckpt["pipeline"], sort_keys=True),
+            "epoch": str(ckpt["epoch"]),
+            "metrics": json.dumps(ckpt["history"][-1] if ckpt["history"] else {}),
+            "checkpoint_sha256": _sha256(checkpoint),
+            "parameters": str(parameter_count(model)),
+            "input_scale": "space-to-depth of the 6 RAW frames, divided by 2**bit_depth - 1",
+        }
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        proto.doc_string = (f"glass-inspect {network}: input '{INPUT_NAME}' N x 24 x H x W, "
+                            f"outputs {', '.join(names)}")
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        diff = parity(wrapped, tmp, names, model.spec.in_channels, tile, parity_batch, seed)
+        if not diff <= PARITY_TOLERANCE:
+            raise ExportError(f"ONNX Runtime and torch differ by {diff:.3g} (tolerance "
+                              f"{PARITY_TOLERANCE}); the file was not written")
+        os.replace(tmp, out)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported graph is not valid ONNX: {exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ExportResult(out, out.stat().st_size, parameter_count(model), diff, names)
+
+
+def parity(wrapped, onnx_path: Path, names, channels: int, tile: int, batch: int,
+           seed: int) -> float:
+    """Max abs difference between torch and ONNX Runtime over every output, random input."""
+    import onnxruntime as ort
+    import torch
+
+    x = np.random.default_rng(seed + 1).random((batch, channels, tile, tile), np.float32)
+    with torch.no_grad():
+        ref = wrapped(torch.from_numpy(x))
+    ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(names), {INPUT_NAME: x})
+    return float(max(np.max(np.abs(a - b)) for a, b in zip(ref, got, strict=True)))

@@ -1,0 +1,161 @@
+"""The weak-scratch paper's attention fusion classifier (section II): does a window hold a scratch?
+
+* **Brightness adjustment** (BA, eqs. 1-3): each input channel is stretched from its own
+  ``[V_min, V_max]`` within the window to ``[0, 1]`` and concatenated to the raw input. The paper
+  stretches to ``[0, 255]`` for 8-bit images; our inputs are already scaled to ``[0, 1]``, so the
+  stretch targets the same range. A flat channel (``V_max == V_min``) maps to 0.
+* **Body:** ResNet18 (7x7/2 convolution, 3x3/2 max-pooling, four stages of two basic blocks,
+  64-128-256-512 features times ``width``).
+* **Scale attention** (SA, Res2Net-A, Fig. 4, eq. 4) after each of the four stages: a 1x1
+  convolution, a split into 4 groups, ``y_1 = x_1`` and ``y_i = Ka_i(x_i + y_{i-1})`` with atrous
+  3x3 convolutions of rates 1, 3, 5 for ``i = 2, 3, 4`` (eq. 4 as printed, so ``y_2`` also sees
+  ``x_1``), concatenation and a 1x1 fusion. Choice: batch norm and ReLU after each convolution
+  and an identity shortcut around the module, as in the Res2Net block it modifies.
+* **Channel attention** (CA, eqs. 5-8) after the last SA: squeeze-excitation
+  ``sigma_c = sigmoid(W_d(ReLU(W_u(GAP(P)))))`` (the ReLU of SENet, which eq. 6 leaves out;
+  reduction 16) and a spatial branch ``sigma_s = sigmoid(W_s P)``, summed:
+  ``sigma_c * P + sigma_s * P``.
+  We read "a CA module is then added, followed by the last SA module" as CA coming after the
+  fourth SA.
+* Global average pooling and one logit (``sigmoid`` of it: the scratch probability).
+
+Input: a window of the 24-channel space-to-depth map (``24 x 256 x 256``); the paper's
+single-channel dark-field windows become our six RAW frames. Used with stride 128
+(:func:`window_origins`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WINDOW = 256
+STRIDE = 128
+ATROUS_RATES = (1, 3, 5)
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    width: float = 1.0
+    in_channels: int = 24
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.width <= 4.0:
+            raise ValueError(f"width must be within (0, 4], got {self.width}")
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return tuple(max(8, int(round(f * self.width / 8.0)) * 8) for f in (64, 128, 256, 512))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def brightness_adjust(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Eqs. 1-3 per sample and channel: ``(x - V_min) / (V_max - V_min)``."""
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    span = hi - lo
+    w_mult = torch.where(span > eps, 1.0 / span.clamp_min(eps), torch.zeros_like(span))
+    return x * w_mult - w_mult * lo
+
+
+def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (k // 2)
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, stride, pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.a = _conv_bn(c_in, c_out, 3, stride)
+        self.b = _conv_bn(c_out, c_out, 3)
+        self.down = _conv_bn(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(F.relu(self.a(x)))
+        return F.relu(h + (x if self.down is None else self.down(x)))
+
+
+class ScaleAttention(nn.Module):
+    """Res2Net-A (Fig. 4): 4 groups, hierarchical atrous 3x3 convolutions, 1x1 fusion."""
+
+    def __init__(self, channels: int, groups: int = 4):
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"{channels} channels do not split into {groups} groups")
+        g = channels // groups
+        self.groups = groups
+        self.reduce = _conv_bn(channels, channels, 1)
+        self.atrous = nn.ModuleList(_conv_bn(g, g, 3, dilation=r) for r in ATROUS_RATES)
+        self.fuse = _conv_bn(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.chunk(F.relu(self.reduce(x)), self.groups, dim=1)
+        ys = [parts[0]]
+        for part, conv in zip(parts[1:], self.atrous, strict=True):
+            ys.append(F.relu(conv(part + ys[-1])))
+        return F.relu(self.fuse(torch.cat(ys, dim=1)) + x)
+
+
+class ChannelAttention(nn.Module):
+    """Eq. 8: ``sigma_c * P + sigma_s * P``."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(4, channels // reduction)
+        self.w_u = nn.Conv2d(channels, hidden, 1)
+        self.w_d = nn.Conv2d(hidden, channels, 1)
+        self.w_s = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        squeezed = p.mean(dim=(2, 3), keepdim=True)  # eq. 5
+        sigma_c = torch.sigmoid(self.w_d(F.relu(self.w_u(squeezed))))  # eq. 6
+        sigma_s = torch.sigmoid(self.w_s(p))  # eq. 7
+        return sigma_c * p + sigma_s * p
+
+
+class AttentionFusionNet(nn.Module):
+    """``forward(x)`` returns one logit per window, shape ``(N,)``."""
+
+    def __init__(self, spec: FusionSpec | None = None):
+        super().__init__()
+        self.spec = spec = spec or FusionSpec()
+        s = spec.stages
+        self.stem = nn.Sequential(_conv_bn(2 * spec.in_channels, s[0], 7, stride=2), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        stages, c_in = [], s[0]
+        for k, feats in enumerate(s):
+            stride = 1 if k == 0 else 2
+            stages += [BasicBlock(c_in, feats, stride), BasicBlock(feats, feats, 1),
+                       ScaleAttention(feats)]
+            c_in = feats
+        self.body = nn.Sequential(*stages)
+        self.channel_attention = ChannelAttention(s[-1])
+        self.fc = nn.Linear(s[-1], 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, brightness_adjust(x)], dim=1)
+        x = self.channel_attention(self.body(self.stem(x)))
+        return self.fc(x.mean(dim=(2, 3)))[:, 0]
+
+
+def window_origins(size: int, window: int = WINDOW, stride: int = STRIDE) -> list[int]:
+    """Window starts along one side: every ``stride``, the last one flush with the edge."""
+    if size < window:
+        raise ValueError(f"a side of {size} px is smaller than the {window} px window")
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts

@@ -1,0 +1,215 @@
+"""Quality of exported networks on held-out simulated samples, as the glass paper's Table 1 counts.
+
+Each sample is rendered RoI by RoI on the full-size simulated head; every network sees the same
+frames (space-to-depth without calibration, as the runtime without a calibration file), runs on
+ONNX Runtime over the whole half-resolution map at once (padded to the network's divisor: a
+fully convolutional network needs no tiles for this), and the score map goes through the
+runtime's post-processing (:func:`edge.postprocess.find_scratches`).
+
+Counts (ground truth from the simulator):
+
+* **image level** (one RoI): positive when its scratch mask is not empty; predicted positive
+  when at least one scratch is kept. FN rate = missed positives / positives, FP rate = flagged
+  negatives / negatives.
+* **sample level**: the same over whole samples (positive when any RoI is).
+* **scratch level**: a scratch of the sample is *labelled* when a point of its centre line lies
+  within 2 px of its RoI's mask; it is *found* when a kept box (grown by ``MARGIN_MM``) holds a
+  point of it. Recall = found / labelled. A kept box is *correct* when it holds a point of any
+  scratch; precision = correct / kept. Boxes are counted per RoI (a scratch in the overlap of
+  two RoIs counts in both; merging across RoIs belongs to the pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.config import HeadConfig
+from edge.kernels.space_to_depth import space_to_depth
+from edge.postprocess import find_scratches
+from edge.sim import SimHead, generate_sample
+
+MARGIN_MM = 0.15
+HELD_OUT_SEED = 900_000  # far from the seeds training draws samples from
+
+
+@dataclass
+class Counts:
+    images: int = 0
+    image_pos: int = 0
+    image_fn: int = 0
+    image_fp: int = 0
+    samples: int = 0
+    sample_pos: int = 0
+    sample_fn: int = 0
+    sample_fp: int = 0
+    labelled: int = 0
+    found: int = 0
+    kept: int = 0
+    correct: int = 0
+    infer_s: float = 0.0
+    by_length: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        def r(a, b):
+            return round(a / b, 4) if b else None
+
+        return {
+            "samples": self.samples, "samples_with_scratch": self.sample_pos,
+            "sample_fn_rate": r(self.sample_fn, self.sample_pos),
+            "sample_fp_rate": r(self.sample_fp, self.samples - self.sample_pos),
+            "images": self.images, "images_with_scratch": self.image_pos,
+            "image_fn_rate": r(self.image_fn, self.image_pos),
+            "image_fp_rate": r(self.image_fp, self.images - self.image_pos),
+            "scratches_labelled": self.labelled, "scratch_recall": r(self.found, self.labelled),
+            "kept": self.kept, "scratch_precision": r(self.correct, self.kept),
+            "recall_by_length_mm": {k: r(f, n) for k, (f, n) in sorted(self.by_length.items())},
+            "infer_s": round(self.infer_s, 1),
+        }
+
+
+LENGTH_BINS = ((0.0, 1.0), (1.0, 5.0), (5.0, 1e9))
+
+
+def _length_bin(length: float) -> str:
+    for lo, hi in LENGTH_BINS:
+        if lo <= length < hi:
+            return f"{lo:g}-{hi:g}" if hi < 1e9 else f">={lo:g}"
+    return "?"
+
+
+class OnnxScorer:
+    """Whole-map inference with ONNX Runtime (pads to the divisor, crops back)."""
+
+    def __init__(self, path: str | Path, threads: int = 0, divisor: int = 32):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+        self.divisor = divisor
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        c, h, w = image.shape
+        d = self.divisor
+        ph, pw = -h % d, -w % d
+        x = np.pad(image, ((0, 0), (0, ph), (0, pw)))[None] if ph or pw else image[None]
+        (y,) = self.session.run([self.output], {self.input: np.ascontiguousarray(x)})
+        return y[0, 0, :h, :w]
+
+
+def _points_in_roi(points_mm: np.ndarray, origin, mm_per_px, shape) -> np.ndarray:
+    """Centre-line points -> (row, col) at half resolution, those inside the map."""
+    col = (points_mm[:, 0] - origin[0]) / mm_per_px[0] / 2.0
+    row = (points_mm[:, 1] - origin[1]) / mm_per_px[1] / 2.0
+    rc = np.stack([row, col], axis=1)
+    inside = (rc[:, 0] >= 0) & (rc[:, 0] < shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < shape[1])
+    return rc[inside]
+
+
+def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50,
+             seed: int = HELD_OUT_SEED, scratch_share: float = 0.3, threads: int = 0,
+             progress: bool = True) -> dict[str, dict]:
+    """Run every model on the same ``n_samples`` simulated samples -> summary per model."""
+    head = SimHead(cfg)
+    scorers = {name: OnnxScorer(path, threads) for name, path in models.items()}
+    counts = {name: Counts() for name in models}
+    grid = cfg.stage.roi_grid
+    mmpp = cfg.mm_per_px
+    margin_px = MARGIN_MM / (2.0 * float(np.mean(mmpp)))
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_samples * grid.count, desc="evaluating", unit="RoI", disable=not progress)
+    for k in range(n_samples):
+        sample = generate_sample(seed + k, grid.extent_mm, scratch_share)
+        flagged = dict.fromkeys(models, False)
+        labelled_ids: set[int] = set()
+        found_ids = {name: set() for name in models}
+        sample_pos = False
+        for roi in range(grid.count):
+            origin = grid.roi_origin_mm(roi)
+            r = head.render(sample, origin, noise_seed=(sample.seed << 8) + roi)
+            image = space_to_depth(r.frames, bit_depth=cfg.camera.bit_depth)
+            h2, w2 = image.shape[1:]
+            mask = r.mask.reshape(h2, 2, w2, 2).any(axis=(1, 3))
+            positive = bool(mask.any())
+            sample_pos |= positive
+            lines = {}
+            for i, d in enumerate(sample.defects):
+                if d.kind != "scratch":
+                    continue
+                pts = _points_in_roi(d.points, origin, mmpp, (h2, w2))
+                if not len(pts):
+                    continue
+                lines[i] = pts
+                ij = np.clip(np.round(pts).astype(int), 0, [h2 - 1, w2 - 1])
+                near = np.zeros_like(mask)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        near[np.clip(ij[:, 0] + dy, 0, h2 - 1),
+                             np.clip(ij[:, 1] + dx, 0, w2 - 1)] = True
+                if (near & mask).any():
+                    labelled_ids.add(i)
+            for name, scorer in scorers.items():
+                ts = time.perf_counter()
+                score = scorer(image)
+                counts[name].infer_s += time.perf_counter() - ts
+                kept = find_scratches(score, cfg.pipeline)
+                c = counts[name]
+                c.images += 1
+                c.image_pos += positive
+                c.image_fn += positive and kept.count == 0
+                c.image_fp += (not positive) and kept.count > 0
+                flagged[name] |= kept.count > 0
+                c.kept += kept.count
+                for box in kept.boxes:
+                    r0, c0 = box[0] - margin_px, box[1] - margin_px
+                    r1, c1 = box[2] + margin_px, box[3] + margin_px
+                    hit = False
+                    for i, pts in lines.items():
+                        inside = ((pts[:, 0] >= r0) & (pts[:, 0] < r1)
+                                  & (pts[:, 1] >= c0) & (pts[:, 1] < c1))
+                        if inside.any():
+                            hit = True
+                            found_ids[name].add(i)
+                    c.correct += hit
+            bar.update()
+        for name in models:
+            c = counts[name]
+            c.samples += 1
+            c.sample_pos += sample_pos
+            c.sample_fn += sample_pos and not flagged[name]
+            c.sample_fp += (not sample_pos) and flagged[name]
+            c.labelled += len(labelled_ids)
+            c.found += len(labelled_ids & found_ids[name])
+            for i in labelled_ids:
+                b = _length_bin(sample.defects[i].length_mm)
+                f, n = c.by_length.get(b, (0, 0))
+                c.by_length[b] = (f + (i in found_ids[name]), n + 1)
+    bar.close()
+    out = {name: c.summary() for name, c in counts.items()}
+    for v in out.values():
+        v["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def describe(results: dict[str, dict], names: Sequence[str] | None = None) -> str:
+    rows = ["model | sample FN | sample FP | image FN | image FP | scratch recall | precision",
+            "--- | --- | --- | --- | --- | --- | ---"]
+    for name in names or results:
+        s = results[name]
+
+        def pct(v):
+            return "-" if v is None else f"{100 * v:.1f} %"
+
+        rows.append(f"{name} | {pct(s['sample_fn_rate'])} | {pct(s['sample_fp_rate'])} | "
+                    f"{pct(s['image_fn_rate'])} | {pct(s['image_fp_rate'])} | "
+                    f"{pct(s['scratch_recall'])} | {pct(s['scratch_precision'])}")
+    return "\n".join(rows)

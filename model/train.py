@@ -1,0 +1,351 @@
+"""Training of both networks on recorded or simulated samples (glass paper, section 5.6).
+
+* Adam, learning rate 1e-4, betas (0.5, 0.9), eps 1e-8; Xavier-uniform initialisation.
+* Batches from :class:`~model.data.PatchSampler`: a fixed number of scratch patches per batch
+  (the paper: one), background patches without information dropped, Bayer-preserving flips and
+  turns, Gaussian and salt-and-pepper noise.
+* The scratch U-Net learns with the autoencoder loss (``tanh`` outputs) or, as the paper's
+  comparison, with binary cross-entropy (``sigmoid`` outputs); the attention fusion network
+  learns window labels (a 256 x 256 window of the 512 x 512 input holds a scratch or not) with
+  cross-entropy.
+* Validation after every epoch on a fixed set of patches from held-out data: the loss, pixel
+  metrics at ``t_low`` and object metrics after the runtime's own post-processing
+  (:mod:`edge.postprocess`) for the U-Net; accuracy, precision and recall for the classifier.
+* Checkpoints (``last.pt`` every epoch, ``best.pt`` at the lowest validation loss) hold the
+  weights, the optimiser, the settings, the head configuration's digest and post-processing, and
+  the metric history; they contain only tensors and plain values, so they load with
+  ``torch.load(weights_only=True)``. ``resume`` continues from ``last.pt``. The same settings and
+  seed give the same run: every patch is a pure function of (seed, step, position).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from edge.config import HeadConfig
+from model import data as D
+from model.attention import STRIDE, WINDOW, AttentionFusionNet, FusionSpec, window_origins
+from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
+from model.metrics import Tally
+from model.unet import GlassUNet, UNetSpec, parameter_count
+
+log = logging.getLogger("glass-inspect.train")
+
+CHECKPOINT_FORMAT = "glass-inspect-checkpoint/1"
+WINDOW_MIN_PIXELS = 4  # scratch pixels a window needs to count as a scratch window
+VALIDATION_SEED_OFFSET = 1_000_003
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, not ours, or from other settings)."""
+
+
+@dataclass
+class TrainSettings:
+    network: str = "unet"  # "unet" (glass paper) or "fusion" (weak-scratch paper)
+    loss: str = "autoencoder"  # U-Net only: "autoencoder" or "bce"
+    alpha: float = DEFAULT_ALPHA
+    width: float = 0.125
+    levels: int = 6
+    nested: bool = True
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    batch_size: int = 4
+    scratch_per_batch: int = 1
+    val_patches: int = 16
+    lr: float = 1e-4
+    seed: int = 0
+    patch: int = D.PATCH
+    input_compression: float = 0.0  # U-Net only, see model.unet
+    samples: list[str] = field(default_factory=list)  # recorded sample folders; empty: simulate
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.network not in ("unet", "fusion"):
+            problems.append(f"network must be 'unet' or 'fusion', got {self.network!r}")
+        if self.loss not in ("autoencoder", "bce"):
+            problems.append(f"loss must be 'autoencoder' or 'bce', got {self.loss!r}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "val_patches"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.scratch_per_batch <= self.batch_size:
+            problems.append(f"scratch_per_batch must be within 0..batch_size ({self.batch_size})"
+                            f", got {self.scratch_per_batch}")
+        if self.patch < 2 * WINDOW or self.patch % 64:
+            problems.append(f"patch must be a multiple of 64 and at least {2 * WINDOW}, "
+                            f"got {self.patch}")
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def spec(self):
+        if self.network == "fusion":
+            return FusionSpec(width=self.width)
+        return UNetSpec(width=self.width, levels=self.levels, nested=self.nested,
+                        activation="tanh" if self.loss == "autoencoder" else "sigmoid",
+                        input_compression=self.input_compression)
+
+
+def build_network(network: str, spec: dict) -> torch.nn.Module:
+    if network == "unet":
+        return GlassUNet(UNetSpec(**spec))
+    if network == "fusion":
+        return AttentionFusionNet(FusionSpec(**spec))
+    raise CheckpointError(f"unknown network {network!r}")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a glass-inspect checkpoint (expected format "
+                              f"{CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    model = build_network(ckpt["network"], ckpt["spec"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+# -- batches ------------------------------------------------------------------------------------
+def _tensors(patches: list[D.Patch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    image, mask, bright = D.stack(patches)
+    return torch.from_numpy(image), torch.from_numpy(mask), torch.from_numpy(bright)
+
+
+def windows(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut 256 x 256 windows with stride 128 -> (windows, labels 0/1)."""
+    h, w = image.shape[-2:]
+    crops, labels = [], []
+    for y in window_origins(h, WINDOW, STRIDE):
+        for x in window_origins(w, WINDOW, STRIDE):
+            crops.append(image[:, :, y:y + WINDOW, x:x + WINDOW])
+            n = mask[:, 0, y:y + WINDOW, x:x + WINDOW].flatten(1).sum(dim=1)
+            labels.append((n >= WINDOW_MIN_PIXELS).float())
+    return torch.cat(crops), torch.cat(labels)
+
+
+class Trainer:
+    def __init__(self, settings: TrainSettings, cfg: HeadConfig, out_dir: str | Path,
+                 progress: bool = True):
+        self.s, self.cfg, self.out = settings, cfg, Path(out_dir)
+        self.progress = progress
+        torch.manual_seed(settings.seed)
+        self.spec = settings.spec()
+        self.model = build_network(settings.network, self.spec.to_dict())
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr, betas=(0.5, 0.9),
+                                    eps=1e-8)
+        self.epoch = 0
+        self.history: list[dict] = []
+        train_src, val_src = self._sources()
+        angles = cfg.illumination.angles_deg
+        bits = cfg.camera.bit_depth
+        self.sampler = D.PatchSampler(train_src, angles, settings.batch_size,
+                                      settings.scratch_per_batch, bit_depth=bits)
+        self.val_sampler = D.PatchSampler(val_src, angles, 1, 0, augment=False, noise=False,
+                                          bit_depth=bits)
+        self._val: list[D.Patch] | None = None
+
+    def _sources(self):
+        s = self.s
+        if not s.samples:
+            return (D.SimulatedPatches(self.cfg, s.seed, s.patch),
+                    D.SimulatedPatches(self.cfg, s.seed + VALIDATION_SEED_OFFSET, s.patch))
+        dirs = sorted(s.samples)
+        if len(dirs) < 2:
+            raise ValueError("training on recorded samples needs at least 2 of them (one is "
+                             "held out for validation)")
+        n_val = max(1, len(dirs) // 10)  # every tenth, at the end of the sorted list
+        return (D.RecordedPatches(dirs[:-n_val], s.seed, s.patch),
+                D.RecordedPatches(dirs[-n_val:], s.seed + VALIDATION_SEED_OFFSET, s.patch))
+
+    @property
+    def validation(self) -> list[D.Patch]:
+        if self._val is None:
+            n = self.s.val_patches
+            self._val = [self.val_sampler.patch(k, scratch=k % 2 == 0)
+                         for k in tqdm(range(n), desc="validation patches", unit="patch",
+                                       disable=not self.progress, leave=False)]
+        return self._val
+
+    # -- losses ---------------------------------------------------------------------------------
+    def loss(self, image: torch.Tensor, mask: torch.Tensor, bright: torch.Tensor):
+        """-> (loss, score map or window logits) for a batch."""
+        if self.s.network == "fusion":
+            win, labels = windows(image, mask)
+            logits = self.model(win)
+            return F.binary_cross_entropy_with_logits(logits, labels), (logits, labels)
+        logits = self.model.logits(image)
+        if self.s.loss == "bce":
+            return cross_entropy_loss(logits, mask), torch.sigmoid(logits[0])
+        outs = [torch.tanh(z) for z in logits]
+        return autoencoder_loss(outs, mask, bright, self.s.alpha), outs[0]
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "network": self.s.network,
+            "spec": self.spec.to_dict(),
+            "settings": asdict(self.s),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "head_digest": self.cfg.digest(),
+            "head_source": self.cfg.source,
+            "pipeline": self.cfg.pipeline.model_dump(),
+            "parameters": parameter_count(self.model),
+            "torch_version": str(torch.__version__),
+        }
+
+    def save(self, name: str) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self._checkpoint(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self) -> bool:
+        path = self.out / "last.pt"
+        if not path.exists():
+            return False
+        ckpt = load_checkpoint(path)
+        saved = dict(ckpt["settings"])
+        mine = asdict(self.s)
+        differ = [f.name for f in fields(TrainSettings)
+                  if f.name != "epochs" and saved.get(f.name) != mine[f.name]]
+        if differ:
+            raise CheckpointError(f"{path}: was trained with other settings ({', '.join(differ)}"
+                                  "); resume with the same ones or use another --out")
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
+        log.info("resuming %s after epoch %d of %d", path, self.epoch, self.s.epochs)
+        return True
+
+    # -- loops ----------------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        self.model.train()
+        s = self.s
+        losses = []
+        bar = tqdm(range(s.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{s.epochs}",
+                   unit="batch", disable=not self.progress, leave=False)
+        for step in bar:
+            batch = self.sampler.batch(self.epoch * s.steps_per_epoch + step)
+            loss, _ = self.loss(*_tensors(batch))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1} "
+                                         f"step {step + 1}; lower the learning rate")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        return float(np.mean(losses))
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        losses, tally = [], Tally()
+        correct = seen = tp = fp = fn = 0
+        for k in range(0, len(self.validation), 2):
+            image, mask, bright = _tensors(self.validation[k:k + 2])
+            loss, out = self.loss(image, mask, bright)
+            losses.append(loss.item())
+            if self.s.network == "fusion":
+                logits, labels = out
+                pred = logits > 0
+                truth = labels > 0.5
+                correct += int((pred == truth).sum())
+                seen += int(truth.numel())
+                tp += int((pred & truth).sum())
+                fp += int((pred & ~truth).sum())
+                fn += int((~pred & truth).sum())
+                continue
+            for score, m in zip(out[:, 0].numpy(), mask[:, 0].numpy(), strict=True):
+                tally.add(score, m, self.cfg.pipeline)
+        metrics = {"val_loss": float(np.mean(losses))}
+        if self.s.network == "fusion":
+            metrics.update(accuracy=round(correct / max(1, seen), 4),
+                           precision=round(tp / max(1, tp + fp), 4),
+                           recall=round(tp / max(1, tp + fn), 4))
+        else:
+            metrics.update(tally.summary())
+        return metrics
+
+    def run(self, resume: bool = False) -> Path:
+        s = self.s
+        if resume:
+            self.resume()
+        log.info("training %s (%s loss, %d parameters) for %d epochs of %d batches of %d "
+                 "patches into %s", s.network, s.loss if s.network == "unet" else "bce",
+                 parameter_count(self.model), s.epochs, s.steps_per_epoch, s.batch_size,
+                 self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.validation  # noqa: B018 - built once, before the clock of the first epoch
+        while self.epoch < s.epochs:
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch()
+            t1 = time.perf_counter()
+            metrics = self.validate()
+            self.epoch += 1
+            row = {"epoch": self.epoch, "train_loss": train_loss, **metrics,
+                   "train_s": round(t1 - t0, 1), "val_s": round(time.perf_counter() - t1, 1)}
+            best = min((h["val_loss"] for h in self.history), default=math.inf)
+            self.history.append(row)
+            self.save("last.pt")
+            if row["val_loss"] <= best:
+                self.save("best.pt")
+            (self.out / "history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+            plot_history(self.history, self.out / "loss.png")
+            log.info("epoch %d/%d: train loss %.4f, validation %s", self.epoch, s.epochs,
+                     train_loss, _describe(metrics))
+        return self.out / "best.pt"
+
+
+def _describe(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in metrics.items() if v is not None)
+
+
+def plot_history(history: list[dict], path: Path, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="training")
+    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "loss per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
