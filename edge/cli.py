@@ -213,6 +213,31 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise UsageError("evaluation runs the models on ONNX Runtime, which this installation "
+                         "lacks; install the cpu extra: pip install -e '.[cpu]'")
+    from model.evaluate import describe, evaluate
+
+    cfg = config.load(args.config)
+    models = {}
+    for path in args.models:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{p}: no such model file")
+        models[p.stem if p.stem not in models else str(p)] = p
+    results = evaluate(models, cfg, args.samples, args.seed, args.scratch_share, args.threads,
+                       progress=not args.quiet)
+    print(describe(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"details: {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="glass-inspect",
@@ -323,6 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--all-scales", action="store_true",
                     help="also output the half- and quarter-resolution maps")
     eo.set_defaults(func=cmd_export_onnx)
+
+    q = sub.add_parser(
+        "evaluate", help="score ONNX networks on held-out simulated samples (FN and FP rates)",
+        description="Render N held-out samples on the full-size simulated head, run every MODEL "
+                    "on the same frames with the runtime's post-processing, and report sample-, "
+                    "image- and scratch-level rates as the glass paper's Table 1 counts them.")
+    head_option(q)
+    q.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    q.add_argument("--samples", type=int, default=50, help="(default: 50)")
+    q.add_argument("--seed", type=int, default=900_000,
+                   help="seed of the first sample (default: 900000, away from training seeds)")
+    q.add_argument("--scratch-share", type=_share, default=0.3, metavar="P",
+                   help="share of samples with scratches (default: 0.3)")
+    q.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
+    q.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("config", help="check, show or print the default head configuration",
                        description="check: validate a head file and summarise it; show: print it "

@@ -71,3 +71,37 @@ def test_demo_records_again_when_the_head_changed(tmp_path, caplog):
     assert main(["demo", "--out", str(tmp_path), "--size", "96x64"]) == 0
     sample_dir = next(tmp_path.iterdir())
     assert open_sample(sample_dir).frames(0).shape == (6, 64, 96)
+
+
+def test_train_and_export_name_the_missing_extra(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    assert main(["train", "--epochs", "1"]) == 2
+    assert "pip install -e '.[train]'" in capsys.readouterr().err
+    assert main(["export", "onnx", "x.pt"]) == 2
+    assert "needs torch" in capsys.readouterr().err
+
+
+def test_export_of_a_bad_checkpoint_is_one_message(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("torch")
+    bad = tmp_path / "bad.pt"
+    bad.write_text("nope")
+    assert main(["export", "onnx", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_writes_a_checkpoint_through_the_cli(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("torch")
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--steps", "1", "--batch", "1",
+                 "--val-patches", "1", "--patch", "512", "--levels", "4", "-q"]) == 0
+    assert (out / "best.pt").is_file() and "best checkpoint" in capsys.readouterr().out
+    assert main(["train", "--out", str(out), "--batch", "2", "--scratch", "3"]) == 2
