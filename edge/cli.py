@@ -164,16 +164,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_torch(what: str) -> None:
+def _require(module: str, what: str, extra: str) -> None:
     import importlib.util
 
-    if importlib.util.find_spec("torch") is None:
-        raise UsageError(f"{what} needs torch, which this installation lacks; install the "
-                         "training extra: pip install -e '.[train]'")
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}, which this installation lacks; install the "
+                         f"{extra} extra: pip install -e '.[{extra}]'")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    _require_torch("training")
+    _require("torch", "training", "train")
     import torch
 
     from model.train import CheckpointError, Trainer, TrainSettings
@@ -200,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    _require_torch("ONNX export")
+    _require("torch", "ONNX export", "train")
     from export.onnx import ExportError, export_onnx
     from model.train import CheckpointError
 
@@ -214,12 +214,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import importlib.util
     import json
 
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise UsageError("evaluation runs the models on ONNX Runtime, which this installation "
-                         "lacks; install the cpu extra: pip install -e '.[cpu]'")
+    _require("onnxruntime", "evaluation", "cpu")
     from model.evaluate import describe, evaluate
 
     cfg = config.load(args.config)

@@ -90,7 +90,7 @@ class Manifest(_Strict):
     truth_sha256: Sha256 | None = None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 22):
@@ -150,11 +150,11 @@ class SampleWriter:
                          metadata={"axes": "SYX"})
         entry = dict(index=index, row=row, column=column, origin_mm=list(origin_mm),
                      stage_mm=[grid.origin_mm[0] + origin_mm[0], grid.origin_mm[1] + origin_mm[1]],
-                     file=name, sha256=_sha256(path), timestamps=[float(t) for t in timestamps])
+                     file=name, sha256=sha256_file(path), timestamps=[float(t) for t in timestamps])
         if mask is not None:
             mname = f"roi_{index:02d}_mask.png"
             Image.fromarray(mask.astype(bool)).save(self.dir / mname, optimize=True)
-            entry.update(mask=mname, mask_sha256=_sha256(self.dir / mname))
+            entry.update(mask=mname, mask_sha256=sha256_file(self.dir / mname))
         self.rois.append(entry)
 
     def set_truth(self, sample: Sample) -> None:
@@ -195,7 +195,7 @@ class RecordedSample:
         path = self.dir / name
         if not path.is_file():
             raise RecordingError(f"{path}: missing (the manifest lists it)")
-        if verify and sha is not None and _sha256(path) != sha:
+        if verify and sha is not None and sha256_file(path) != sha:
             raise RecordingError(
                 f"{path}: content does not match the manifest's SHA-256 (file truncated, altered "
                 "or from another recording)"

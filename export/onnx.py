@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edge.recording import sha256_file
 
 INPUT_NAME = "frames"
 OPSET = 17
@@ -46,33 +47,22 @@ class ExportResult:
     outputs: tuple[str, ...]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _exported(model, network: str, all_scales: bool):
+    """The network with exactly the exported outputs (the U-Net returns three maps)."""
+    import torch
 
+    class Exported(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
 
-class _Outputs:
-    """Wraps the network so that the traced graph returns exactly the exported outputs."""
+        def forward(self, frames):
+            out = self.net(frames)
+            if network == "fusion":
+                return out
+            return tuple(out) if all_scales else out[0]
 
-    @staticmethod
-    def wrap(model, network: str, all_scales: bool):
-        import torch
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = model
-
-            def forward(self, frames):
-                out = self.net(frames)
-                if network == "fusion":
-                    return out
-                return tuple(out) if all_scales else out[0]
-
-        return Wrapped().eval()
+    return Exported().eval()
 
 
 def output_names(network: str, all_scales: bool) -> tuple[str, ...]:
@@ -102,7 +92,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
     out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     names = output_names(network, all_scales)
-    wrapped = _Outputs.wrap(model, network, all_scales)
+    wrapped = _exported(model, network, all_scales)
     example = torch.rand(1, model.spec.in_channels, tile, tile,
                          generator=torch.Generator().manual_seed(seed))
     dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
@@ -128,7 +118,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
             "pipeline": json.dumps(ckpt["pipeline"], sort_keys=True),
             "epoch": str(ckpt["epoch"]),
             "metrics": json.dumps(ckpt["history"][-1] if ckpt["history"] else {}),
-            "checkpoint_sha256": _sha256(checkpoint),
+            "checkpoint_sha256": sha256_file(checkpoint),
             "parameters": str(parameter_count(model)),
             "input_scale": "space-to-depth of the 6 RAW frames, divided by 2**bit_depth - 1",
         }

@@ -86,6 +86,7 @@ def _length_bin(length: float) -> str:
 class OnnxScorer:
     """Whole-map inference with ONNX Runtime (pads to the divisor, crops back)."""
 
+    # 32 = 2 ** (6 - 1), the divisor of the deepest U-Net; shallower ones divide it
     def __init__(self, path: str | Path, threads: int = 0, divisor: int = 32):
         import onnxruntime as ort
 
