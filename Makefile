@@ -23,6 +23,7 @@ bench: $(BIN)/glass-inspect
 	$(BIN)/python benchmarks/sim_render.py
 	$(BIN)/python benchmarks/space_to_depth.py
 	$(BIN)/python benchmarks/dbscan.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

@@ -235,6 +235,171 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edge.inspection import inspect_sample, load_calibration, load_engine, reason_of
+    from edge.recording import find_samples, open_sample
+    from edge.verdict import Status, error
+
+    cfg = config.load(args.config)
+    samples = find_samples(args.sample_dir)
+    engine = calibration = None
+    try:
+        engine = load_engine(cfg, args.engine)
+        calibration = load_calibration(cfg, args.calibration)
+    except Exception as exc:  # no usable engine or calibration: every sample is an ERROR
+        setup_error = reason_of(exc)
+    else:
+        setup_error = None
+    if engine is not None:
+        log.info("engine: %s on %s", engine.path.name, engine.backend)
+    verdicts = []
+    for d in samples:
+        v = _inspect_one(d, cfg, engine, calibration, setup_error, args.overlay,
+                         inspect_sample, open_sample, error)
+        verdicts.append(v)
+        print(v.summary())
+        for k, x in enumerate(v.defects):
+            cx, cy = x.centre_mm
+            print(f"  scratch {k + 1}: centre ({cx:.2f}, {cy:.2f}) mm, {x.length_mm:.2f} mm long, "
+                  f"peak score {x.peak_score:.2f}, RoI {', '.join(map(str, x.rois))}")
+        for r in v.rois:
+            for note in r.notes:
+                log.debug("  RoI %d: %s", r.index, note)
+        if v.rois and v.rois[0].notes:
+            log.info("  note: %s", v.rois[0].notes[0])
+    if engine is not None:
+        engine.close()
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps([v.to_dict() for v in verdicts], indent=1) + "\n")
+        print(f"verdicts: {args.json}")
+    return 1 if any(v.status is Status.ERROR for v in verdicts) else 0
+
+
+def _inspect_one(sample_dir, cfg, engine, calibration, setup_error, overlay_dir, inspect_sample,
+                 open_sample, error):
+    from edge.inspection import reason_of, recorded_rois
+
+    sample_id = sample_dir.name
+    if setup_error is not None:
+        return error(sample_id, setup_error)
+    try:
+        sample_id, rois, mmpp = recorded_rois(sample_dir, cfg)
+    except Exception as exc:
+        return error(sample_id, reason_of(exc), engine=engine.identity)
+    on_roi = None
+    if overlay_dir:
+        from edge.overlay import write_overlay
+
+        out = Path(overlay_dir) / sample_id
+
+        def on_roi(result, frames):
+            p = write_overlay(out / f"roi_{result.index:02d}.png", frames, result,
+                              cfg.camera.bayer_pattern, cfg.camera.max_dn, cfg.pipeline.t_low)
+            log.debug("overlay %s", p)
+
+    v = inspect_sample(sample_id, rois, cfg.stage.roi_grid.count, engine, calibration, cfg, mmpp,
+                       on_roi=on_roi)
+    if overlay_dir:
+        log.info("  overlays: %s", Path(overlay_dir) / sample_id)
+    try:
+        truth = open_sample(sample_dir).truth()
+    except Exception:
+        truth = None
+    if truth is not None:
+        log.info("  ground truth: %d scratch(es)", len(truth.scratches))
+    return v
+
+
+def cmd_export_engine(args: argparse.Namespace) -> int:
+    from edge.engine import EngineError
+    from export.tensorrt import BuildError, build_engine
+
+    cfg = config.load(args.config)
+    batches = None
+    if args.precision == "int8":
+        batches = _calibration_batches(args, cfg, max(cfg.engine.batch_sizes))
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(f".{args.precision}.engine")
+    try:
+        r = build_engine(args.model, out, args.precision, cfg.engine.batch_sizes,
+                         cfg.pipeline.tile_size, args.workspace_mb, args.timing_cache, batches,
+                         args.strongly_typed, None if args.no_cache else args.cache_dir)
+    except (BuildError, EngineError) as exc:
+        raise UsageError(str(exc)) from None
+    how = "from the engine cache" if r.from_cache else f"built in {r.seconds:.0f} s"
+    print(f"wrote {r.path} ({r.sidecar.precision}, TensorRT {r.sidecar.tensorrt_version}, "
+          f"{r.sidecar.device}, batches {list(r.sidecar.batch_sizes)}; {how})")
+    return 0
+
+
+def _calibration_batches(args: argparse.Namespace, cfg, batch: int) -> list:
+    from edge.inspection import load_calibration
+    from export.calibration_data import calibration_batches
+
+    if not args.samples:
+        raise UsageError("INT8 needs --samples SAMPLE_DIR (recorded samples to calibrate on)")
+    try:
+        return calibration_batches(args.samples, cfg, batch, load_calibration(cfg), args.tiles)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_export_qdq(args: argparse.Namespace) -> int:
+    _require("onnxruntime", "Q/DQ quantization", "cpu")
+    from export.quantize import quantize_qdq
+
+    cfg = config.load(args.config)
+    batches = _calibration_batches(args, cfg, 1)  # ONNX Runtime's calibrator takes any batch
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(".qdq.onnx")
+    quantize_qdq(args.model, out, batches, args.method)
+    print(f"wrote {out} (INT8 Q/DQ, {sum(len(b) for b in batches)} calibration tiles, "
+          f"{args.method}); check it with: glass-inspect export parity {args.model} {out}")
+    return 0
+
+
+def cmd_export_parity(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from edge.engine import EngineError, open_engine
+    from edge.inspection import load_calibration
+    from edge.recording import find_samples, open_sample
+    from export.parity import compare
+
+    cfg = config.load(args.config)
+    try:
+        ref = open_engine(args.reference, "onnxruntime", cfg.engine.threads,
+                          max(cfg.engine.batch_sizes))
+        cand = open_engine(args.candidate, "auto", cfg.engine.threads,
+                           max(cfg.engine.batch_sizes))
+    except EngineError as exc:
+        raise UsageError(str(exc)) from None
+
+    def rois():
+        if args.samples:
+            for d in find_samples(args.samples):
+                rec = open_sample(d)
+                for e in rec.manifest.rois[:args.rois]:
+                    yield e.index, np.asarray(rec.frames(e.index))
+            return
+        from edge.sim import SimHead, generate_sample
+
+        head = SimHead(cfg, shape=args.size)
+        sample = generate_sample(args.seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
+        for i in range(min(args.rois, cfg.stage.roi_grid.count)):
+            r = head.render(sample, cfg.stage.roi_grid.roi_origin_mm(i), noise_seed=i)
+            yield i, r.frames
+
+    rep = compare(ref, cand, rois(), cfg, load_calibration(cfg))
+    print(json.dumps(rep.to_dict(), indent=1))
+    print(f"max abs difference {rep.max_abs:.3g} over {rep.rois} RoIs; defects "
+          f"{'agree' if rep.defects_agree else 'DISAGREE in RoIs ' + str(rep.disagreeing_rois)} "
+          f"({rep.defects_reference} vs {rep.defects_candidate})")
+    return 0 if rep.defects_agree else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="glass-inspect",
@@ -330,10 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="export a trained network (checkpoint -> ONNX)",
+    e = sub.add_parser("export", help="export stage: checkpoint -> ONNX -> TensorRT engine",
                        description="Export stage. 'onnx': a training checkpoint -> an ONNX file "
                                    "(opset 17, input 'frames', dynamic batch), checked with "
-                                   "onnx.checker, shape inference and parity with torch.")
+                                   "onnx.checker, shape inference and parity with torch. "
+                                   "'engine': ONNX -> TensorRT engine. 'qdq': ONNX -> INT8 Q/DQ "
+                                   "ONNX. 'parity': ONNX Runtime against an engine.")
     esub = e.add_subparsers(dest="what", required=True, metavar="WHAT")
     eo = esub.add_parser("onnx", help="checkpoint -> ONNX",
                          description="Write CHECKPOINT as ONNX; refuses to write a file whose "
@@ -345,6 +512,87 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--all-scales", action="store_true",
                     help="also output the half- and quarter-resolution maps")
     eo.set_defaults(func=cmd_export_onnx)
+
+    ee = esub.add_parser(
+        "engine", help="ONNX -> TensorRT engine (FP32, FP16 or INT8) with its sidecar",
+        description="Build a serialized TensorRT engine for this device: one optimization "
+                    "profile over the head's batch sizes at its tile size, a workspace limit, a "
+                    "reusable timing cache; INT8 calibrated on recorded samples through the "
+                    "runtime's preprocessing. Writes FILE.engine and FILE.engine.json (the "
+                    "sidecar the runtime checks) and keeps a copy in the engine cache. Needs "
+                    "TensorRT and pycuda (a Jetson or a machine with an NVIDIA GPU).")
+    head_option(ee)
+    ee.add_argument("model", metavar="MODEL.onnx")
+    ee.add_argument("--out", metavar="FILE.engine",
+                    help="(default: MODEL.<precision>.engine)")
+    ee.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                    help="(default: fp16)")
+    ee.add_argument("--samples", metavar="SAMPLE_DIR", nargs="*", default=[],
+                    help="recorded samples for INT8 calibration")
+    ee.add_argument("--tiles", type=int, default=64,
+                    help="calibration tiles to use at most (default: 64)")
+    ee.add_argument("--workspace-mb", type=int, default=1024,
+                    help="builder workspace limit in MiB (default: 1024)")
+    ee.add_argument("--timing-cache", metavar="FILE", default="timing.cache",
+                    help="kernel timing cache, read and updated (default: timing.cache)")
+    typing_ = ee.add_mutually_exclusive_group()
+    typing_.add_argument("--strongly-typed", dest="strongly_typed", action="store_true",
+                         default=None, help="types from the ONNX (Q/DQ for INT8); the default on "
+                                            "TensorRT 11")
+    typing_.add_argument("--weakly-typed", dest="strongly_typed", action="store_false",
+                         help="builder precision flags and an INT8 calibrator (TensorRT 10)")
+    ee.add_argument("--cache-dir", default=str(Path.home() / ".cache/glass-inspect/engines"),
+                    help="engine cache folder (default: ~/.cache/glass-inspect/engines)")
+    ee.add_argument("--no-cache", action="store_true", help="always build, keep no copy")
+    ee.set_defaults(func=cmd_export_engine)
+
+    eq = esub.add_parser(
+        "qdq", help="ONNX -> INT8 Q/DQ ONNX (explicit quantization, for TensorRT 11)",
+        description="Quantize MODEL.onnx to INT8 with explicit QuantizeLinear/DequantizeLinear "
+                    "(symmetric, per-channel weights), calibrated on recorded samples through "
+                    "the runtime's preprocessing. Runs on any CPU; the result runs on ONNX "
+                    "Runtime, so 'export parity' can check it before a GPU builds it.")
+    head_option(eq)
+    eq.add_argument("model", metavar="MODEL.onnx")
+    eq.add_argument("--samples", metavar="SAMPLE_DIR", nargs="+", required=True)
+    eq.add_argument("--out", metavar="FILE.onnx", help="(default: MODEL.qdq.onnx)")
+    eq.add_argument("--tiles", type=int, default=64, help="(default: 64)")
+    eq.add_argument("--method", choices=("entropy", "minmax", "percentile"), default="entropy",
+                    help="how activation ranges are chosen (default: entropy, as TensorRT's)")
+    eq.set_defaults(func=cmd_export_qdq)
+
+    ep = esub.add_parser(
+        "parity", help="run the same RoIs through ONNX Runtime and an engine, compare",
+        description="Run the same RoIs (recorded with --samples, else simulated) through the "
+                    "pipeline with REFERENCE.onnx on ONNX Runtime and with CANDIDATE (.engine or "
+                    ".onnx); print the max abs difference of the score maps and whether the "
+                    "kept defects agree. Exit status 1 when they do not.")
+    head_option(ep)
+    ep.add_argument("reference", metavar="REFERENCE.onnx")
+    ep.add_argument("candidate", metavar="CANDIDATE")
+    ep.add_argument("--samples", metavar="SAMPLE_DIR", help="recorded samples (default: simulate)")
+    ep.add_argument("--rois", type=int, default=2, help="RoIs per sample (default: 2)")
+    ep.add_argument("--seed", type=int, default=1, help="simulated sample seed (default: 1)")
+    ep.add_argument("--size", type=_size, metavar="WxH", help="simulate smaller frames")
+    ep.set_defaults(func=cmd_export_parity)
+
+    i = sub.add_parser(
+        "inspect", help="inspect recorded samples: verdict, defects in mm, overlays",
+        description="Run recorded samples through the pipeline (correction, space-to-depth, "
+                    "tiled inference, DBSCAN post-processing, merging across RoIs) and print "
+                    "one verdict per sample: PASS, FAIL with its scratches in sample mm, or "
+                    "ERROR with the reason. Exit status 1 when any verdict is ERROR.")
+    head_option(i)
+    i.add_argument("sample_dir", metavar="SAMPLE_DIR",
+                   help="a recorded sample folder, or a folder of them")
+    i.add_argument("--engine", metavar="PATH",
+                   help="model (.onnx) or TensorRT engine (default: the head's engine.artifact)")
+    i.add_argument("--calibration", metavar="FILE",
+                   help="calibration file (default: the head's calibration.file)")
+    i.add_argument("--overlay", metavar="DIR",
+                   help="write a picture per RoI: brightest state, scores, kept boxes")
+    i.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
+    i.set_defaults(func=cmd_inspect)
 
     q = sub.add_parser(
         "evaluate", help="score ONNX networks on held-out simulated samples (FN and FP rates)",

@@ -1,0 +1,189 @@
+"""TensorRT on the Jetson's GPU, through the TensorRT >= 10 tensor API and pycuda.
+
+* The sidecar (:mod:`edge.engine.sidecar`) is checked before the plan is deserialized: the
+  file's hash, the TensorRT version, the GPU and, when the head names one, the model.
+* Buffers are allocated once, for the largest batch of the sidecar's profile at its tile size:
+  two sets of page-locked host and device buffers and one CUDA stream. In ``infer_stream`` batch
+  n+1 is copied in and enqueued while batch n is still computing, and batch n's scores are handed
+  to the caller (to be stitched) while n+1 runs, so the copies hide behind the network.
+* The CUDA context is the device's primary context, pushed around each call, so the engine can
+  be used from the pipeline's worker thread.
+
+Only this module imports ``tensorrt`` and ``pycuda``, and only when an engine is opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edge.engine.base import Engine, EngineError, TensorSpec
+from edge.engine.sidecar import Sidecar, SidecarError
+from edge.recording import sha256_file
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EngineError(
+            "a TensorRT engine (.engine/.plan) needs the tensorrt Python module, which ships with "
+            "JetPack (apt install python3-libnvinfer) or NVIDIA's package index (pip install "
+            "tensorrt); on a machine without an NVIDIA GPU use the .onnx model with ONNX Runtime"
+        ) from None
+    return trt
+
+
+def import_pycuda():
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        raise EngineError(
+            "the TensorRT engine needs pycuda for its buffers and stream: pip install "
+            "'glass-inspect[jetson]' (it builds against the CUDA toolkit of JetPack)"
+        ) from None
+    return cuda
+
+
+def device_name(cuda) -> tuple[str, str]:
+    """(name, compute capability) of GPU 0, as the sidecar records them."""
+    cuda.init()
+    dev = cuda.Device(0)
+    major, minor = dev.compute_capability()
+    return dev.name(), f"{major}.{minor}"
+
+
+class _Slot:
+    """One set of buffers: page-locked host input/output, device input/output, an event."""
+
+    def __init__(self, cuda, in_count: int, in_dtype, out_count: int):
+        self.host_in = cuda.pagelocked_empty(in_count, in_dtype)
+        self.host_out = cuda.pagelocked_empty(out_count, np.float32)
+        self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
+        self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
+        self.done = cuda.Event()
+
+    def free(self) -> None:
+        self.dev_in.free()
+        self.dev_out.free()
+
+
+class TensorRTEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, path: str | Path, max_batch: int = 4, model_sha256: str = ""):
+        trt = import_tensorrt()
+        cuda = import_pycuda()
+        self.path = Path(path)
+        self._cuda = cuda
+        try:
+            self.sidecar = Sidecar.read(self.path)
+            self.device, self.compute_capability = device_name(cuda)
+            self.sidecar.check(sha256_file(self.path), trt.__version__, self.device, model_sha256)
+        except SidecarError as exc:
+            raise EngineError(str(exc)) from None
+        self._ctx = cuda.Device(0).retain_primary_context()
+        self._ctx.push()
+        try:
+            self._load(trt, max_batch)
+        finally:
+            cuda.Context.pop()
+
+    def _load(self, trt, max_batch: int) -> None:
+        cuda, sc = self._cuda, self.sidecar
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise EngineError(f"TensorRT could not deserialize {self.path} (see its log above)")
+        self._engine = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        modes = {n: engine.get_tensor_mode(n) for n in names}
+        if sc.input_name not in names or sc.output_name not in names:
+            raise EngineError(f"{self.path.name} has tensors {names}; its sidecar names input "
+                              f"'{sc.input_name}' and output '{sc.output_name}'")
+        if modes[sc.input_name] != trt.TensorIOMode.INPUT:
+            raise EngineError(f"'{sc.input_name}' is not an input of {self.path.name}")
+        in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(sc.input_name)))
+        out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(sc.output_name)))
+        if out_dtype != np.float32:
+            raise EngineError(f"{self.path.name} outputs {out_dtype}; the pipeline reads float32")
+        _, _, profile_max = engine.get_tensor_profile_shape(sc.input_name, 0)
+        self.max_batch = min(int(profile_max[0]), max(max_batch, 1))
+        t = sc.tile
+        self.input = TensorSpec(sc.input_name, in_dtype, (None, 24, t, t))
+        self.output = TensorSpec(sc.output_name, out_dtype, (None, 1, t, t))
+        self._context = engine.create_execution_context()
+        self._stream = cuda.Stream()
+        n_in, n_out = self.max_batch * 24 * t * t, self.max_batch * t * t
+        self._slots = [_Slot(cuda, n_in, in_dtype, n_out) for _ in range(2)]
+
+    @property
+    def identity(self) -> dict:
+        sc = self.sidecar
+        return {"backend": self.backend, "artifact": self.path.name,
+                "sha256": sc.engine_sha256, "model_sha256": sc.onnx_sha256,
+                "precision": sc.precision, "device": self.device,
+                "tensorrt": sc.tensorrt_version}
+
+    def _enqueue(self, slot: _Slot, batch: np.ndarray) -> tuple[int, ...]:
+        cuda, ctx = self._cuda, self._context
+        flat = slot.host_in[:batch.size]
+        flat[:] = batch.ravel()
+        cuda.memcpy_htod_async(slot.dev_in, flat, self._stream)
+        if not ctx.set_input_shape(self.input.name, batch.shape):
+            raise EngineError(f"TensorRT refused input shape {list(batch.shape)}; the engine's "
+                              f"profile allows batches up to {self.max_batch} of "
+                              f"24 x {self.sidecar.tile} x {self.sidecar.tile}")
+        ctx.set_tensor_address(self.input.name, int(slot.dev_in))
+        ctx.set_tensor_address(self.output.name, int(slot.dev_out))
+        if not ctx.execute_async_v3(stream_handle=self._stream.handle):
+            raise EngineError(f"TensorRT failed to enqueue a batch of {list(batch.shape)}")
+        out_shape = tuple(ctx.get_tensor_shape(self.output.name))
+        count = int(np.prod(out_shape))
+        cuda.memcpy_dtoh_async(slot.host_out[:count], slot.dev_out, self._stream)
+        slot.done.record(self._stream)
+        return out_shape
+
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        self._ctx.push()
+        try:
+            pending = None
+            for i, batch in enumerate(batches):
+                self.check_batch(batch)
+                slot = self._slots[i % 2]
+                shape = self._enqueue(slot, np.ascontiguousarray(batch))
+                if pending is not None:
+                    yield self._finish(*pending)
+                pending = (slot, shape)
+            if pending is not None:
+                yield self._finish(*pending)
+        finally:
+            self._cuda.Context.pop()
+
+    def _finish(self, slot: _Slot, shape: tuple[int, ...]) -> np.ndarray:
+        slot.done.synchronize()
+        return slot.host_out[:int(np.prod(shape))].reshape(shape)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.infer_stream([batch])
+        return out
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch)  # infer_stream checks the batch
+
+    def close(self) -> None:
+        slots = getattr(self, "_slots", [])
+        if slots:
+            self._ctx.push()
+            try:
+                self._stream.synchronize()
+                for s in slots:
+                    s.free()
+                self._slots = []
+                self._context = None
+                self._engine = None
+            finally:
+                self._cuda.Context.pop()

@@ -1,0 +1,105 @@
+"""A whole sample through the pipeline: RoI after RoI, then one fail-safe verdict.
+
+The acquisition is a parameter (an iterable of RoIs whose frames are fetched when needed), so
+recorded samples and the live head share this loop. Whatever goes wrong while a RoI is fetched
+or processed ends the inspection with an ERROR verdict naming the RoI and the cause; the RoIs
+already done stay in the verdict, for the log. Nothing here passes a sample it did not finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge import calibration as calib
+from edge.config import HeadConfig
+from edge.engine import Engine, EngineError, open_engine
+from edge.pipeline import PipelineError, process_roi
+from edge.recording import RecordingError, open_sample
+from edge.verdict import RoiResult, Verdict, decide, error
+
+log = logging.getLogger(__name__)
+
+# errors whose message already says what went wrong, in the operator's words
+KNOWN_ERRORS = (EngineError, PipelineError, RecordingError, calib.CalibrationError, OSError)
+
+
+@dataclass(frozen=True)
+class RoiInput:
+    index: int
+    origin_mm: tuple[float, float]
+    frames: Callable[[], np.ndarray]
+
+
+def reason_of(exc: BaseException) -> str:
+    if isinstance(exc, KNOWN_ERRORS):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc})"
+
+
+def load_engine(cfg: HeadConfig, artifact: str | Path | None = None) -> Engine:
+    path = Path(artifact) if artifact else cfg.resolve(cfg.engine.artifact)
+    return open_engine(path, cfg.engine.backend, cfg.engine.threads, max(cfg.engine.batch_sizes))
+
+
+def load_calibration(cfg: HeadConfig, path: str | Path | None = None) -> calib.Calibration | None:
+    p = path if path else cfg.calibration.file
+    return calib.load(cfg.resolve(str(p))) if p else None
+
+
+def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engine: Engine,
+                   calibration: calib.Calibration | None, cfg: HeadConfig,
+                   mm_per_px: tuple[float, float] | None = None,
+                   on_roi: Callable[[RoiResult, np.ndarray], None] | None = None,
+                   keep_scores: bool = False) -> Verdict:
+    t0 = time.perf_counter()
+    results: list[RoiResult] = []
+    cal_id = calibration.identity if calibration else None
+    stages: dict[str, float] = {}
+
+    def total() -> dict[str, float]:
+        return {**stages, "sample": time.perf_counter() - t0}
+
+    current = "before the first RoI"
+    try:
+        for roi in rois:
+            current = f"RoI {roi.index}"
+            ts = time.perf_counter()
+            frames = roi.frames()
+            stages["acquire"] = stages.get("acquire", 0.0) + time.perf_counter() - ts
+            r = process_roi(frames, calibration, engine, cfg, roi.index, roi.origin_mm,
+                            mm_per_px, keep_score=keep_scores or on_roi is not None)
+            for k, v in r.timings_s.items():
+                stages[k] = stages.get(k, 0.0) + v
+            if on_roi is not None:
+                on_roi(r, frames)
+                if not keep_scores:
+                    r.score = None
+            results.append(r)
+            log.debug("%s %s: %d scratch(es)", sample_id, current, len(r.defects))
+    except Exception as exc:  # fail-safe: any failure is an ERROR verdict, never a PASS
+        reason = reason_of(exc)
+        if not reason.startswith(current):
+            reason = f"{current}: {reason}"
+        log.error("%s: inspection stopped: %s", sample_id, reason)
+        return error(sample_id, reason, results, engine.identity, cal_id, total())
+    return decide(sample_id, results, expected, engine.identity, cal_id, total())
+
+
+def recorded_rois(sample_dir: str | Path,
+                  cfg: HeadConfig) -> tuple[str, list[RoiInput], tuple[float, float]]:
+    """(sample id, RoIs in index order, mm per px) of a recorded sample; frames verified on read."""
+    rec = open_sample(sample_dir)
+    cam = rec.manifest.camera
+    if (cam.bit_depth, cam.bayer_pattern) != (cfg.camera.bit_depth, cfg.camera.bayer_pattern):
+        raise RecordingError(f"{sample_dir}: recorded with a {cam.bit_depth}-bit "
+                             f"{cam.bayer_pattern} camera, the head has a "
+                             f"{cfg.camera.bit_depth}-bit {cfg.camera.bayer_pattern} one")
+    rois = [RoiInput(e.index, tuple(e.origin_mm), lambda i=e.index: np.asarray(rec.frames(i)))
+            for e in sorted(rec.manifest.rois, key=lambda e: e.index)]
+    return rec.sample_id, rois, tuple(rec.manifest.mm_per_px)

@@ -1,0 +1,140 @@
+"""One RoI: 6 RAW frames -> scratches in pixels and sample millimetres. No hardware, no state.
+
+Stages (their wall times are in the result, under these names):
+
+* ``prepare``: dark subtraction, flat-field gain and 12-bit scaling fused with space-to-depth,
+  written straight into the engine's tiles (``tile_size`` with ``tile_overlap``, at half
+  resolution), in the engine's input dtype;
+* ``infer``: the tiles in batches of the largest configured batch size the engine takes;
+* ``stitch``: the centre crop of each tile back into one score map (see the kernel's docstring);
+* ``postprocess``: T_low, the ``downscale``-times max-pooled grid, grid DBSCAN, clusters whose
+  peak is below T_high dropped (:func:`edge.postprocess.find_scratches`);
+* ``defects``: boxes and lengths to RAW pixels and sample mm.
+
+Without a calibration the frames are only scaled to [0, 1] (what the shipped network was trained
+on) and the result says so in its notes. Anything the pipeline cannot trust raises
+:class:`PipelineError` naming the RoI: frames of the wrong type or shape, a calibration for
+another camera, scores that are NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from edge.calibration import Calibration, CalibrationError
+from edge.config import HeadConfig
+from edge.engine import Engine
+from edge.kernels.space_to_depth import (
+    N_STATES,
+    ShapeError,
+    TileGrid,
+    plan_tiles,
+    space_to_depth_tiles,
+    stitch,
+)
+from edge.postprocess import find_scratches
+from edge.verdict import Defect, RoiResult
+
+NO_CALIBRATION = "no calibration file: frames used uncorrected (dark level and flat field ignored)"
+
+
+class PipelineError(RuntimeError):
+    """A RoI the pipeline cannot give a trustworthy answer for."""
+
+
+def batch_size(cfg: HeadConfig, engine: Engine) -> int:
+    fits = [b for b in cfg.engine.batch_sizes if b <= engine.max_batch]
+    return max(fits) if fits else 1
+
+
+def _batches(tiles: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(tiles), size):
+        yield tiles[i:i + size]
+
+
+def _check_frames(frames, where: str) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint16:
+        got = getattr(frames, "dtype", type(frames).__name__)
+        raise PipelineError(f"{where}: frames must be uint16 RAW, got {got}")
+    if frames.ndim != 3 or frames.shape[0] != N_STATES:
+        raise PipelineError(f"{where}: expected {N_STATES} frames (6, H, W), got shape "
+                            f"{list(frames.shape)}")
+
+
+def infer_tiles(tiles: np.ndarray, engine: Engine, size: int, where: str) -> np.ndarray:
+    """Scores ``(count, 1, t, t)`` float32 for the tiles, checked to be finite."""
+    n, _, th, tw = tiles.shape
+    scores = np.empty((n, 1, th, tw), np.float32)
+    i = 0
+    for out in engine.infer_stream(_batches(tiles, size)):
+        if out.shape != (min(size, n - i), 1, th, tw):
+            raise PipelineError(f"{where}: engine returned scores of shape {list(out.shape)} "
+                                f"for {min(size, n - i)} tiles of {th} x {tw}")
+        scores[i:i + len(out)] = out
+        i += len(out)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        t = int(np.argmax(bad.reshape(n, -1).any(axis=1)))
+        raise PipelineError(f"{where}: the engine returned NaN or infinite scores (first in "
+                            f"tile {t} of {n}); the network or its engine is broken")
+    return scores
+
+
+def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Engine,
+                cfg: HeadConfig, index: int = 0, origin_mm: tuple[float, float] = (0.0, 0.0),
+                mm_per_px: tuple[float, float] | None = None,
+                keep_score: bool = False) -> RoiResult:
+    where = f"RoI {index}"
+    p = cfg.pipeline
+    mmx, mmy = mm_per_px if mm_per_px is not None else cfg.mm_per_px
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    _check_frames(frames, where)
+    notes = []
+    dark = gain = None
+    if calibration is None:
+        notes.append(NO_CALIBRATION)
+    else:
+        try:
+            calibration.check_frames(frames.shape)
+        except CalibrationError as exc:
+            raise PipelineError(f"{where}: {exc}") from None
+        dark, gain = calibration.dark, calibration.gain
+    try:
+        grid: TileGrid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size,
+                                    p.tile_overlap)
+        tiles = space_to_depth_tiles(frames, grid, dark, gain, cfg.camera.bit_depth,
+                                     dtype=engine.input.dtype)
+    except ShapeError as exc:
+        raise PipelineError(f"{where}: {exc}") from None
+    timings["prepare"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scores = infer_tiles(tiles, engine, batch_size(cfg, engine), where)
+    timings["infer"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    score = stitch(scores, grid)
+    timings["stitch"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    found = find_scratches(score, p)
+    timings["postprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    defects = []
+    px_mm = (mmx + mmy) / 2.0
+    kept = zip(found.boxes, found.max_score, found.length, strict=True)
+    for (r0, c0, r1, c1), peak, length in kept:
+        # score-map pixels are 2 x 2 RAW pixels
+        x0, y0, x1, y1 = 2 * int(c0), 2 * int(r0), 2 * int(c1), 2 * int(r1)
+        box_mm = (origin_mm[0] + x0 * mmx, origin_mm[1] + y0 * mmy,
+                  origin_mm[0] + x1 * mmx, origin_mm[1] + y1 * mmy)
+        defects.append(Defect(box_mm, float(length) * 2.0 * px_mm, float(peak), (index,),
+                              (x0, y0, x1, y1)))
+    timings["defects"] = time.perf_counter() - t
+    return RoiResult(index, (float(origin_mm[0]), float(origin_mm[1])), defects, timings,
+                     grid.count, calibration is not None, notes, score if keep_score else None)

@@ -1,0 +1,53 @@
+"""Tiles for INT8 calibration, cut from recorded samples exactly as the runtime cuts them.
+
+The same tiling (``pipeline.tile_size`` / ``tile_overlap``), the same fused correction and
+space-to-depth (with the head's calibration file when there is one), in the same dtype: the
+ranges TensorRT or the Q/DQ quantizer measure are the ranges the engine will see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge.calibration import Calibration
+from edge.config import HeadConfig
+from edge.kernels.space_to_depth import plan_tiles, space_to_depth_tiles
+from edge.recording import find_samples, open_sample
+
+
+def calibration_tiles(samples: Sequence[str | Path], cfg: HeadConfig,
+                      calibration: Calibration | None = None,
+                      limit: int = 64) -> Iterator[np.ndarray]:
+    """Up to ``limit`` tiles ``(24, t, t)`` float32, RoI by RoI over the recorded samples."""
+    p = cfg.pipeline
+    n = 0
+    for root in samples:
+        for d in find_samples(root):
+            rec = open_sample(d)
+            for entry in rec.manifest.rois:
+                frames = np.asarray(rec.frames(entry.index))
+                grid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size,
+                                  p.tile_overlap)
+                dark = calibration.dark if calibration else None
+                gain = calibration.gain if calibration else None
+                tiles = space_to_depth_tiles(frames, grid, dark, gain, cfg.camera.bit_depth)
+                for t in tiles:
+                    yield t
+                    n += 1
+                    if n >= limit:
+                        return
+
+
+def calibration_batches(samples: Sequence[str | Path], cfg: HeadConfig, batch: int,
+                        calibration: Calibration | None = None,
+                        limit: int = 64) -> list[np.ndarray]:
+    """The calibration tiles grouped into full batches ``(batch, 24, t, t)``."""
+    tiles = list(calibration_tiles(samples, cfg, calibration, limit))
+    if len(tiles) < batch:
+        raise ValueError(f"the calibration samples gave {len(tiles)} tiles; at least one batch "
+                         f"of {batch} is needed")
+    usable = len(tiles) - len(tiles) % batch
+    return [np.stack(tiles[i:i + batch]) for i in range(0, usable, batch)]

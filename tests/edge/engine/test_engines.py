@@ -1,0 +1,136 @@
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from edge.engine import EngineError, Sidecar, SidecarError, open_engine
+from edge.engine.base import backend_for
+from tests.conftest import SHIPPED_MODEL
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with open_engine(SHIPPED_MODEL, threads=1, max_batch=2) as e:
+        yield e
+
+
+def test_shipped_model_agrees_with_the_onnx_reference_evaluator(engine):
+    from onnx.reference import ReferenceEvaluator
+
+    x = np.random.default_rng(0).random((1, 24, 64, 64), dtype=np.float32) * 0.2
+    (ref,) = ReferenceEvaluator(str(SHIPPED_MODEL)).run(["scores"], {"frames": x})
+    got = engine.infer(x)
+    assert got.shape == (1, 1, 64, 64) and got.dtype == np.float32
+    assert np.max(np.abs(got - ref)) <= 1e-4
+
+
+def test_specs_and_identity(engine):
+    assert engine.input.name == "frames" and engine.input.shape[1] == 24
+    assert engine.output.name == "scores"
+    ident = engine.identity
+    assert ident["backend"] == "onnxruntime" and len(ident["sha256"]) == 64
+
+
+def test_output_buffer_is_reused_per_shape(engine):
+    x = np.zeros((2, 24, 32, 32), np.float32)
+    a = engine.infer(x)
+    b = engine.infer(x + 0.1)
+    assert np.shares_memory(a, b)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((1, 23, 32, 32), np.float32),
+                                 np.zeros((3, 24, 32, 32), np.float32),
+                                 np.zeros((1, 24, 32, 32), np.float64),
+                                 np.zeros((24, 32, 32), np.float32)])
+def test_wrong_batches_are_refused_with_the_expected_shape(engine, bad):
+    with pytest.raises(EngineError, match=r"takes input 'frames' float32 \[\? x 24"):
+        engine.infer(bad)
+
+
+def test_artifact_kind_by_suffix(tmp_path):
+    assert backend_for(tmp_path / "m.onnx") == "onnxruntime"
+    assert backend_for(tmp_path / "m.plan") == "tensorrt"
+    with pytest.raises(EngineError, match="cannot tell the runtime"):
+        backend_for(tmp_path / "m.bin")
+
+
+def test_corrupt_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(SHIPPED_MODEL.read_bytes()[:5000])
+    with pytest.raises(EngineError, match="ONNX Runtime cannot load .*broken.onnx"):
+        open_engine(bad)
+
+
+def test_model_other_than_the_qualified_one_is_refused():
+    with pytest.raises(EngineError, match="qualified with model"):
+        open_engine(SHIPPED_MODEL, model_sha256="0" * 64)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
+def test_tensorrt_engine_without_tensorrt_names_what_to_install(tmp_path):
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"plan")
+    with pytest.raises(EngineError, match="needs the tensorrt Python module.*python3-libnvinfer"):
+        open_engine(plan)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pycuda") is not None, reason="pycuda present")
+def test_missing_pycuda_names_the_extra():
+    from edge.engine.tensorrt import import_pycuda
+
+    with pytest.raises(EngineError, match=r"glass-inspect\[jetson\]"):
+        import_pycuda()
+
+
+def _sidecar(**changes) -> Sidecar:
+    base = dict(engine_sha256="e" * 64, onnx_sha256="a" * 64, onnx_name="m.onnx",
+                tensorrt_version="10.3.0", device="Orin", compute_capability="8.7",
+                precision="fp16", strongly_typed=False, input_name="frames",
+                input_dtype="float32", output_name="scores", tile=512, batch_sizes=(1, 4),
+                built_utc="2026-11-21T00:00:00+00:00")
+    base.update(changes)
+    return Sidecar(**base)
+
+
+def test_sidecar_round_trip(tmp_path):
+    sc = _sidecar()
+    sc.write(tmp_path / "m.engine")
+    assert Sidecar.read(tmp_path / "m.engine") == sc
+    assert sc.max_batch == 4
+
+
+@pytest.mark.parametrize("args, what", [
+    (("x" * 64, "10.3.0", "Orin", ""), "SHA-256"),
+    (("e" * 64, "10.4.0", "Orin", ""), "TensorRT 10.3.0, this device runs TensorRT 10.4.0"),
+    (("e" * 64, "10.3.0", "NVIDIA H100", ""), "built for GPU 'Orin'"),
+    (("e" * 64, "10.3.0", "Orin", "b" * 64), "qualified with model"),
+])
+def test_sidecar_refuses_another_engine_runtime_device_or_model(args, what):
+    with pytest.raises(SidecarError, match=what):
+        _sidecar().check(*args)
+    _sidecar().check("e" * 64, "10.3.0", "Orin", "a" * 64)
+
+
+def test_sidecar_missing_or_damaged(tmp_path):
+    with pytest.raises(SidecarError, match="has no sidecar"):
+        Sidecar.read(tmp_path / "m.engine")
+    (tmp_path / "m.engine.json").write_text(json.dumps({"format": "glass-inspect-engine",
+                                                        "version": 1, "tile": 512}))
+    with pytest.raises(SidecarError, match="missing keys"):
+        Sidecar.read(tmp_path / "m.engine")
+
+
+def test_tensorrt_engine_runs_where_tensorrt_exists(tmp_path):
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("pycuda")
+    from export.tensorrt import build_engine
+
+    r = build_engine(SHIPPED_MODEL, tmp_path / "m.engine", "fp32", (1, 2), 64,
+                     cache_dir=None)
+    x = np.random.default_rng(0).random((2, 24, 64, 64), dtype=np.float32) * 0.2
+    with open_engine(r.path) as trt_engine, open_engine(SHIPPED_MODEL) as ort_engine:
+        assert np.max(np.abs(trt_engine.infer(x) - ort_engine.infer(x))) < 1e-3
