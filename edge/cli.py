@@ -140,7 +140,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         log.info("  scratch from (%.1f, %.1f) mm, %.2f mm long, peak %.0f DN, %s profile",
                  x, y, s.length_mm, s.intensity_dn, s.profile)
     log.info("previews (6 states side by side, ground truth outlined): %s", previews[0].parent)
-    return 0
+    return _demo_inspect(cfg, sample_dir)
+
+
+def _demo_inspect(cfg, sample_dir: Path) -> int:
+    """Inspect the recorded sample with the head's network, if this installation can run it."""
+    import importlib.util
+
+    from edge.inspection import inspect_sample, load_engine, recorded_rois
+    from edge.overlay import write_overlay
+
+    model = cfg.resolve(cfg.engine.artifact)
+    if importlib.util.find_spec("onnxruntime") is None or not model.is_file():
+        log.info("no inspection: needs onnxruntime and the network %s", model)
+        return 0
+    overlays = sample_dir / "overlay"
+    with load_engine(cfg) as engine:
+        sample_id, rois, mmpp = recorded_rois(sample_dir, cfg)
+        log.info("inspecting with %s on %s ...", model.name, engine.backend)
+        v = inspect_sample(sample_id, rois, cfg.stage.roi_grid.count, engine, None, cfg, mmpp,
+                           on_roi=lambda r, f: write_overlay(
+                               overlays / f"roi_{r.index:02d}.png", f, r,
+                               cfg.camera.bayer_pattern, cfg.camera.max_dn, cfg.pipeline.t_low))
+    log.info("verdict: %s", v.summary())
+    for d in v.defects:
+        log.info("  scratch at (%.1f, %.1f) mm, %.1f mm long, peak score %.2f", *d.centre_mm,
+                 d.length_mm, d.peak_score)
+    log.info("overlays (brightest state, scratch score, kept boxes): %s", overlays)
+    return 0 if v.status.value != "ERROR" else 1
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -219,6 +219,9 @@ class Engine(_Section):
     backend: Literal["auto", "onnxruntime", "tensorrt"]
     threads: int = Field(ge=1, le=256)
     batch_sizes: list[Annotated[int, Field(ge=1, le=256)]] = Field(min_length=1)
+    # SHA-256 of the ONNX model this head is qualified with; an artifact made from another
+    # model is refused. Empty: any model.
+    model_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
 
 class Calibration(_Section):

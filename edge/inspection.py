@@ -44,7 +44,8 @@ def reason_of(exc: BaseException) -> str:
 
 def load_engine(cfg: HeadConfig, artifact: str | Path | None = None) -> Engine:
     path = Path(artifact) if artifact else cfg.resolve(cfg.engine.artifact)
-    return open_engine(path, cfg.engine.backend, cfg.engine.threads, max(cfg.engine.batch_sizes))
+    e = cfg.engine
+    return open_engine(path, e.backend, e.threads, max(e.batch_sizes), e.model_sha256)
 
 
 def load_calibration(cfg: HeadConfig, path: str | Path | None = None) -> calib.Calibration | None:

@@ -349,3 +349,36 @@ def plot_history(history: list[dict], path: Path, title: str | None = None) -> P
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_runs(runs: dict[str, list[dict]], path: Path) -> Path:
+    """Side by side for several runs: each run's losses (own scale), and validation recall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4.2 * (len(runs) + 1), 3.4), dpi=100)
+    for ax, (name, hist) in zip(axes, runs.items(), strict=False):
+        ep = [h["epoch"] for h in hist]
+        ax.plot(ep, [h["train_loss"] for h in hist], "o-", ms=3, label="training")
+        ax.plot(ep, [h["val_loss"] for h in hist], "s-", ms=3, label="validation")
+        ax.set_title(f"{name}: loss")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax = axes[-1]
+    for name, hist in runs.items():
+        ep = [h["epoch"] for h in hist]
+        ax.plot(ep, [h["pixel_recall"] or 0 for h in hist], "o-", ms=3, label=f"{name} pixel")
+        ax.plot(ep, [h["scratch_recall"] or 0 for h in hist], "s--", ms=3,
+                label=f"{name} scratch")
+    ax.set_title("validation recall at T_low / after DBSCAN")
+    ax.set_xlabel("epoch")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -28,6 +28,8 @@ def test_demo_writes_a_sample_and_previews(tmp_path, caplog):
     assert open_sample(sample_dir).truth().has_scratch
     assert len(list((sample_dir / "preview").glob("roi_*.png"))) == 10
     assert "scratch from" in caplog.text
+    assert "verdict: SIM00000001: " in caplog.text
+    assert len(list((sample_dir / "overlay").glob("roi_*.png"))) == 10
 
 
 def test_bad_config_is_one_message_and_exit_2(tmp_path, capsys):

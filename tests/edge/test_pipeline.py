@@ -155,3 +155,14 @@ def test_an_incomplete_sample_is_never_a_pass(engine, head, small_cfg):
     sample = Sample("HALF", small_cfg.stage.roi_grid.extent_mm, (), 6)
     v = inspect_sample("HALF", rois_of(sample, head, small_cfg)[:1], 2, engine, None, small_cfg)
     assert v.status is Status.ERROR and v.reason == "only 1 of 2 RoIs were inspected"
+
+
+def test_head_qualified_with_another_model_refuses_the_artifact(small_cfg):
+    from edge.engine import EngineError
+    from edge.inspection import load_engine
+
+    data = small_cfg.model_dump(mode="json")
+    data["engine"]["model_sha256"] = "ab" * 32
+    other = type(small_cfg).model_validate(data)
+    with pytest.raises(EngineError, match="qualified with model abababababab"):
+        load_engine(other)
