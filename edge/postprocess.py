@@ -30,19 +30,25 @@ class Scratches:
         return int(self.max_score.size)
 
 
-def main_axis_length(rows: np.ndarray, cols: np.ndarray, cell: int) -> float:
+def main_axis_length(rows: np.ndarray, cols: np.ndarray, cell: int, band: float = 3.0) -> float:
     """Extent of grid cells along their principal axis, plus one cell, in map pixels.
 
     Why not the box diagonal: a short scratch at 45 degrees and a blob have the same box; the
-    principal axis measures the line itself (an arc comes out a little short, never long).
+    principal axis measures the line itself. Cells farther than ``band`` cells from the axis
+    are left out of the extent: DBSCAN lets isolated pixels above T_low (a hot pixel, a speck)
+    join a scratch's cluster as border points, and they would stretch its length. An arc comes
+    out a little short, never long.
     """
     pts = np.stack([rows, cols], axis=1).astype(np.float64) * cell
     if len(pts) < 2:
         return float(cell)
     centred = pts - pts.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[0]
-    return float(proj.max() - proj.min() + cell)
+    along, across = centred @ vt[0], centred @ vt[1]
+    near = np.abs(across) <= band * cell
+    if near.sum() >= 2:
+        along = along[near]
+    return float(along.max() - along.min() + cell)
 
 
 def find_scratches(score: np.ndarray, p: Pipeline) -> Scratches:

@@ -1,0 +1,1 @@
+"""Hardware of the inspection head behind small interfaces, each with a simulated twin."""
