@@ -1,10 +1,10 @@
 """Quality of exported networks on held-out simulated samples, as the glass paper's Table 1 counts.
 
 Each sample is rendered RoI by RoI on the full-size simulated head; every network sees the same
-frames (space-to-depth without calibration, as the runtime without a calibration file), runs on
-ONNX Runtime over the whole half-resolution map at once (padded to the network's divisor: a
-fully convolutional network needs no tiles for this), and the score map goes through the
-runtime's post-processing (:func:`edge.postprocess.find_scratches`).
+frames and is scored exactly as the device runs it: the runtime's pipeline without a calibration
+file (space-to-depth, tiles of the head's size on ONNX Runtime, stitching; see
+:class:`EngineScorer`), then the runtime's post-processing
+(:func:`edge.postprocess.find_scratches`).
 
 Counts (ground truth from the simulator):
 
@@ -30,7 +30,6 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.config import HeadConfig
-from edge.kernels.space_to_depth import space_to_depth
 from edge.postprocess import find_scratches
 from edge.sim import SimHead, generate_sample
 
@@ -83,28 +82,25 @@ def _length_bin(length: float) -> str:
     return "?"
 
 
-class OnnxScorer:
-    """Whole-map inference with ONNX Runtime (pads to the divisor, crops back)."""
+class EngineScorer:
+    """The runtime's own inference: tiles of the head's size, its engine, stitched back.
 
-    # 32 = 2 ** (6 - 1), the divisor of the deepest U-Net; shallower ones divide it
-    def __init__(self, path: str | Path, threads: int = 0, divisor: int = 32):
-        import onnxruntime as ort
+    Why not the whole map at once: a map padded to the network's divisor has an edge of zeros
+    that a network trained on glass (never on zeros) may score as a line, which would count as a
+    false positive the runtime never makes. Scoring through :func:`edge.pipeline.process_roi`
+    judges the model exactly as the device runs it.
+    """
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.output = self.session.get_outputs()[0].name
-        self.divisor = divisor
+    def __init__(self, path: str | Path, cfg: HeadConfig, threads: int = 0):
+        from edge.engine import open_engine
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        c, h, w = image.shape
-        d = self.divisor
-        ph, pw = -h % d, -w % d
-        x = np.pad(image, ((0, 0), (0, ph), (0, pw)))[None] if ph or pw else image[None]
-        (y,) = self.session.run([self.output], {self.input: np.ascontiguousarray(x)})
-        return y[0, 0, :h, :w]
+        self.cfg = cfg
+        self.engine = open_engine(path, "onnxruntime", threads, max(cfg.engine.batch_sizes))
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        from edge.pipeline import process_roi
+
+        return process_roi(frames, None, self.engine, self.cfg, keep_score=True).score
 
 
 def _points_in_roi(points_mm: np.ndarray, origin, mm_per_px, shape) -> np.ndarray:
@@ -121,7 +117,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
              progress: bool = True) -> dict[str, dict]:
     """Run every model on the same ``n_samples`` simulated samples -> summary per model."""
     head = SimHead(cfg)
-    scorers = {name: OnnxScorer(path, threads) for name, path in models.items()}
+    scorers = {name: EngineScorer(path, cfg, threads) for name, path in models.items()}
     counts = {name: Counts() for name in models}
     grid = cfg.stage.roi_grid
     mmpp = cfg.mm_per_px
@@ -137,8 +133,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
         for roi in range(grid.count):
             origin = grid.roi_origin_mm(roi)
             r = head.render(sample, origin, noise_seed=(sample.seed << 8) + roi)
-            image = space_to_depth(r.frames, bit_depth=cfg.camera.bit_depth)
-            h2, w2 = image.shape[1:]
+            h2, w2 = r.frames.shape[1] // 2, r.frames.shape[2] // 2
             mask = r.mask.reshape(h2, 2, w2, 2).any(axis=(1, 3))
             positive = bool(mask.any())
             sample_pos |= positive
@@ -160,7 +155,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
                     labelled_ids.add(i)
             for name, scorer in scorers.items():
                 ts = time.perf_counter()
-                score = scorer(image)
+                score = scorer(r.frames)
                 counts[name].infer_s += time.perf_counter() - ts
                 kept = find_scratches(score, cfg.pipeline)
                 c = counts[name]
