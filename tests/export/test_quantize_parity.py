@@ -44,7 +44,7 @@ def test_qdq_model_is_explicitly_quantized_and_agrees(tmp_path, recorded, small_
     with open_engine(SHIPPED_MODEL) as ref, open_engine(out) as q:
         rep = compare(ref, q, [(0, np.asarray(rec.frames(0)))], small_cfg)
     assert rep.rois == 1 and rep.defects_reference == 1
-    assert 0 < rep.max_abs < 0.5
+    assert rep.max_abs > 0 and rep.mean_abs < 0.01  # INT8 moves some pixels, not the map
     assert rep.defects_agree, rep.to_dict()
 
 
