@@ -20,8 +20,7 @@ import onnxruntime as ort
 
 from edge import config
 from edge.engine import open_engine
-from edge.kernels.space_to_depth import plan_tiles, space_to_depth_tiles
-from edge.pipeline import process_roi
+from edge.pipeline import prepare_tiles, process_roi
 from edge.sim import SimHead, generate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +47,7 @@ def main() -> None:
         if best is None or total < best[0]:
             best = (total, r)
 
-    p = cfg.pipeline
-    grid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size, p.tile_overlap)
-    tiles = space_to_depth_tiles(frames, grid, bit_depth=cfg.camera.bit_depth)
+    _, tiles = prepare_tiles(frames, None, cfg)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])

@@ -148,7 +148,8 @@ def _demo_inspect(cfg, sample_dir: Path) -> int:
     import importlib.util
 
     from edge.inspection import inspect_sample, load_engine, recorded_rois
-    from edge.overlay import write_overlay
+    from edge.overlay import overlay_writer
+    from edge.verdict import Status
 
     model = cfg.resolve(cfg.engine.artifact)
     if importlib.util.find_spec("onnxruntime") is None or not model.is_file():
@@ -156,18 +157,16 @@ def _demo_inspect(cfg, sample_dir: Path) -> int:
         return 0
     overlays = sample_dir / "overlay"
     with load_engine(cfg) as engine:
-        sample_id, rois, mmpp = recorded_rois(sample_dir, cfg)
+        rec, rois = recorded_rois(sample_dir, cfg)
         log.info("inspecting with %s on %s ...", model.name, engine.backend)
-        v = inspect_sample(sample_id, rois, cfg.stage.roi_grid.count, engine, None, cfg, mmpp,
-                           on_roi=lambda r, f: write_overlay(
-                               overlays / f"roi_{r.index:02d}.png", f, r,
-                               cfg.camera.bayer_pattern, cfg.camera.max_dn, cfg.pipeline.t_low))
+        v = inspect_sample(rec.sample_id, rois, cfg.stage.roi_grid.count, engine, None, cfg,
+                           tuple(rec.manifest.mm_per_px), on_roi=overlay_writer(overlays, cfg))
     log.info("verdict: %s", v.summary())
     for d in v.defects:
         log.info("  scratch at (%.1f, %.1f) mm, %.1f mm long, peak score %.2f", *d.centre_mm,
                  d.length_mm, d.peak_score)
     log.info("overlays (brightest state, scratch score, kept boxes): %s", overlays)
-    return 0 if v.status.value != "ERROR" else 1
+    return 1 if v.status is Status.ERROR else 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -263,9 +262,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from edge.inspection import inspect_sample, load_calibration, load_engine, reason_of
-    from edge.recording import find_samples, open_sample
-    from edge.verdict import Status, error
+    from edge.inspection import load_calibration, load_engine, reason_of
+    from edge.recording import find_samples
+    from edge.verdict import Status
 
     cfg = config.load(args.config)
     samples = find_samples(args.sample_dir)
@@ -281,8 +280,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         log.info("engine: %s on %s", engine.path.name, engine.backend)
     verdicts = []
     for d in samples:
-        v = _inspect_one(d, cfg, engine, calibration, setup_error, args.overlay,
-                         inspect_sample, open_sample, error)
+        v = _inspect_one(d, cfg, engine, calibration, setup_error, args.overlay)
         verdicts.append(v)
         print(v.summary())
         for k, x in enumerate(v.defects):
@@ -304,34 +302,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if any(v.status is Status.ERROR for v in verdicts) else 0
 
 
-def _inspect_one(sample_dir, cfg, engine, calibration, setup_error, overlay_dir, inspect_sample,
-                 open_sample, error):
-    from edge.inspection import reason_of, recorded_rois
+def _inspect_one(sample_dir: Path, cfg, engine, calibration, setup_error: str | None,
+                 overlay_dir: str | None):
+    from edge.inspection import inspect_sample, reason_of, recorded_rois
+    from edge.overlay import overlay_writer
+    from edge.verdict import error
 
-    sample_id = sample_dir.name
     if setup_error is not None:
-        return error(sample_id, setup_error)
+        return error(sample_dir.name, setup_error)
     try:
-        sample_id, rois, mmpp = recorded_rois(sample_dir, cfg)
+        rec, rois = recorded_rois(sample_dir, cfg)
     except Exception as exc:
-        return error(sample_id, reason_of(exc), engine=engine.identity)
-    on_roi = None
-    if overlay_dir:
-        from edge.overlay import write_overlay
-
-        out = Path(overlay_dir) / sample_id
-
-        def on_roi(result, frames):
-            p = write_overlay(out / f"roi_{result.index:02d}.png", frames, result,
-                              cfg.camera.bayer_pattern, cfg.camera.max_dn, cfg.pipeline.t_low)
-            log.debug("overlay %s", p)
-
-    v = inspect_sample(sample_id, rois, cfg.stage.roi_grid.count, engine, calibration, cfg, mmpp,
-                       on_roi=on_roi)
-    if overlay_dir:
-        log.info("  overlays: %s", Path(overlay_dir) / sample_id)
+        return error(sample_dir.name, reason_of(exc), engine=engine.identity)
+    out = Path(overlay_dir) / rec.sample_id if overlay_dir else None
+    v = inspect_sample(rec.sample_id, rois, cfg.stage.roi_grid.count, engine, calibration, cfg,
+                       tuple(rec.manifest.mm_per_px),
+                       on_roi=overlay_writer(out, cfg) if out else None)
+    if out:
+        log.info("  overlays: %s", out)
     try:
-        truth = open_sample(sample_dir).truth()
+        truth = rec.truth()
     except Exception:
         truth = None
     if truth is not None:

@@ -20,7 +20,7 @@ from edge import calibration as calib
 from edge.config import HeadConfig
 from edge.engine import Engine, EngineError, open_engine
 from edge.pipeline import PipelineError, process_roi
-from edge.recording import RecordingError, open_sample
+from edge.recording import RecordedSample, RecordingError, open_sample
 from edge.verdict import RoiResult, Verdict, decide, error
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,9 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
     return decide(sample_id, results, expected, engine.identity, cal_id, total())
 
 
-def recorded_rois(sample_dir: str | Path,
-                  cfg: HeadConfig) -> tuple[str, list[RoiInput], tuple[float, float]]:
-    """(sample id, RoIs in index order, mm per px) of a recorded sample; frames verified on read."""
+def recorded_rois(sample_dir: str | Path, cfg: HeadConfig) -> tuple[RecordedSample, list[RoiInput]]:
+    """A recorded sample made by a camera like the head's, and its RoIs in index order (frames
+    verified when read)."""
     rec = open_sample(sample_dir)
     cam = rec.manifest.camera
     if (cam.bit_depth, cam.bayer_pattern) != (cfg.camera.bit_depth, cfg.camera.bayer_pattern):
@@ -103,4 +103,4 @@ def recorded_rois(sample_dir: str | Path,
                              f"{cfg.camera.bit_depth}-bit {cfg.camera.bayer_pattern} one")
     rois = [RoiInput(e.index, tuple(e.origin_mm), lambda i=e.index: np.asarray(rec.frames(i)))
             for e in sorted(rec.manifest.rois, key=lambda e: e.index)]
-    return rec.sample_id, rois, tuple(rec.manifest.mm_per_px)
+    return rec, rois

@@ -7,6 +7,7 @@ map in which only scores above T_low are coloured. Kept scratches are boxed in r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,14 @@ def write_overlay(path: str | Path, frames: np.ndarray, result: RoiResult, bayer
     path.parent.mkdir(parents=True, exist_ok=True)
     roi_overlay(frames, result, bayer_pattern, max_dn, t_low).save(path)
     return path
+
+
+def overlay_writer(out_dir: str | Path, cfg) -> Callable[[RoiResult, np.ndarray], None]:
+    """An ``on_roi`` callback for :func:`edge.inspection.inspect_sample` writing roi_XX.png."""
+    out_dir = Path(out_dir)
+
+    def write(result: RoiResult, frames: np.ndarray) -> None:
+        write_overlay(out_dir / f"roi_{result.index:02d}.png", frames, result,
+                      cfg.camera.bayer_pattern, cfg.camera.max_dn, cfg.pipeline.t_low)
+
+    return write

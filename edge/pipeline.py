@@ -83,6 +83,20 @@ def infer_tiles(tiles: np.ndarray, engine: Engine, size: int, where: str) -> np.
     return scores
 
 
+def prepare_tiles(frames: np.ndarray, calibration: Calibration | None, cfg: HeadConfig,
+                  dtype=np.float32) -> tuple[TileGrid, np.ndarray]:
+    """The ``prepare`` stage alone: the head's tiling of the corrected 24-channel map.
+
+    INT8 calibration (``export.calibration_data``) cuts its tiles here too, so the ranges it
+    measures are those the engine sees.
+    """
+    p = cfg.pipeline
+    grid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size, p.tile_overlap)
+    dark = calibration.dark if calibration is not None else None
+    gain = calibration.gain if calibration is not None else None
+    return grid, space_to_depth_tiles(frames, grid, dark, gain, cfg.camera.bit_depth, dtype)
+
+
 def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Engine,
                 cfg: HeadConfig, index: int = 0, origin_mm: tuple[float, float] = (0.0, 0.0),
                 mm_per_px: tuple[float, float] | None = None,
@@ -94,7 +108,6 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
     t = time.perf_counter()
     _check_frames(frames, where)
     notes = []
-    dark = gain = None
     if calibration is None:
         notes.append(NO_CALIBRATION)
     else:
@@ -102,12 +115,8 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
             calibration.check_frames(frames.shape)
         except CalibrationError as exc:
             raise PipelineError(f"{where}: {exc}") from None
-        dark, gain = calibration.dark, calibration.gain
     try:
-        grid: TileGrid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size,
-                                    p.tile_overlap)
-        tiles = space_to_depth_tiles(frames, grid, dark, gain, cfg.camera.bit_depth,
-                                     dtype=engine.input.dtype)
+        grid, tiles = prepare_tiles(frames, calibration, cfg, engine.input.dtype)
     except ShapeError as exc:
         raise PipelineError(f"{where}: {exc}") from None
     timings["prepare"] = time.perf_counter() - t

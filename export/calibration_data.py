@@ -14,7 +14,7 @@ import numpy as np
 
 from edge.calibration import Calibration
 from edge.config import HeadConfig
-from edge.kernels.space_to_depth import plan_tiles, space_to_depth_tiles
+from edge.pipeline import prepare_tiles
 from edge.recording import find_samples, open_sample
 
 
@@ -22,18 +22,12 @@ def calibration_tiles(samples: Sequence[str | Path], cfg: HeadConfig,
                       calibration: Calibration | None = None,
                       limit: int = 64) -> Iterator[np.ndarray]:
     """Up to ``limit`` tiles ``(24, t, t)`` float32, RoI by RoI over the recorded samples."""
-    p = cfg.pipeline
     n = 0
     for root in samples:
         for d in find_samples(root):
             rec = open_sample(d)
             for entry in rec.manifest.rois:
-                frames = np.asarray(rec.frames(entry.index))
-                grid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size,
-                                  p.tile_overlap)
-                dark = calibration.dark if calibration else None
-                gain = calibration.gain if calibration else None
-                tiles = space_to_depth_tiles(frames, grid, dark, gain, cfg.camera.bit_depth)
+                _, tiles = prepare_tiles(np.asarray(rec.frames(entry.index)), calibration, cfg)
                 for t in tiles:
                     yield t
                     n += 1

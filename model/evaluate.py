@@ -30,8 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.config import HeadConfig
-from edge.postprocess import find_scratches
 from edge.sim import SimHead, generate_sample
+from model.metrics import covered
 
 MARGIN_MM = 0.15
 HELD_OUT_SEED = 900_000  # far from the seeds training draws samples from
@@ -98,9 +98,13 @@ class EngineScorer:
         self.engine = open_engine(path, "onnxruntime", threads, max(cfg.engine.batch_sizes))
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """Kept scratch boxes ``(K, 4)`` row0, col0, row1, col1 in half-resolution pixels."""
         from edge.pipeline import process_roi
 
-        return process_roi(frames, None, self.engine, self.cfg, keep_score=True).score
+        result = process_roi(frames, None, self.engine, self.cfg)
+        # RAW pixel boxes (x0, y0, x1, y1) back to the score map's (row, col), 2 x 2 per pixel
+        return np.array([[d.box_px[1] // 2, d.box_px[0] // 2, d.box_px[3] // 2,
+                          d.box_px[2] // 2] for d in result.defects], np.int64).reshape(-1, 4)
 
 
 def _points_in_roi(points_mm: np.ndarray, origin, mm_per_px, shape) -> np.ndarray:
@@ -155,27 +159,22 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
                     labelled_ids.add(i)
             for name, scorer in scorers.items():
                 ts = time.perf_counter()
-                score = scorer(r.frames)
+                boxes = scorer(r.frames)
                 counts[name].infer_s += time.perf_counter() - ts
-                kept = find_scratches(score, cfg.pipeline)
                 c = counts[name]
                 c.images += 1
                 c.image_pos += positive
-                c.image_fn += positive and kept.count == 0
-                c.image_fp += (not positive) and kept.count > 0
-                flagged[name] |= kept.count > 0
-                c.kept += kept.count
-                for box in kept.boxes:
-                    r0, c0 = box[0] - margin_px, box[1] - margin_px
-                    r1, c1 = box[2] + margin_px, box[3] + margin_px
-                    hit = False
-                    for i, pts in lines.items():
-                        inside = ((pts[:, 0] >= r0) & (pts[:, 0] < r1)
-                                  & (pts[:, 1] >= c0) & (pts[:, 1] < c1))
-                        if inside.any():
-                            hit = True
-                            found_ids[name].add(i)
-                    c.correct += hit
+                c.image_fn += positive and len(boxes) == 0
+                c.image_fp += (not positive) and len(boxes) > 0
+                flagged[name] |= len(boxes) > 0
+                c.kept += len(boxes)
+                correct = np.zeros(len(boxes), bool)
+                for i, pts in lines.items():
+                    hits = covered(pts, boxes, margin_px)
+                    correct |= hits
+                    if hits.any():
+                        found_ids[name].add(i)
+                c.correct += int(correct.sum())
             bar.update()
         for name in models:
             c = counts[name]

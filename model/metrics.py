@@ -28,7 +28,7 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
     return np.split(pts[order], splits)
 
 
-def _covered(points: np.ndarray, boxes: np.ndarray, margin: int) -> np.ndarray:
+def covered(points: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:
     """(n_boxes,) whether each grown box covers any of ``points``."""
     if not len(points) or not len(boxes):
         return np.zeros(len(boxes), bool)
@@ -63,9 +63,9 @@ class Tally:
         kept = find_scratches(score, p)
         comps = components(mask)
         self.scratches += len(comps)
-        self.found += sum(bool(_covered(c, kept.boxes, margin).any()) for c in comps)
+        self.found += sum(bool(covered(c, kept.boxes, margin).any()) for c in comps)
         self.clusters += kept.count
-        self.correct_clusters += int(_covered(np.argwhere(mask), kept.boxes, margin).sum())
+        self.correct_clusters += int(covered(np.argwhere(mask), kept.boxes, margin).sum())
         self.maps += 1
         if comps:
             self.maps_with_scratch += 1
