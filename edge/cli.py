@@ -283,10 +283,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         v = _inspect_one(d, cfg, engine, calibration, setup_error, args.overlay)
         verdicts.append(v)
         print(v.summary())
-        for k, x in enumerate(v.defects):
-            cx, cy = x.centre_mm
-            print(f"  scratch {k + 1}: centre ({cx:.2f}, {cy:.2f}) mm, {x.length_mm:.2f} mm long, "
-                  f"peak score {x.peak_score:.2f}, RoI {', '.join(map(str, x.rois))}")
+        _print_defects(v)
         for r in v.rois:
             for note in r.notes:
                 log.debug("  RoI %d: %s", r.index, note)
@@ -300,6 +297,120 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps([v.to_dict() for v in verdicts], indent=1) + "\n")
         print(f"verdicts: {args.json}")
     return 1 if any(v.status is Status.ERROR for v in verdicts) else 0
+
+
+def _print_defects(v, write=print) -> None:
+    for k, x in enumerate(v.defects):
+        cx, cy = x.centre_mm
+        write(f"  scratch {k + 1}: centre ({cx:.2f}, {cy:.2f}) mm, {x.length_mm:.2f} mm long, "
+              f"peak score {x.peak_score:.2f}, RoI {', '.join(map(str, x.rois))}")
+
+
+def _truth_line(v, truth) -> tuple[str, bool | None]:
+    """The ground truth beside a verdict, and whether the verdict agrees with it."""
+    from edge.verdict import Status
+
+    lengths = sorted((d.length_mm for d in truth.scratches), reverse=True)
+    said = (f"{len(lengths)} scratch{'es' if len(lengths) != 1 else ''} "
+            f"({', '.join(f'{x:.1f}' for x in lengths)} mm)" if lengths else "no scratch")
+    if v.status is Status.ERROR:
+        return f"truth: {said}", None
+    ok = (v.status is Status.FAIL) == bool(lengths)
+    judged = "agrees" if ok else ("MISSED" if lengths else "FALSE ALARM")
+    return f"truth: {said} -> {judged}", ok
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import random
+
+    from tqdm import tqdm
+
+    from edge.hardware.leds import darken_on_signals
+    from edge.inspection import load_calibration, load_engine, reason_of
+    from edge.sim.rig import SimRig
+
+    if not args.sim:
+        raise UsageError("this build has no camera backend for a real head yet; add --sim to run "
+                         "the simulated head (MockFactory LEDs, GRBL simulator, SimCamera)")
+    cfg = config.load(args.config)
+    if cfg.simulation is None:
+        raise UsageError(f"{cfg.source} describes a real head (no [simulation] section); "
+                         "--sim needs a simulated one")
+    try:
+        engine = load_engine(cfg, args.engine)
+        calibration = load_calibration(cfg, args.calibration)
+    except Exception as exc:
+        print(f"glass-inspect run: cannot start: {reason_of(exc)}", file=sys.stderr)
+        return 1
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    grid = cfg.stage.roi_grid
+    log.info("simulated head %r: %d RoIs of %d x %d px, frame time %g ms, stage %g mm/min, "
+             "engine %s on %s", cfg.name, grid.count, cfg.camera.width, cfg.camera.height,
+             cfg.camera.frame_time_ms, cfg.stage.feed_mm_min, engine.path.name, engine.backend)
+    log.info("samples from seed %d, %d%% with scratches", seed, round(100 * args.scratch_share))
+    verdicts: list = []
+    with SimRig(cfg, engine, flavor=args.grbl, trace=args.trace, record_dir=args.record,
+                calibration=calibration) as rig:
+        darken_on_signals(rig.ring)
+        log.info("stage: %s on %s", rig.stage.banner, rig.grbl.path)
+        bar = tqdm(total=args.samples * grid.count, unit="RoI", dynamic_ncols=True,
+                   disable=args.quiet or None, leave=False)
+        try:
+            _run_samples(args, rig, bar, seed, verdicts, cfg)
+        except SystemExit:
+            bar.close()
+            log.error("stopped by a signal: LEDs dark, stage stopped; %d sample(s) done",
+                      len(verdicts))
+            raise
+        bar.close()
+    agree = sum(ok for _, ok in verdicts if ok is not None)
+    judged = sum(ok is not None for _, ok in verdicts)
+    verdicts = [v for v, _ in verdicts]
+    counts = Counter(v.status.value for v in verdicts)
+    mean = sum(v.timings_s.get("sample", 0.0) for v in verdicts) / max(1, len(verdicts))
+    optics = sum(v.timings_s.get("acquisition", 0.0) for v in verdicts) / max(1, len(verdicts))
+    print(f"{len(verdicts)} samples: {counts['PASS']} PASS, {counts['FAIL']} FAIL, "
+          f"{counts['ERROR']} ERROR; verdict agrees with the ground truth on {agree} of {judged}; "
+          f"{mean:.1f} s per sample, of which the stage and camera need {optics:.1f} s")
+    if args.overlay:
+        print(f"overlays: {args.overlay}")
+    if args.record:
+        print(f"recorded samples: {args.record}")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps([v.to_dict() for v in verdicts], indent=1) + "\n")
+    engine.close()
+    return 1 if counts["ERROR"] else 0
+
+
+def _run_samples(args, rig, bar, seed: int, verdicts: list, cfg) -> None:
+    """Inspect ``args.samples`` random samples on ``rig``; (verdict, agrees) into ``verdicts``."""
+    import threading
+
+    from edge.overlay import overlay_writer
+
+    count = cfg.stage.roi_grid.count
+    for n in range(args.samples):
+        sample = rig.random_sample(seed + n, args.scratch_share)
+        rig.place(sample)
+        on_roi = overlay_writer(Path(args.overlay) / sample.sample_id, cfg) if args.overlay \
+            else None
+
+        def status(text: str, sid: str = sample.sample_id) -> None:
+            bar.set_postfix_str(f"{sid} {text}", refresh=True)
+
+        v = rig.head.inspect(sample.sample_id, threading.Event(),
+                             progress=lambda done, total: bar.update(1), on_roi=on_roi,
+                             truth=sample, status=status)
+        bar.n = (n + 1) * count
+        bar.refresh()
+        line, ok = _truth_line(v, sample)
+        verdicts.append((v, ok))
+        t = v.timings_s
+        bar.write(f"{v.summary()}\n  {line}; {t.get('sample', 0):.1f} s "
+                  f"(stage and camera {t.get('acquisition', 0):.1f} s)")
+        _print_defects(v, bar.write)
 
 
 def _inspect_one(sample_dir: Path, cfg, engine, calibration, setup_error: str | None,
@@ -610,6 +721,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a picture per RoI: brightest state, scores, kept boxes")
     i.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
     i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser(
+        "run", help="the inspection head at work: random samples through the whole simulated "
+                    "head (--sim), each verdict beside its ground truth",
+        description="Inspect N random simulated samples on a whole simulated head: the ring "
+                    "light's 6 LED groups and the camera trigger on gpiozero's MockFactory, the "
+                    "GRBL stage simulator on a pseudo-terminal driven by the real GRBL driver, a "
+                    "camera that renders whatever the lit LEDs and the stage position show, and "
+                    "the head's network on ONNX Runtime. Per sample: home if needed, then per "
+                    "RoI move, settle and take 6 frames while the previous RoI runs through the "
+                    "pipeline. Prints each verdict with the ground truth beside it. Exit status "
+                    "1 when any verdict is ERROR. SIGTERM or Ctrl-C switch the LEDs off first.")
+    head_option(r)
+    r.add_argument("--sim", action="store_true",
+                   help="run the simulated head (required: no real camera backend yet)")
+    r.add_argument("--samples", type=int, default=3, metavar="N",
+                   help="samples to inspect (default 3)")
+    r.add_argument("--seed", type=int, help="first sample's seed (default: random; printed)")
+    r.add_argument("--scratch-share", type=_share, default=0.5, metavar="P",
+                   help="share of samples with scratches (default 0.5)")
+    r.add_argument("--engine", metavar="PATH", help="model or engine (default: the head's)")
+    r.add_argument("--calibration", metavar="FILE", help="calibration file (default: the head's)")
+    r.add_argument("--overlay", metavar="DIR", help="write a picture per RoI under DIR/SAMPLE")
+    r.add_argument("--record", metavar="DIR",
+                   help="record every inspected sample's RAW frames (recorded-sample format)")
+    r.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
+    r.add_argument("--grbl", choices=("grbl", "grblhal"), default="grbl",
+                   help="firmware the stage simulator speaks (default grbl 1.1h)")
+    r.add_argument("--trace", metavar="FILE",
+                   help="log every GPIO edge (time, header pin, level) to FILE")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
 
     q = sub.add_parser(
         "evaluate", help="score ONNX networks on held-out simulated samples (FN and FP rates)",

@@ -74,6 +74,8 @@ class Camera(_Section):
     bayer_pattern: Literal["GRBG", "RGGB", "GBRG", "BGGR"]
     exposure_ms: float = Field(gt=0, le=10_000)
     frame_time_ms: float = Field(gt=0, le=60_000)
+    # a frame not delivered this long after its trigger is a camera fault
+    grab_timeout_ms: float = Field(default=1000.0, gt=0, le=60_000)
 
     @property
     def max_dn(self) -> int:
@@ -176,6 +178,10 @@ class Stage(_Section):
     port: str = Field(min_length=1)
     baud: Literal[_BAUDS]  # type: ignore[valid-type]
     feed_mm_min: float = Field(gt=0, le=50_000)
+    # after a move reports Idle, before the first frame: lets the mechanics stop ringing
+    settle_ms: float = Field(default=100.0, ge=0, le=10_000)
+    # true: the stage has limit switches and is homed ($H); false: it is unlocked ($X)
+    homing: bool = True
     soft_limits_mm: Limits
     roi_grid: RoiGrid
 
@@ -252,6 +258,7 @@ class Simulation(_Section):
     field_vignetting: float = Field(ge=0, lt=1)
     field_tilt: float = Field(ge=0, lt=1)
     led_balance: float = Field(ge=0, lt=1)
+    stage_accel_mm_s2: float = Field(default=800.0, gt=0)
 
 
 class HeadConfig(_Section):

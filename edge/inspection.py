@@ -19,6 +19,7 @@ import numpy as np
 from edge import calibration as calib
 from edge.config import HeadConfig
 from edge.engine import Engine, EngineError, open_engine
+from edge.hardware import HardwareError
 from edge.pipeline import PipelineError, process_roi
 from edge.recording import RecordedSample, RecordingError, open_sample
 from edge.verdict import RoiResult, Verdict, decide, error
@@ -26,7 +27,8 @@ from edge.verdict import RoiResult, Verdict, decide, error
 log = logging.getLogger(__name__)
 
 # errors whose message already says what went wrong, in the operator's words
-KNOWN_ERRORS = (EngineError, PipelineError, RecordingError, calib.CalibrationError, OSError)
+KNOWN_ERRORS = (EngineError, PipelineError, RecordingError, calib.CalibrationError, HardwareError,
+                OSError)
 
 
 @dataclass(frozen=True)

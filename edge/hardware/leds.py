@@ -25,11 +25,12 @@ import weakref
 from gpiozero import DigitalOutputDevice
 
 from edge.config import Illumination
+from edge.hardware import HardwareError
 
 TRIGGER_PULSE_S = 0.0002
 
 
-class LedFault(RuntimeError):
+class LedFault(HardwareError):
     """The ring light refused or stopped lighting; the LEDs are dark."""
 
 

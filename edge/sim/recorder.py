@@ -18,8 +18,6 @@ from edge.recording import SampleWriter
 from edge.sim.optics import SimHead
 from edge.sim.sample import Sample
 
-STAGE_SETTLE_S = 0.15  # assumed; the GRBL stage issue will measure it
-
 
 def record_sample(cfg: HeadConfig, head: SimHead, sample: Sample, root: str | Path,
                   progress: bool = True, start_s: float | None = None) -> Path:
@@ -33,7 +31,7 @@ def record_sample(cfg: HeadConfig, head: SimHead, sample: Sample, root: str | Pa
                disable=not progress, leave=False)
     for index in bar:
         origin = grid.roi_origin_mm(index)
-        t += math.dist(pos, origin) / cfg.stage.feed_mm_min * 60.0 + STAGE_SETTLE_S
+        t += math.dist(pos, origin) / cfg.stage.feed_mm_min * 60.0 + cfg.stage.settle_ms / 1000.0
         pos = origin
         frame_s = cfg.camera.frame_time_ms / 1000.0
         stamps = [t + k * frame_s for k in range(6)]

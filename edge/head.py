@@ -1,0 +1,299 @@
+"""The inspection head: one sample = home if needed, then per RoI move, settle, 6 frames.
+
+Two threads per sample:
+
+* the **caller's thread acquires**: it owns the hardware (stage, ring light, camera) and is the
+  thread that SIGTERM and SIGINT interrupt, so the way out of any failure passes through here:
+  per RoI it moves the stage, waits for it to settle, then 6 times lights one LED group, pulses
+  the camera trigger, keeps the group lit for the exposure, darkens it and grabs the frame;
+* **one worker runs the pipeline** (:func:`edge.inspection.inspect_sample`) on RoI k while RoI
+  k+1 is being acquired. A queue of one RoI between them bounds the memory to three RoIs (one
+  in the pipeline, one queued, one being acquired).
+
+Fail-safe: a camera timeout, a bad frame, a stage error or alarm, the LED watchdog, an abort
+from the line controller, or an engine error all end in an ERROR verdict naming the RoI and the
+cause. On every way out the LEDs are dark, and if the stage was moving it gets a feed hold and a
+soft reset. An acquisition failure travels to the worker inside the queue, so the one loop that
+builds verdicts (``inspect_sample``) also builds this one; a pipeline failure stops the
+acquisition at its next step.
+
+Choices: the RoIs are visited in serpentine order (row by row, every other row backwards),
+starting from whichever end of that path is nearer to the stage, so the next sample starts
+where the last one ended; the verdict does not depend on the order. ``acquisition_s`` counts
+the stage moves (including their settle time) and one frame time per frame: the time the optics
+need, which the software should hide behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge import calibration as calib
+from edge.config import HeadConfig
+from edge.engine import Engine
+from edge.hardware import HardwareError
+from edge.hardware.camera import Camera, check_frame
+from edge.hardware.grbl import GrblStage, MoveCancelled, StageError
+from edge.hardware.leds import RingLight
+from edge.inspection import RoiInput, inspect_sample
+from edge.recording import SampleWriter
+from edge.sim.sample import Sample
+from edge.verdict import RoiResult, Status, Verdict, error
+
+log = logging.getLogger(__name__)
+
+N_STATES = 6
+_PUT_POLL_S = 0.05
+
+
+ABORTED = "inspection aborted on request"
+
+
+class Aborted(HardwareError):
+    """The inspection was stopped on request (line controller, operator)."""
+
+
+class AcquisitionFailed(HardwareError):
+    """Acquiring RoI ``index`` failed while doing ``what``; ``cause`` says why."""
+
+    def __init__(self, index: int, what: str, cause: BaseException):
+        self.index, self.cause = index, cause
+        reason = str(cause) if isinstance(cause, HardwareError) else (
+            f"internal error ({type(cause).__name__}: {cause})")
+        where = f"RoI {index}" if index >= 0 else "before the first RoI"
+        super().__init__(f"{where}, {what}: {reason}" if what else f"{where}: {reason}")
+
+
+@dataclass
+class Acquisition:
+    """What the optics did for one sample, for the verdict's timings and the benchmark."""
+
+    moves_s: float = 0.0
+    frames: int = 0
+    frame_time_s: float = 0.0
+    busy_s: float = 0.0  # wall time of the acquisition thread, moves to last frame
+    timestamps: dict[int, list[float]] = field(default_factory=dict)
+
+    @property
+    def optics_s(self) -> float:
+        return self.moves_s + self.frames * self.frame_time_s
+
+
+def serpentine(columns: int, rows: int) -> list[int]:
+    order = []
+    for r in range(rows):
+        cols = range(columns) if r % 2 == 0 else range(columns - 1, -1, -1)
+        order += [r * columns + c for c in cols]
+    return order
+
+
+class Head:
+    def __init__(self, cfg: HeadConfig, ring: RingLight, stage: GrblStage, camera: Camera,
+                 engine: Engine, calibration: calib.Calibration | None = None,
+                 record_dir: str | None = None):
+        self.cfg, self.ring, self.stage, self.camera = cfg, ring, stage, camera
+        self.engine, self.calibration, self.record_dir = engine, calibration, record_dir
+        self.shape = camera.shape
+        grid = cfg.stage.roi_grid
+        # the pixel footprint follows the frame actually taken (a test head renders smaller)
+        self.mm_per_px = cfg.mm_per_px if tuple(self.shape) == (cfg.camera.height,
+                                                                cfg.camera.width) else None
+        self.grid = grid
+        camera.configure(cfg.camera.exposure_ms)
+        self.last: Acquisition | None = None
+
+    # -- geometry -------------------------------------------------------------------------------
+    def stage_target(self, index: int) -> tuple[float, float]:
+        ox, oy = self.grid.roi_origin_mm(index)
+        return (self.grid.origin_mm[0] + ox, self.grid.origin_mm[1] + oy)
+
+    def route(self) -> list[int]:
+        order = serpentine(self.grid.columns, self.grid.rows)
+        here = self.stage.position[:2] if len(self.stage.position) >= 2 else None
+        if here is not None and (math.dist(here, self.stage_target(order[-1]))
+                                 < math.dist(here, self.stage_target(order[0]))):
+            order.reverse()
+        return order
+
+    # -- one sample -----------------------------------------------------------------------------
+    def inspect(self, sample_id: str, abort: threading.Event | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                on_roi: Callable[[RoiResult, np.ndarray], None] | None = None,
+                truth: Sample | None = None,
+                status: Callable[[str], None] | None = None) -> Verdict:
+        """Inspect the sample on the stage. Never raises for a hardware or pipeline failure (the
+        verdict is ERROR); SystemExit and KeyboardInterrupt pass through, after the LEDs went
+        dark and the stage was stopped."""
+        abort = abort or threading.Event()
+        total = self.grid.count
+        acq = Acquisition(frame_time_s=self.cfg.camera.frame_time_ms / 1000.0)
+        self.last = acq
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        done = threading.Event()  # the worker has finished, early or not
+        out: dict[str, Verdict] = {}
+        writer = self._writer(sample_id, truth)
+        finished = [0]
+
+        def processed(r: RoiResult, frames: np.ndarray) -> None:
+            finished[0] += 1
+            if writer is not None:
+                self._record(writer, r, frames, acq)
+            if on_roi is not None:
+                on_roi(r, frames)
+            if progress is not None:
+                progress(finished[0], total)
+
+        def fed():
+            for _ in range(total):
+                item = handoff.get()
+                if abort.is_set():  # do not finish the queued RoIs first
+                    yield _failed(AcquisitionFailed(item.index if item else -1, "",
+                                                    Aborted(ABORTED)))
+                if item is None:
+                    return
+                yield item
+
+        def work() -> None:
+            try:
+                out["verdict"] = inspect_sample(
+                    sample_id, fed(), total, self.engine, self.calibration, self.cfg,
+                    self.mm_per_px, on_roi=processed if (writer or on_roi or progress) else None)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=work, name=f"pipeline-{sample_id}", daemon=True)
+        worker.start()
+        t0 = time.monotonic()
+        try:
+            self._acquire(handoff, done, abort, acq, status)
+        except AcquisitionFailed as failure:
+            self.ring.all_dark()
+            if isinstance(failure.cause, StageError):  # its state is unknown: stop it for sure
+                self.stage.abort()
+            self._hand(handoff, _failed(failure), done)
+        except BaseException:  # SIGTERM, Ctrl-C: dark, stopped, and out
+            self.ring.all_dark()
+            self.stage.abort()
+            self._hand(handoff, None, done)
+            raise
+        finally:
+            self.ring.all_dark()
+            acq.busy_s = time.monotonic() - t0
+        if abort.is_set():
+            self._hand(handoff, None, done)
+        worker.join()
+        verdict = out.get("verdict") or error(sample_id, "the pipeline stopped without a verdict")
+        if abort.is_set() and verdict.status is not Status.ERROR:
+            verdict = error(sample_id, ABORTED, verdict.rois, verdict.engine, verdict.calibration)
+        verdict.timings_s.update(moves=acq.moves_s, frames=acq.frames * acq.frame_time_s,
+                                 acquisition=acq.optics_s)
+        if writer is not None:
+            self._close_writer(writer)
+        return verdict
+
+    def _hand(self, handoff: queue.Queue, item, done: threading.Event) -> bool:
+        """Put ``item`` for the worker unless it has finished; never blocks forever."""
+        while not done.is_set():
+            try:
+                handoff.put(item, timeout=_PUT_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _acquire(self, handoff: queue.Queue, done: threading.Event, abort: threading.Event,
+                 acq: Acquisition, status: Callable[[str], None] | None) -> None:
+        cfg = self.cfg
+        settle_s = cfg.stage.settle_ms / 1000.0
+        led_settle_s = cfg.illumination.settle_ms / 1000.0
+        exposure_s = cfg.camera.exposure_ms / 1000.0
+        timeout_s = cfg.camera.grab_timeout_ms / 1000.0
+        angles = cfg.illumination.angles_deg
+
+        def stop() -> bool:
+            return done.is_set() or abort.is_set()
+
+        index, what = -1, "getting the stage ready"
+        try:
+            self.stage.ready()
+            for index in self.route():
+                if stop():
+                    return
+                x, y = self.stage_target(index)
+                what = f"the move to ({x:.1f}, {y:.1f}) mm"
+                if status:
+                    status(f"RoI {index}: moving to ({x:.1f}, {y:.1f}) mm")
+                acq.moves_s += self.stage.move_to(x, y, cancel=stop)
+                time.sleep(settle_s)
+                acq.moves_s += settle_s
+                if status:
+                    status(f"RoI {index}: taking 6 frames")
+                frames = np.empty((N_STATES, *self.shape), np.uint16)
+                stamps = []
+                for state in range(N_STATES):
+                    if stop():
+                        return
+                    what = f"LED group {state} ({angles[state]:g} deg)"
+                    self.ring.on(state)
+                    time.sleep(led_settle_s)
+                    self.camera.arm()
+                    self.ring.pulse_trigger()
+                    stamps.append(time.time())
+                    time.sleep(exposure_s)
+                    self.ring.off()
+                    frame = self.camera.grab(timeout_s)
+                    frames[state] = check_frame(frame, self.shape, cfg.camera.bit_depth,
+                                                "the frame")
+                    acq.frames += 1
+                acq.timestamps[index] = stamps
+                self._hand(handoff, RoiInput(index, self.grid.roi_origin_mm(index),
+                                             lambda f=frames: f), done)
+        except MoveCancelled as exc:
+            cause = Aborted(ABORTED) if abort.is_set() else exc
+            raise AcquisitionFailed(index, what, cause) from exc
+        except Exception as exc:
+            raise AcquisitionFailed(index, what, exc) from exc
+
+    # -- raw recording --------------------------------------------------------------------------
+    def _writer(self, sample_id: str, truth: Sample | None) -> SampleWriter | None:
+        if not self.record_dir:
+            return None
+        cal_id = self.calibration.identity.get("sha256") if self.calibration else None
+        try:
+            w = SampleWriter(self.record_dir, sample_id, self.cfg, cal_id, shape=self.shape)
+            if truth is not None:
+                w.set_truth(truth)
+            return w
+        except Exception as exc:  # recording is a by-product: it never changes a verdict
+            log.error("%s: not recording this sample: %s", sample_id, exc)
+            return None
+
+    def _record(self, writer: SampleWriter, r: RoiResult, frames: np.ndarray,
+                acq: Acquisition) -> None:
+        try:
+            writer.add_roi(r.index, r.origin_mm, frames, acq.timestamps.get(r.index, [0.0] * 6))
+        except Exception as exc:
+            log.error("recording RoI %d failed: %s", r.index, exc)
+
+    def _close_writer(self, writer: SampleWriter) -> None:
+        try:
+            writer.close()
+        except Exception as exc:
+            log.error("the recording of this sample is incomplete: %s", exc)
+
+
+def _failed(failure: AcquisitionFailed) -> RoiInput:
+    """A RoI whose frames never came: the worker raises the failure where it would read them."""
+
+    def frames():
+        raise failure
+
+    return RoiInput(failure.index, (0.0, 0.0), frames)

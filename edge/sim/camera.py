@@ -1,0 +1,208 @@
+"""The simulated head's wires and cameras.
+
+:class:`SimWiring` is gpiozero's ``MockFactory`` with pins that tell listeners about every
+change, as the copper between the Jetson's header and the LED drivers and the camera's trigger
+input would; it can also log every change like a logic analyser (one line per edge, flushed, so
+a test can read it after the process is gone).
+
+The cameras are hardware-triggered like a real one: a rising edge on the trigger pin *while
+armed* starts an exposure. At that moment the camera reads which LED groups are lit (from the
+pins, through the physical wiring it was given, not from what the head meant to do) and where
+the stage is (from the stage simulator), then renders in its own thread; the frame is ready a
+frame time after the trigger. So a wrong LED order or a frame taken mid-move shows in the image.
+
+* :class:`SimCamera` renders the sample on the stage through :class:`edge.sim.optics.SimHead`
+  (the scene of a RoI is built once per stage position, the noise differs per frame);
+* :class:`ReplayCamera` returns the recorded frame of the RoI under the camera for the lit group
+  (several or no groups lit: a black frame, which the frame check refuses).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from edge.hardware.camera import Camera, CameraTimeout
+from edge.recording import RecordedSample
+from edge.sim.optics import SimHead
+from edge.sim.sample import Sample
+
+log = logging.getLogger(__name__)
+
+
+class _WiredPin(MockPin):
+    def _change_state(self, value):
+        changed = super()._change_state(value)
+        if changed:
+            wiring = getattr(self.factory, "wiring", None)
+            if wiring is not None:
+                wiring._changed(self.info.number, bool(value))
+        return changed
+
+
+class SimWiring:
+    """A ``MockFactory`` whose pin changes reach listeners (and an optional trace file)."""
+
+    def __init__(self, trace: str | Path | None = None):
+        self.factory = MockFactory(pin_class=_WiredPin)
+        self.factory.wiring = self
+        self._listeners: dict[int, list[Callable[[bool, float], None]]] = {}
+        self.edges: list[tuple[float, int, bool]] = []
+        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
+        self._lock = threading.Lock()
+
+    def state(self, header_pin: int) -> bool:
+        return bool(self.factory.pin(f"BOARD{header_pin}").state)
+
+    def listen(self, header_pin: int, callback: Callable[[bool, float], None]) -> None:
+        self._listeners.setdefault(header_pin, []).append(callback)
+
+    def _changed(self, header_pin: int, value: bool) -> None:
+        t = time.monotonic()
+        with self._lock:
+            self.edges.append((t, header_pin, value))
+            if self._trace is not None:
+                self._trace.write(f"{t:.6f} {header_pin} {int(value)}\n")
+        for cb in self._listeners.get(header_pin, ()):
+            cb(value, t)
+
+    def close(self) -> None:
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
+        self.factory.close()
+
+
+class TriggeredSimCamera(Camera):
+    """What every simulated camera shares: arming, the trigger edge, frame timing, grabbing."""
+
+    def __init__(self, wiring: SimWiring, trigger_pin: int, led_pins: Sequence[int],
+                 stage_position: Callable[[], tuple[float, float]],
+                 shape: tuple[int, int], bit_depth: int, frame_time_s: float):
+        self.wiring, self.led_pins = wiring, list(led_pins)
+        self.stage_position = stage_position
+        self.shape, self.bit_depth, self.frame_time_s = shape, bit_depth, frame_time_s
+        self.exposure_ms, self.gain = 0.0, 1.0
+        self.triggers = 0
+        self._armed = False
+        self._jobs: queue.Queue = queue.Queue()
+        self._frames: queue.Queue = queue.Queue()
+        self._closed = False
+        self._worker = threading.Thread(target=self._render_loop, name="sim-camera", daemon=True)
+        self._worker.start()
+        wiring.listen(trigger_pin, self._edge)
+
+    def configure(self, exposure_ms: float, gain: float = 1.0) -> None:
+        self.exposure_ms, self.gain = exposure_ms, gain
+
+    def arm(self) -> None:
+        while not self._frames.empty():  # a frame nobody grabbed belongs to no one now
+            self._frames.get_nowait()
+        self._armed = True
+
+    def _edge(self, rising: bool, t: float) -> None:
+        if not rising or not self._armed or self._closed:
+            return
+        self._armed = False
+        self.triggers += 1
+        lit = tuple(k for k, pin in enumerate(self.led_pins) if self.wiring.state(pin))
+        self._jobs.put((lit, self.stage_position(), t))
+
+    def _render_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            lit, pos, t = job
+            try:
+                frame = self.expose(lit, pos)
+            except Exception as exc:  # handed to grab(), which reports it as a camera error
+                frame = exc
+            self._frames.put((frame, t + self.frame_time_s))
+
+    def grab(self, timeout_s: float) -> np.ndarray:
+        t0 = time.monotonic()
+        try:
+            frame, ready_at = self._frames.get(timeout=timeout_s)
+        except queue.Empty:
+            self._armed = False
+            raise CameraTimeout(f"camera delivered no frame within {timeout_s:.2f} s of being "
+                                "armed (is the trigger wired and pulsed?)") from None
+        if isinstance(frame, Exception):
+            raise frame
+        wait = ready_at - time.monotonic()
+        if wait > 0:
+            if ready_at - t0 > timeout_s:
+                raise CameraTimeout(f"camera frame not read out within {timeout_s:.2f} s")
+            time.sleep(wait)
+        return frame
+
+    @abstractmethod
+    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
+        """The RAW frame with groups ``lit`` on and the stage at ``stage_mm``."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+            self._worker.join(timeout=5.0)
+
+
+class SimCamera(TriggeredSimCamera):
+    """Renders the sample on the stage. ``grid_origin_mm`` is the stage position of the
+    sample's origin (the RoI grid's origin), so stage mm minus it are sample mm."""
+
+    def __init__(self, head: SimHead, wiring: SimWiring, trigger_pin: int, led_pins: Sequence[int],
+                 stage_position: Callable[[], tuple[float, float]],
+                 grid_origin_mm: tuple[float, float], frame_time_s: float):
+        super().__init__(wiring, trigger_pin, led_pins, stage_position, head.shape,
+                         head.cfg.camera.bit_depth, frame_time_s)
+        self.head, self.grid_origin = head, grid_origin_mm
+        self.sample: Sample | None = None
+        self._scene = None
+        self._scene_key = None
+
+    def load(self, sample: Sample | None) -> None:
+        """The sample now on the stage (the handler placed it)."""
+        self.sample, self._scene, self._scene_key = sample, None, None
+
+    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
+        origin = (round(stage_mm[0] - self.grid_origin[0], 4),
+                  round(stage_mm[1] - self.grid_origin[1], 4))
+        sample = self.sample or Sample("empty", (0.0, 0.0))
+        key = (id(sample), origin)
+        if key != self._scene_key:
+            self._scene, self._scene_key = self.head.scene(sample, origin), key
+        seed = hash((sample.seed, origin, lit, self.triggers)) & 0xFFFF_FFFF_FFFF
+        return self.head.expose(self._scene, lit, seed)
+
+
+class ReplayCamera(TriggeredSimCamera):
+    """Replays a recorded sample: the RoI recorded at the stage position, the lit state."""
+
+    def __init__(self, recorded: RecordedSample, wiring: SimWiring, trigger_pin: int,
+                 led_pins: Sequence[int], stage_position: Callable[[], tuple[float, float]],
+                 frame_time_s: float):
+        _, h, w = recorded.shape
+        cam = recorded.manifest.camera
+        super().__init__(wiring, trigger_pin, led_pins, stage_position, (h, w), cam.bit_depth,
+                         frame_time_s)
+        self.recorded = recorded
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
+        best = min(self.recorded.manifest.rois, key=lambda e: math.dist(e.stage_mm, stage_mm))
+        if math.dist(best.stage_mm, stage_mm) > 0.05 or len(lit) != 1:
+            return np.zeros(self.shape, np.uint16)  # nothing recorded there: a black frame
+        if self._cache is None or self._cache[0] != best.index:
+            self._cache = (best.index, self.recorded.frames(best.index))
+        return self._cache[1][lit[0]]

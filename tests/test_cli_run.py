@@ -1,0 +1,71 @@
+"""``glass-inspect run --sim``: the README's main job, as a new user runs it (a subprocess)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import small_head_toml
+
+pytest.importorskip("onnxruntime")
+
+CLI = [sys.executable, "-m", "edge.cli"]
+
+
+def levels(trace_text: str) -> dict[int, int]:
+    """The last level of every header pin in a GPIO trace (time, pin, level per line)."""
+    last = {}
+    for line in trace_text.splitlines():
+        _, pin, level = line.split()
+        last[int(pin)] = int(level)
+    return last
+
+
+def test_run_sim_prints_verdicts_beside_the_ground_truth(tmp_path):
+    head = small_head_toml(tmp_path)
+    out = subprocess.run(CLI + ["run", "--sim", "--config", str(head), "--samples", "2",
+                                "--seed", "11", "--quiet", "--overlay", str(tmp_path / "ov")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert sum(" truth: " in f" {x}" for x in lines) == 2
+    assert lines[-2].startswith("2 samples: ") and "agrees with the ground truth" in lines[-2]
+    assert "homing the stage" in out.stderr
+    assert len(list((tmp_path / "ov").glob("*/roi_*.png"))) == 4
+
+
+def test_run_without_sim_says_what_to_do(tmp_path):
+    out = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "add --sim" in out.stderr
+
+
+def test_sigterm_leaves_every_led_dark(tmp_path):
+    head = small_head_toml(tmp_path)
+    trace = tmp_path / "gpio.txt"
+    proc = subprocess.Popen(CLI + ["run", "--sim", "--config", str(head), "--samples", "100",
+                                   "--quiet", "--trace", str(trace)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # wait until the head is in the middle of taking frames: an LED group is lit
+        while time.monotonic() < deadline:
+            text = trace.read_text() if trace.exists() else ""
+            on = [ln for ln in text.splitlines() if ln.endswith(" 1") and " 37 " not in ln]
+            if len(on) >= 9 and levels(text).get(int(on[-1].split()[1])) == 1:
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the head never lit an LED")
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    last = levels(trace.read_text())
+    assert last and all(v == 0 for v in last.values()), last
+    assert "Traceback" not in err
