@@ -1,4 +1,4 @@
-# Two jobs for a fresh machine: `make demo` (the main job on the simulated head) and `make test`.
+# Two jobs for a fresh machine: `make demo` (the main job: the whole simulated head at work) and `make test`.
 # Each creates the virtual environment it needs on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ $(BIN)/glass-inspect: pyproject.toml
 	touch $@
 
 demo: $(BIN)/glass-inspect
-	$(BIN)/glass-inspect demo --out demo
+	$(BIN)/glass-inspect run --sim --samples 3 --seed 1 --overlay demo/overlay
 
 test: $(BIN)/glass-inspect
 	$(BIN)/ruff check .
@@ -24,6 +24,7 @@ bench: $(BIN)/glass-inspect
 	$(BIN)/python benchmarks/space_to_depth.py
 	$(BIN)/python benchmarks/dbscan.py
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/head.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

@@ -80,6 +80,7 @@ class Acquisition:
     frames: int = 0
     frame_time_s: float = 0.0
     busy_s: float = 0.0  # wall time of the acquisition thread, moves to last frame
+    current: int = -1  # the RoI being acquired
     timestamps: dict[int, list[float]] = field(default_factory=dict)
 
     @property
@@ -155,8 +156,7 @@ class Head:
             for _ in range(total):
                 item = handoff.get()
                 if abort.is_set():  # do not finish the queued RoIs first
-                    yield _failed(AcquisitionFailed(item.index if item else -1, "",
-                                                    Aborted(ABORTED)))
+                    yield _failed(AcquisitionFailed(acq.current, "", Aborted(ABORTED)))
                 if item is None:
                     return
                 yield item
@@ -176,7 +176,7 @@ class Head:
             self._acquire(handoff, done, abort, acq, status)
         except AcquisitionFailed as failure:
             self.ring.all_dark()
-            if isinstance(failure.cause, StageError):  # its state is unknown: stop it for sure
+            if isinstance(failure.__cause__, StageError):  # moving, or unknown: stop it for sure
                 self.stage.abort()
             self._hand(handoff, _failed(failure), done)
         except BaseException:  # SIGTERM, Ctrl-C: dark, stopped, and out
@@ -227,6 +227,7 @@ class Head:
             for index in self.route():
                 if stop():
                     return
+                acq.current = index
                 x, y = self.stage_target(index)
                 what = f"the move to ({x:.1f}, {y:.1f}) mm"
                 if status:

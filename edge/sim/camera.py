@@ -93,6 +93,7 @@ class TriggeredSimCamera(Camera):
         self.shape, self.bit_depth, self.frame_time_s = shape, bit_depth, frame_time_s
         self.exposure_ms, self.gain = 0.0, 1.0
         self.triggers = 0
+        self.render_s = 0.0  # CPU time spent making frames: on a real head, the camera's own
         self._armed = False
         self._jobs: queue.Queue = queue.Queue()
         self._frames: queue.Queue = queue.Queue()
@@ -123,10 +124,12 @@ class TriggeredSimCamera(Camera):
             if job is None:
                 return
             lit, pos, t = job
+            t0 = time.perf_counter()
             try:
                 frame = self.expose(lit, pos)
             except Exception as exc:  # handed to grab(), which reports it as a camera error
                 frame = exc
+            self.render_s += time.perf_counter() - t0
             self._frames.put((frame, t + self.frame_time_s))
 
     def grab(self, timeout_s: float) -> np.ndarray:

@@ -198,6 +198,8 @@ def test_abort_mid_inspection_gives_error(cfg, engine):
         threading.Timer(0.1, abort.set).start()
         v = rig.head.inspect("S", abort)
         assert v.status is Status.ERROR and "aborted" in v.reason
+        assert v.reason.startswith("RoI 0")
+        assert rig.grbl.state != "Run"  # stopped mid-move
         assert led_levels(rig) == [False] * 7
 
 
