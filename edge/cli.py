@@ -779,6 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", nargs="?", metavar="HEAD.toml",
                    help="head configuration (default: the embedded simulated head)")
     c.set_defaults(func=cmd_config)
+    # the verdict link to the line controller: serve (head side) and line-sim (line side)
+    from firmware_bridge.cli import add_commands
+
+    add_commands(sub)
     return p
 
 

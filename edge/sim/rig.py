@@ -15,7 +15,9 @@ wrong facets, and the frames show it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge.config import HeadConfig
@@ -27,14 +29,15 @@ from edge.sim.camera import SimCamera, SimWiring
 from edge.sim.grbl import GrblSimulator
 from edge.sim.optics import SimHead
 from edge.sim.sample import Sample, generate_sample
+from edge.verdict import Verdict
 
 
 class SimRig:
     def __init__(self, cfg: HeadConfig, engine: Engine, shape: tuple[int, int] | None = None,
                  led_pins: Sequence[int] | None = None, trigger_pin: int | None = None,
                  flavor: str = "grbl", trace: str | Path | None = None,
-                 record_dir: str | None = None, calibration=None):
-        self.cfg = cfg
+                 record_dir: str | None = None, calibration=None, scratch_share: float = 0.5):
+        self.cfg, self.scratch_share = cfg, scratch_share
         self.optics = SimHead(cfg, shape)
         self._closers = []
         try:
@@ -67,9 +70,20 @@ class SimRig:
     def place(self, sample: Sample | None) -> None:
         self.camera.load(sample)
 
-    def random_sample(self, seed: int, scratch_share: float = 0.5) -> Sample:
+    def random_sample(self, seed: int, scratch_share: float = 0.5,
+                      sample_id: str | None = None) -> Sample:
         extent = self.cfg.stage.roi_grid.extent_mm
-        return generate_sample(seed, extent, scratch_share)
+        return generate_sample(seed, extent, scratch_share, sample_id)
+
+    def inspect(self, sample_id: str, abort: threading.Event,
+                progress: Callable[[int, int], None]) -> Verdict:
+        """The inspector the verdict server drives: the handler has put glass ``sample_id``
+        on the stage (here: a random sample seeded by the id, so an id always shows the same
+        glass), and the head inspects it."""
+        seed = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:4], "big")
+        sample = self.random_sample(seed, self.scratch_share, sample_id)
+        self.place(sample)
+        return self.head.inspect(sample_id, abort, progress, truth=sample)
 
     def close(self) -> None:
         while self._closers:
