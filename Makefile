@@ -25,6 +25,7 @@ bench: $(BIN)/glass-inspect
 	$(BIN)/python benchmarks/dbscan.py
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/head.py
+	$(BIN)/python benchmarks/codec.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
