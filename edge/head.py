@@ -103,11 +103,7 @@ class Head:
         self.cfg, self.ring, self.stage, self.camera = cfg, ring, stage, camera
         self.engine, self.calibration, self.record_dir = engine, calibration, record_dir
         self.shape = camera.shape
-        grid = cfg.stage.roi_grid
-        # the pixel footprint follows the frame actually taken (a test head renders smaller)
-        self.mm_per_px = cfg.mm_per_px if tuple(self.shape) == (cfg.camera.height,
-                                                                cfg.camera.width) else None
-        self.grid = grid
+        self.grid = cfg.stage.roi_grid
         camera.configure(cfg.camera.exposure_ms)
         self.last: Acquisition | None = None
 
@@ -165,7 +161,7 @@ class Head:
             try:
                 out["verdict"] = inspect_sample(
                     sample_id, fed(), total, self.engine, self.calibration, self.cfg,
-                    self.mm_per_px, on_roi=processed if (writer or on_roi or progress) else None)
+                    on_roi=processed if (writer or on_roi or progress) else None)
             finally:
                 done.set()
 
@@ -280,7 +276,7 @@ class Head:
     def _record(self, writer: SampleWriter, r: RoiResult, frames: np.ndarray,
                 acq: Acquisition) -> None:
         try:
-            writer.add_roi(r.index, r.origin_mm, frames, acq.timestamps.get(r.index, [0.0] * 6))
+            writer.add_roi(r.index, r.origin_mm, frames, acq.timestamps[r.index])
         except Exception as exc:
             log.error("recording RoI %d failed: %s", r.index, exc)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,11 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.config import HeadConfig, Pair, describe_errors
 from edge.sim.sample import Sample
+from edge.verdict import SAMPLE_ID
 
 FORMAT = "glass-inspect-sample"
 VERSION = 1
 MANIFEST = "manifest.json"
-SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class RecordingError(ValueError):

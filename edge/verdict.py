@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 
 MERGE_GAP_MM = 0.3
+
+# A sample's name on disk (recorded samples) and on the line (firmware_bridge): 1-64 letters,
+# digits, '_', '.', '-', not starting with a punctuation mark. Kept here, in a module without
+# the image stack, so the line side can share it cheaply.
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Status(str, Enum):

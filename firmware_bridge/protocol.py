@@ -12,9 +12,8 @@ docs/protocol.md is the integrator's reference; this module is its executable fo
 * **The verdict line is compact and complete**: status, the exact defect count, then as many
   defects (centre x, centre y, length in mm, peak score; longest first) as fit the line, then
   the head's reason in words. The full record (boxes, RoIs, timings) stays in the journal.
-* The sample-id alphabet is the recorded-sample one (:data:`edge.recording.SAMPLE_ID`); it is
-  copied here, and a test pins the two together, so the line side does not import the image
-  stack to talk to the head.
+* The sample-id alphabet is the recorded-sample one (:data:`edge.verdict.SAMPLE_ID`, shared
+  with :mod:`edge.recording`).
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ import math
 import re
 from dataclasses import dataclass
 
-from edge.verdict import Defect, Status, Verdict
+from edge.verdict import SAMPLE_ID, Defect, Status, Verdict
 from firmware_bridge.codec import FIELDS, MAX_LINE, Frame, FrameError, encode
 
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 PRODUCT = "glass-inspect"
 
-SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # From the line controller.
 HELLO, PING, INSPECT, STATUS, ABORT, RESULT = "HELLO", "PING", "INSPECT", "STATUS", "ABORT", \

@@ -181,7 +181,6 @@ class GrblStage:
         self.homed = False
         self._buf = b""
         self._lock = threading.RLock()
-        self._moving = False
         try:
             self.port = serial.serial_for_url(url, baudrate=baud, timeout=0.02,
                                               write_timeout=timeout_s)
@@ -223,11 +222,9 @@ class GrblStage:
     def _handle_async(self, line: str, during: str) -> bool:
         """Lines that can arrive at any time; True when consumed."""
         if line.startswith("ALARM:"):
-            self._moving = False
             self.homed = self.homed and line.strip() == "ALARM:2"
             raise GrblAlarm(_code(line), during)
         if BANNER.match(line):
-            self._moving = False
             raise StageError(f"stage controller reset itself during {during} ({line})")
         if line.startswith("[MSG:") or line.startswith("["):
             log.debug("stage: %s", line)
@@ -304,7 +301,6 @@ class GrblStage:
                     self.banner, quiet = line, time.monotonic() + BANNER_QUIET_S
                 elif line.startswith("ALARM:"):
                     self.homed = False
-            self._moving = False
             log.debug("stage: %s on %s", self.banner, self.url)
 
     # -- the stage's jobs ---------------------------------------------------------------------
@@ -339,7 +335,6 @@ class GrblStage:
         # the time the feed says, plus acceleration and a generous margin
         budget = dist / self.feed * 60.0 * 2.0 + self.timeout_s
         with self._lock:
-            self._moving = True
             self.command(f"G1 X{_fmt(x)} Y{_fmt(y)} F{self.feed:g}")
             self.wait_idle(budget, f"the move to ({x:.3f}, {y:.3f}) mm", cancel)
         return time.monotonic() - t0
@@ -352,10 +347,8 @@ class GrblStage:
                 raise MoveCancelled(f"{what} was cancelled")
             st = self.status()
             if st.name == "Idle":
-                self._moving = False
                 return
             if st.name == "Alarm":
-                self._moving = False
                 raise StageError(f"stage controller went into Alarm during {what}")
             if time.monotonic() > deadline:
                 raise StageTimeout(f"stage did not reach Idle within {timeout_s:.1f} s during "

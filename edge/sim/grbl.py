@@ -99,7 +99,7 @@ class GrblSimulator:
         self._hold: float | None = None  # when the hold began
         self._state = "Idle"
         self._sticky_error: int | None = None
-        self._pending_ok: deque[tuple[str, float]] = deque()  # lines waiting for planner room
+        self._pending_ok: deque[str] = deque()  # 'move' or 'dwell' lines waiting for their ok
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.master = self.slave = -1
@@ -288,7 +288,7 @@ class GrblSimulator:
 
     def _release_pending(self, now: float) -> None:
         while self._pending_ok:
-            kind, _ = self._pending_ok[0]
+            kind = self._pending_ok[0]
             if kind == "dwell" and self._queue:
                 return
             if kind == "move" and len(self._queue) >= PLANNER_BLOCKS:
@@ -367,7 +367,7 @@ class GrblSimulator:
         if dwell is not None:
             self._queue.append(_Move(tuple(target), tuple(target), 1.0, dwell=True))
             self._schedule_tail(time.monotonic(), dwell)
-            self._pending_ok.append(("dwell", 0.0))
+            self._pending_ok.append("dwell")
             return
         if motion is not None and any(w[0] in "XY" for w in words):
             (x0, x1), (y0, y1) = self.travel
@@ -383,7 +383,7 @@ class GrblSimulator:
             self._queue.append(m)
             self._schedule_tail(time.monotonic(), None)
             self._state = "Run"
-            self._pending_ok.append(("move", 0.0))
+            self._pending_ok.append("move")
             self._release_pending(time.monotonic())
             return
         self._send("ok")
