@@ -24,8 +24,9 @@ import json
 import sys
 
 from edge import config
+from edge.assembly import build_head
 from edge.inspection import load_engine
-from edge.sim.rig import SimRig
+from edge.sim.parts import SimOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,10 +49,10 @@ def main() -> None:
     cfg = config.parse(data, "benchmark head")
     engine = load_engine(cfg)
     runs = []
-    with SimRig(cfg, engine) as rig:
+    with build_head(cfg, engine=engine, sim_options=SimOptions(scratch_share=1.0)) as rig:
         for n in range(args.samples + 1):
-            sample = rig.random_sample(4000 + n, scratch_share=1.0)
-            rig.place(sample)
+            sample = rig.glass.random(4000 + n)
+            rig.glass.place(sample)
             rendered = rig.camera.render_s
             v = rig.head.inspect(sample.sample_id)
             acq = rig.head.last

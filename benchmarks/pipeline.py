@@ -21,7 +21,7 @@ import onnxruntime as ort
 from edge import config
 from edge.engine import open_engine
 from edge.pipeline import prepare_tiles, process_roi
-from edge.sim import SimHead, generate_sample
+from edge.sim import OpticsRenderer, generate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default=str(ROOT / "models" / "scratch_unet.onnx"))
+    ap.add_argument("--model", default=str(ROOT / "edge" / "models" / "scratch_unet.onnx"))
     args = ap.parse_args()
 
     cfg = config.load()
     sample = generate_sample(1, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
-    frames = SimHead(cfg).render(sample, cfg.stage.roi_grid.roi_origin_mm(0), noise_seed=0).frames
+    optics = OpticsRenderer(cfg)
+    frames = optics.render(sample, cfg.stage.roi_grid.roi_origin_mm(0), noise_seed=0).frames
     batch = max(cfg.engine.batch_sizes)
     engine = open_engine(args.model, threads=args.threads, max_batch=batch)
 

@@ -20,7 +20,7 @@ import numpy as np
 from timing import best_of
 
 from edge import config
-from edge.sim import SimHead, generate_sample
+from edge.sim import OpticsRenderer, generate_sample
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = config.load()
-    head = SimHead(cfg)
+    head = OpticsRenderer(cfg)
     grid = cfg.stage.roi_grid
     # a sample with scratches, dust, stains and fibres; RoI 4 holds several of them
     sample = generate_sample(3, grid.extent_mm, scratch_share=1.0)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.recording import sha256_file
+from edge.config import N_STATES
+from edge.hashing import sha256_file
 
 FORMAT = "glass-inspect-calibration"
 VERSION = 1
-N_STATES = 6
 
 
 class CalibrationError(ValueError):

@@ -15,8 +15,15 @@ Choices written down here:
 * The RoI pitch is derived (``size - overlap``) rather than stored, so the two cannot disagree.
 * The pixel footprint on the sample is derived from the RoI size and the camera resolution per
   axis (40 mm / 3504 px = 11.4 um, 35 mm / 3120 px = 11.2 um by default).
-* Relative paths (engine artifact, calibration file) are taken relative to the config file's
-  folder; for the embedded default, relative to the current directory.
+* Relative paths (engine artifact, calibration file, a replay folder) are taken relative to the
+  head file's folder; for the embedded default, relative to the current directory. A path
+  ``shipped:NAME`` names a file shipped inside the package (``edge/models/NAME``), so the
+  shipped network is found from any directory and in any installed copy.
+* Which parts a head is built from is said by three keys, checked against each other here:
+  ``camera.device`` (a V4L2 device path, ``sim`` or ``replay:DIR``), ``stage.port`` (a pyserial
+  URL or ``sim``) and ``illumination.pin_factory`` (``jetson`` or ``mock``). Simulated cameras
+  see the LEDs through the mock pins and the stage through its simulator, so they need both; a
+  real camera's trigger input is wired to real pins, so it needs ``jetson``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,13 @@ else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
 DEFAULT_NAME = "<embedded default head>"
+SHIPPED = "shipped:"  # prefix of a path to a file shipped in the package (edge/models/)
+SIM = "sim"
+REPLAY = "replay:"
+
+# Illumination states per RoI: the ring's 6 opposite facet pairs, 30 degrees apart (the glass
+# paper's head). Every module that counts frames, channels or LED groups takes it from here.
+N_STATES = 6
 
 # Power, ground and the fixed-function pins of the 40-pin header cannot drive an LED driver.
 _NOT_GPIO = {1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39}
@@ -68,6 +82,16 @@ HeaderPin = Annotated[int, Field(ge=1, le=40)]
 
 
 class Camera(_Section):
+    # where frames come from: a V4L2 device (/dev/video0, /dev/v4l/by-id/...), "sim" (the
+    # optics simulator) or "replay:DIR" (recorded samples in DIR, as the stage reaches them)
+    device: str = Field(min_length=1)
+    # V4L2 pixel format (fourcc such as "BA12" or "pgCC"), or "auto": the one that matches
+    # bit_depth and bayer_pattern among those the device offers
+    pixel_format: str = Field(default="auto", pattern=r"^(auto|[A-Za-z0-9 ]{4})$")
+    # "external": each exposure starts on the ring light's trigger line; "free-run": the sensor
+    # streams and the head takes the first frame that starts after the LED group is lit
+    trigger: Literal["external", "free-run"] = "external"
+    gain: float = Field(default=1.0, gt=0, le=1000)
     width: int = Field(ge=16, le=16384, multiple_of=2)
     height: int = Field(ge=16, le=16384, multiple_of=2)
     bit_depth: int = Field(ge=8, le=16)
@@ -80,6 +104,21 @@ class Camera(_Section):
     @property
     def max_dn(self) -> int:
         return (1 << self.bit_depth) - 1
+
+    @property
+    def kind(self) -> Literal["v4l2", "sim", "replay"]:
+        if self.device == SIM:
+            return "sim"
+        return "replay" if self.device.startswith(REPLAY) else "v4l2"
+
+    @model_validator(mode="after")
+    def _device_named(self) -> Camera:
+        if self.device.startswith(REPLAY) and not self.device[len(REPLAY):]:
+            raise ValueError("device 'replay:' needs a folder of recorded samples: replay:DIR")
+        if self.kind == "v4l2" and not self.device.startswith("/"):
+            raise ValueError(f"device {self.device!r}: expected a V4L2 device path such as "
+                             "/dev/video0, 'sim' or 'replay:DIR'")
+        return self
 
     @model_validator(mode="after")
     def _frame_holds_exposure(self) -> Camera:
@@ -97,10 +136,13 @@ class IlluminationState(_Section):
 
 
 class Illumination(_Section):
+    # how the header pins are driven: "jetson" (the Jetson pin factory over libgpiod) or
+    # "mock" (gpiozero's MockFactory: the simulated head's wiring)
+    pin_factory: Literal["jetson", "mock"]
     trigger_pin: HeaderPin
     settle_ms: float = Field(ge=0, le=1000)
     max_on_ms: float = Field(gt=0, le=10_000)
-    states: list[IlluminationState] = Field(min_length=6, max_length=6)
+    states: list[IlluminationState] = Field(min_length=N_STATES, max_length=N_STATES)
 
     @property
     def angles_deg(self) -> tuple[float, ...]:
@@ -116,7 +158,8 @@ class Illumination(_Section):
             raise ValueError(f"each LED group and the trigger need their own pin, got {pins}")
         angles = self.angles_deg
         if len(set(angles)) != len(angles):
-            raise ValueError(f"the 6 states need 6 different angles, got {list(angles)}")
+            raise ValueError(f"the {N_STATES} states need {N_STATES} different angles, "
+                             f"got {list(angles)}")
         return self
 
 
@@ -272,6 +315,30 @@ class HeadConfig(_Section):
     verdict_link: VerdictLink
     simulation: Simulation | None = None
 
+    @model_validator(mode="after")
+    def _parts_fit_together(self) -> HeadConfig:
+        cam, pins, port = self.camera.kind, self.illumination.pin_factory, self.stage.port
+        if cam == "sim" and self.simulation is None:
+            raise ValueError("camera.device = 'sim' renders frames with the [simulation] "
+                             "section's sensor and ring light; add it, or name a real camera")
+        if cam in ("sim", "replay"):
+            if pins != "mock":
+                raise ValueError(f"camera.device = {self.camera.device!r} sees the LEDs through "
+                                 "the simulated wiring: set illumination.pin_factory = 'mock'")
+            if port != SIM:
+                raise ValueError(f"camera.device = {self.camera.device!r} needs the stage "
+                                 "simulator's position: set stage.port = 'sim'")
+        elif pins == "mock":
+            raise ValueError(f"camera {self.camera.device} is triggered by real pins: set "
+                             "illumination.pin_factory = 'jetson'")
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        """True when any part of the head is simulated."""
+        return (self.camera.kind != "v4l2" or self.stage.port == SIM
+                or self.illumination.pin_factory == "mock")
+
     # Where the file came from: relative paths resolve against it. Not part of the head.
     _source: str = PrivateAttr(default=DEFAULT_NAME)
 
@@ -284,6 +351,9 @@ class HeadConfig(_Section):
         return Path.cwd() if self.source == DEFAULT_NAME else Path(self.source).parent
 
     def resolve(self, path: str) -> Path:
+        """A path of this head file as a filesystem path (see the module docstring)."""
+        if path.startswith(SHIPPED):
+            return shipped(path[len(SHIPPED):])
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
@@ -293,10 +363,34 @@ class HeadConfig(_Section):
         w, h = self.stage.roi_grid.size_mm
         return (w / self.camera.width, h / self.camera.height)
 
+    def summary(self) -> list[str]:
+        """What ``glass-inspect config check`` says of a valid head file."""
+        g, c = self.stage.roi_grid, self.camera
+        return [
+            f"{self.source}: valid head configuration '{self.name}' "
+            f"({'simulated' if self.simulated else 'real'} parts)",
+            f"  camera {c.device}: {c.width} x {c.height} px, {c.bit_depth}-bit "
+            f"{c.bayer_pattern}, {self.mm_per_px[0] * 1000:.2f} x {self.mm_per_px[1] * 1000:.2f} "
+            "um per pixel",
+            f"  ring light: {self.illumination.pin_factory} pins, LED groups on header pins "
+            f"{[s.pin for s in self.illumination.states]}, trigger on "
+            f"{self.illumination.trigger_pin}",
+            f"  stage on {self.stage.port}: {g.count} RoIs ({g.columns} x {g.rows}) of "
+            f"{g.size_mm[0]} x {g.size_mm[1]} mm, covering {g.extent_mm[0]:.1f} x "
+            f"{g.extent_mm[1]:.1f} mm",
+            f"  engine {self.engine.artifact}",
+            f"  config sha256 {self.digest()}",
+        ]
+
     def digest(self) -> str:
         """SHA-256 of the head's content (not of the file's formatting or location)."""
         canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def shipped(name: str) -> Path:
+    """A file shipped inside the package: ``edge/models/NAME``, wherever the package is."""
+    return Path(str(resources.files("edge").joinpath("models", name)))
 
 
 def describe_errors(exc: ValidationError) -> list[str]:

@@ -37,20 +37,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge import calibration as calib
-from edge.config import HeadConfig
+from edge.config import N_STATES, HeadConfig
 from edge.engine import Engine
 from edge.hardware import HardwareError
 from edge.hardware.camera import Camera, check_frame
-from edge.hardware.grbl import GrblStage, MoveCancelled, StageError
-from edge.hardware.leds import RingLight
+from edge.hardware.light import Light
+from edge.hardware.stage import MoveCancelled, Stage, StageError
 from edge.inspection import RoiInput, inspect_sample
 from edge.recording import SampleWriter
-from edge.sim.sample import Sample
+from edge.truth import Sample
 from edge.verdict import RoiResult, Status, Verdict, error
 
 log = logging.getLogger(__name__)
 
-N_STATES = 6
 _PUT_POLL_S = 0.05
 
 
@@ -97,7 +96,7 @@ def serpentine(columns: int, rows: int) -> list[int]:
 
 
 class Head:
-    def __init__(self, cfg: HeadConfig, ring: RingLight, stage: GrblStage, camera: Camera,
+    def __init__(self, cfg: HeadConfig, ring: Light, stage: Stage, camera: Camera,
                  engine: Engine, calibration: calib.Calibration | None = None,
                  record_dir: str | None = None):
         self.cfg, self.ring, self.stage, self.camera = cfg, ring, stage, camera
@@ -232,7 +231,7 @@ class Head:
                 time.sleep(settle_s)
                 acq.moves_s += settle_s
                 if status:
-                    status(f"RoI {index}: taking 6 frames")
+                    status(f"RoI {index}: taking {N_STATES} frames")
                 frames = np.empty((N_STATES, *self.shape), np.uint16)
                 stamps = []
                 for state in range(N_STATES):

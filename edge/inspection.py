@@ -106,3 +106,47 @@ def recorded_rois(sample_dir: str | Path, cfg: HeadConfig) -> tuple[RecordedSamp
     rois = [RoiInput(e.index, tuple(e.origin_mm), lambda i=e.index: np.asarray(rec.frames(i)))
             for e in sorted(rec.manifest.rois, key=lambda e: e.index)]
     return rec, rois
+
+
+def inspect_recorded(sample_dirs: Iterable[str | Path], cfg: HeadConfig,
+                     engine_path: str | Path | None = None,
+                     calibration_path: str | Path | None = None,
+                     overlay_dir: str | Path | None = None,
+                     on_verdict: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+    """Recorded samples through the pipeline, one verdict each. An engine or calibration that
+    cannot be loaded makes every verdict ERROR with the reason; so does a damaged recording,
+    for its own sample only. The engine is closed on every way out."""
+    from edge.overlay import overlay_writer
+
+    engine = calibration = None
+    setup_error = None
+    try:
+        engine = load_engine(cfg, engine_path)
+        calibration = load_calibration(cfg, calibration_path)
+    except Exception as exc:  # no usable engine or calibration: every sample is an ERROR
+        setup_error = reason_of(exc)
+    if engine is not None:
+        log.info("engine: %s on %s", engine.path.name, engine.backend)
+    verdicts = []
+    try:
+        for d in sample_dirs:
+            name = Path(d).name
+            if setup_error is not None:
+                v = error(name, setup_error)
+            else:
+                try:
+                    rec, rois = recorded_rois(d, cfg)
+                except Exception as exc:
+                    v = error(name, reason_of(exc), engine=engine.identity)
+                else:
+                    out = Path(overlay_dir) / rec.sample_id if overlay_dir else None
+                    v = inspect_sample(rec.sample_id, rois, cfg.stage.roi_grid.count, engine,
+                                       calibration, cfg, tuple(rec.manifest.mm_per_px),
+                                       on_roi=overlay_writer(out, cfg) if out else None)
+            verdicts.append(v)
+            if on_verdict is not None:
+                on_verdict(v)
+    finally:
+        if engine is not None:
+            engine.close()
+    return verdicts

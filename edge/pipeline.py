@@ -25,10 +25,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from edge.calibration import Calibration, CalibrationError
-from edge.config import HeadConfig
+from edge.config import N_STATES, HeadConfig
 from edge.engine import Engine
 from edge.kernels.space_to_depth import (
-    N_STATES,
     ShapeError,
     TileGrid,
     plan_tiles,
@@ -60,7 +59,7 @@ def _check_frames(frames, where: str) -> None:
         got = getattr(frames, "dtype", type(frames).__name__)
         raise PipelineError(f"{where}: frames must be uint16 RAW, got {got}")
     if frames.ndim != 3 or frames.shape[0] != N_STATES:
-        raise PipelineError(f"{where}: expected {N_STATES} frames (6, H, W), got shape "
+        raise PipelineError(f"{where}: expected {N_STATES} frames ({N_STATES}, H, W), got shape "
                             f"{list(frames.shape)}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -102,3 +103,26 @@ def outlines_for(defects, origin_mm: tuple[float, float], mm_per_px: tuple[float
         if box[2] >= 0 and box[3] >= 0 and box[0] < w and box[1] < h:
             out.append(Outline(d.kind, box))
     return out
+
+
+def write_previews(sample_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """One PNG per RoI of a recorded sample (``roi_XX.png``, into ``SAMPLE/preview`` unless
+    ``out_dir`` is given): the states side by side, the ground truth outlined where known."""
+    from edge.recording import open_sample
+
+    rec = open_sample(sample_dir)
+    m = rec.manifest
+    truth = rec.truth()
+    out = Path(out_dir) if out_dir else Path(sample_dir) / "preview"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in m.rois:
+        frames = rec.frames(entry.index)
+        outlines = (outlines_for(truth.objects, entry.origin_mm, m.mm_per_px, frames.shape[1:])
+                    if truth else [])
+        img = states_panel(frames, m.camera.bayer_pattern, (1 << m.camera.bit_depth) - 1,
+                           m.illumination_deg, outlines)
+        path = out / f"roi_{entry.index:02d}.png"
+        img.save(path)
+        written.append(path)
+    return written

@@ -31,8 +31,9 @@ import tifffile
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.config import HeadConfig, Pair, describe_errors
-from edge.sim.sample import Sample
+from edge.config import N_STATES, HeadConfig, Pair, describe_errors
+from edge.hashing import sha256_file
+from edge.truth import Sample
 from edge.verdict import SAMPLE_ID
 
 FORMAT = "glass-inspect-sample"
@@ -60,7 +61,8 @@ class RoiEntry(_Strict):
     stage_mm: Pair  # stage position when it was taken
     file: FileName
     sha256: Sha256
-    timestamps: list[float] = Field(min_length=6, max_length=6)  # seconds since the epoch, UTC
+    # seconds since the epoch, UTC, one per state
+    timestamps: list[float] = Field(min_length=N_STATES, max_length=N_STATES)
     mask: FileName | None = None
     mask_sha256: Sha256 | None = None
 
@@ -82,19 +84,11 @@ class Manifest(_Strict):
     head_config_sha256: Sha256
     calibration_id: str | None
     camera: CameraEntry
-    illumination_deg: list[float] = Field(min_length=6, max_length=6)
+    illumination_deg: list[float] = Field(min_length=N_STATES, max_length=N_STATES)
     mm_per_px: Pair
     rois: list[RoiEntry] = Field(min_length=1)
     truth: FileName | None = None
     truth_sha256: Sha256 | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -120,7 +114,7 @@ class SampleWriter:
             raise RecordingError(f"{self.dir} already holds a recorded sample; not overwriting it")
         self.dir.mkdir(parents=True, exist_ok=True)
         h, w = shape if shape is not None else (cfg.camera.height, cfg.camera.width)
-        self.shape = (6, h, w)
+        self.shape = (N_STATES, h, w)
         self.cfg = cfg
         self._head = dict(
             format=FORMAT, version=VERSION, sample_id=sample_id,
@@ -182,7 +176,7 @@ class RecordedSample:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (6, self.manifest.camera.height, self.manifest.camera.width)
+        return (N_STATES, self.manifest.camera.height, self.manifest.camera.width)
 
     def roi_entry(self, index: int) -> RoiEntry:
         for r in self.manifest.rois:

@@ -179,6 +179,12 @@ class Verdict:
                 f"{'es' if len(self.defects) > 1 else ''} (longest {longest:.1f} mm) in RoIs "
                 f"{', '.join(map(str, self.flagged_rois))}")
 
+    def defect_lines(self) -> list[str]:
+        """One line per scratch found, for an operator."""
+        return [f"  scratch {k + 1}: centre ({d.centre_mm[0]:.2f}, {d.centre_mm[1]:.2f}) mm, "
+                f"{d.length_mm:.2f} mm long, peak score {d.peak_score:.2f}, RoI "
+                f"{', '.join(map(str, d.rois))}" for k, d in enumerate(self.defects)]
+
 
 def decide(sample_id: str, results: list[RoiResult], expected_rois: int, engine: dict,
            calibration: dict | None, timings_s: dict[str, float]) -> Verdict:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.recording import sha256_file
+from edge.hashing import sha256_file
 
 INPUT_NAME = "frames"
 OPSET = 17

@@ -8,7 +8,7 @@ other). A lower precision changes scores a little; what matters for the line is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,3 +71,23 @@ def compare(reference: Engine, candidate: Engine, rois: Iterable[tuple[int, np.n
             rep.disagreeing_rois.append(index)
     rep.mean_abs = total / count if count else 0.0
     return rep
+
+
+def parity_rois(cfg: HeadConfig, samples: str | None = None, rois: int = 2, seed: int = 1,
+                shape: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """The RoIs a parity check runs: the first ``rois`` of each recorded sample under
+    ``samples``, else the first ``rois`` of one scratched sample simulated from ``seed``."""
+    if samples:
+        from edge.recording import find_samples, open_sample
+
+        for d in find_samples(samples):
+            rec = open_sample(d)
+            for e in rec.manifest.rois[:rois]:
+                yield e.index, np.asarray(rec.frames(e.index))
+        return
+    from edge.sim import OpticsRenderer, generate_sample
+
+    optics = OpticsRenderer(cfg, shape=shape)
+    sample = generate_sample(seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
+    for i in range(min(rois, cfg.stage.roi_grid.count)):
+        yield i, optics.render(sample, cfg.stage.roi_grid.roi_origin_mm(i), noise_seed=i).frames

@@ -35,7 +35,7 @@ import numpy as np
 
 from edge.engine.sidecar import PRECISIONS, Sidecar, SidecarError
 from edge.engine.tensorrt import device_name, import_pycuda, import_tensorrt
-from edge.recording import sha256_file
+from edge.hashing import sha256_file
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glass-inspect" / "engines"
 INPUT = "frames"

@@ -45,18 +45,19 @@ def _link_settings(args: argparse.Namespace) -> tuple[str, int]:
     """Port and baud: the options, else the head configuration's [verdict_link]."""
     port, baud = args.port, args.baud
     if port is None or baud is None:
-        from edge import config
+        from edge.cli_common import load_head
 
-        cfg = config.load(getattr(args, "config", None))
+        cfg = load_head(args)
         port = port or cfg.verdict_link.port
         baud = baud or cfg.verdict_link.baud
     return port, baud
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="HEAD.toml", default=argparse.SUPPRESS,
-                   help="head configuration file for the port and baud rate "
-                        "(default: the embedded simulated head)")
+    p.add_argument("--head", "--config", dest="head", metavar="HEAD.toml",
+                   default=argparse.SUPPRESS,
+                   help="head file: the head that inspects, and the port and baud rate of the "
+                        "link (default: $GLASS_INSPECT_HEAD, else the embedded simulated head)")
     p.add_argument("--port", metavar="URL",
                    help="serial port: a device path or any pyserial URL (default: the head "
                         "configuration's verdict_link.port; 'sim' for serve makes a "
@@ -74,10 +75,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--journal", default="verdict-journal.jsonl", metavar="PATH",
                    help="verdict journal, kept across restarts "
                         "(default: verdict-journal.jsonl)")
-    s.add_argument("--inspector", choices=["sim-head", "scripted"], default="sim-head",
-                   help="what inspects: 'sim-head' = the whole simulated head of the head "
-                        "configuration (default; each sample id shows its own random glass), "
-                        "'scripted' = a fast deterministic stand-in for integration tests")
+    s.add_argument("--inspector", choices=["head", "scripted"], default="head",
+                   help="what inspects: 'head' = the head of the head file, real or simulated "
+                        "(default; on the simulated head each sample id shows its own random "
+                        "glass), 'scripted' = a fast deterministic stand-in for integration "
+                        "tests")
     s.add_argument("--roi-time", type=_seconds, default=0.2, metavar="S",
                    help="scripted inspector: seconds per RoI (default: 0.2)")
     s.add_argument("--repeat", type=_positive, default=1.0, metavar="S",
@@ -115,15 +117,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _make_inspector(args: argparse.Namespace):
     """The inspector and what to close when serving ends."""
-    if args.inspector == "sim-head":
-        from edge import config
-        from edge.inspection import load_engine
-        from edge.sim.rig import SimRig
+    if args.inspector == "head":
+        from edge.assembly import build_head
+        from edge.cli_common import load_head
+        from edge.hardware.leds import darken_on_signals
+        from firmware_bridge.inspector import HeadInspector
 
-        cfg = config.load(getattr(args, "config", None))
-        engine = load_engine(cfg)
-        rig = SimRig(cfg, engine)
-        return rig, lambda: (rig.close(), engine.close())
+        asm = build_head(load_head(args))
+        if threading.current_thread() is threading.main_thread():
+            darken_on_signals(asm.ring, (signal.SIGINT,))  # SIGTERM stops the server cleanly
+        for part, what in asm.parts.items():
+            log.info("%s: %s", part, what)
+        return HeadInspector(asm), asm.close
     from firmware_bridge.inspector import ScriptedInspector
 
     return ScriptedInspector(roi_time_s=args.roi_time), lambda: None
@@ -145,6 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except JournalError as exc:
         print(f"glass-inspect serve: {exc}", file=sys.stderr)
         return 2
+    inspector, close = _make_inspector(args)  # a head with missing parts stops here (exit 2)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -153,7 +159,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
-    inspector, close = _make_inspector(args)
     link = Link(url, baud, name="line controller port", reopen_s=args.reopen, opener=opener)
     server = VerdictServer(link, inspector, journal, repeat_s=args.repeat,
                            abort_grace_s=args.abort_grace,

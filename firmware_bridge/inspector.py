@@ -43,6 +43,20 @@ def _origin(index: int) -> tuple[float, float]:
     return (col * (_ROI_MM[0] - _OVERLAP_MM), row * (_ROI_MM[1] - _OVERLAP_MM))
 
 
+class HeadInspector:
+    """The head of an :class:`edge.assembly.Assembly` as the server's inspector: the line has
+    put glass ``sample_id`` on the stage (a simulated head places its own, seeded by the id, or
+    the recording of that id), and the head inspects it."""
+
+    def __init__(self, assembly) -> None:
+        self.assembly = assembly
+        self.engine = assembly.engine.identity
+
+    def inspect(self, sample_id: str, abort: threading.Event, progress: Progress) -> Verdict:
+        truth = self.assembly.load_glass(sample_id)
+        return self.assembly.head.inspect(sample_id, abort, progress, truth=truth)
+
+
 class ScriptedInspector:
     """A deterministic stand-in for the head (see the module docstring).
 

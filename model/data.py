@@ -29,7 +29,7 @@ import numpy as np
 from edge.config import HeadConfig
 from edge.kernels.space_to_depth import space_to_depth
 from edge.recording import RecordingError, open_sample
-from edge.sim.optics import SimHead
+from edge.sim.optics import OpticsRenderer
 from edge.sim.sample import generate_sample
 
 PATCH = 1024
@@ -135,14 +135,14 @@ class SimulatedPatches:
 
     def __init__(self, cfg: HeadConfig, seed: int, patch: int = PATCH):
         self.cfg, self.seed, self.patch = cfg, seed, patch
-        self.head = SimHead(cfg, shape=(patch + MARGIN, patch + MARGIN))
+        self.head = OpticsRenderer(cfg, shape=(patch + MARGIN, patch + MARGIN))
         self.extent = cfg.stage.roi_grid.extent_mm
 
     def window(self, index: int, scratch: bool) -> RawWindow:
         rng = np.random.default_rng([self.seed, index])
         sample = generate_sample(int(rng.integers(2**31)), self.extent,
                                  scratch_share=1.0 if scratch else 0.0)
-        kinds = [d for d in sample.defects if (d.kind == "scratch") == scratch]
+        kinds = [d for d in sample.objects if (d.kind == "scratch") == scratch]
         fx, fy = (s * (self.patch + MARGIN) for s in self.head.mm_per_px)
         if kinds and (scratch or rng.random() < 0.8):
             d = kinds[int(rng.integers(len(kinds)))]

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.config import HeadConfig
-from edge.sim import SimHead, generate_sample
+from edge.sim import OpticsRenderer, generate_sample
 from model.metrics import covered
 
 MARGIN_MM = 0.15
@@ -120,7 +120,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
              seed: int = HELD_OUT_SEED, scratch_share: float = 0.3, threads: int = 0,
              progress: bool = True) -> dict[str, dict]:
     """Run every model on the same ``n_samples`` simulated samples -> summary per model."""
-    head = SimHead(cfg)
+    head = OpticsRenderer(cfg)
     scorers = {name: EngineScorer(path, cfg, threads) for name, path in models.items()}
     counts = {name: Counts() for name in models}
     grid = cfg.stage.roi_grid
@@ -142,7 +142,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
             positive = bool(mask.any())
             sample_pos |= positive
             lines = {}
-            for i, d in enumerate(sample.defects):
+            for i, d in enumerate(sample.objects):
                 if d.kind != "scratch":
                     continue
                 pts = _points_in_roi(d.points, origin, mmpp, (h2, w2))
@@ -185,7 +185,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
             c.labelled += len(labelled_ids)
             c.found += len(labelled_ids & found_ids[name])
             for i in labelled_ids:
-                b = _length_bin(sample.defects[i].length_mm)
+                b = _length_bin(sample.objects[i].length_mm)
                 f, n = c.by_length.get(b, (0, 0))
                 c.by_length[b] = (f + (i in found_ids[name]), n + 1)
     bar.close()

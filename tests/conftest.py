@@ -34,7 +34,7 @@ def with_changes(**sections) -> config.HeadConfig:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = ROOT / "models" / "scratch_unet.onnx"
+SHIPPED_MODEL = ROOT / "edge" / "models" / "scratch_unet.onnx"
 
 # A small head at the real pixel footprint: 1024 x 1024 px RoIs (one 512 x 512 tile after
 # space-to-depth), two of them side by side overlapping by 2 mm.
@@ -73,4 +73,17 @@ def small_head_toml(folder: Path) -> Path:
     path = folder / "small-head.toml"
     path.write_text(text)
     assert config.load(path).digest() == config.parse(d).digest()
+    return path
+
+
+def real_head_toml(folder: Path, camera: str = "/dev/video9", port: str = "/dev/ttyGRBL9") -> Path:
+    """The default head turned into a real one whose parts are not on this machine."""
+    text = config.default_text()
+    for old, new in (('device = "sim"', f'device = "{camera}"'),
+                     ('pin_factory = "mock"', 'pin_factory = "jetson"'),
+                     ('port = "sim"            # a pyserial', f'port = "{port}"  # a pyserial')):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = folder / "real-head.toml"
+    path.write_text(text)
     return path

@@ -24,12 +24,12 @@ def test_simulate_then_preview(tmp_path, capsys):
 def test_demo_writes_a_sample_and_previews(tmp_path, caplog):
     caplog.set_level("INFO")
     assert main(["demo", "--out", str(tmp_path), "--size", "128x96"]) == 0
-    sample_dir = next(tmp_path.iterdir())
+    sample_dir = tmp_path / "SIM00000001"
     assert open_sample(sample_dir).truth().has_scratch
     assert len(list((sample_dir / "preview").glob("roi_*.png"))) == 10
     assert "scratch from" in caplog.text
     assert "verdict: SIM00000001: " in caplog.text
-    assert len(list((sample_dir / "overlay").glob("roi_*.png"))) == 10
+    assert len(list((tmp_path / "overlay" / "SIM00000001").glob("roi_*.png"))) == 10
 
 
 def test_bad_config_is_one_message_and_exit_2(tmp_path, capsys):
@@ -71,7 +71,7 @@ def test_demo_records_again_when_the_head_changed(tmp_path, caplog):
     assert main(["demo", "--out", str(tmp_path), "--size", "64x64"]) == 0
     assert "already recorded by this head" in caplog.text
     assert main(["demo", "--out", str(tmp_path), "--size", "96x64"]) == 0
-    sample_dir = next(tmp_path.iterdir())
+    sample_dir = tmp_path / "SIM00000001"
     assert open_sample(sample_dir).frames(0).shape == (6, 64, 96)
 
 

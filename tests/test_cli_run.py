@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import small_head_toml
+from tests.conftest import real_head_toml, small_head_toml
 
 pytest.importorskip("onnxruntime")
 
@@ -37,10 +37,31 @@ def test_run_sim_prints_verdicts_beside_the_ground_truth(tmp_path):
     assert len(list((tmp_path / "ov").glob("*/roi_*.png"))) == 4
 
 
-def test_run_without_sim_says_what_to_do(tmp_path):
-    out = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=60)
+def test_run_without_a_head_says_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GLASS_INSPECT_HEAD"}
+    out = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2
-    assert "add --sim" in out.stderr
+    assert "--head HEAD.toml" in out.stderr and "--sim" in out.stderr
+
+
+def test_real_head_with_missing_parts_stops_at_once_one_line_each(tmp_path):
+    head = real_head_toml(tmp_path)
+    out = subprocess.run(CLI + ["run", "--head", str(head), "--samples", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == f"glass-inspect run: cannot start the head of {head}:"
+    parts = [line.strip().split(":")[0] for line in lines[1:]]
+    assert parts == ["GPIO (ring light and trigger)", "stage", "camera"], out.stderr
+    assert "/dev/ttyGRBL9 does not exist" in out.stderr
+    assert "/dev/video9" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_sim_with_a_real_head_file_is_refused(tmp_path):
+    out = subprocess.run(CLI + ["run", "--sim", "--head", str(real_head_toml(tmp_path))],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "names a real camera (/dev/video9)" in out.stderr
 
 
 def test_sigterm_leaves_every_led_dark(tmp_path):

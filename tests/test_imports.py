@@ -1,5 +1,7 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("torch", "tensorrt", "pycuda", "onnx", "sklearn")
 
@@ -13,3 +15,48 @@ def test_edge_never_imports_torch_or_gpu_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# The simulator is a choice of parts made by the head file: only the assembly (when a head file
+# names a simulated part) and the command line (to register the simulator's commands) reach it.
+MAY_IMPORT_SIM = {"edge/assembly.py", "edge/cli.py"}
+
+
+def _runtime_modules() -> list[str]:
+    import edge
+
+    root = Path(edge.__file__).parent
+    return sorted("edge." + ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(
+        ".__init__") for p in root.rglob("*.py") if "sim" not in p.relative_to(root).parts)
+
+
+def test_no_runtime_module_imports_the_simulator():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {_runtime_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    sim = sorted(m for m in sys.modules if m == 'edge.sim' or m.startswith('edge.sim.'))\n"
+        "    if sim:\n"
+        "        print(name, sim)\n"
+        "        break\n"
+        "print('checked', len(sys.modules) > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "checked True", out.stdout
+
+
+def test_only_the_assembly_and_the_cli_name_the_simulator():
+    import edge
+
+    root = Path(edge.__file__).parent.parent
+    offenders = []
+    for path in sorted((root / "edge").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("edge/sim/") or rel in MAY_IMPORT_SIM:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{rel}: {n}" for n in names if n == "edge.sim" or
+                          n.startswith("edge.sim.")]
+    assert offenders == []

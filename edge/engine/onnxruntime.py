@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.engine.base import Engine, EngineError, TensorSpec
-from edge.recording import sha256_file
+from edge.hashing import sha256_file
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 SCORES = "scores"

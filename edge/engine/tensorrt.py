@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.engine.base import Engine, EngineError, TensorSpec
 from edge.engine.sidecar import Sidecar, SidecarError
-from edge.recording import sha256_file
+from edge.hashing import sha256_file
 
 
 def import_tensorrt():

@@ -30,13 +30,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from edge.hardware import HardwareError
+from edge.hardware.stage import MoveCancelled, Stage, StageError, StageTimeout
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +105,6 @@ ALARMS = {
 }
 
 
-class StageError(HardwareError):
-    """The stage could not do what it was asked; the message says why, in operator words."""
-
-
 class GrblError(StageError):
     def __init__(self, code: int, line: str):
         self.code, self.line = code, line
@@ -121,16 +119,8 @@ class GrblAlarm(StageError):
         super().__init__(f"stage alarm {code} during {during}: {meaning}")
 
 
-class StageTimeout(StageError):
-    pass
-
-
-class MoveCancelled(StageError):
-    """The caller gave up on a move while it ran; the stage may still be moving: abort it."""
-
-
 @dataclass(frozen=True)
-class Status:
+class StatusReport:
     """One real-time status report: the state (``Idle``, ``Run``, ``Hold:0``, ``Alarm``...) and
     the machine position (work position when the controller reports that instead)."""
 
@@ -142,7 +132,7 @@ class Status:
         return self.state.split(":", 1)[0]
 
     @classmethod
-    def parse(cls, line: str) -> Status | None:
+    def parse(cls, line: str) -> StatusReport | None:
         m = STATUS.match(line)
         if not m:
             return None
@@ -161,7 +151,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}"
 
 
-class GrblStage:
+class GrblStage(Stage):
     """One GRBL controller on a serial port.
 
     ``limits`` are ``((xmin, xmax), (ymin, ymax))`` in mm, ``feed_mm_min`` the feed of every
@@ -229,7 +219,7 @@ class GrblStage:
         if line.startswith("[MSG:") or line.startswith("["):
             log.debug("stage: %s", line)
             return True
-        status = Status.parse(line)
+        status = StatusReport.parse(line)
         if status is not None:
             self.position = status.position or self.position
             return True
@@ -261,13 +251,13 @@ class GrblStage:
                 return
             self._handle_async(reply, "error recovery")
 
-    def status(self) -> Status:
+    def status(self) -> StatusReport:
         with self._lock:
             deadline = time.monotonic() + self.timeout_s
             self._write(STATUS_QUERY)
             while True:
                 reply = self._readline(deadline, "a status report")
-                st = Status.parse(reply)
+                st = StatusReport.parse(reply)
                 if st is not None:
                     self.position = st.position or self.position
                     return st
@@ -389,3 +379,28 @@ def _code(line: str) -> int:
         return int(line.split(":", 1)[1].strip())
     except (IndexError, ValueError):
         return -1
+
+
+def probe(url: str) -> str | None:
+    """Why the controller's port cannot be opened, without opening it; None when it may be.
+
+    Only a local device path can be checked this way; a network URL (``socket://``,
+    ``rfc2217://``) is only known to work once it is opened."""
+    if "://" in url:
+        return None
+    path = Path(url)
+    if not path.exists():
+        return f"serial port {url} does not exist (is the controller plugged in and powered?)"
+    if not path.is_char_device():
+        return f"{url} is not a serial device"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (f"no permission to open serial port {url}; add this user to the group that "
+                f"owns it ({_group_of(path)}), e.g. dialout")
+    return None
+
+
+def _group_of(path: Path) -> str:
+    try:
+        return path.group()
+    except (KeyError, OSError):
+        return f"gid {path.stat().st_gid}"

@@ -26,6 +26,7 @@ from gpiozero import DigitalOutputDevice
 
 from edge.config import Illumination
 from edge.hardware import HardwareError
+from edge.hardware.light import Light
 
 TRIGGER_PULSE_S = 0.0002
 
@@ -34,7 +35,7 @@ class LedFault(HardwareError):
     """The ring light refused or stopped lighting; the LEDs are dark."""
 
 
-class RingLight:
+class RingLight(Light):
     def __init__(self, illumination: Illumination, pin_factory=None):
         self.max_on_s = illumination.max_on_ms / 1000.0
         self.angles = illumination.angles_deg

@@ -34,7 +34,8 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-N_STATES = 6
+from edge.config import N_STATES
+
 CHANNELS = 4 * N_STATES
 
 

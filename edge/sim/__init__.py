@@ -1,7 +1,8 @@
-"""The dark-field optics simulator: samples in mm, rendered through a head into RAW frames."""
+"""The simulated twins of the head's parts: optics, GRBL stage, cameras, and a whole simulated
+head's parts for the assembly. Chosen by the head file; no runtime module imports this package."""
 
-from edge.sim.optics import REFERENCE_EXPOSURE_MS, RoiRender, Scene, SimHead
-from edge.sim.sample import KINDS, Defect, Sample, arc, generate_sample
+from edge.sim.optics import REFERENCE_EXPOSURE_MS, OpticsRenderer, RoiRender, Scene
+from edge.sim.sample import arc, generate_sample
 
-__all__ = ["KINDS", "REFERENCE_EXPOSURE_MS", "Defect", "RoiRender", "Sample", "Scene", "SimHead",
-           "arc", "generate_sample"]
+__all__ = ["REFERENCE_EXPOSURE_MS", "OpticsRenderer", "RoiRender", "Scene", "arc",
+           "generate_sample"]

@@ -11,7 +11,7 @@ pins, through the physical wiring it was given, not from what the head meant to 
 the stage is (from the stage simulator), then renders in its own thread; the frame is ready a
 frame time after the trigger. So a wrong LED order or a frame taken mid-move shows in the image.
 
-* :class:`SimCamera` renders the sample on the stage through :class:`edge.sim.optics.SimHead`
+* :class:`SimCamera` renders the sample on the stage through :class:`edge.sim.optics.OpticsRenderer`
   (the scene of a RoI is built once per stage position, the noise differs per frame);
 * :class:`ReplayCamera` returns the recorded frame of the RoI under the camera for the lit group
   (several or no groups lit: a black frame, which the frame check refuses).
@@ -32,9 +32,9 @@ import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge.hardware.camera import Camera, CameraTimeout
-from edge.recording import RecordedSample
-from edge.sim.optics import SimHead
-from edge.sim.sample import Sample
+from edge.recording import RecordedSample, RecordingError
+from edge.sim.optics import OpticsRenderer
+from edge.truth import Sample
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,13 @@ class SimCamera(TriggeredSimCamera):
     """Renders the sample on the stage. ``grid_origin_mm`` is the stage position of the
     sample's origin (the RoI grid's origin), so stage mm minus it are sample mm."""
 
-    def __init__(self, head: SimHead, wiring: SimWiring, trigger_pin: int, led_pins: Sequence[int],
+    def __init__(self, optics: OpticsRenderer, wiring: SimWiring, trigger_pin: int,
+                 led_pins: Sequence[int],
                  stage_position: Callable[[], tuple[float, float]],
                  grid_origin_mm: tuple[float, float], frame_time_s: float):
-        super().__init__(wiring, trigger_pin, led_pins, stage_position, head.shape,
-                         head.cfg.camera.bit_depth, frame_time_s)
-        self.head, self.grid_origin = head, grid_origin_mm
+        super().__init__(wiring, trigger_pin, led_pins, stage_position, optics.shape,
+                         optics.cfg.camera.bit_depth, frame_time_s)
+        self.optics, self.grid_origin = optics, grid_origin_mm
         self.sample: Sample | None = None
         self._scene = None
         self._scene_key = None
@@ -194,9 +195,9 @@ class SimCamera(TriggeredSimCamera):
         sample = self.sample or Sample("empty", (0.0, 0.0))
         key = (id(sample), origin)
         if key != self._scene_key:
-            self._scene, self._scene_key = self.head.scene(sample, origin), key
+            self._scene, self._scene_key = self.optics.scene(sample, origin), key
         seed = hash((sample.seed, origin, lit, self.triggers)) & 0xFFFF_FFFF_FFFF
-        return self.head.expose(self._scene, lit, seed)
+        return self.optics.expose(self._scene, lit, seed)
 
 
 class ReplayCamera(TriggeredSimCamera):
@@ -211,6 +212,14 @@ class ReplayCamera(TriggeredSimCamera):
                          frame_time_s)
         self.recorded = recorded
         self._cache: tuple[int, np.ndarray] | None = None
+
+    def load(self, recorded: RecordedSample) -> None:
+        """The recorded sample now on the stage; it must have been taken by this camera."""
+        if recorded.shape[1:] != self.shape:
+            raise RecordingError(f"{recorded.dir}: recorded {recorded.shape[2]} x "
+                                 f"{recorded.shape[1]} px frames, the camera takes "
+                                 f"{self.shape[1]} x {self.shape[0]}")
+        self.recorded, self._cache = recorded, None
 
     def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
         best = min(self.recorded.manifest.rois, key=lambda e: math.dist(e.stage_mm, stage_mm))

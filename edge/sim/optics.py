@@ -41,12 +41,11 @@ from statistics import NormalDist
 import numba as nb
 import numpy as np
 
-from edge.config import HeadConfig
-from edge.sim.sample import Defect, Sample
+from edge.config import N_STATES, HeadConfig
+from edge.truth import GlassObject, Sample
 
 REFERENCE_EXPOSURE_MS = 20.0
 BLOCK_SHIFT = 4  # occupancy blocks of 16 x 16 px
-N_STATES = 6
 MASK_ENVELOPE = 0.25  # faded ends of a scratch below this share of its brightness are not labelled
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -201,7 +200,7 @@ def _envelope(rng: np.random.Generator, t: np.ndarray, taper_mm: float, depth: f
     return taper * wave
 
 
-def line_response(d: Defect, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def line_response(d: GlassObject, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-vertex, per-state peak signal (V x S) and brightness envelope (V) of a line defect."""
     rng = np.random.default_rng(d.seed)
     p = d.points
@@ -240,7 +239,7 @@ def line_response(d: Defect, angles_deg: np.ndarray) -> tuple[np.ndarray, np.nda
 Blob = tuple[float, float, float, np.ndarray]
 
 
-def blob_primitives(d: Defect, angles_deg: np.ndarray) -> list[Blob]:
+def blob_primitives(d: GlassObject, angles_deg: np.ndarray) -> list[Blob]:
     """(x mm, y mm, sigma mm, per-state peak) of the Gaussians that make up a dust or stain."""
     rng = np.random.default_rng(d.seed)
     (cx, cy), = d.points_mm
@@ -258,8 +257,9 @@ def blob_primitives(d: Defect, angles_deg: np.ndarray) -> list[Blob]:
     return parts
 
 
-class SimHead:
-    """The simulated camera and ring light of a head, as its config and ``head_seed`` fix them.
+class OpticsRenderer:
+    """Renders a sample into RAW frames as a simulated head's camera and ring light would take them
+    (fixed by its config and ``head_seed``).
 
     ``shape`` (height, width) renders a smaller window at the same pixel footprint, for tests.
     """
@@ -323,7 +323,7 @@ class SimHead:
         x0, y0, x1, y1 = self.footprint_mm(origin_mm)
         px_mm = float(np.mean(self.mm_per_px))
         seen = []
-        for i, d in enumerate(sample.defects):
+        for i, d in enumerate(sample.objects):
             # the faintest tail drawn: 4 sigma of a line or dust, half a diameter past a stain
             bx0, by0, bx1, by1 = d.bounds_mm(pad_mm=d.width_um * 1e-3 * 2.0)
             if bx1 < x0 or bx0 > x1 or by1 < y0 or by0 > y1:

@@ -13,17 +13,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.config import HeadConfig
-from edge.recording import SampleWriter
-from edge.sim.optics import SimHead
-from edge.sim.sample import Sample
+from edge.config import N_STATES, HeadConfig
+from edge.recording import MANIFEST, SampleWriter, open_sample
+from edge.sim.optics import OpticsRenderer
+from edge.sim.sample import generate_sample
+from edge.truth import Sample
 
 
-def record_sample(cfg: HeadConfig, head: SimHead, sample: Sample, root: str | Path,
+def record_sample(cfg: HeadConfig, optics: OpticsRenderer, sample: Sample, root: str | Path,
                   progress: bool = True, start_s: float | None = None) -> Path:
-    """Render every RoI of ``sample`` through ``head`` and write it under ``root``."""
+    """Render every RoI of ``sample`` through ``optics`` and write it under ``root``."""
     grid = cfg.stage.roi_grid
-    writer = SampleWriter(root, sample.sample_id, cfg, shape=head.shape)
+    writer = SampleWriter(root, sample.sample_id, cfg, shape=optics.shape)
     writer.set_truth(sample)
     t = time.time() if start_s is None else start_s
     pos = (0.0, 0.0)
@@ -34,9 +35,39 @@ def record_sample(cfg: HeadConfig, head: SimHead, sample: Sample, root: str | Pa
         t += math.dist(pos, origin) / cfg.stage.feed_mm_min * 60.0 + cfg.stage.settle_ms / 1000.0
         pos = origin
         frame_s = cfg.camera.frame_time_ms / 1000.0
-        stamps = [t + k * frame_s for k in range(6)]
+        stamps = [t + k * frame_s for k in range(N_STATES)]
         t = stamps[-1] + frame_s
         # noise differs per sample and per RoI; the defects do not (they belong to the sample)
-        r = head.render(sample, origin, noise_seed=(sample.seed << 8) + index)
+        r = optics.render(sample, origin, noise_seed=(sample.seed << 8) + index)
         writer.add_roi(index, origin, r.frames, stamps, mask=r.mask)
     return writer.close()
+
+
+def simulate_samples(cfg: HeadConfig, count: int, out: str | Path, seed: int = 0,
+                     scratch_share: float = 0.3, shape: tuple[int, int] | None = None,
+                     progress: bool = True) -> list[tuple[Sample, Path]]:
+    """Render ``count`` random samples (seeds ``seed``, ``seed + 1``, ...) into ``out``."""
+    optics = OpticsRenderer(cfg, shape=shape)
+    extent = cfg.stage.roi_grid.extent_mm
+    done = []
+    for k in range(count):
+        sample = generate_sample(seed + k, extent, scratch_share)
+        done.append((sample, record_sample(cfg, optics, sample, out, progress=progress)))
+    return done
+
+
+def record_demo(cfg: HeadConfig, out: str | Path, seed: int = 1,
+                shape: tuple[int, int] | None = None) -> tuple[Sample, Path, bool]:
+    """The demo's scratched sample recorded under ``out``: (sample, folder, newly recorded).
+    A recording this head made already is kept; one made by another head is made again."""
+    optics = OpticsRenderer(cfg, shape=shape)
+    sample = generate_sample(seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
+    sample_dir = Path(out) / sample.sample_id
+    manifest = sample_dir / MANIFEST
+    if manifest.exists():
+        old = open_sample(sample_dir).manifest
+        if (old.head_config_sha256, old.camera.height, old.camera.width) == (
+                cfg.digest(), *optics.shape):
+            return sample, sample_dir, False
+        manifest.unlink()
+    return sample, record_sample(cfg, optics, sample, out), True

@@ -1,13 +1,8 @@
-"""Glass samples described in sample coordinates, and a seeded generator of random ones.
+"""A seeded generator of random glass samples (ground truth: :mod:`edge.truth`).
 
-A :class:`Sample` is what lies on the glass: scratches (the defects the product looks for) and
-the hard negatives that look like them in a single dark-field image (dust, stains, fibres). It
-says nothing about pixels; :mod:`edge.sim.optics` renders it through a head.
-
-Coordinates are millimetres on the sample, x to the right and y down (image orientation), with
-(0, 0) at the top-left corner of the area the RoI grid covers. Every random detail of a defect
-(its angular lobes, its brightness along the length, the shape of a stain) is drawn from the
-defect's own ``seed``, so the same defect renders identically in two overlapping RoIs.
+Every random detail of an object (its angular lobes, its brightness along the length, the shape
+of a stain) is drawn from the object's own ``seed``, so the same object renders identically in
+two overlapping RoIs; :mod:`edge.sim.optics` renders a sample through the simulated optics.
 
 Distributions (choices; the glass paper gives sizes, not distributions):
 
@@ -24,119 +19,14 @@ Distributions (choices; the glass paper gives sizes, not distributions):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-Kind = Literal["scratch", "dust", "stain", "fibre"]
-KINDS: tuple[str, ...] = ("scratch", "dust", "stain", "fibre")
-PROFILES = ("triangular", "rugged", "")
+from edge.truth import GlassObject, Sample
 
 # Curved defects are stored as polylines with vertices at most this far apart: fine enough
 # that a 3 px wide line shows no facets, coarse enough that a 70 mm scratch has < 1000 vertices.
 VERTEX_SPACING_MM = 0.1
-
-
-@dataclass(frozen=True)
-class Defect:
-    """One object on the glass.
-
-    ``points_mm`` is the centre line (scratch, fibre) or the centre (dust, stain: one point).
-    ``width_um`` is the apparent width of a line (FWHM through the optics) or the diameter of
-    a blob. ``intensity_dn`` is the peak scattered signal, in DN of the green channel at the
-    reference exposure, for the best illumination direction.
-    """
-
-    kind: Kind
-    points_mm: tuple[tuple[float, float], ...]
-    width_um: float
-    intensity_dn: float
-    seed: int
-    profile: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"defect kind {self.kind!r}: expected one of {KINDS}")
-        if self.profile not in PROFILES:
-            raise ValueError(f"scratch profile {self.profile!r}: expected one of {PROFILES}")
-        if len(self.points_mm) < (2 if self.kind in ("scratch", "fibre") else 1):
-            raise ValueError(f"a {self.kind} needs more points, got {len(self.points_mm)}")
-        if not (self.width_um > 0 and self.intensity_dn > 0):
-            raise ValueError(f"{self.kind}: width_um and intensity_dn must be positive")
-
-    @property
-    def points(self) -> np.ndarray:
-        return np.asarray(self.points_mm, dtype=np.float64)
-
-    @property
-    def length_mm(self) -> float:
-        p = self.points
-        return float(np.hypot(*np.diff(p, axis=0).T).sum()) if len(p) > 1 else 0.0
-
-    def bounds_mm(self, pad_mm: float = 0.0) -> tuple[float, float, float, float]:
-        """x0, y0, x1, y1 of where the defect visibly lies, widened by ``pad_mm``."""
-        p = self.points
-        # a stain's Gaussians spread to about 0.6 diameters from its centre (see optics)
-        reach = self.width_um * 1e-3 * (0.6 if self.kind == "stain" else 1.0) + pad_mm
-        return (p[:, 0].min() - reach, p[:, 1].min() - reach,
-                p[:, 0].max() + reach, p[:, 1].max() + reach)
-
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "points_mm": [[round(x, 6), round(y, 6)] for x, y in self.points_mm],
-            "width_um": self.width_um,
-            "intensity_dn": self.intensity_dn,
-            "seed": self.seed,
-            "profile": self.profile,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Defect:
-        return cls(
-            kind=d["kind"],
-            points_mm=tuple((float(x), float(y)) for x, y in d["points_mm"]),
-            width_um=float(d["width_um"]),
-            intensity_dn=float(d["intensity_dn"]),
-            seed=int(d["seed"]),
-            profile=str(d.get("profile", "")),
-        )
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A piece of cover glass: its id, the area the grid covers, and what lies on it."""
-
-    sample_id: str
-    extent_mm: tuple[float, float]
-    defects: tuple[Defect, ...] = field(default_factory=tuple)
-    seed: int = 0
-
-    @property
-    def scratches(self) -> tuple[Defect, ...]:
-        return tuple(d for d in self.defects if d.kind == "scratch")
-
-    @property
-    def has_scratch(self) -> bool:
-        return bool(self.scratches)
-
-    def to_dict(self) -> dict:
-        return {
-            "sample_id": self.sample_id,
-            "seed": self.seed,
-            "extent_mm": list(self.extent_mm),
-            "defects": [d.to_dict() for d in self.defects],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Sample:
-        return cls(
-            sample_id=str(d["sample_id"]),
-            extent_mm=(float(d["extent_mm"][0]), float(d["extent_mm"][1])),
-            defects=tuple(Defect.from_dict(x) for x in d["defects"]),
-            seed=int(d.get("seed", 0)),
-        )
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -182,12 +72,12 @@ def _points(arr: np.ndarray) -> tuple[tuple[float, float], ...]:
     return tuple((float(x), float(y)) for x, y in arr)
 
 
-def make_scratch(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Defect:
+def make_scratch(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
     length = _log_uniform(rng, 0.05, 70.0)
     start = (rng.uniform(0, extent_mm[0]), rng.uniform(0, extent_mm[1]))
     turn = 0.0 if rng.random() < 0.5 else rng.uniform(-60, 60)
     pts = arc(start, rng.uniform(0, 360), length, turn)
-    return Defect(
+    return GlassObject(
         kind="scratch",
         points_mm=_points(pts),
         width_um=rng.uniform(11.0, 34.0),
@@ -197,8 +87,8 @@ def make_scratch(rng: np.random.Generator, extent_mm: tuple[float, float]) -> De
     )
 
 
-def make_dust(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Defect:
-    return Defect(
+def make_dust(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
+    return GlassObject(
         kind="dust",
         points_mm=((rng.uniform(0, extent_mm[0]), rng.uniform(0, extent_mm[1])),),
         width_um=_log_uniform(rng, 15.0, 120.0),
@@ -207,8 +97,8 @@ def make_dust(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Defec
     )
 
 
-def make_stain(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Defect:
-    return Defect(
+def make_stain(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
+    return GlassObject(
         kind="stain",
         points_mm=((rng.uniform(0, extent_mm[0]), rng.uniform(0, extent_mm[1])),),
         width_um=_log_uniform(rng, 300.0, 3000.0),
@@ -217,10 +107,10 @@ def make_stain(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Defe
     )
 
 
-def make_fibre(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Defect:
+def make_fibre(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
     start = np.array([rng.uniform(0, extent_mm[0]), rng.uniform(0, extent_mm[1])])
     pts = _wander(rng, start, _log_uniform(rng, 0.3, 5.0), stiffness_mm=rng.uniform(0.3, 3.0))
-    return Defect(
+    return GlassObject(
         kind="fibre",
         points_mm=_points(_resample(pts)),
         width_um=rng.uniform(30.0, 90.0),
@@ -235,15 +125,15 @@ def generate_sample(seed: int, extent_mm: tuple[float, float], scratch_share: fl
     if not 0.0 <= scratch_share <= 1.0:
         raise ValueError(f"scratch_share must be within [0, 1], got {scratch_share}")
     rng = np.random.default_rng(seed)
-    defects: list[Defect] = []
+    objects: list[GlassObject] = []
     if rng.random() < scratch_share:
-        defects += [make_scratch(rng, extent_mm) for _ in range(1 + min(4, rng.poisson(0.7)))]
-    defects += [make_dust(rng, extent_mm) for _ in range(rng.poisson(25))]
-    defects += [make_stain(rng, extent_mm) for _ in range(rng.poisson(2.0))]
-    defects += [make_fibre(rng, extent_mm) for _ in range(rng.poisson(0.8))]
+        objects += [make_scratch(rng, extent_mm) for _ in range(1 + min(4, rng.poisson(0.7)))]
+    objects += [make_dust(rng, extent_mm) for _ in range(rng.poisson(25))]
+    objects += [make_stain(rng, extent_mm) for _ in range(rng.poisson(2.0))]
+    objects += [make_fibre(rng, extent_mm) for _ in range(rng.poisson(0.8))]
     return Sample(
         sample_id=sample_id or f"SIM{seed:08d}",
         extent_mm=(float(extent_mm[0]), float(extent_mm[1])),
-        defects=tuple(defects),
+        objects=tuple(objects),
         seed=seed,
     )

@@ -1,3 +1,5 @@
+import pathlib
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -104,9 +106,52 @@ def test_bad_toml_and_missing_file_name_the_file(tmp_path):
         config.load(tmp_path / "nope.toml")
 
 
+def real_parts(data: dict) -> dict:
+    data["camera"]["device"] = "/dev/video0"
+    data["illumination"]["pin_factory"] = "jetson"
+    data["stage"]["port"] = "/dev/ttyUSB0"
+    return data
+
+
 def test_real_head_without_simulation_is_valid(default_data):
+    data = real_parts(default_data)
+    del data["simulation"]
+    cfg = config.parse(data)
+    assert cfg.simulation is None and not cfg.simulated and cfg.camera.kind == "v4l2"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"camera": {"device": "/dev/video0"}}, "set illumination.pin_factory = 'jetson'"),
+    ({"illumination": {"pin_factory": "jetson"}}, "set illumination.pin_factory = 'mock'"),
+    ({"stage": {"port": "/dev/ttyUSB0"}}, "set stage.port = 'sim'"),
+    ({"camera": {"device": "replay:"}}, "needs a folder of recorded samples"),
+    ({"camera": {"device": "video0"}}, "expected a V4L2 device path"),
+    ({"camera": {"pixel_format": "RAW12"}}, "camera.pixel_format"),
+    ({"camera": {"trigger": "software"}}, "camera.trigger"),
+    ({"illumination": {"pin_factory": "rpigpio"}}, "illumination.pin_factory"),
+])
+def test_parts_that_cannot_work_together_are_refused(default_data, changes, words):
+    for section, values in changes.items():
+        default_data[section].update(values)
+    with pytest.raises(config.ConfigError, match="invalid head configuration") as e:
+        config.parse(default_data, "parts.toml")
+    assert words in str(e.value)
+
+
+def test_simulated_camera_needs_the_simulation_section(default_data):
     del default_data["simulation"]
-    assert config.parse(default_data).simulation is None
+    with pytest.raises(config.ConfigError, match=r"\[simulation\] section"):
+        config.parse(default_data)
+
+
+def test_replay_head_and_shipped_paths(tmp_path, default_data):
+    default_data["camera"]["device"] = "replay:recorded"
+    cfg = config.parse(default_data, str(tmp_path / "head.toml"))
+    assert cfg.camera.kind == "replay" and cfg.simulated
+    assert cfg.resolve("recorded") == tmp_path / "recorded"
+    shipped = cfg.resolve("shipped:scratch_unet.onnx")
+    assert shipped.is_file() and shipped.parent.name == "models"
+    assert shipped.parent.parent == pathlib.Path(config.__file__).parent
 
 
 def test_frozen(cfg):

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from edge import config
+from edge.assembly import build_head
 from edge.engine import EngineError, open_engine
 from edge.recording import open_sample
-from edge.sim.rig import SimRig
-from edge.sim.sample import Defect, Sample, arc
+from edge.sim.parts import SimOptions
+from edge.sim.sample import arc
+from edge.truth import GlassObject, Sample
 from edge.verdict import Status
 from tests.conftest import SHIPPED_MODEL, small_head_data
 
@@ -40,31 +42,31 @@ def clean(cfg) -> Sample:
     return Sample("CLEAN", cfg.stage.roi_grid.extent_mm, ())
 
 
-def scratched(cfg) -> tuple[Sample, Defect]:
+def scratched(cfg) -> tuple[Sample, GlassObject]:
     pts = arc((3.0, 4.0), 20.0, 5.0, 0.0)
-    d = Defect("scratch", tuple(map(tuple, pts)), 22.0, 800.0, 5, "triangular")
+    d = GlassObject("scratch", tuple(map(tuple, pts)), 22.0, 800.0, 5, "triangular")
     return Sample("SCRATCHED", cfg.stage.roi_grid.extent_mm, (d,), 1), d
 
 
 def led_levels(rig) -> list[bool]:
-    return [rig.wiring.state(s.pin) for s in rig.cfg.illumination.states] + [
-        rig.wiring.state(rig.cfg.illumination.trigger_pin)]
+    return [rig.sim.wiring.state(s.pin) for s in rig.cfg.illumination.states] + [
+        rig.sim.wiring.state(rig.cfg.illumination.trigger_pin)]
 
 
 @pytest.mark.parametrize("flavor", ["grbl", "grblhal"])
 def test_exact_pin_sequence_per_roi_and_a_pass(cfg, engine, flavor):
     ill = cfg.illumination
     pins = [s.pin for s in ill.states]
-    with SimRig(cfg, engine, flavor=flavor) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=engine, sim_options=SimOptions(flavor=flavor)) as rig:
+        rig.glass.place(clean(cfg))
         v = rig.head.inspect("CLEAN")
         assert v.status is Status.PASS, v.reason
-        edges = [(p, level) for _, p, level in rig.wiring.edges]
+        edges = [(p, level) for _, p, level in rig.sim.wiring.edges]
         per_roi = []
         for p in pins:
             per_roi += [(p, True), (ill.trigger_pin, True), (ill.trigger_pin, False), (p, False)]
         assert edges == per_roi * cfg.stage.roi_grid.count
-        moves = [line for line in rig.grbl.received if line.startswith("G1")]
+        moves = [line for line in rig.sim.grbl.received if line.startswith("G1")]
         assert moves == [f"G1 X{rig.head.stage_target(i)[0]:.3f} "
                          f"Y{rig.head.stage_target(i)[1]:.3f} F6000" for i in (0, 1)]
         assert v.timings_s["acquisition"] > 0 and v.timings_s["frames"] == pytest.approx(
@@ -73,8 +75,8 @@ def test_exact_pin_sequence_per_roi_and_a_pass(cfg, engine, flavor):
 
 def test_scratch_found_where_it_lies_and_the_next_sample_starts_at_the_near_end(cfg, engine):
     sample, d = scratched(cfg)
-    with SimRig(cfg, engine) as rig:
-        rig.place(sample)
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(sample)
         v = rig.head.inspect(sample.sample_id)
         assert v.status is Status.FAIL, v.reason
         (found,) = v.defects
@@ -82,13 +84,13 @@ def test_scratch_found_where_it_lies_and_the_next_sample_starts_at_the_near_end(
         for x, y in (d.points_mm[0], d.points_mm[-1]):
             assert x0 - 0.3 <= x <= x1 + 0.3 and y0 - 0.3 <= y <= y1 + 0.3
         assert rig.head.route() == [1, 0]  # the stage ended over RoI 1
-        rig.place(clean(cfg))
+        rig.glass.place(clean(cfg))
         assert rig.head.inspect("CLEAN").status is Status.PASS
 
 
 def test_exception_in_the_middle_of_a_roi_leaves_the_leds_dark(cfg, engine):
-    with SimRig(cfg, engine) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
         grab, calls = rig.camera.grab, []
 
         def failing(timeout_s):
@@ -108,9 +110,9 @@ def test_exception_in_the_middle_of_a_roi_leaves_the_leds_dark(cfg, engine):
 
 
 def test_stage_soft_limit_alarm_gives_error(cfg, engine):
-    with SimRig(cfg, engine) as rig:
-        rig.place(clean(cfg))
-        rig.grbl.travel = ((0.0, 15.0), (0.0, 200.0))  # RoI 1 is beyond the controller's travel
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
+        rig.sim.grbl.travel = ((0.0, 15.0), (0.0, 200.0))  # RoI 1 is beyond the controller's travel
         v = rig.head.inspect("S")
         assert v.status is Status.ERROR
         assert "stage alarm 2" in v.reason and "soft limit" in v.reason
@@ -118,8 +120,8 @@ def test_stage_soft_limit_alarm_gives_error(cfg, engine):
 
 
 def test_stage_error_gives_error(cfg, engine):
-    with SimRig(cfg, engine) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
         rig.stage.feed = -5.0  # the controller refuses a negative feed: error:4
         v = rig.head.inspect("S")
         assert v.status is Status.ERROR
@@ -127,19 +129,20 @@ def test_stage_error_gives_error(cfg, engine):
 
 
 def test_silent_stage_times_out_to_error(cfg, engine):
-    with SimRig(cfg, engine) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
         rig.head.stage.timeout_s = 0.3
         rig.head.inspect("WARM")
-        rig.grbl.silent = True
+        rig.sim.grbl.silent = True
         v = rig.head.inspect("S")
         assert v.status is Status.ERROR and "did not answer" in v.reason
 
 
 def test_camera_that_never_answers_gives_error_within_its_timeout(engine):
     cfg = fast_head(grab_timeout_ms=300.0)
-    with SimRig(cfg, engine, trigger_pin=3) as rig:  # camera wired to another pin
-        rig.place(clean(cfg))
+    wired_elsewhere = SimOptions(trigger_pin=3)  # the camera listens on another pin
+    with build_head(cfg, engine=engine, sim_options=wired_elsewhere) as rig:
+        rig.glass.place(clean(cfg))
         rig.head.stage.ready()
         t0 = time.monotonic()
         v = rig.head.inspect("S")
@@ -155,8 +158,8 @@ def test_led_watchdog_ends_in_error(engine):
     d["camera"].update(frame_time_ms=30.0)
     d["illumination"]["max_on_ms"] = 5.0  # shorter than the 20 ms exposure
     cfg = config.parse(d, "watchdog.toml")
-    with SimRig(cfg, engine) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
         v = rig.head.inspect("S")
         assert v.status is Status.ERROR and "watchdog: LED group 0" in v.reason
         assert led_levels(rig) == [False] * 7
@@ -181,32 +184,32 @@ class FailingEngine:
 
 
 def test_engine_error_stops_the_acquisition_and_the_stage(cfg, engine):
-    with SimRig(cfg, FailingEngine(engine)) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=FailingEngine(engine)) as rig:
+        rig.glass.place(clean(cfg))
         v = rig.head.inspect("S")
         assert v.status is Status.ERROR and "TensorRT execution failed" in v.reason
         assert v.reason.startswith("RoI 0")
-        assert rig.grbl.state in ("Idle", "Alarm", "Hold:0")  # not moving
+        assert rig.sim.grbl.state in ("Idle", "Alarm", "Hold:0")  # not moving
         assert led_levels(rig) == [False] * 7
 
 
 def test_abort_mid_inspection_gives_error(cfg, engine):
-    with SimRig(cfg, engine) as rig:
-        rig.place(clean(cfg))
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
         rig.head.stage.ready()
         abort = threading.Event()
         threading.Timer(0.1, abort.set).start()
         v = rig.head.inspect("S", abort)
         assert v.status is Status.ERROR and "aborted" in v.reason
         assert v.reason.startswith("RoI 0")
-        assert rig.grbl.state != "Run"  # stopped mid-move
+        assert rig.sim.grbl.state != "Run"  # stopped mid-move
         assert led_levels(rig) == [False] * 7
 
 
 def test_recording_every_inspected_sample(tmp_path, cfg, engine):
     sample, _ = scratched(cfg)
-    with SimRig(cfg, engine, record_dir=str(tmp_path)) as rig:
-        rig.place(sample)
+    with build_head(cfg, engine=engine, record_dir=str(tmp_path)) as rig:
+        rig.glass.place(sample)
         v = rig.head.inspect(sample.sample_id, truth=sample)
     rec = open_sample(tmp_path / sample.sample_id)
     assert [e.index for e in rec.manifest.rois] == [0, 1]

@@ -7,8 +7,9 @@ from edge import calibration as calib
 from edge.engine import open_engine
 from edge.inspection import RoiInput, inspect_sample
 from edge.pipeline import NO_CALIBRATION, PipelineError, process_roi
-from edge.sim import SimHead
-from edge.sim.sample import Defect, Sample, arc, make_dust, make_stain
+from edge.sim import OpticsRenderer
+from edge.sim.sample import arc, make_dust, make_stain
+from edge.truth import GlassObject, Sample
 from edge.verdict import Status
 from tests.conftest import SHIPPED_MODEL
 
@@ -23,12 +24,12 @@ def engine():
 
 @pytest.fixture(scope="module")
 def head(small_cfg):
-    return SimHead(small_cfg)
+    return OpticsRenderer(small_cfg)
 
 
-def scratch(start, angle, length, seed=5, dn=800.0) -> Defect:
+def scratch(start, angle, length, seed=5, dn=800.0) -> GlassObject:
     pts = arc(start, angle, length, 0.0)
-    return Defect("scratch", tuple(map(tuple, pts)), 22.0, dn, seed, "triangular")
+    return GlassObject("scratch", tuple(map(tuple, pts)), 22.0, dn, seed, "triangular")
 
 
 def rois_of(sample, head, cfg, broken=None):
@@ -50,8 +51,8 @@ def test_strong_scratch_found_at_its_place_in_mm(engine, head, small_cfg):
     sample = Sample("ONE", small_cfg.stage.roi_grid.extent_mm, (s,), 1)
     r = head.render(sample, (0.0, 0.0), noise_seed=0)
     res = process_roi(r.frames, None, engine, small_cfg, 0, (0.0, 0.0))
-    assert len(res.defects) == 1
-    d = res.defects[0]
+    assert len(res.objects) == 1
+    d = res.objects[0]
     x0, y0, x1, y1 = d.box_mm
     for x, y in (s.points_mm[0], s.points_mm[-1]):
         assert x0 - 0.2 <= x <= x1 + 0.2 and y0 - 0.2 <= y <= y1 + 0.2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge.recording import RecordingError, SampleWriter, find_samples, open_sample
-from edge.sim import SimHead, generate_sample
+from edge.sim import OpticsRenderer, generate_sample
 from edge.sim.recorder import record_sample
 
 SHAPE = (64, 96)
@@ -13,7 +13,7 @@ SHAPE = (64, 96)
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, cfg):
     root = tmp_path_factory.mktemp("rec")
-    head = SimHead(cfg, shape=SHAPE)
+    head = OpticsRenderer(cfg, shape=SHAPE)
     sample = generate_sample(4, cfg.stage.roi_grid.extent_mm, 1.0)
     path = record_sample(cfg, head, sample, root, progress=False, start_s=1_700_000_000.0)
     return head, sample, path
@@ -45,7 +45,7 @@ def test_round_trip_is_bit_exact(recorded, cfg):
         assert np.array_equal(frames, again.frames)
         assert np.array_equal(rec.mask(entry.index), again.mask)
     truth = rec.truth()
-    assert truth.sample_id == sample.sample_id and len(truth.defects) == len(sample.defects)
+    assert truth.sample_id == sample.sample_id and len(truth.objects) == len(sample.objects)
 
 
 def test_timestamps_follow_the_head_timing(recorded, cfg):

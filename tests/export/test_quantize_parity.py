@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from edge.engine import open_engine
-from edge.sim import SimHead
+from edge.sim import OpticsRenderer
 from edge.sim.recorder import record_sample
-from edge.sim.sample import Defect, Sample, arc
+from edge.sim.sample import arc
+from edge.truth import GlassObject, Sample
 from export.calibration_data import calibration_batches
 from export.parity import boxes_agree, compare
 from tests.conftest import SHIPPED_MODEL
@@ -18,10 +19,10 @@ onnx = pytest.importorskip("onnx")
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, small_cfg):
     pts = arc((3.0, 4.0), 20.0, 5.0, 0.0)
-    s = Defect("scratch", tuple(map(tuple, pts)), 22.0, 800.0, 5, "triangular")
+    s = GlassObject("scratch", tuple(map(tuple, pts)), 22.0, 800.0, 5, "triangular")
     sample = Sample("CALIB", small_cfg.stage.roi_grid.extent_mm, (s,), 1)
     root = tmp_path_factory.mktemp("samples")
-    return record_sample(small_cfg, SimHead(small_cfg), sample, root, progress=False)
+    return record_sample(small_cfg, OpticsRenderer(small_cfg), sample, root, progress=False)
 
 
 def test_calibration_batches_use_the_runtime_tiling(recorded, small_cfg):

@@ -18,12 +18,12 @@ def test_both_commands_are_registered_with_their_options():
     a = p.parse_args(["serve", "--port", "/dev/ttyUSB0", "--journal", "j.jsonl",
                       "--roi-time", "0", "--repeat", "0.5"])
     assert a.func is cli.cmd_serve and a.port == "/dev/ttyUSB0" and a.roi_time == 0.0
-    assert a.inspector == "sim-head" and a.repeat == 0.5 and not hasattr(a, "config")
+    assert a.inspector == "head" and a.repeat == 0.5 and not hasattr(a, "head")
     a = p.parse_args(["line-sim", "--config", "head.toml", "--samples", "3", "--seed", "7",
                       "--prefix", "LINE4_", "--timeout", "9"])
     assert a.func is cli.cmd_line_sim and (a.samples, a.seed, a.prefix, a.timeout) == \
         (3, 7, "LINE4_", 9.0)
-    assert a.config == "head.toml"
+    assert a.head == "head.toml"
 
 
 @pytest.mark.parametrize("argv", [["serve", "--repeat", "0"], ["serve", "--roi-time", "-1"],

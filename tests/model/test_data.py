@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from edge.sim import SimHead
-from edge.sim.sample import Defect, Sample, arc
+from edge.sim import OpticsRenderer
+from edge.sim.sample import arc
+from edge.truth import GlassObject, Sample
 from model.data import (
     GRBG_CODES,
     PatchSampler,
@@ -38,14 +39,14 @@ def test_every_flip_and_turn_keeps_the_grbg_phase(turns, flip):
 
 def _line_sample(angle_deg: float) -> Sample:
     pts = arc((1.0, 3.0), angle_deg, 4.0)
-    d = Defect(kind="scratch", points_mm=tuple(map(tuple, pts)), width_um=25.0,
+    d = GlassObject(kind="scratch", points_mm=tuple(map(tuple, pts)), width_um=25.0,
                intensity_dn=1500.0, seed=5)
     return Sample(sample_id="LINE", extent_mm=(8.0, 8.0), defects=(d,), seed=5)
 
 
 @pytest.mark.parametrize("turns,flip", [(1, False), (0, True), (3, True)])
 def test_augmented_scratch_keeps_a_physical_directional_signature(cfg, turns, flip):
-    head = SimHead(cfg, shape=(514, 514))
+    head = OpticsRenderer(cfg, shape=(514, 514))
     r = head.render(_line_sample(20.0), (0.5, 0.5), noise_seed=1)
     before = int(np.argmax(r.frames.reshape(6, -1).astype(np.int64).sum(axis=1)))
     frames, mask = bayer_augment(RawWindow(r.frames, r.mask), turns, flip, ANGLES, patch=512)
@@ -58,7 +59,7 @@ def test_augmented_scratch_keeps_a_physical_directional_signature(cfg, turns, fl
 
 
 def test_patch_is_space_to_depth_with_pooled_mask(cfg):
-    head = SimHead(cfg, shape=(64, 64))
+    head = OpticsRenderer(cfg, shape=(64, 64))
     r = head.render(_line_sample(45.0), (0.5, 2.5), noise_seed=3)
     p = to_patch(r.frames, r.mask)
     assert p.image.shape == (24, 32, 32) and p.image.dtype == np.float32

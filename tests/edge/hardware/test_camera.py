@@ -7,9 +7,10 @@ from edge.hardware.camera import CameraTimeout, FrameError, check_frame
 from edge.hardware.leds import RingLight
 from edge.recording import open_sample
 from edge.sim.camera import ReplayCamera, SimCamera, SimWiring
-from edge.sim.optics import SimHead
+from edge.sim.optics import OpticsRenderer
 from edge.sim.recorder import record_sample
-from edge.sim.sample import Defect, Sample, arc
+from edge.sim.sample import arc
+from edge.truth import GlassObject, Sample
 
 SHAPE = (256, 256)
 
@@ -50,7 +51,7 @@ def bench(cfg):
         ill = cfg.illumination
         wiring = SimWiring()
         ring = RingLight(ill, pin_factory=wiring.factory)
-        head = SimHead(cfg, SHAPE)
+        head = OpticsRenderer(cfg, SHAPE)
         cam = SimCamera(head, wiring, trigger_pin or ill.trigger_pin,
                         led_pins or [s.pin for s in ill.states],
                         lambda: cfg.stage.roi_grid.origin_mm, cfg.stage.roi_grid.origin_mm, 0.01)
@@ -80,7 +81,7 @@ def horizontal_scratch(cfg) -> Sample:
     w_mm = SHAPE[1] * cfg.mm_per_px[0]
     h_mm = SHAPE[0] * cfg.mm_per_px[1]
     pts = arc((0.2 * w_mm, 0.5 * h_mm), 0.0, 0.6 * w_mm)
-    d = Defect("scratch", tuple(map(tuple, pts)), 22.0, 800.0, 5, "triangular")
+    d = GlassObject("scratch", tuple(map(tuple, pts)), 22.0, 800.0, 5, "triangular")
     return Sample("H", (w_mm, h_mm), (d,))
 
 
@@ -133,7 +134,7 @@ def test_camera_on_another_trigger_pin_never_answers(cfg, bench):
 
 
 def test_replay_camera_returns_the_recorded_frame_of_the_lit_group(tmp_path, cfg):
-    head = SimHead(cfg, SHAPE)
+    head = OpticsRenderer(cfg, SHAPE)
     sample = horizontal_scratch(cfg)
     rec = open_sample(record_sample(cfg, head, sample, tmp_path, progress=False))
     entry = rec.manifest.rois[1]

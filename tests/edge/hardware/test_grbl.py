@@ -15,7 +15,7 @@ from edge.hardware.grbl import (
     MoveCancelled,
     StageError,
     StageTimeout,
-    Status,
+    StatusReport,
 )
 from edge.sim.grbl import GrblSimulator, move_time
 
@@ -158,11 +158,11 @@ def test_reset_while_moving_loses_position():
 
 
 def test_status_report_parsing():
-    st = Status.parse("<Run|MPos:12.500,3.000,0.000|FS:6000,0|Ov:100,100,100>")
+    st = StatusReport.parse("<Run|MPos:12.500,3.000,0.000|FS:6000,0|Ov:100,100,100>")
     assert st.name == "Run" and st.position == (12.5, 3.0, 0.0)
-    assert Status.parse("<Hold:0|WPos:1,2,3>").name == "Hold"
-    assert Status.parse("ok") is None
-    assert Status.parse("<Idle|MPos:x,y>") is None
+    assert StatusReport.parse("<Hold:0|WPos:1,2,3>").name == "Hold"
+    assert StatusReport.parse("ok") is None
+    assert StatusReport.parse("<Idle|MPos:x,y>") is None
 
 
 def test_unreachable_port_is_one_clear_error():

@@ -2,7 +2,8 @@ import numba
 import numpy as np
 import pytest
 
-from edge.sim import Defect, Sample, SimHead, arc
+from edge.sim import OpticsRenderer, arc
+from edge.truth import GlassObject, Sample
 from tests.conftest import with_changes
 
 SHAPE = (192, 256)  # small window at the real pixel footprint
@@ -13,11 +14,11 @@ def straight(kind, angle_deg, intensity, width_um=25.0, length_mm=1.6, seed=1,
     a = np.radians(angle_deg)
     start = (centre[0] - 0.5 * length_mm * np.cos(a), centre[1] - 0.5 * length_mm * np.sin(a))
     pts = tuple(map(tuple, arc(start, angle_deg, length_mm)))
-    return Defect(kind, pts, width_um, intensity, seed, profile if kind == "scratch" else "")
+    return GlassObject(kind, pts, width_um, intensity, seed, profile if kind == "scratch" else "")
 
 
 def spot(kind, intensity, width_um, centre=(1.45, 1.1), seed=2):
-    return Defect(kind, (centre,), width_um, intensity, seed)
+    return GlassObject(kind, (centre,), width_um, intensity, seed)
 
 
 def only(*defects):
@@ -26,7 +27,7 @@ def only(*defects):
 
 @pytest.fixture(scope="module")
 def head(cfg):
-    return SimHead(cfg, shape=SHAPE)
+    return OpticsRenderer(cfg, shape=SHAPE)
 
 
 def state_signals(head, defect, noise_seed=3, region=None):
@@ -46,7 +47,7 @@ def test_frames_are_raw_12bit_bayer(head, cfg):
     assert r.frames.shape == (6, *SHAPE)
     assert r.mask.shape == SHAPE and r.mask.dtype == bool
     assert r.frames.max() <= 4095
-    full = SimHead(cfg)
+    full = OpticsRenderer(cfg)
     assert full.shape == (3120, 3504)
 
 
@@ -56,7 +57,8 @@ def test_bayer_layout_follows_the_pattern():
            "field_tilt": 0.0, "led_balance": 0.0, "hot_pixel_fraction": 0.0}
     for pattern in ("GRBG", "RGGB", "BGGR"):
         cfg = with_changes(camera={"bayer_pattern": pattern}, simulation=sim)
-        frame = SimHead(cfg, shape=(64, 64)).render(only(), (0, 0), 1).frames[0].astype(float)
+        optics = OpticsRenderer(cfg, shape=(64, 64))
+        frame = optics.render(only(), (0, 0), 1).frames[0].astype(float)
         sites = [frame[0::2, 0::2], frame[0::2, 1::2], frame[1::2, 0::2], frame[1::2, 1::2]]
         for site, ch in zip(sites, pattern, strict=True):
             expected = 64 + 1500 * gains[ch]
@@ -74,7 +76,7 @@ def test_clean_glass_is_dark_with_sensor_noise(head, cfg):
 
 
 def test_dark_frame_has_hot_pixels_and_no_light(cfg):
-    head = SimHead(with_changes(simulation={"hot_pixel_fraction": 1e-3}), shape=(256, 256))
+    head = OpticsRenderer(with_changes(simulation={"hot_pixel_fraction": 1e-3}), shape=(256, 256))
     sc = head.scene(only(spot("dust", 20000, 40)), (0, 0))
     dark = head.expose(sc, [], 5).astype(float)
     lit = head.expose(sc, [0], 5).astype(float)
@@ -153,14 +155,14 @@ def test_exposure_scales_the_signal():
     sample = only(spot("stain", 300, 1000))
     sigs = []
     for exposure in (10.0, 20.0):
-        head = SimHead(with_changes(camera={"exposure_ms": exposure}), shape=SHAPE)
+        head = OpticsRenderer(with_changes(camera={"exposure_ms": exposure}), shape=SHAPE)
         sigs.append(head.render(sample, (0, 0), 1).frames.astype(float).sum() - 64 * 6 * 192 * 256)
     assert 1.8 < sigs[1] / sigs[0] < 2.2
 
 
 def test_led_groups_light_the_field_unevenly(cfg):
     flat = with_changes(simulation={"background_dn": 2000.0, "hot_pixel_fraction": 0.0})
-    frames = SimHead(flat, shape=(128, 128)).render(only(), (0, 0), 1).frames.astype(float)
+    frames = OpticsRenderer(flat, shape=(128, 128)).render(only(), (0, 0), 1).frames.astype(float)
     g = frames[:, 0::2, 0::2]
     means = g.mean(axis=(1, 2))
     assert means.max() / means.min() > 1.02  # LED balance
@@ -173,18 +175,18 @@ def test_real_head_cannot_be_simulated(default_data):
 
     del default_data["simulation"]
     with pytest.raises(ValueError, match="no \\[simulation\\]"):
-        SimHead(parse(default_data, "real.toml"))
+        OpticsRenderer(parse(default_data, "real.toml"))
 
 
 def test_odd_window_rejected(cfg):
     with pytest.raises(ValueError, match="even"):
-        SimHead(cfg, shape=(101, 100))
+        OpticsRenderer(cfg, shape=(101, 100))
 
 
 def test_a_curved_scratch_changes_its_brightest_state_along_its_length(head):
     # an arc turning 90 degrees: its normal sweeps 90 degrees, so does the best-lit state
     pts = tuple(map(tuple, arc((0.4, 0.3), 0.0, 2.4, turn_deg=90.0)))
-    sample = only(Defect("scratch", pts, 25.0, 800.0, 5, "triangular"))
+    sample = only(GlassObject("scratch", pts, 25.0, 800.0, 5, "triangular"))
     sc = head.scene(sample, (0.0, 0.0))
     ys, xs = np.nonzero(sc.mask)
     start = sc.layers[:, ys[xs < xs.min() + 10], xs[xs < xs.min() + 10]].sum(axis=1)
@@ -194,7 +196,7 @@ def test_a_curved_scratch_changes_its_brightest_state_along_its_length(head):
 
 
 def test_hot_pixels_belong_to_the_head_not_the_sample(cfg):
-    a, b = SimHead(cfg, shape=SHAPE), SimHead(cfg, shape=SHAPE)
+    a, b = OpticsRenderer(cfg, shape=SHAPE), OpticsRenderer(cfg, shape=SHAPE)
     assert np.array_equal(a.hot_index, b.hot_index) and np.array_equal(a.field, b.field)
-    other = SimHead(with_changes(simulation={"head_seed": 1}), shape=SHAPE)
+    other = OpticsRenderer(with_changes(simulation={"head_seed": 1}), shape=SHAPE)
     assert not np.array_equal(a.field, other.field)

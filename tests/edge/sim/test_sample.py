@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from edge.sim import Sample, generate_sample
+from edge.sim import generate_sample
 from edge.sim.sample import arc
+from edge.truth import Sample
 
 EXTENT = (78.0, 167.0)
 
@@ -22,7 +23,7 @@ def test_share_of_samples_with_scratches():
 
 
 def test_defects_span_the_expected_range():
-    defects = [d for s in range(300) for d in generate_sample(s, EXTENT, 1.0).defects]
+    defects = [d for s in range(300) for d in generate_sample(s, EXTENT, 1.0).objects]
     kinds = {d.kind for d in defects}
     assert kinds == {"scratch", "dust", "stain", "fibre"}
     lengths = [d.length_mm for d in defects if d.kind == "scratch"]
@@ -39,8 +40,8 @@ def test_defects_span_the_expected_range():
 def test_json_round_trip():
     s = generate_sample(11, EXTENT, 1.0)
     back = Sample.from_dict(json.loads(json.dumps(s.to_dict())))
-    assert back.sample_id == s.sample_id and len(back.defects) == len(s.defects)
-    for a, b in zip(s.defects, back.defects, strict=True):
+    assert back.sample_id == s.sample_id and len(back.objects) == len(s.objects)
+    for a, b in zip(s.objects, back.objects, strict=True):
         assert a.kind == b.kind and a.seed == b.seed
         np.testing.assert_allclose(a.points, b.points, atol=1e-6)
 

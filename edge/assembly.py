@@ -1,0 +1,223 @@
+"""One assembly: a :class:`~edge.head.Head` built from its head file alone.
+
+Every head, real or simulated, is built here, by the same steps in the same order:
+
+1. **check** every part the head file names, without touching any (:func:`preflight`): the
+   GPIO chip, the stage's serial port, the camera device, the engine artifact and the
+   calibration file. A head whose parts are missing stops here with one line per missing part,
+   before a single pin is claimed: the LEDs are never touched;
+2. the **engine** and the **calibration** (no hardware);
+3. the **pin factory** (``jetson``: the header over libgpiod; ``mock``: the simulated wiring),
+   the **stage** (the GRBL driver on the head file's port; ``sim`` starts the GRBL simulator on
+   a pseudo-terminal first), the **camera** (V4L2; ``sim`` and ``replay:DIR`` are simulated);
+4. the **ring light** last, so that the LEDs are claimed (and held dark) only once every other
+   part is there; then the head.
+
+Simulated parts come from :mod:`edge.sim.parts`, imported only when the head file names one;
+the runtime modules never import the simulator. A part that fails to open closes the ones
+already open and raises :class:`AssemblyError` naming the part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge import calibration as calib
+from edge.config import REPLAY, SIM, HeadConfig
+from edge.engine import Engine
+from edge.hardware.camera import Camera
+from edge.hardware.light import Light
+from edge.hardware.stage import Stage
+from edge.head import Head
+from edge.inspection import load_calibration, load_engine, reason_of
+from edge.truth import Sample
+
+
+class AssemblyError(ValueError):
+    """A head that cannot be built from its head file: one line per part that is missing."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"cannot start the head of {source}:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Assembly:
+    """A built head and the parts it is made of; closing it closes every part, LEDs first."""
+
+    cfg: HeadConfig
+    head: Head
+    engine: Engine
+    calibration: calib.Calibration | None
+    ring: Light
+    stage: Stage
+    camera: Camera
+    #: puts glass on a simulated stage (``place``/``next``/``load``); None on a real head,
+    #: where the operator or the line does
+    glass: object | None = None
+    #: the simulated wiring and stage controller, when the head file chose them
+    sim: object | None = None
+    parts: dict[str, str] = field(default_factory=dict)  # part -> what it is, for the log
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def load_glass(self, sample_id: str) -> Sample | None:
+        """Glass ``sample_id`` on the stage: its ground truth where the head knows it."""
+        return self.glass.load(sample_id) if self.glass is not None else None
+
+    def close(self) -> None:
+        while self._closers:
+            with contextlib.suppress(Exception):  # one part failing must not keep the others
+                self._closers.pop()()
+
+    def __enter__(self) -> Assembly:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def preflight(cfg: HeadConfig, engine_path: str | Path | None = None,
+              calibration_path: str | Path | None = None) -> list[str]:
+    """One line per part the head file names that is not there; nothing is opened or claimed."""
+    problems = []
+    if cfg.illumination.pin_factory == "jetson":
+        from edge.hardware import jetson
+
+        if (p := jetson.probe()) is not None:
+            problems.append(f"GPIO (ring light and trigger): {p}")
+    if cfg.stage.port != SIM:
+        from edge.hardware import grbl
+
+        if (p := grbl.probe(cfg.stage.port)) is not None:
+            problems.append(f"stage: {p}")
+    cam = cfg.camera
+    if cam.kind == "v4l2":
+        from edge.hardware import v4l2
+
+        if (p := v4l2.probe(cam.device)) is not None:
+            problems.append(f"camera: {p}")
+    elif cam.kind == "replay":
+        folder = cfg.resolve(cam.device[len(REPLAY):])
+        if not folder.is_dir():
+            problems.append(f"camera: replay folder {folder} does not exist")
+    model = Path(engine_path) if engine_path else cfg.resolve(cfg.engine.artifact)
+    if not model.is_file():
+        problems.append(f"engine: {model} does not exist")
+    cal = calibration_path or cfg.calibration.file
+    if cal and not cfg.resolve(str(cal)).is_file():
+        problems.append(f"calibration: {cfg.resolve(str(cal))} does not exist")
+    return problems
+
+
+def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
+               engine_path: str | Path | None = None,
+               calibration: calib.Calibration | None = None,
+               calibration_path: str | Path | None = None, record_dir: str | None = None,
+               sim_options=None) -> Assembly:
+    """The head of ``cfg``, ready to inspect. ``engine`` and ``calibration``, when given, are
+    used as they are (and not closed with the head); else the head file's (or the paths') are
+    loaded. ``sim_options`` (:class:`edge.sim.parts.SimOptions`) tune simulated parts only."""
+    problems = preflight(cfg, None if engine is not None else engine_path,
+                         None if calibration is not None else calibration_path)
+    if problems:
+        raise AssemblyError(cfg.source, problems)
+    closers: list[Callable[[], None]] = []
+    parts: dict[str, str] = {}
+    sim = None
+    try:
+        if engine is None:
+            engine = _part("engine", lambda: load_engine(cfg, engine_path))
+            closers.append(engine.close)
+        parts["engine"] = f"{engine.path.name} on {engine.backend}"
+        if calibration is None:
+            calibration = _part("calibration", lambda: load_calibration(cfg, calibration_path))
+        parts["calibration"] = calibration.source if calibration else "none (frames uncorrected)"
+        if cfg.simulated:
+            from edge.sim.parts import SimOptions, SimParts
+
+            sim = SimParts(cfg, sim_options or SimOptions())
+            closers.append(sim.close)
+        pins = _part("GPIO", lambda: _pin_factory(cfg, sim))
+        if cfg.illumination.pin_factory == "jetson":
+            closers.append(pins.close)
+        stage = _part("stage", lambda: _stage(cfg, sim))
+        closers.append(stage.close)
+        parts["stage"] = f"{stage.banner or 'stage controller'} on {cfg.stage.port}" + (
+            f" ({sim.grbl.path})" if cfg.stage.port == SIM else "")
+        camera = _part("camera", lambda: _camera(cfg, sim))
+        closers.append(camera.close)
+        parts["camera"] = cfg.camera.device
+        from edge.hardware.leds import RingLight
+
+        ring = _part("ring light", lambda: RingLight(cfg.illumination, pin_factory=pins))
+        closers.append(ring.close)
+        parts["ring light"] = f"{cfg.illumination.pin_factory} pins"
+        head = _part("head", lambda: Head(cfg, ring, stage, camera, engine, calibration,
+                                          record_dir))
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    asm = Assembly(cfg, head, engine, calibration, ring, stage, camera, sim=sim, parts=parts,
+                   _closers=closers)
+    if sim is not None:
+        asm.glass = _glass(cfg, camera, sim)
+    return asm
+
+
+def _part(name: str, make: Callable):
+    """``make()``, with any failure as one :class:`AssemblyError` line naming the part."""
+    try:
+        return make()
+    except AssemblyError:
+        raise
+    except Exception as exc:
+        raise AssemblyError("head", [f"{name}: {reason_of(exc)}"]) from exc
+
+
+def _pin_factory(cfg: HeadConfig, sim):
+    if cfg.illumination.pin_factory == "mock":
+        return sim.pin_factory()
+    from edge.hardware.jetson import JetsonFactory
+
+    return JetsonFactory()
+
+
+def _stage(cfg: HeadConfig, sim) -> Stage:
+    from edge.hardware.grbl import GrblStage
+
+    s = cfg.stage
+    port = sim.stage_port() if s.port == SIM else s.port
+    lim = s.soft_limits_mm
+    return GrblStage(port, s.baud, (lim.x, lim.y), s.feed_mm_min, home=s.homing)
+
+
+def _camera(cfg: HeadConfig, sim) -> Camera:
+    cam = cfg.camera
+    if cam.kind == "sim":
+        return sim.camera()
+    if cam.kind == "replay":
+        return sim.camera(cfg.resolve(cam.device[len(REPLAY):]))
+    from edge.hardware.v4l2 import V4L2Camera
+
+    return V4L2Camera(cam.device, cam.width, cam.height, cam.bit_depth, cam.bayer_pattern,
+                      pixel_format=cam.pixel_format, trigger=cam.trigger)
+
+
+def _glass(cfg: HeadConfig, camera: Camera, sim):
+    from edge.sim.parts import ReplayGlass, SimGlass
+
+    if cfg.camera.kind == "replay":
+        return ReplayGlass(camera, cfg.resolve(cfg.camera.device[len(REPLAY):]))
+    return SimGlass(camera, cfg, sim.options.scratch_share)
+
+
+def default_head_path() -> str | None:
+    """The head file named by ``GLASS_INSPECT_HEAD`` (how a device image says which head it
+    is), or None."""
+    return os.environ.get("GLASS_INSPECT_HEAD") or None

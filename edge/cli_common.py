@@ -1,0 +1,56 @@
+"""What every package's subcommands share: the head option, argument types, the usage error.
+
+Each package contributes its own subcommands to ``glass-inspect`` (``add_commands(sub)`` in
+``edge.cli``, ``edge.sim.cli``, ``model.cli``, ``export.cli``, ``firmware_bridge.cli``); each
+command parses its arguments and calls one library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from edge import config
+from edge.assembly import default_head_path
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together, or a missing optional part of the installation."""
+
+
+def head_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head", "--config", dest="head", metavar="HEAD.toml",
+                   help="head file (default: $GLASS_INSPECT_HEAD, else the embedded simulated "
+                        "head)")
+
+
+def load_head(args: argparse.Namespace) -> config.HeadConfig:
+    return config.load(getattr(args, "head", None) or default_head_path())
+
+
+def size(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT -> (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT, e.g. 1024x768, got {text!r}") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"frame size must be even and at least 16x16, got {text}")
+    return h, w
+
+
+def share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return v
+
+
+def require(module: str, what: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}, which this installation lacks; install the "
+                         f"{extra} extra: pip install -e '.[{extra}]'")

@@ -1,0 +1,99 @@
+"""A run of the head: N samples one after the other, each verdict beside its ground truth.
+
+What ``glass-inspect run`` does, as a library function the command only calls. Where the glass
+comes from depends on the head: a simulated head places its own (random samples from a seed,
+or recorded ones to replay), a real head inspects whatever the operator put on the stage and
+calls ``between(k)`` before every sample after the first, so the operator can change it.
+The ground truth, where the head knows it, is judged against the verdict
+(:func:`edge.truth.agreement`): ``agrees``, ``MISSED`` or ``FALSE ALARM``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.assembly import Assembly
+from edge.overlay import overlay_writer
+from edge.truth import Sample, agreement
+from edge.verdict import Status, Verdict
+
+
+@dataclass
+class Inspected:
+    verdict: Verdict
+    truth: Sample | None = None
+    said: str | None = None  # the ground truth in words, judged ("1 scratch (3.2 mm) -> agrees")
+    agrees: bool | None = None  # None: no truth known, or an ERROR verdict
+
+
+@dataclass
+class RunSummary:
+    results: list[Inspected] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r.verdict.status.value for r in self.results)
+
+    @property
+    def errors(self) -> int:
+        return self.counts[Status.ERROR.value]
+
+    def line(self) -> str:
+        n, c = len(self.results), self.counts
+        mean = sum(r.verdict.timings_s.get("sample", 0.0) for r in self.results) / max(1, n)
+        optics = sum(r.verdict.timings_s.get("acquisition", 0.0)
+                     for r in self.results) / max(1, n)
+        text = f"{n} sample{'s' if n != 1 else ''}: {c['PASS']} PASS, {c['FAIL']} FAIL, " \
+               f"{c['ERROR']} ERROR"
+        judged = [r.agrees for r in self.results if r.agrees is not None]
+        if judged:
+            text += f"; verdict agrees with the ground truth on {sum(judged)} of {len(judged)}"
+        return text + f"; {mean:.1f} s per sample, of which the stage and camera need " \
+                      f"{optics:.1f} s"
+
+
+def sample_id(k: int, started: float | None = None) -> str:
+    """The id of the ``k``-th sample of a run on a real head: when the run started, and k."""
+    return time.strftime("S%Y%m%d-%H%M%S", time.localtime(started)) + f"-{k + 1}"
+
+
+def run_head(asm: Assembly, samples: int, *, seed: int = 0, overlay_dir: str | Path | None = None,
+             between: Callable[[int], None] | None = None,
+             status: Callable[[str, str], None] | None = None,
+             roi_done: Callable[[], None] | None = None,
+             on_result: Callable[[Inspected], None] | None = None,
+             abort: threading.Event | None = None) -> RunSummary:
+    """Inspect ``samples`` samples on the head of ``asm``.
+
+    ``status(sample_id, what)`` hears what the head is doing, ``roi_done()`` each RoI through
+    the pipeline, ``on_result`` each sample's result as it comes. An ``abort`` set between
+    samples ends the run early."""
+    summary = RunSummary()
+    started = time.time()
+    for k in range(samples):
+        if abort is not None and abort.is_set():
+            break
+        if asm.glass is not None:
+            sid, truth = asm.glass.next(k, seed)
+        else:
+            if k and between is not None:
+                between(k)
+            sid, truth = sample_id(k, started), None
+        on_roi = overlay_writer(Path(overlay_dir) / sid, asm.cfg) if overlay_dir else None
+        v = asm.head.inspect(
+            sid, abort, progress=(lambda done, total: roi_done()) if roi_done else None,
+            on_roi=on_roi, truth=truth,
+            status=(lambda text, s=sid: status(s, text)) if status else None)
+        r = Inspected(v, truth)
+        if truth is not None:
+            flagged = None if v.status is Status.ERROR else v.status is Status.FAIL
+            r.said, r.agrees = agreement(flagged, truth)
+        summary.results.append(r)
+        if on_result is not None:
+            on_result(r)
+    return summary

@@ -1,0 +1,104 @@
+"""The ``simulate`` and ``demo`` subcommands, for ``glass-inspect`` to register."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+
+from edge.cli_common import UsageError, head_option, load_head, share, size
+
+log = logging.getLogger("glass-inspect")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from edge.preview import write_previews
+    from edge.recording import find_samples
+
+    if args.samples is None:
+        if not isinstance(args.preview, str):
+            raise UsageError("simulate: give --samples N --out DIR, or --preview DIR")
+        for sample_dir in find_samples(args.preview):
+            for p in write_previews(sample_dir):
+                print(p)
+        return 0
+    if args.out is None:
+        raise UsageError("simulate: --samples needs --out DIR")
+    if isinstance(args.preview, str):
+        raise UsageError("simulate: with --samples, give --preview without a folder; "
+                         "the previews go into each sample's preview/ folder")
+    from edge.sim.recorder import simulate_samples
+
+    done = simulate_samples(load_head(args), args.samples, args.out, args.seed,
+                            args.scratch_share, args.size, progress=not args.quiet)
+    for sample, path in done:
+        log.info("sample %s: %s -> %s", sample.sample_id, sample.describe(), path)
+        if args.preview:
+            for p in write_previews(path):
+                log.info("  preview %s", p)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.inspection import inspect_recorded
+    from edge.preview import write_previews
+    from edge.sim.recorder import record_demo
+    from edge.verdict import Status
+
+    cfg = load_head(args)
+    g = cfg.stage.roi_grid
+    log.info("head: %s (%s), %d RoIs of %s mm", cfg.name, cfg.source, g.count, g.size_mm)
+    sample, sample_dir, new = record_demo(cfg, args.out, args.seed, args.size)
+    log.info("sample %s: %s; %s %s", sample.sample_id, sample.describe(),
+             "recorded" if new else "already recorded by this head:", sample_dir)
+    previews = write_previews(sample_dir)
+    for s in sample.scratches:
+        x, y = s.points_mm[0]
+        log.info("  scratch from (%.1f, %.1f) mm, %.2f mm long, peak %.0f DN, %s profile",
+                 x, y, s.length_mm, s.intensity_dn, s.profile)
+    log.info("previews (states side by side, ground truth outlined): %s", previews[0].parent)
+    model = cfg.resolve(cfg.engine.artifact)
+    if importlib.util.find_spec("onnxruntime") is None or not model.is_file():
+        log.info("no inspection: needs onnxruntime and the network %s", model)
+        return 0
+    overlays = sample_dir.parent / "overlay"
+    (v,) = inspect_recorded([sample_dir], cfg, overlay_dir=overlays)
+    log.info("verdict: %s", v.summary())
+    for line in v.defect_lines():
+        log.info("%s", line)
+    log.info("overlays (brightest state, scratch score, kept boxes): %s",
+             overlays / sample.sample_id)
+    return 1 if v.status is Status.ERROR else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="simulate one scratched sample on the simulated head and "
+                                    "write previews of it",
+                       description="Simulate one sample with scratches on the simulated head, "
+                                   "record it, write a preview PNG per RoI and inspect it.")
+    head_option(d)
+    d.add_argument("--out", default="demo", metavar="DIR", help="where to write (default: demo)")
+    d.add_argument("--seed", type=int, default=1, help="sample seed (default: 1)")
+    d.add_argument("--size", type=size, metavar="WxH", help="render smaller frames (tests)")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser(
+        "simulate", help="render random glass samples into recorded-sample folders",
+        description="Render random glass samples with the optics simulator and write them as "
+                    "recorded samples (manifest, one TIFF of the RAW frames per RoI, ground "
+                    "truth). With --preview DIR alone: write preview PNGs of recorded samples "
+                    "in DIR.")
+    head_option(s)
+    s.add_argument("--samples", type=int, metavar="N", help="number of samples to simulate")
+    s.add_argument("--out", metavar="DIR", help="folder to write the sample folders into")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the first sample; sample k uses seed+k (default: 0)")
+    s.add_argument("--scratch-share", type=share, default=0.3, metavar="P",
+                   help="share of samples with scratches (default: 0.3, as in the glass paper)")
+    s.add_argument("--preview", nargs="?", const=True, default=False, metavar="DIR",
+                   help="with --samples: also write previews; alone: preview the recorded "
+                        "samples in DIR (each into its preview/ folder)")
+    s.add_argument("--size", type=size, metavar="WxH",
+                   help="render smaller frames than the camera's (same pixel footprint)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_simulate)

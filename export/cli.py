@@ -1,0 +1,178 @@
+"""The ``export`` subcommand (onnx, engine, qdq, parity), for ``glass-inspect`` to register."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edge.cli_common import UsageError, head_option, load_head, require, size
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    require("torch", "ONNX export", "train")
+    from export.onnx import ExportError, export_onnx
+    from model.train import CheckpointError
+
+    try:
+        r = export_onnx(args.checkpoint, args.out, tile=args.tile, all_scales=args.all_scales)
+    except (CheckpointError, ExportError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, {r.parameters:,} parameters, outputs "
+          f"{', '.join(r.outputs)}); ONNX Runtime matches torch within {r.parity_max_abs:.2e}")
+    return 0
+
+
+def cmd_export_engine(args: argparse.Namespace) -> int:
+    from edge.engine import EngineError
+    from export.tensorrt import BuildError, build_engine
+
+    cfg = load_head(args)
+    batches = None
+    if args.precision == "int8":
+        batches = _calibration_batches(args, cfg, max(cfg.engine.batch_sizes))
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(f".{args.precision}.engine")
+    try:
+        r = build_engine(args.model, out, args.precision, cfg.engine.batch_sizes,
+                         cfg.pipeline.tile_size, args.workspace_mb, args.timing_cache, batches,
+                         args.strongly_typed, None if args.no_cache else args.cache_dir)
+    except (BuildError, EngineError) as exc:
+        raise UsageError(str(exc)) from None
+    how = "from the engine cache" if r.from_cache else f"built in {r.seconds:.0f} s"
+    print(f"wrote {r.path} ({r.sidecar.precision}, TensorRT {r.sidecar.tensorrt_version}, "
+          f"{r.sidecar.device}, batches {list(r.sidecar.batch_sizes)}; {how})")
+    return 0
+
+
+def _calibration_batches(args: argparse.Namespace, cfg, batch: int) -> list:
+    from edge.inspection import load_calibration
+    from export.calibration_data import calibration_batches
+
+    if not args.samples:
+        raise UsageError("INT8 needs --samples SAMPLE_DIR (recorded samples to calibrate on)")
+    try:
+        return calibration_batches(args.samples, cfg, batch, load_calibration(cfg), args.tiles)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_export_qdq(args: argparse.Namespace) -> int:
+    require("onnxruntime", "Q/DQ quantization", "cpu")
+    from export.quantize import quantize_qdq
+
+    cfg = load_head(args)
+    batches = _calibration_batches(args, cfg, 1)  # ONNX Runtime's calibrator takes any batch
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(".qdq.onnx")
+    quantize_qdq(args.model, out, batches, args.method)
+    print(f"wrote {out} (INT8 Q/DQ, {sum(len(b) for b in batches)} calibration tiles, "
+          f"{args.method}); check it with: glass-inspect export parity {args.model} {out}")
+    return 0
+
+
+def cmd_export_parity(args: argparse.Namespace) -> int:
+    from edge.engine import EngineError, open_engine
+    from edge.inspection import load_calibration
+    from export.parity import compare, parity_rois
+
+    cfg = load_head(args)
+    batch = max(cfg.engine.batch_sizes)
+    ref = cand = None
+    try:
+        ref = open_engine(args.reference, "onnxruntime", cfg.engine.threads, batch)
+        cand = open_engine(args.candidate, "auto", cfg.engine.threads, batch)
+        rois = parity_rois(cfg, args.samples, args.rois, args.seed, args.size)
+        rep = compare(ref, cand, rois, cfg, load_calibration(cfg))
+    except EngineError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        for e in (ref, cand):
+            if e is not None:
+                e.close()
+    print(json.dumps(rep.to_dict(), indent=1))
+    print(f"max abs difference {rep.max_abs:.3g} over {rep.rois} RoIs; defects "
+          f"{'agree' if rep.defects_agree else 'DISAGREE in RoIs ' + str(rep.disagreeing_rois)} "
+          f"({rep.defects_reference} vs {rep.defects_candidate})")
+    return 0 if rep.defects_agree else 1
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="export stage: checkpoint -> ONNX -> TensorRT engine",
+                       description="Export stage. 'onnx': a training checkpoint -> an ONNX file "
+                                   "(opset 17, input 'frames', dynamic batch), checked with "
+                                   "onnx.checker, shape inference and parity with torch. "
+                                   "'engine': ONNX -> TensorRT engine. 'qdq': ONNX -> INT8 Q/DQ "
+                                   "ONNX. 'parity': ONNX Runtime against an engine.")
+    esub = e.add_subparsers(dest="what", required=True, metavar="WHAT")
+    eo = esub.add_parser("onnx", help="checkpoint -> ONNX",
+                         description="Write CHECKPOINT as ONNX; refuses to write a file whose "
+                                     "ONNX Runtime output differs from torch by more than 1e-4.")
+    eo.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by 'train'")
+    eo.add_argument("--out", metavar="FILE.onnx", help="(default: CHECKPOINT with .onnx)")
+    eo.add_argument("--tile", type=int, default=512,
+                    help="side of the example input and the parity check (default: 512)")
+    eo.add_argument("--all-scales", action="store_true",
+                    help="also output the half- and quarter-resolution maps")
+    eo.set_defaults(func=cmd_export_onnx)
+
+    ee = esub.add_parser(
+        "engine", help="ONNX -> TensorRT engine (FP32, FP16 or INT8) with its sidecar",
+        description="Build a serialized TensorRT engine for this device: one optimization "
+                    "profile over the head's batch sizes at its tile size, a workspace limit, a "
+                    "reusable timing cache; INT8 calibrated on recorded samples through the "
+                    "runtime's preprocessing. Writes FILE.engine and FILE.engine.json (the "
+                    "sidecar the runtime checks) and keeps a copy in the engine cache. Needs "
+                    "TensorRT and pycuda (a Jetson or a machine with an NVIDIA GPU).")
+    head_option(ee)
+    ee.add_argument("model", metavar="MODEL.onnx")
+    ee.add_argument("--out", metavar="FILE.engine",
+                    help="(default: MODEL.<precision>.engine)")
+    ee.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                    help="(default: fp16)")
+    ee.add_argument("--samples", metavar="SAMPLE_DIR", nargs="*", default=[],
+                    help="recorded samples for INT8 calibration")
+    ee.add_argument("--tiles", type=int, default=64,
+                    help="calibration tiles to use at most (default: 64)")
+    ee.add_argument("--workspace-mb", type=int, default=1024,
+                    help="builder workspace limit in MiB (default: 1024)")
+    ee.add_argument("--timing-cache", metavar="FILE", default="timing.cache",
+                    help="kernel timing cache, read and updated (default: timing.cache)")
+    typing_ = ee.add_mutually_exclusive_group()
+    typing_.add_argument("--strongly-typed", dest="strongly_typed", action="store_true",
+                         default=None, help="types from the ONNX (Q/DQ for INT8); the default on "
+                                            "TensorRT 11")
+    typing_.add_argument("--weakly-typed", dest="strongly_typed", action="store_false",
+                         help="builder precision flags and an INT8 calibrator (TensorRT 10)")
+    ee.add_argument("--cache-dir", default=str(Path.home() / ".cache/glass-inspect/engines"),
+                    help="engine cache folder (default: ~/.cache/glass-inspect/engines)")
+    ee.add_argument("--no-cache", action="store_true", help="always build, keep no copy")
+    ee.set_defaults(func=cmd_export_engine)
+
+    eq = esub.add_parser(
+        "qdq", help="ONNX -> INT8 Q/DQ ONNX (explicit quantization, for TensorRT 11)",
+        description="Quantize MODEL.onnx to INT8 with explicit QuantizeLinear/DequantizeLinear "
+                    "(symmetric, per-channel weights), calibrated on recorded samples through "
+                    "the runtime's preprocessing. Runs on any CPU; the result runs on ONNX "
+                    "Runtime, so 'export parity' can check it before a GPU builds it.")
+    head_option(eq)
+    eq.add_argument("model", metavar="MODEL.onnx")
+    eq.add_argument("--samples", metavar="SAMPLE_DIR", nargs="+", required=True)
+    eq.add_argument("--out", metavar="FILE.onnx", help="(default: MODEL.qdq.onnx)")
+    eq.add_argument("--tiles", type=int, default=64, help="(default: 64)")
+    eq.add_argument("--method", choices=("entropy", "minmax", "percentile"), default="entropy",
+                    help="how activation ranges are chosen (default: entropy, as TensorRT's)")
+    eq.set_defaults(func=cmd_export_qdq)
+
+    ep = esub.add_parser(
+        "parity", help="run the same RoIs through ONNX Runtime and an engine, compare",
+        description="Run the same RoIs (recorded with --samples, else simulated) through the "
+                    "pipeline with REFERENCE.onnx on ONNX Runtime and with CANDIDATE (.engine or "
+                    ".onnx); print the max abs difference of the score maps and whether the "
+                    "kept defects agree. Exit status 1 when they do not.")
+    head_option(ep)
+    ep.add_argument("reference", metavar="REFERENCE.onnx")
+    ep.add_argument("candidate", metavar="CANDIDATE")
+    ep.add_argument("--samples", metavar="SAMPLE_DIR", help="recorded samples (default: simulate)")
+    ep.add_argument("--rois", type=int, default=2, help="RoIs per sample (default: 2)")
+    ep.add_argument("--seed", type=int, default=1, help="simulated sample seed (default: 1)")
+    ep.add_argument("--size", type=size, metavar="WxH", help="simulate smaller frames")
+    ep.set_defaults(func=cmd_export_parity)

@@ -1,0 +1,79 @@
+"""One assembly builds every head from its head file: the simulated run, a replay head, and a
+real head whose parts are missing (stopped before a single pin is claimed)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from edge import assembly, config
+from edge.assembly import AssemblyError, build_head
+from edge.cli import main
+from edge.runner import run_head
+from edge.sim.recorder import simulate_samples
+from edge.verdict import Status
+from tests.conftest import SHIPPED_MODEL, real_head_toml, small_head_data, small_head_toml
+
+pytest.importorskip("onnxruntime")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_and_run_sim_build_their_head_with_the_assembly(tmp_path, monkeypatch):
+    built = []
+    real = assembly.build_head
+
+    def spy(cfg, **kw):
+        built.append(cfg)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(assembly, "build_head", spy)
+    head = small_head_toml(tmp_path)
+    assert main(["run", "--sim", "--head", str(head), "--samples", "1", "--seed", "3",
+                 "--quiet"]) == 0
+    assert len(built) == 1 and built[0].source == str(head) and built[0].simulated
+    # make demo is that very command on the embedded simulated head
+    demo = re.search(r"^demo:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "glass-inspect run --sim" in demo and "--head" not in demo
+
+
+def test_missing_real_parts_are_all_named_and_no_pin_is_claimed(tmp_path, monkeypatch):
+    import edge.hardware.jetson as jetson
+    import edge.hardware.leds as leds
+
+    claimed = []
+    monkeypatch.setattr(jetson, "JetsonFactory", lambda *a, **k: claimed.append("pins"))
+    monkeypatch.setattr(leds, "RingLight", lambda *a, **k: claimed.append("leds"))
+    cfg = config.load(real_head_toml(tmp_path))
+    with pytest.raises(AssemblyError) as e:
+        build_head(cfg, engine_path=tmp_path / "missing.onnx")
+    parts = [p.split(":")[0] for p in e.value.problems]
+    assert parts == ["GPIO (ring light and trigger)", "stage", "camera", "engine"]
+    assert claimed == []
+
+
+def test_a_part_that_fails_to_open_closes_the_parts_before_it(tmp_path):
+    d = small_head_data()
+    (tmp_path / "empty").mkdir()
+    d["camera"]["device"] = "replay:empty"
+    cfg = config.parse(d, str(tmp_path / "head.toml"))
+    with pytest.raises(AssemblyError, match="camera: .*no recorded sample here"):
+        build_head(cfg)
+
+
+def test_replay_head_inspects_recorded_glass_beside_its_truth(tmp_path, small_cfg):
+    ((sample, _),) = simulate_samples(small_cfg, 1, tmp_path / "rec", seed=5,
+                                      scratch_share=1.0, progress=False)
+    d = small_head_data()
+    d["camera"].update(device="replay:rec", frame_time_ms=30.0)
+    d["stage"]["settle_ms"] = 10.0
+    cfg = config.parse(d, str(tmp_path / "replay-head.toml"))
+    with build_head(cfg) as asm:
+        assert asm.parts["camera"] == "replay:rec" and asm.engine.path == SHIPPED_MODEL
+        summary = run_head(asm, 1)
+        (r,) = summary.results
+        assert r.verdict.sample_id == sample.sample_id
+        assert r.verdict.status is not Status.ERROR, r.verdict.reason
+        assert r.truth is not None and r.said.startswith(f"{len(sample.scratches)} scratch")
+        with pytest.raises(Exception, match="no recording of sample 'OTHER'"):
+            asm.load_glass("OTHER")
