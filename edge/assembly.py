@@ -206,7 +206,8 @@ def _camera(cfg: HeadConfig, sim) -> Camera:
     from edge.hardware.v4l2 import V4L2Camera
 
     return V4L2Camera(cam.device, cam.width, cam.height, cam.bit_depth, cam.bayer_pattern,
-                      pixel_format=cam.pixel_format, trigger=cam.trigger)
+                      pixel_format=cam.pixel_format, trigger=cam.trigger,
+                      alignment=cam.alignment, gain_scale=cam.gain_scale or None)
 
 
 def _glass(cfg: HeadConfig, camera: Camera, sim):

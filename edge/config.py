@@ -92,6 +92,11 @@ class Camera(_Section):
     # streams and the head takes the first frame that starts after the LED group is lit
     trigger: Literal["external", "free-run"] = "external"
     gain: float = Field(default=1.0, gt=0, le=1000)
+    # units of the V4L2 gain control per 1x (driver-specific); 0: unknown, only gain 1 is set
+    gain_scale: float = Field(default=0.0, ge=0)
+    # where a 10/12-bit pixel sits in its 16-bit container: "msb" (Jetson Orin's VI), "lsb"
+    # (plain V4L2), or "auto" (msb on the tegra-video driver, else lsb)
+    alignment: Literal["auto", "lsb", "msb"] = "auto"
     width: int = Field(ge=16, le=16384, multiple_of=2)
     height: int = Field(ge=16, le=16384, multiple_of=2)
     bit_depth: int = Field(ge=8, le=16)

@@ -103,7 +103,7 @@ class Head:
         self.engine, self.calibration, self.record_dir = engine, calibration, record_dir
         self.shape = camera.shape
         self.grid = cfg.stage.roi_grid
-        camera.configure(cfg.camera.exposure_ms)
+        camera.configure(cfg.camera.exposure_ms, cfg.camera.gain)
         self.last: Acquisition | None = None
 
     # -- geometry -------------------------------------------------------------------------------

@@ -2,27 +2,68 @@
 
 gpiozero knows Raspberry Pi boards only. This factory gives gpiozero the 40-pin header of a
 Jetson Orin carrier (its power and ground pins at the same places as a Pi's, so ``BOARD<n>``
-names mean the same physical pin) and drives the GPIO pins through libgpiod v2: each pin is one
-line of a gpiochip, requested as an output on first use and released on close. Registered under
-gpiozero's ``gpiozero_pin_factories`` entry point as ``jetson``, so ``GPIOZERO_PIN_FACTORY=jetson``
-or ``Device.pin_factory = JetsonFactory()`` selects it.
+names mean the same physical pin) and drives the GPIO pins through libgpiod: each pin is one
+line of a gpiochip, requested on first use and released on close. Registered under gpiozero's
+``gpiozero_pin_factories`` entry point as ``jetson``, so ``GPIOZERO_PIN_FACTORY=jetson`` or
+``Device.pin_factory = JetsonFactory()`` selects it.
 
 The header-to-line tables are the module's (Orin NX / Orin Nano on the p3768 / p3509 carriers)
 and the AGX Orin developer kit's (p3737): (line offset, chip label, SoC pad) per physical pin, as
 NVIDIA's pinmux and Jetson.GPIO document them. The board is read from the device tree; the chip
 of each label is found by asking every ``/dev/gpiochip*`` for its label.
+
+**Python binding.** Two incompatible bindings both import as ``gpiod``: libgpiod v2's (``gpiod``
+2.x from PyPI: ``gpiod.request_lines`` + ``gpiod.LineSettings``) and libgpiod v1's (Ubuntu
+22.04 / JetPack 6 ``python3-libgpiod`` 1.6: ``gpiod.Chip(path).get_line(n).request(...)``,
+``chip.label()``). Both are supported through a small adapter (:func:`gpiod_binding`) with the
+four operations the factory needs: the label of a chip, request one line as output or input,
+set/get its value, release it. Anything else imported as ``gpiod`` (e.g. the unrelated PyPI
+``gpiod`` 1.x) is refused with one message naming the two packages that work.
+
+**Permissions.** A ``/dev/gpiochip*`` that cannot be opened for lack of permission is reported
+as such (:class:`GpioPermissionError`, naming the device and the ``gpio`` group) when it holds a
+chip the board needs; no ``/dev/gpiochip*`` at all raises :class:`NoGpioChips`.
+
+**Pinmux.** A line request succeeds even when the pad behind the header pin is muxed to a special
+function (I2S, SPI, UART...) or has its output driver off (tristate), and then nothing reaches
+the pin. Like Jetson.GPIO (``gpio_cdev.check_pinmux``: it maps the pad's PADCTL register from
+``/dev/mem`` and decodes it), after each line request the factory reads the pad's PADCTL
+register (addresses and function names: the kernel's ``pinctrl-tegra234.c``, which match
+Jetson.GPIO's pin data) and decodes bit 10 (GPIO/SFIO select: 1 = special function), bits 1:0
+(which special function), bit 4 (tristate: output driver off) and bit 6 (input buffer enabled).
+A pad on its special function, an output on a tristated pad or an input without input buffer is
+refused with :class:`gpiozero.exc.PinInvalidFunction` (header pin, pad, function, how to fix);
+Jetson.GPIO only warns; we refuse because the head must not run with a dead trigger or LED
+group. When the register cannot be read (``/dev/mem`` needs root, or this is not
+a Jetson) the pin still works and a :class:`PinmuxWarning` is issued once per pin.
+
+**Stock pinmux.** :data:`STOCK_GPIO_PINS` lists, per board, the header pins whose pad is a GPIO
+in NVIDIA's stock pinmux of the developer kit (the module's pins named GPIOxx in Jetson.GPIO's pin
+data; the others are UART, I2S, SPI, CAN or PWM/clock pins): 6 pins on the Orin NX / Nano
+developer kit (p3768), 5 on the AGX Orin developer kit. On JetPack 6 even those come up as
+inputs (tristate) and need a device-tree overlay (jetson-io) to drive an output.
 """
 
 from __future__ import annotations
 
+import getpass
 import glob
+import mmap
+import os
+import struct
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpiozero.exc import PinInvalidFunction, PinInvalidPin, PinSetInput
+from gpiozero.exc import PinError, PinInvalidFunction, PinInvalidPin, PinSetInput, PinWarning
 from gpiozero.pins import BoardInfo, Factory, HeaderInfo, Pin, PinInfo
 
 MAIN, AON = "tegra234-gpio", "tegra234-gpio-aon"
+CONSUMER = "glass-inspect"
+DEVICE_TREE_COMPATIBLE = "/proc/device-tree/compatible"
+CHIP_GLOB = "/dev/gpiochip*"
+DEV_MEM = "/dev/mem"
 
 # physical pin -> (line offset, chip label, SoC pad)
 ORIN_NX_NANO = {
@@ -51,20 +92,154 @@ POWER = {1: "3V3", 2: "5V", 4: "5V", 6: "GND", 9: "GND", 14: "GND", 17: "3V3", 2
          25: "GND", 30: "GND", 34: "GND", 39: "GND"}
 FIXED = {3: "I2C_SDA", 5: "I2C_SCL", 8: "UART_TX", 10: "UART_RX", 27: "ID_SDA", 28: "ID_SCL"}
 
+# Header pins whose pad is a GPIO in the developer kit's stock pinmux (see the module docstring).
+# Orin NX / Nano devkit: GPIO09, GPIO12, GPIO01, GPIO11, GPIO07, GPIO13. AGX Orin devkit: GPIO27,
+# GPIO08, GPIO35, GPIO17, GPIO09 (pins 7 "MCLK05" and 13 "PWM01" left out: not GPIO-named).
+STOCK_GPIO_PINS = {"p3767": (7, 15, 29, 31, 32, 33), "p3701": (15, 16, 18, 22, 32)}
 
+
+# -- pad control (pinmux) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pad:
+    """One SoC pad: its pinctrl name, the physical address of its PADCTL register, and the four
+    special functions its PM field (bits 1:0) selects when the pad is not a GPIO."""
+
+    name: str
+    address: int
+    functions: tuple[str, str, str, str]
+
+
+def _fn(first: str, second: str = "rsvd1", third: str = "rsvd2") -> tuple[str, str, str, str]:
+    return (first, second, third, "rsvd3")
+
+
+_MAIN_PADCTL, _AON_PADCTL = 0x02430000, 0x0C300000
+_UARTA, _SPI1, _SPI3, _I2S2 = _fn("uarta"), _fn("spi1"), _fn("spi3"), _fn("rsvd0", "i2s2")
+_COMMON_PADS = {
+    11: Pad("uart1_rts_pr4", _MAIN_PADCTL + 0x0098, _UARTA),
+    12: Pad("soc_gpio41_ph7", _MAIN_PADCTL + 0x4088, _I2S2),
+    15: Pad("soc_gpio39_pn1", _MAIN_PADCTL + 0x10020, _fn("gp")),
+    19: Pad("spi1_mosi_pz5", _MAIN_PADCTL + 0xD040, _SPI1),
+    21: Pad("spi1_miso_pz4", _MAIN_PADCTL + 0xD018, _SPI1),
+    23: Pad("spi1_sck_pz3", _MAIN_PADCTL + 0xD028, _SPI1),
+    24: Pad("spi1_cs0_pz6", _MAIN_PADCTL + 0xD008, _SPI1),
+    26: Pad("spi1_cs1_pz7", _MAIN_PADCTL + 0xD038, _SPI1),
+    35: Pad("soc_gpio44_pi2", _MAIN_PADCTL + 0x40A0, _I2S2),
+    36: Pad("uart1_cts_pr5", _MAIN_PADCTL + 0x0090, _UARTA),
+    38: Pad("soc_gpio43_pi1", _MAIN_PADCTL + 0x4098, _I2S2),
+    40: Pad("soc_gpio42_pi0", _MAIN_PADCTL + 0x4090, _I2S2),
+}
+ORIN_NX_NANO_PADS = {
+    **_COMMON_PADS,
+    7: Pad("soc_gpio59_pac6", _MAIN_PADCTL + 0x18030, _fn("aud", "i2s8")),
+    13: Pad("spi3_sck_py0", _MAIN_PADCTL + 0xD030, _SPI3),
+    16: Pad("spi3_cs1_py4", _MAIN_PADCTL + 0xD020, _SPI3),
+    18: Pad("spi3_cs0_py3", _MAIN_PADCTL + 0xD010, _SPI3),
+    22: Pad("spi3_miso_py1", _MAIN_PADCTL + 0xD000, _SPI3),
+    29: Pad("soc_gpio32_pq5", _MAIN_PADCTL + 0x0068, _fn("rsvd0", "extperiph3", "dcb")),
+    31: Pad("soc_gpio33_pq6", _MAIN_PADCTL + 0x0070, _fn("rsvd0", "extperiph4", "dcb")),
+    32: Pad("soc_gpio19_pg6", _MAIN_PADCTL + 0x4080, _fn("gp")),
+    33: Pad("soc_gpio21_ph0", _MAIN_PADCTL + 0x4040, _fn("rsvd0", "gp", "i2s7")),
+    37: Pad("spi3_mosi_py2", _MAIN_PADCTL + 0xD048, _SPI3),
+}
+AGX_ORIN_PADS = {
+    **_COMMON_PADS,
+    7: Pad("soc_gpio33_pq6", _MAIN_PADCTL + 0x0070, _fn("rsvd0", "extperiph4", "dcb")),
+    13: Pad("soc_gpio37_pr0", _MAIN_PADCTL + 0x0080, ("gp", "i2s5", "dmic4", "dspk1")),
+    16: Pad("can1_en_pbb1", _AON_PADCTL + 0x3048, _fn("rsvd0", "dmic3", "dmic5")),
+    18: Pad("soc_gpio21_ph0", _MAIN_PADCTL + 0x4040, _fn("rsvd0", "gp", "i2s7")),
+    22: Pad("soc_gpio23_pp4", _MAIN_PADCTL + 0x0020, ("vi0", "vi0_alt", "vi1", "vi1_alt")),
+    29: Pad("can0_din_paa1", _AON_PADCTL + 0x3018, _fn("can0")),
+    31: Pad("can0_dout_paa0", _AON_PADCTL + 0x3010, _fn("can0")),
+    32: Pad("can1_stb_pbb0", _AON_PADCTL + 0x3040, _fn("rsvd0", "dmic3", "dmic5")),
+    33: Pad("can1_dout_paa2", _AON_PADCTL + 0x3000, _fn("can1")),
+    37: Pad("can1_din_paa3", _AON_PADCTL + 0x3008, _fn("can1")),
+}
+PADS = {"p3767": ORIN_NX_NANO_PADS, "p3701": AGX_ORIN_PADS}
+
+PADCTL_FUNCTION = 0x3           # PM: which of the pad's four special functions
+PADCTL_TRISTATE = 1 << 4        # output driver off
+PADCTL_INPUT = 1 << 6           # E_INPUT: input buffer on
+PADCTL_SFIO = 1 << 10           # GPIO_SF_SEL: 1 = special function, 0 = GPIO
+
+
+@dataclass(frozen=True)
+class PadState:
+    """A decoded PADCTL register value."""
+
+    value: int
+
+    @property
+    def gpio(self) -> bool:
+        return not self.value & PADCTL_SFIO
+
+    @property
+    def tristate(self) -> bool:
+        return bool(self.value & PADCTL_TRISTATE)
+
+    @property
+    def input_enabled(self) -> bool:
+        return bool(self.value & PADCTL_INPUT)
+
+    def function(self, pad: Pad) -> str:
+        """The special function the pad's mux selects (what drives it when it is not a GPIO)."""
+        return pad.functions[self.value & PADCTL_FUNCTION]
+
+
+def read_padctl(address: int, mem_path: str = DEV_MEM) -> int:
+    """The 32-bit register at physical ``address``, mapped from ``mem_path`` (as Jetson.GPIO and
+    ``busybox devmem`` do; ``read()`` on ``/dev/mem`` does not reach device registers)."""
+    page = mmap.ALLOCATIONGRANULARITY
+    base = address - address % page
+    fd = os.open(mem_path, os.O_RDONLY | os.O_SYNC)
+    try:
+        with mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=base) as mem:
+            return struct.unpack_from("<I", mem, address - base)[0]
+    finally:
+        os.close(fd)
+
+
+def stock_gpio_pins(board: str | None = None) -> tuple[int, ...]:
+    """Header pins that are GPIO in the stock pinmux of ``board``'s developer kit."""
+    board = board or detect_board()
+    if board not in STOCK_GPIO_PINS:
+        raise PinInvalidPin(f"unknown Jetson module {board!r}; known: {sorted(STOCK_GPIO_PINS)}")
+    return STOCK_GPIO_PINS[board]
+
+
+class PinmuxWarning(PinWarning):
+    """The pinmux of a header pin could not be checked; the pin is used unchecked."""
+
+
+class GpioPermissionError(PinError, PermissionError):
+    """A ``/dev/gpiochip*`` the board needs cannot be opened by this user."""
+
+
+class NoGpioChips(PinInvalidPin):
+    """No GPIO character device at all."""
+
+
+# -- the board -----------------------------------------------------------------------------
 def detect_board(compatible: bytes | None = None) -> str:
     """The module's key in :data:`BOARDS`, from the device tree's ``compatible`` strings."""
     if compatible is None:
         try:
-            compatible = Path("/proc/device-tree/compatible").read_bytes()
+            compatible = Path(DEVICE_TREE_COMPATIBLE).read_bytes()
         except OSError:
-            raise PinInvalidPin("not a Jetson: /proc/device-tree/compatible is missing") from None
+            raise PinInvalidPin(f"not a Jetson: {DEVICE_TREE_COMPATIBLE} is missing") from None
     text = compatible.decode(errors="replace")
     for key in BOARDS:
         if key in text:
             return key
     raise PinInvalidPin(f"unknown Jetson module (device tree says {text.split(chr(0))!r}); "
                         f"known: {', '.join(name for name, _ in BOARDS.values())}")
+
+
+def _on_tegra234() -> bool:
+    try:
+        return b"tegra234" in Path(DEVICE_TREE_COMPATIBLE).read_bytes()
+    except OSError:
+        return False
 
 
 def header_info(table: dict) -> HeaderInfo:
@@ -82,36 +257,191 @@ def header_info(table: dict) -> HeaderInfo:
     return HeaderInfo(name="J12", rows=20, columns=2, pins=pins)
 
 
-def chip_paths(gpiod, pattern: str = "/dev/gpiochip*") -> dict[str, str]:
-    """Chip label -> device path, for every gpiochip the kernel offers."""
-    out = {}
-    for path in sorted(glob.glob(pattern)):
+# -- the two libgpiod bindings ----------------------------------------------------------------
+_INSTALL = ("install libgpiod's Python binding: pip install 'gpiod>=2.1' (libgpiod v2 API) or "
+            "apt install python3-libgpiod (JetPack 6 / Ubuntu 22.04: libgpiod 1.6, v1 API)")
+
+
+class _V2Binding:
+    """libgpiod v2 (``gpiod`` 2.x): one ``LineRequest`` per line."""
+
+    name = "libgpiod v2"
+
+    def __init__(self, gpiod):
+        self.gpiod = gpiod
+
+    def chip_label(self, path: str) -> str:
+        chip = self.gpiod.Chip(path)
         try:
-            with gpiod.Chip(path) as chip:
-                out[chip.get_info().label] = path
-        except OSError:
-            continue
-    return out
+            return chip.get_info().label
+        finally:
+            chip.close()
+
+    def request(self, path: str, offset: int, output: bool):
+        g = self.gpiod
+        direction = g.line.Direction.OUTPUT if output else g.line.Direction.INPUT
+        settings = g.LineSettings(direction=direction, output_value=g.line.Value.INACTIVE)
+        return offset, g.request_lines(path, consumer=CONSUMER, config={offset: settings})
+
+    def set(self, handle, value: bool) -> None:
+        offset, request = handle
+        v = self.gpiod.line.Value
+        request.set_value(offset, v.ACTIVE if value else v.INACTIVE)
+
+    def get(self, handle) -> bool:
+        offset, request = handle
+        return request.get_value(offset) == self.gpiod.line.Value.ACTIVE
+
+    def release(self, handle) -> None:
+        handle[1].release()
 
 
+class _V1Binding:
+    """libgpiod v1 (``python3-libgpiod`` 1.x): a ``Line`` of an open ``Chip``; the chip stays
+    open while the line is requested (closing it releases the line)."""
+
+    name = "libgpiod v1"
+
+    def __init__(self, gpiod):
+        self.gpiod = gpiod
+
+    def chip_label(self, path: str) -> str:
+        chip = self.gpiod.Chip(path)
+        try:
+            label = chip.label
+            return label() if callable(label) else label
+        finally:
+            chip.close()
+
+    def request(self, path: str, offset: int, output: bool):
+        g = self.gpiod
+        chip = g.Chip(path)
+        try:
+            line = chip.get_line(offset)
+            if output:  # default_vals always given: some 1.x releases leave it uninitialised
+                line.request(consumer=CONSUMER, type=g.LINE_REQ_DIR_OUT, default_vals=[0])
+            else:
+                line.request(consumer=CONSUMER, type=g.LINE_REQ_DIR_IN)
+        except BaseException:
+            chip.close()
+            raise
+        return chip, line
+
+    def set(self, handle, value: bool) -> None:
+        handle[1].set_value(1 if value else 0)
+
+    def get(self, handle) -> bool:
+        return bool(handle[1].get_value())
+
+    def release(self, handle) -> None:
+        chip, line = handle
+        try:
+            line.release()
+        finally:
+            chip.close()
+
+
+def gpiod_binding(gpiod):
+    """The adapter for the module imported as ``gpiod``: libgpiod v2's or v1's binding."""
+    if hasattr(gpiod, "request_lines") and hasattr(gpiod, "LineSettings"):
+        return _V2Binding(gpiod)
+    if hasattr(gpiod, "LINE_REQ_DIR_OUT") and hasattr(gpiod, "Chip"):
+        return _V1Binding(gpiod)
+    where = getattr(gpiod, "__file__", None) or getattr(gpiod, "__name__", "?")
+    version = getattr(gpiod, "__version__", "unknown version")
+    raise PinInvalidPin(f"the module imported as 'gpiod' ({where}, {version}) is neither "
+                        f"libgpiod's v2 nor its v1 Python binding; {_INSTALL}")
+
+
+def _import_gpiod():
+    try:
+        import gpiod
+    except ImportError:
+        raise PinInvalidPin(f"the Jetson pin factory needs libgpiod: {_INSTALL}") from None
+    return gpiod
+
+
+# -- the chips --------------------------------------------------------------------------------
+@dataclass
+class ChipScan:
+    """What ``/dev/gpiochip*`` offers: label -> device path, and the devices that failed."""
+
+    pattern: str
+    devices: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    denied: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def permission_error(self) -> GpioPermissionError:
+        try:
+            user = getpass.getuser()
+        except Exception:  # no user name in a bare container
+            user = f"uid {os.getuid()}"
+        return GpioPermissionError(
+            f"permission denied opening {', '.join(self.denied)} (user {user}): JetPack's udev "
+            "rule gives the 'gpio' group access to /dev/gpiochip*, so add the user to it "
+            "(sudo usermod -aG gpio $USER, then log in again) or install a udev rule such as "
+            'SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"')
+
+    def no_chips(self) -> NoGpioChips:
+        return NoGpioChips(f"no GPIO chip: nothing matches {self.pattern} (not a Jetson, or the "
+                           "GPIO character devices are not in this container: pass "
+                           "--device /dev/gpiochip0 --device /dev/gpiochip1)")
+
+
+def scan_chips(binding, pattern: str = CHIP_GLOB) -> ChipScan:
+    """Ask every GPIO chip for its label; permission problems are kept, not swallowed."""
+    scan = ChipScan(pattern, devices=sorted(glob.glob(pattern)))
+    for path in scan.devices:
+        try:
+            scan.labels.setdefault(binding.chip_label(path), path)
+        except PermissionError:
+            scan.denied.append(path)
+        except OSError as exc:
+            scan.failed[path] = exc.strerror or str(exc)
+    return scan
+
+
+def chip_paths(gpiod, pattern: str = CHIP_GLOB) -> dict[str, str]:
+    """Chip label -> device path, for every gpiochip the kernel offers. Raises
+    :class:`NoGpioChips` when there is none and :class:`GpioPermissionError` when none of them
+    can be opened for lack of permission."""
+    binding = gpiod if hasattr(gpiod, "chip_label") else gpiod_binding(gpiod)
+    scan = scan_chips(binding, pattern)
+    if not scan.devices:
+        raise scan.no_chips()
+    if scan.denied and not scan.labels:
+        raise scan.permission_error()
+    return scan.labels
+
+
+# -- pins -----------------------------------------------------------------------------------
 class JetsonPin(Pin):
     def __init__(self, factory: JetsonFactory, info: PinInfo, path: str, offset: int):
         super().__init__()
         self._factory, self._info, self._path, self._offset = factory, info, path, offset
-        self._request = None
+        self._handle = None
         self._function = "input"
         self._state = False
 
     def _get_info(self):
         return self._info
 
+    def _release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        binding = self._factory.binding
+        try:
+            if self._function == "output":
+                binding.set(handle, False)
+        finally:
+            binding.release(handle)
+
     def close(self):
-        if self._request is not None:
-            g = self._factory.gpiod
-            self._request.set_value(self._offset, g.line.Value.INACTIVE)
-            self._request.release()
-            self._request = None
+        self._release()
         self._function = "input"
+        self._state = False
 
     def _get_function(self):
         return self._function
@@ -119,45 +449,64 @@ class JetsonPin(Pin):
     def _set_function(self, value):
         if value not in ("input", "output"):
             raise PinInvalidFunction(f"{self._info.name}: only input and output are supported")
-        g = self._factory.gpiod
-        if self._request is not None:
-            self._request.release()
-        direction = g.line.Direction.OUTPUT if value == "output" else g.line.Direction.INPUT
-        settings = g.LineSettings(direction=direction, output_value=g.line.Value.INACTIVE)
-        self._request = g.request_lines(self._path, consumer="glass-inspect",
-                                        config={self._offset: settings})
-        self._function = value
-        self._state = False
+        if value == self._function and self._handle is not None:
+            return
+        self._release()
+        binding = self._factory.binding
+        handle = binding.request(self._path, self._offset, output=value == "output")
+        try:
+            self._factory.check_pinmux(self._info.number, value)
+        except BaseException:
+            binding.release(handle)
+            raise
+        self._handle, self._function, self._state = handle, value, False
 
     def _get_state(self):
-        if self._request is None:
+        if self._handle is None:
             return self._state
-        return self._request.get_value(self._offset) == self._factory.gpiod.line.Value.ACTIVE
+        return self._factory.binding.get(self._handle)
 
     def _set_state(self, value):
-        if self._function != "output":
+        if self._function != "output" or self._handle is None:
             raise PinSetInput(f"cannot set the state of input pin {self._info.name}")
-        g = self._factory.gpiod
-        self._request.set_value(self._offset, g.line.Value.ACTIVE if value else
-                                g.line.Value.INACTIVE)
+        self._factory.binding.set(self._handle, bool(value))
         self._state = bool(value)
 
 
 class JetsonFactory(Factory):
-    """Pins of the 40-pin header of a Jetson Orin carrier, through libgpiod v2."""
+    """Pins of the 40-pin header of a Jetson Orin carrier, through libgpiod (v2 or v1 binding).
 
-    def __init__(self, board: str | None = None, gpiod=None, chips: dict[str, str] | None = None):
+    ``board``: a key of :data:`BOARDS` (default: from the device tree). ``gpiod``: the binding
+    module (default: ``import gpiod``). ``chips``: chip label -> device path (default: scanned
+    from ``chip_glob``). ``mem_path``: the file holding the PADCTL registers at their physical
+    addresses (default: ``/dev/mem`` on a Tegra234, else the pinmux is not checked and a warning
+    says so). ``check_pinmux=False`` skips the pinmux check and its warnings.
+    """
+
+    def __init__(self, board: str | None = None, gpiod=None, chips: dict[str, str] | None = None,
+                 *, mem_path: str | None = None, chip_glob: str = CHIP_GLOB,
+                 check_pinmux: bool = True):
         super().__init__()
-        if gpiod is None:
-            try:
-                import gpiod
-            except ImportError:
-                raise PinInvalidPin("the Jetson pin factory needs libgpiod's Python binding: "
-                                    "pip install gpiod (2.x)") from None
-        self.gpiod = gpiod
+        self.gpiod = gpiod if gpiod is not None else _import_gpiod()
+        self.binding = gpiod_binding(self.gpiod)
         self.board = board or detect_board()
+        if self.board not in BOARDS:
+            raise PinInvalidPin(f"unknown Jetson module {self.board!r}; known: {sorted(BOARDS)}")
         self.model, self.table = BOARDS[self.board]
-        self.chips = chips if chips is not None else chip_paths(gpiod)
+        self.pads = PADS[self.board]
+        self._scan: ChipScan | None = None
+        if chips is None:
+            self._scan = scan_chips(self.binding, chip_glob)
+            if not self._scan.devices:
+                raise self._scan.no_chips()
+            needed = {label for _, label, _ in self.table.values()}
+            if self._scan.denied and not needed <= set(self._scan.labels):
+                raise self._scan.permission_error()
+            chips = self._scan.labels
+        self.chips = chips
+        self.check_pinmux_enabled = check_pinmux
+        self.mem_path = mem_path if mem_path is not None else (DEV_MEM if _on_tegra234() else None)
+        self._pinmux_warned: set[int] = set()
         self._pins: dict[int, JetsonPin] = {}
         header = header_info(self.table)
         self._board_info = BoardInfo(
@@ -175,6 +524,10 @@ class JetsonFactory(Factory):
     def ticks_diff(self, later, earlier):
         return later - earlier
 
+    @property
+    def stock_gpio_pins(self) -> tuple[int, ...]:
+        return STOCK_GPIO_PINS[self.board]
+
     def physical(self, name) -> int:
         for _, info in self._board_info.find_pin(str(name)):
             if "gpio" not in info.interfaces:
@@ -187,14 +540,91 @@ class JetsonFactory(Factory):
         if n not in self._pins:
             offset, label, _ = self.table[n]
             if label not in self.chips:
-                raise PinInvalidPin(f"header pin {n} is line {offset} of {label}, which this "
-                                    f"system does not offer (chips: {sorted(self.chips)})")
+                raise PinInvalidPin(self._missing_chip(n, offset, label))
             info = self._board_info.headers["J12"].pins[n]
             self._pins[n] = JetsonPin(self, info, self.chips[label], offset)
         return self._pins[n]
+
+    def _missing_chip(self, n: int, offset: int, label: str) -> str:
+        text = (f"header pin {n} is line {offset} of {label}, which this system does not offer "
+                f"(chips: {sorted(self.chips)})")
+        if self._scan is not None and self._scan.denied:
+            text += f"; {self._scan.permission_error()}"
+        if self._scan is not None and self._scan.failed:
+            text += "; could not open " + ", ".join(
+                f"{path} ({why})" for path, why in self._scan.failed.items())
+        return text
+
+    # -- pinmux ---------------------------------------------------------------------------
+    def check_pinmux(self, n: int, function: str) -> None:
+        """Refuse header pin ``n`` for ``function`` ("output"/"input") when its pad's PADCTL
+        register says the pin cannot work that way; warn once when it cannot be read."""
+        if not self.check_pinmux_enabled:
+            return
+        pad, port = self.pads[n], self.table[n][2]
+        if self.mem_path is None:
+            self._warn_unverified(n, f"pad {pad.name}: not running on a Jetson Orin "
+                                     f"({DEVICE_TREE_COMPATIBLE} does not name tegra234)")
+            return
+        try:
+            state = PadState(read_padctl(pad.address, self.mem_path))
+        except (OSError, ValueError, OverflowError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._warn_unverified(n, f"cannot read the PADCTL register of pad {pad.name} "
+                                     f"(0x{pad.address:08x}) from {self.mem_path}: {why}")
+            return
+        where = (f"header pin {n} ({port}, pad {pad.name}, PADCTL 0x{pad.address:08x} = "
+                 f"0x{state.value:08x})")
+        if not state.gpio:
+            raise PinInvalidFunction(
+                f"{where} is muxed to its special function '{state.function(pad)}', not GPIO: "
+                "the line request succeeds but nothing reaches the pin. Mux the pad as a GPIO "
+                f"output: a device-tree overlay for {pad.name} (nvidia,tristate = <0>) "
+                "installed with sudo /opt/nvidia/jetson-io/jetson-io.py, or NVIDIA's pinmux "
+                "spreadsheet (GPIO, output or bidirectional) and a reflash; then reboot. The "
+                f"pins that are GPIO in the stock pinmux of the {self.model} devkit are "
+                f"{list(self.stock_gpio_pins)}")
+        if function == "output" and state.tristate:
+            raise PinInvalidFunction(
+                f"{where} is a GPIO but its output driver is off (tristate; the pinmux has it "
+                "as an input): nothing reaches the pin. Apply a device-tree overlay that sets "
+                f"{pad.name} to nvidia,tristate = <0> (nvidia,enable-input = <1> to read it "
+                "back) with sudo /opt/nvidia/jetson-io/jetson-io.py, or set it to output or "
+                "bidirectional in NVIDIA's pinmux spreadsheet and reflash; then reboot")
+        if function == "input" and not state.input_enabled:
+            raise PinInvalidFunction(
+                f"{where} is a GPIO but its input buffer is off (the pinmux has it as an "
+                f"output only): apply a device-tree overlay that sets {pad.name} to "
+                "nvidia,enable-input = <1> (jetson-io), or make it bidirectional in NVIDIA's "
+                "pinmux spreadsheet and reflash; then reboot")
+
+    def _warn_unverified(self, n: int, why: str) -> None:
+        if n in self._pinmux_warned:
+            return
+        self._pinmux_warned.add(n)
+        warnings.warn(PinmuxWarning(
+            f"header pin {n}: pinmux not checked ({why}); if the pad is not a GPIO output, the "
+            "line request succeeds and nothing reaches the pin. Run once as root to check it, "
+            "or see sudo /opt/nvidia/jetson-io/jetson-io.py"), stacklevel=3)
 
     def close(self):
         for p in self._pins.values():
             p.close()
         self._pins.clear()
         super().close()
+
+
+def probe(pattern: str = CHIP_GLOB) -> str | None:
+    """Why the Jetson pin factory cannot start here, without requesting a line; None when it
+    can. The head's start-up asks before any part is opened."""
+    try:
+        detect_board()
+        binding = gpiod_binding(_import_gpiod())
+        scan = scan_chips(binding, pattern)
+        if not scan.devices:
+            raise scan.no_chips()
+        if scan.denied and not scan.labels:
+            raise scan.permission_error()
+    except PinError as exc:
+        return str(exc)
+    return None

@@ -77,3 +77,21 @@ def test_replay_head_inspects_recorded_glass_beside_its_truth(tmp_path, small_cf
         assert r.truth is not None and r.said.startswith(f"{len(sample.scratches)} scratch")
         with pytest.raises(Exception, match="no recording of sample 'OTHER'"):
             asm.load_glass("OTHER")
+
+
+def test_the_verdict_server_drives_the_assembled_head(tmp_path):
+    import threading
+
+    from firmware_bridge.inspector import HeadInspector
+
+    d = small_head_data()
+    d["camera"]["frame_time_ms"] = 30.0
+    d["stage"]["settle_ms"] = 10.0
+    with build_head(config.parse(d, "small.toml")) as asm:
+        inspector = HeadInspector(asm)
+        seen = []
+        v = inspector.inspect("LINE-7", threading.Event(), lambda done, total: seen.append(done))
+        assert v.sample_id == "LINE-7" and v.status is not Status.ERROR, v.reason
+        assert seen[-1] == 2 and inspector.engine["backend"] == "onnxruntime"
+        # the same id shows the same glass on the simulated head
+        assert asm.load_glass("LINE-7") == asm.load_glass("LINE-7")

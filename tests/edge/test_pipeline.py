@@ -51,8 +51,8 @@ def test_strong_scratch_found_at_its_place_in_mm(engine, head, small_cfg):
     sample = Sample("ONE", small_cfg.stage.roi_grid.extent_mm, (s,), 1)
     r = head.render(sample, (0.0, 0.0), noise_seed=0)
     res = process_roi(r.frames, None, engine, small_cfg, 0, (0.0, 0.0))
-    assert len(res.objects) == 1
-    d = res.objects[0]
+    assert len(res.defects) == 1
+    d = res.defects[0]
     x0, y0, x1, y1 = d.box_mm
     for x, y in (s.points_mm[0], s.points_mm[-1]):
         assert x0 - 0.2 <= x <= x1 + 0.2 and y0 - 0.2 <= y <= y1 + 0.2

@@ -222,12 +222,12 @@ def test_serve_on_a_sim_port_prints_its_path(tmp_path):
 
 
 def test_the_simulated_head_answers_the_line(tmp_path, wire, head):
-    """``serve --inspector sim-head``: the verdicts come from the whole simulated head (GRBL
-    stage on its pty, MockFactory LEDs, SimCamera, the shipped network)."""
+    """``serve --inspector head`` with a simulated head file: the verdicts come from the whole
+    head (GRBL stage on its pty, MockFactory LEDs, SimCamera, the shipped network)."""
     from tests.conftest import small_head_toml
 
     cfg = small_head_toml(tmp_path)
-    server = head(0.01, "--inspector", "sim-head", "--config", str(cfg))
+    server = head(0.01, "--inspector", "head", "--head", str(cfg))
     r, rep = line_sim(wire, tmp_path, 2)
     assert r.returncode == 0, r.stdout + r.stderr + server.log.read_text()
     answers = rep["answers"]

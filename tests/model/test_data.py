@@ -41,7 +41,7 @@ def _line_sample(angle_deg: float) -> Sample:
     pts = arc((1.0, 3.0), angle_deg, 4.0)
     d = GlassObject(kind="scratch", points_mm=tuple(map(tuple, pts)), width_um=25.0,
                intensity_dn=1500.0, seed=5)
-    return Sample(sample_id="LINE", extent_mm=(8.0, 8.0), defects=(d,), seed=5)
+    return Sample(sample_id="LINE", extent_mm=(8.0, 8.0), objects=(d,), seed=5)
 
 
 @pytest.mark.parametrize("turns,flip", [(1, False), (0, True), (3, True)])

@@ -174,6 +174,8 @@ def test_real_head_cannot_be_simulated(default_data):
     from edge.config import parse
 
     del default_data["simulation"]
+    default_data["camera"]["device"] = "/dev/video0"
+    default_data["illumination"]["pin_factory"] = "jetson"
     with pytest.raises(ValueError, match="no \\[simulation\\]"):
         OpticsRenderer(parse(default_data, "real.toml"))
 
