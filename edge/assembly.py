@@ -96,10 +96,10 @@ def preflight(cfg: HeadConfig, engine_path: str | Path | None = None,
             problems.append(f"stage: {p}")
     cam = cfg.camera
     if cam.kind == "v4l2":
-        from edge.hardware import v4l2
+        from edge.hardware import v4l2_device
 
-        if (p := v4l2.probe(cam.device)) is not None:
-            problems.append(f"camera: {p}")
+        if (p := v4l2_device.probe(cam.device)) is not None:
+            problems.append(f"camera: {p.removeprefix('camera ')}")
     elif cam.kind == "replay":
         folder = cfg.resolve(cam.device[len(REPLAY):])
         if not folder.is_dir():

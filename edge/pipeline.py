@@ -86,7 +86,7 @@ def prepare_tiles(frames: np.ndarray, calibration: Calibration | None, cfg: Head
                   dtype=np.float32) -> tuple[TileGrid, np.ndarray]:
     """The ``prepare`` stage alone: the head's tiling of the corrected 24-channel map.
 
-    INT8 calibration (``export.calibration_data``) cuts its tiles here too, so the ranges it
+    INT8 calibration (``export.quantization_data``) cuts its tiles here too, so the ranges it
     measures are those the engine sees.
     """
     p = cfg.pipeline

@@ -30,7 +30,7 @@ def cmd_export_engine(args: argparse.Namespace) -> int:
     cfg = load_head(args)
     batches = None
     if args.precision == "int8":
-        batches = _calibration_batches(args, cfg, max(cfg.engine.batch_sizes))
+        batches = _quantization_batches(args, cfg, max(cfg.engine.batch_sizes))
     out = Path(args.out) if args.out else Path(args.model).with_suffix(f".{args.precision}.engine")
     try:
         r = build_engine(args.model, out, args.precision, cfg.engine.batch_sizes,
@@ -44,14 +44,14 @@ def cmd_export_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_batches(args: argparse.Namespace, cfg, batch: int) -> list:
+def _quantization_batches(args: argparse.Namespace, cfg, batch: int) -> list:
     from edge.inspection import load_calibration
-    from export.calibration_data import calibration_batches
+    from export.quantization_data import quantization_batches
 
     if not args.samples:
         raise UsageError("INT8 needs --samples SAMPLE_DIR (recorded samples to calibrate on)")
     try:
-        return calibration_batches(args.samples, cfg, batch, load_calibration(cfg), args.tiles)
+        return quantization_batches(args.samples, cfg, batch, load_calibration(cfg), args.tiles)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -61,7 +61,7 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
     from export.quantize import quantize_qdq
 
     cfg = load_head(args)
-    batches = _calibration_batches(args, cfg, 1)  # ONNX Runtime's calibrator takes any batch
+    batches = _quantization_batches(args, cfg, 1)  # ONNX Runtime's calibrator takes any batch
     out = Path(args.out) if args.out else Path(args.model).with_suffix(".qdq.onnx")
     quantize_qdq(args.model, out, batches, args.method)
     print(f"wrote {out} (INT8 Q/DQ, {sum(len(b) for b in batches)} calibration tiles, "

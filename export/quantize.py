@@ -5,7 +5,7 @@ the ONNX graph as QuantizeLinear / DequantizeLinear pairs, and a strongly typed 
 them. We produce them with ONNX Runtime's static quantizer, in the form TensorRT documents for
 explicit quantization: symmetric INT8 for activations and weights (zero point 0), per-channel
 weights, Q/DQ format. The calibration batches come from recorded samples through the runtime's
-own preprocessing (:mod:`export.calibration_data`), and the scales use the entropy method, as
+own preprocessing (:mod:`export.quantization_data`), and the scales use the entropy method, as
 TensorRT's own ``IInt8EntropyCalibrator2`` does on 10.x.
 
 The nested weights are folded into plain initializers first (``quant_pre_process``): a

@@ -180,7 +180,7 @@ def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes
 def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16",
                  batch_sizes: Sequence[int] = (1, 4), tile: int = 512, workspace_mb: int = 1024,
                  timing_cache: str | Path | None = None,
-                 calibration_batches: Sequence[np.ndarray] | None = None,
+                 quantization_batches: Sequence[np.ndarray] | None = None,
                  strongly_typed: bool | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
                  ) -> BuildResult:
     """Build (or fetch from the engine cache) the engine of ``onnx_path``; write it to ``out``."""
@@ -188,7 +188,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
 
     if precision not in PRECISIONS:
         raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and not calibration_batches:
+    if precision == "int8" and not quantization_batches:
         raise BuildError("an INT8 engine needs calibration samples (recorded samples, through "
                          "the runtime's preprocessing)")
     t0 = time.perf_counter()
@@ -218,10 +218,10 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
             elif strong and precision == "int8":
                 from export.quantize import quantize_qdq
 
-                source = quantize_qdq(onnx_path, Path(tmp) / "qdq.onnx", calibration_batches)
+                source = quantize_qdq(onnx_path, Path(tmp) / "qdq.onnx", quantization_batches)
             calib_cache = out.with_name(out.name + ".calib") if precision == "int8" else None
             plan = _build(trt, cuda, source, precision, strong, batch_sizes, tile, workspace_mb,
-                          Path(timing_cache) if timing_cache else None, calibration_batches,
+                          Path(timing_cache) if timing_cache else None, quantization_batches,
                           calib_cache)
     finally:
         cuda.Context.pop()

@@ -140,17 +140,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from firmware_bridge.server import VerdictServer
 
     url, baud = _link_settings(args)
-    opener = None
-    if url == "sim":
-        opener, url = sim_port()
-        print(f"line controller port: {url}  (e.g. glass-inspect line-sim --port {url})",
-              flush=True)
     try:
         journal = Journal(args.journal)
     except JournalError as exc:
         print(f"glass-inspect serve: {exc}", file=sys.stderr)
         return 2
-    inspector, close = _make_inspector(args)  # a head with missing parts stops here (exit 2)
+    # the head first: one with missing parts stops here (exit 2), before the line sees a port
+    try:
+        inspector, close = _make_inspector(args)
+    except BaseException:
+        journal.close()
+        raise
+    opener = None
+    if url == "sim":
+        opener, url = sim_port()
+        print(f"line controller port: {url}  (e.g. glass-inspect line-sim --port {url})",
+              flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -159,18 +164,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
-    link = Link(url, baud, name="line controller port", reopen_s=args.reopen, opener=opener)
-    server = VerdictServer(link, inspector, journal, repeat_s=args.repeat,
-                           abort_grace_s=args.abort_grace,
-                           inspect_timeout_s=args.inspect_timeout)
-    log.info("serving verdicts on %s at %d baud with the %s inspector", url, baud,
-             args.inspector)
     try:
+        link = Link(url, baud, name="line controller port", reopen_s=args.reopen,
+                    opener=opener)
+        server = VerdictServer(link, inspector, journal, repeat_s=args.repeat,
+                               abort_grace_s=args.abort_grace,
+                               inspect_timeout_s=args.inspect_timeout)
+        log.info("serving verdicts on %s at %d baud with the %s inspector", url, baud,
+                 args.inspector)
         server.run(stop)
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
         close()
+        journal.close()
     return 0
 
 

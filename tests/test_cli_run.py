@@ -90,3 +90,13 @@ def test_sigterm_leaves_every_led_dark(tmp_path):
     last = levels(trace.read_text())
     assert last and all(v == 0 for v in last.values()), last
     assert "Traceback" not in err
+
+
+def test_serve_with_a_real_head_missing_its_parts_stops_before_opening_the_link(tmp_path):
+    head = real_head_toml(tmp_path)
+    out = subprocess.run(CLI + ["serve", "--head", str(head), "--journal",
+                                str(tmp_path / "j.jsonl")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "cannot start the head" in out.stderr and "camera: /dev/video9" in out.stderr
+    assert "line controller port" not in out.stdout

@@ -8,8 +8,8 @@ from edge.sim import OpticsRenderer
 from edge.sim.recorder import record_sample
 from edge.sim.sample import arc
 from edge.truth import GlassObject, Sample
-from export.calibration_data import calibration_batches
 from export.parity import boxes_agree, compare
+from export.quantization_data import quantization_batches
 from tests.conftest import SHIPPED_MODEL
 
 pytest.importorskip("onnxruntime")
@@ -25,19 +25,19 @@ def recorded(tmp_path_factory, small_cfg):
     return record_sample(small_cfg, OpticsRenderer(small_cfg), sample, root, progress=False)
 
 
-def test_calibration_batches_use_the_runtime_tiling(recorded, small_cfg):
-    batches = calibration_batches([recorded], small_cfg, batch=2, limit=4)
+def test_quantization_batches_use_the_runtime_tiling(recorded, small_cfg):
+    batches = quantization_batches([recorded], small_cfg, batch=2, limit=4)
     assert [b.shape for b in batches] == [(2, 24, 512, 512)]
     assert batches[0].dtype == np.float32 and batches[0].min() >= 0 and batches[0].max() <= 1
     with pytest.raises(ValueError, match="at least one batch of 8"):
-        calibration_batches([recorded], small_cfg, batch=8, limit=4)
+        quantization_batches([recorded], small_cfg, batch=8, limit=4)
 
 
 def test_qdq_model_is_explicitly_quantized_and_agrees(tmp_path, recorded, small_cfg):
     from edge.recording import open_sample
     from export.quantize import quantize_qdq
 
-    batches = calibration_batches([recorded], small_cfg, batch=1, limit=2)
+    batches = quantization_batches([recorded], small_cfg, batch=1, limit=2)
     out = quantize_qdq(SHIPPED_MODEL, tmp_path / "m.qdq.onnx", batches, method="minmax")
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

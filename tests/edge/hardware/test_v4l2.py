@@ -13,10 +13,11 @@ from collections import deque
 import numpy as np
 import pytest
 
-from edge.hardware import v4l2
+from edge.hardware import v4l2_device
 from edge.hardware.bayer_unpack import EIGHT_BIT, FORMATS, formats_for, unpack
 from edge.hardware.camera import CameraError, CameraTimeout, FrameError
-from edge.hardware.v4l2 import Caps, Control, PixFormat, V4L2Camera, negotiate, probe
+from edge.hardware.v4l2 import V4L2Camera, negotiate
+from edge.hardware.v4l2_device import Caps, Control, PixFormat, probe
 
 DEV = "/dev/video7"
 W, H = 8, 4
@@ -151,12 +152,12 @@ TEGRA_EXPOSURE, TEGRA_GAIN = 0x009A200A, 0x009A2009
 TEGRA_CONTROLS = [Control(TEGRA_GAIN, "gain", 16, 170, 16),
                   Control(TEGRA_EXPOSURE, "exposure", 13, 683709, 2495),
                   Control(0x009A2064, "bypass_mode", 0, 1, 0)]
-MV_CONTROLS = [Control(v4l2.CID_EXPOSURE_AUTO, "auto_exposure", 0, 3, 3),
-               Control(v4l2.CID_EXPOSURE_ABSOLUTE, "exposure_absolute", 1, 10000, 100),
-               Control(v4l2.CID_GAIN, "gain", 0, 480, 0),
-               Control(v4l2.CID_EXPOSURE, "exposure", 0, 5000, 100),  # lines: never used
+MV_CONTROLS = [Control(v4l2_device.CID_EXPOSURE_AUTO, "auto_exposure", 0, 3, 3),
+               Control(v4l2_device.CID_EXPOSURE_ABSOLUTE, "exposure_absolute", 1, 10000, 100),
+               Control(v4l2_device.CID_GAIN, "gain", 0, 480, 0),
+               Control(v4l2_device.CID_EXPOSURE, "exposure", 0, 5000, 100),  # lines: never used
                Control(0x0098F001, "trigger_mode", 0, 1, 0)]
-CAPTURE = v4l2.CAP_CAPTURE | v4l2.CAP_STREAMING
+CAPTURE = v4l2_device.CAP_CAPTURE | v4l2_device.CAP_STREAMING
 
 
 class FakeDriver:
@@ -291,10 +292,10 @@ def test_head_file_mistakes_are_named(bits, fourcc, match):
 def test_machine_vision_camera_controls():
     fake = FakeDriver()
     cam = camera(fake)
-    assert fake.values == {v4l2.CID_EXPOSURE_AUTO: 1, 0x0098F001: 1}  # manual, external
+    assert fake.values == {v4l2_device.CID_EXPOSURE_AUTO: 1, 0x0098F001: 1}  # manual, external
     cam.configure(20.0)
-    assert fake.values[v4l2.CID_EXPOSURE_ABSOLUTE] == 200  # 100 us units
-    assert fake.values[v4l2.CID_GAIN] == 0 and v4l2.CID_EXPOSURE not in fake.values
+    assert fake.values[v4l2_device.CID_EXPOSURE_ABSOLUTE] == 200  # 100 us units
+    assert fake.values[v4l2_device.CID_GAIN] == 0 and v4l2_device.CID_EXPOSURE not in fake.values
     with pytest.raises(CameraError, match="gain 2 asked, but the units of its gain control"):
         cam.configure(20.0, gain=2.0)
     with pytest.raises(CameraError, match=f"{DEV}: exposure 2000 ms is outside the sensor's "
@@ -362,7 +363,7 @@ def test_arm_drops_a_stale_frame(streaming):
 
 
 @pytest.mark.parametrize("flags, used, match", [
-    (v4l2.BUF_FLAG_ERROR, None, "the driver marked it corrupt"),
+    (v4l2_device.BUF_FLAG_ERROR, None, "the driver marked it corrupt"),
     (0, 100, "100 bytes delivered, a whole frame is 208"),
 ])
 def test_bad_buffers_are_frame_errors(streaming, flags, used, match):
@@ -451,16 +452,18 @@ def test_probe_permission_names_the_group():
 @pytest.mark.skipif(ctypes.sizeof(ctypes.c_void_p) != 8, reason="struct layouts of 64-bit Linux")
 def test_ioctl_numbers_match_the_kernel_headers():
     # values of <linux/videodev2.h> on 64-bit Linux: they encode each struct's size
-    assert (v4l2.QUERYCAP, v4l2.ENUM_FMT, v4l2.S_FMT) == (0x80685600, 0xC0405602, 0xC0D05605)
-    assert (v4l2.REQBUFS, v4l2.QUERYBUF, v4l2.QBUF, v4l2.DQBUF) == (
+    assert (v4l2_device.QUERYCAP, v4l2_device.ENUM_FMT, v4l2_device.S_FMT) == (
+        0x80685600, 0xC0405602, 0xC0D05605)
+    assert (v4l2_device.REQBUFS, v4l2_device.QUERYBUF, v4l2_device.QBUF, v4l2_device.DQBUF) == (
         0xC0145608, 0xC0585609, 0xC058560F, 0xC0585611)
-    assert (v4l2.STREAMON, v4l2.STREAMOFF) == (0x40045612, 0x40045613)
-    assert (v4l2.S_EXT_CTRLS, v4l2.ENUM_FRAMESIZES, v4l2.QUERY_EXT_CTRL) == (
+    assert (v4l2_device.STREAMON, v4l2_device.STREAMOFF) == (0x40045612, 0x40045613)
+    assert (v4l2_device.S_EXT_CTRLS, v4l2_device.ENUM_FRAMESIZES, v4l2_device.QUERY_EXT_CTRL) == (
         0xC0205648, 0xC02C564A, 0xC0E85667)
-    assert ctypes.sizeof(v4l2._ExtCtrl) == 20
-    assert v4l2._Buffer.offset.offset == 64 and v4l2._Buffer.length.offset == 72
-    assert v4l2.fourcc("pRAA") == 0x41415270 and v4l2.fourcc_text(0x30314142) == "BA10"
-    assert v4l2.control_name("Exposure Time, Absolute") == "exposure_time_absolute"
+    assert ctypes.sizeof(v4l2_device._ExtCtrl) == 20
+    assert v4l2_device._Buffer.offset.offset == 64 and v4l2_device._Buffer.length.offset == 72
+    assert v4l2_device.fourcc("pRAA") == 0x41415270
+    assert v4l2_device.fourcc_text(0x30314142) == "BA10"
+    assert v4l2_device.control_name("Exposure Time, Absolute") == "exposure_time_absolute"
 
 
 class IoctlDriver:
@@ -475,45 +478,45 @@ class IoctlDriver:
                       (0x0098F001, b"Trigger Mode", 0, 1)]
 
     def __call__(self, fd, request, arg):
-        if request == v4l2.QUERYCAP:
+        if request == v4l2_device.QUERYCAP:
             arg.driver, arg.card = b"tegra-video", b"vi-output, imx477 9-001a"
-            arg.capabilities = v4l2.CAP_DEVICE_CAPS | CAPTURE | 0x00200000
+            arg.capabilities = v4l2_device.CAP_DEVICE_CAPS | CAPTURE | 0x00200000
             arg.device_caps = CAPTURE
-        elif request == v4l2.ENUM_FMT:
+        elif request == v4l2_device.ENUM_FMT:
             offered = ["RG10", "BA12"]
             if arg.index >= len(offered):
                 raise OSError(errno.EINVAL, "Invalid argument")
-            arg.pixelformat, arg.description = v4l2.fourcc(offered[arg.index]), b"Bayer"
-        elif request == v4l2.S_FMT:
+            arg.pixelformat, arg.description = v4l2_device.fourcc(offered[arg.index]), b"Bayer"
+        elif request == v4l2_device.S_FMT:
             p = arg.fmt.pix
             p.bytesperline = -(-2 * p.width // 64) * 64
             p.sizeimage = p.bytesperline * p.height
             self.size = p.sizeimage
-        elif request == v4l2.QUERY_EXT_CTRL:
-            after = sorted(c for c in self.ctrls if c[0] > arg.id & ~v4l2.CTRL_NEXT)
+        elif request == v4l2_device.QUERY_EXT_CTRL:
+            after = sorted(c for c in self.ctrls if c[0] > arg.id & ~v4l2_device.CTRL_NEXT)
             if not after:
                 raise OSError(errno.EINVAL, "Invalid argument")
             arg.id, arg.name, arg.minimum, arg.maximum = after[0]
             arg.type = 5  # INTEGER64
-        elif request == v4l2.ENUM_FRAMESIZES:
+        elif request == v4l2_device.ENUM_FRAMESIZES:
             if arg.index > 0:
                 raise OSError(errno.EINVAL, "Invalid argument")
             arg.type, arg.v[0], arg.v[1] = 1, 3504, 3120  # discrete
-        elif request == v4l2.S_EXT_CTRLS:
+        elif request == v4l2_device.S_EXT_CTRLS:
             one = arg.controls[0]
             self.set[one.id] = one.value64
-        elif request == v4l2.REQBUFS:
+        elif request == v4l2_device.REQBUFS:
             self.count = arg.count
             self.node.truncate(max(1, arg.count) * self.PAGE)
-        elif request == v4l2.QUERYBUF:
+        elif request == v4l2_device.QUERYBUF:
             arg.offset, arg.length = arg.index * self.PAGE, self.size
-        elif request == v4l2.QBUF:
+        elif request == v4l2_device.QBUF:
             self.queued.append(arg.index)
-        elif request == v4l2.DQBUF:
+        elif request == v4l2_device.DQBUF:
             if not self.done:
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
             arg.index, arg.bytesused = self.done.popleft(), self.size
-        elif request not in (v4l2.STREAMON, v4l2.STREAMOFF):
+        elif request not in (v4l2_device.STREAMON, v4l2_device.STREAMOFF):
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
 
     def expose(self, data: bytes):
@@ -528,8 +531,8 @@ def test_the_ioctl_layer_end_to_end(tmp_path, monkeypatch):
     path = tmp_path / "video0"
     with open(path, "w+b") as node:
         driver = IoctlDriver(node)
-        monkeypatch.setattr(v4l2.fcntl, "ioctl", driver)
-        cam = V4L2Camera(str(path), W, H, 12, "GRBG", opener=v4l2.V4L2Device, gain_scale=16)
+        monkeypatch.setattr(v4l2_device.fcntl, "ioctl", driver)
+        cam = V4L2Camera(str(path), W, H, 12, "GRBG", opener=v4l2_device.V4L2Device, gain_scale=16)
         try:
             assert cam.format == PixFormat(W, H, "BA12", 64, 256) and cam.alignment == "msb"
             assert driver.set == {0x0098F001: 1}  # external trigger
@@ -555,9 +558,9 @@ def test_a_real_device_answers():
         if problem is not None:
             assert path in problem
             continue
-        dev = v4l2.V4L2Device(path)
+        dev = v4l2_device.V4L2Device(path)
         try:
-            assert dev.caps().capabilities & v4l2.CAP_CAPTURE
+            assert dev.caps().capabilities & v4l2_device.CAP_CAPTURE
             assert all(len(code) == 4 for code, _ in dev.formats())
             assert all(isinstance(c, Control) for c in dev.controls())
         finally:

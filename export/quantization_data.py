@@ -1,4 +1,6 @@
-"""Tiles for INT8 calibration, cut from recorded samples exactly as the runtime cuts them.
+"""Tiles for INT8 quantization (TensorRT calls it calibration), cut from recorded samples exactly
+as the runtime cuts them. Not to be confused with the head's calibration file (dark and flat
+fields), which these tiles are corrected with, as on the head.
 
 The same tiling (``pipeline.tile_size`` / ``tile_overlap``), the same fused correction and
 space-to-depth (with the head's calibration file when there is one), in the same dtype: the
@@ -35,7 +37,7 @@ def calibration_tiles(samples: Sequence[str | Path], cfg: HeadConfig,
                         return
 
 
-def calibration_batches(samples: Sequence[str | Path], cfg: HeadConfig, batch: int,
+def quantization_batches(samples: Sequence[str | Path], cfg: HeadConfig, batch: int,
                         calibration: Calibration | None = None,
                         limit: int = 64) -> list[np.ndarray]:
     """The calibration tiles grouped into full batches ``(batch, 24, t, t)``."""
