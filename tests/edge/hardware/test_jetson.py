@@ -10,20 +10,22 @@ import pytest
 from gpiozero import DigitalOutputDevice
 from gpiozero.exc import PinInvalidFunction, PinInvalidPin
 
-from edge.hardware import jetson
+from edge.hardware import jetson, jetson_pinmux
 from edge.hardware.jetson import (
     AGX_ORIN,
     AON,
     MAIN,
     ORIN_NX_NANO,
-    PADS,
-    STOCK_GPIO_PINS,
     GpioPermissionError,
     JetsonFactory,
     NoGpioChips,
+    detect_board,
+)
+from edge.hardware.jetson_pinmux import (
+    PADS,
+    STOCK_GPIO_PINS,
     PadState,
     PinmuxWarning,
-    detect_board,
     read_padctl,
     stock_gpio_pins,
 )
@@ -230,6 +232,15 @@ def test_module_imports_without_gpiod_and_the_factory_names_the_packages():
     assert "python3-libgpiod" in out.stdout
 
 
+def test_the_pinmux_module_stands_alone_without_gpiod_or_the_factory():
+    code = ("import sys; sys.modules['gpiod'] = None\n"
+            "import edge.hardware.jetson_pinmux\n"
+            "print('edge.hardware.jetson' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_an_unknown_gpiod_module_is_refused_with_the_packages_that_work():
     old_pypi_gpiod = SimpleNamespace(__name__="gpiod", __version__="1.5.4", chip=object,
                                      line_request=object)
@@ -426,11 +437,27 @@ def test_padctl_registers_are_read_from_their_physical_address(tmp_path):
     assert PadState(GPIO_INPUT).gpio and PadState(GPIO_INPUT).tristate
 
 
+def test_gpio_problem_answers_in_words_per_function_and_raises_when_unreadable(tmp_path):
+    mem = fake_mem(tmp_path, pads("p3767", {29: GPIO_BIDI, 31: GPIO_INPUT, 37: SFIO}))
+    ask = dict(mem_path=mem, model="Jetson Orin NX / Orin Nano")
+    for function in ("input", "output"):
+        assert jetson_pinmux.gpio_problem("p3767", 29, function, port="PQ.05", **ask) is None
+    assert jetson_pinmux.gpio_problem("p3767", 31, "input", port="PQ.06", **ask) is None
+    assert "output driver is off" in jetson_pinmux.gpio_problem("p3767", 31, "output",
+                                                                port="PQ.06", **ask)
+    text = jetson_pinmux.gpio_problem("p3767", 37, "input", port="PY.02", **ask)
+    assert text.startswith("header pin 37 (PY.02, pad spi3_mosi_py2, PADCTL 0x0243d048 = ")
+    assert "'spi3', not GPIO" in text and "Orin NX / Orin Nano devkit are [7, 15" in text
+    with pytest.raises(jetson_pinmux.PadctlUnreadable, match=r"pad soc_gpio32_pq5 .*missing"):
+        jetson_pinmux.gpio_problem("p3767", 29, "output", str(tmp_path / "missing"),
+                                   port="PQ.05", model="m")
+
+
 # -- the stock pinmux ----------------------------------------------------------------------------
 def test_the_stock_gpio_pins_are_the_documented_ones():
     assert STOCK_GPIO_PINS == {"p3767": (7, 15, 29, 31, 32, 33), "p3701": (15, 16, 18, 22, 32)}
     assert stock_gpio_pins("p3767") == (7, 15, 29, 31, 32, 33)
-    doc = " ".join(jetson.__doc__.split())
+    doc = " ".join(jetson_pinmux.__doc__.split())
     assert "6 pins on the Orin NX / Nano" in doc and "5 on the AGX Orin" in doc
     with pytest.raises(PinInvalidPin):
         stock_gpio_pins("p3450")
