@@ -241,8 +241,10 @@ class Head:
                     self.ring.on(state)
                     time.sleep(led_settle_s)
                     self.camera.arm()
-                    self.ring.pulse_trigger()
+                    # stamped before the pulse: a thread pre-empted after it must not date the
+                    # frame late (the next frame cannot start before this one was grabbed)
                     stamps.append(time.time())
+                    self.ring.pulse_trigger()
                     time.sleep(exposure_s)
                     self.ring.off()
                     frame = self.camera.grab(timeout_s)
