@@ -3,29 +3,49 @@
 Two ways to set precision, chosen by what the installed TensorRT offers (or forced):
 
 * **weakly typed** (TensorRT 10.x): builder flags ``FP16`` / ``INT8``; INT8 scales come from an
-  ``IInt8EntropyCalibrator2`` fed with calibration batches, its table kept in a cache file so a
-  rebuild does not calibrate again;
+  ``IInt8EntropyCalibrator2`` fed with calibration batches, its table kept beside the engine in
+  ``<engine>.<key>.calib``, the key a hash of the ONNX model, the calibration batches and the
+  TensorRT version: a rebuild of the same model on the same data does not calibrate again, a
+  retrained model or other data does (and the stale tables are removed);
 * **strongly typed** (10.12+, the only way on 11, where the flags and calibrators are gone): the
-  network is created with ``STRONGLY_TYPED`` and takes every type from the ONNX file, so FP16
-  means an ONNX converted to float16 inside (float32 at its input and output) and INT8 means an
-  ONNX with explicit Q/DQ scales (:mod:`export.quantize`).
+  network takes every type from the ONNX file, so FP16 means an ONNX converted to float16 inside
+  (float32 at its input and output) and INT8 means an ONNX with explicit Q/DQ scales
+  (:mod:`export.quantize`). Both conversions need the ``onnx`` and ``onnxruntime`` packages. On
+  10.x the network is created with ``STRONGLY_TYPED``; on 11 every network is strongly typed and
+  that flag is deprecated (ignored), so it is not passed.
 
-Either way: one optimization profile over the configured batch sizes at the tile size (min =
-smallest, opt = max = largest), a workspace limit, and a timing cache file reused across builds
-(it holds the kernel timings; reusing it makes a rebuild take seconds). The engine gets a
-sidecar (:mod:`edge.engine.sidecar`) and is kept in an engine cache keyed by model hash, TensorRT
-version, device, precision, tile and batch sizes, so asking again for the same engine copies it
-instead of building.
+FP32 means FP32: TensorRT enables TF32 for float32 convolutions by default on Ampere and later
+(the Orin's GPU), which rounds their inputs to 10 mantissa bits; an fp32 build clears the flag.
+
+Either way: one optimization profile at the tile size from batch 1 (the last batch of a RoI is
+whatever is left over) to the largest configured batch (opt = max = largest), a workspace
+limit, and a timing cache file reused across builds (it holds the kernel timings; reusing it
+makes a rebuild take seconds). A timing cache holds timings of one GPU and TensorRT version;
+one that TensorRT refuses (made elsewhere, or damaged) is reported, the build starts with a
+fresh one, and the file is overwritten with this device's timings after a successful build. So
+give each device and TensorRT version its own file (the default, ``timing.cache`` in the working
+folder, is per machine).
+
+The engine gets a sidecar (:mod:`edge.engine.sidecar`) and is kept in an engine cache keyed by
+model hash, TensorRT version, device, precision, strong or weak typing, tile and batch sizes, for
+INT8 the hash of the calibration batches, and the format of this build (:data:`CACHE_FORMAT`),
+so asking again for the same engine copies it instead of building.
 
 Everything that talks to TensorRT is in the functions taking ``trt``; the rest (keys, paths,
-choice of mode) is plain Python and tested without a GPU.
+choice of mode and flags) is plain Python and tested with a fake ``tensorrt``.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import importlib
+import logging
+import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,9 +57,19 @@ from edge.engine.sidecar import PRECISIONS, Sidecar, SidecarError
 from edge.engine.tensorrt import device_name, import_pycuda, import_tensorrt
 from edge.hashing import sha256_file
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CACHE = Path.home() / ".cache" / "glass-inspect" / "engines"
 INPUT = "frames"
 OUTPUT = "scores"
+# Part of every engine cache key: raise it when the build changes what it makes of the same
+# inputs, so engines built before are not served from the cache. 2: the profile starts at batch
+# 1, fp32 without TF32, typing and INT8 calibration data in the key.
+CACHE_FORMAT = 2
+# From this TensorRT on, every network is strongly typed and NetworkDefinitionCreationFlag.
+# STRONGLY_TYPED is deprecated and ignored (TensorRT 11.0 Python API reference).
+STRONG_BY_DEFAULT = (11, 0)
+JETSON_EXTRA = "pip install 'glass-inspect[jetson]' (or: pip install onnx onnxruntime)"
 
 
 class BuildError(RuntimeError):
@@ -58,20 +88,63 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
+def _version(text: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as ``10.3.0.30``."""
+    major, minor = ([int(n) for n in re.findall(r"\d+", text)] + [0, 0])[:2]
+    return major, minor
+
+
+def batches_sha256(batches: Sequence[np.ndarray]) -> str:
+    """SHA-256 of the calibration batches as the calibrator sees them (float32, in order)."""
+    h = hashlib.sha256()
+    for b in batches:
+        a = np.ascontiguousarray(b, np.float32)
+        h.update(repr(a.shape).encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
 def cache_key(onnx_sha256: str, tensorrt_version: str, device: str, precision: str, tile: int,
-              batch_sizes: Sequence[int]) -> str:
+              batch_sizes: Sequence[int], strongly_typed: bool = False,
+              calibration_sha256: str = "") -> str:
+    """The engine cache's name for an engine. ``calibration_sha256`` (:func:`batches_sha256`)
+    counts for INT8 only: FP32 and FP16 builds do not read calibration data."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     batches = "-".join(str(b) for b in sorted(set(batch_sizes)))
-    return (f"{onnx_sha256[:16]}_trt{_slug(tensorrt_version)}_{_slug(device)}_{precision}"
-            f"_t{tile}_b{batches}")
+    typing_ = "strong" if strongly_typed else "weak"
+    data = f"_q{calibration_sha256[:16]}" if precision == "int8" and calibration_sha256 else ""
+    return (f"{onnx_sha256[:16]}_trt{_slug(tensorrt_version)}_{_slug(device)}_{precision}-"
+            f"{typing_}_t{tile}_b{batches}{data}_k{CACHE_FORMAT}")
+
+
+def calibration_key(onnx_sha256: str, calibration_sha256: str, tensorrt_version: str) -> str:
+    """What an INT8 calibration table depends on: the model, the data, the TensorRT version."""
+    text = f"{onnx_sha256}|{calibration_sha256}|{tensorrt_version}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def calibration_table_path(out: Path, key: str) -> Path:
+    """``<engine>.<key>.calib`` beside the engine."""
+    return out.with_name(f"{out.name}.{key[:16]}.calib")
+
+
+def _remove_stale_calibration_tables(out: Path, keep: Path) -> None:
+    stale = [*out.parent.glob(glob.escape(out.name) + ".*.calib"),
+             out.with_name(out.name + ".calib")]  # the unkeyed name of earlier versions
+    for p in stale:
+        if p != keep and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def profile_shapes(batch_sizes: Sequence[int], tile: int) -> tuple[tuple, tuple, tuple]:
+    """(min, opt, max) input shapes: any batch from 1 to the largest configured, tuned for the
+    largest. The pipeline cuts a RoI's tiles into batches of one configured size, so its last
+    batch is whatever is left: 1 up to that size."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be positive, got {list(batch_sizes)}")
-    lo, hi = min(batch_sizes), max(batch_sizes)
-    return (lo, 24, tile, tile), (hi, 24, tile, tile), (hi, 24, tile, tile)
+    hi = max(batch_sizes)
+    return (1, 24, tile, tile), (hi, 24, tile, tile), (hi, 24, tile, tile)
 
 
 def has_weak_typing(trt) -> bool:
@@ -92,21 +165,54 @@ def choose_strong(trt, strongly_typed: bool | None) -> bool:
 
 
 def network_flags(trt, strong: bool) -> int:
-    # explicit batch is the only mode since TensorRT 10 (its flag is gone in 11): nothing to set
-    return (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if strong else 0
+    """``create_network`` flags. Explicit batch is the only mode since TensorRT 10 (its flag is
+    gone in 11): nothing to set. ``STRONGLY_TYPED`` where the network is not strongly typed by
+    default (10.x); not on 11, where every network is and the flag is deprecated."""
+    if not strong or _version(trt.__version__) >= STRONG_BY_DEFAULT:
+        return 0
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    if flag is None:
+        raise BuildError(f"TensorRT {trt.__version__} has no strongly typed networks (no "
+                         "NetworkDefinitionCreationFlag.STRONGLY_TYPED); build weakly typed "
+                         "(--weakly-typed) or use a newer TensorRT")
+    return 1 << int(flag)
+
+
+def _import_for_strong(module: str, precision: str):
+    """A module a strongly typed FP16/INT8 build needs to rewrite the ONNX model first."""
+    what = {"fp16": "converts the ONNX model to float16 inside (onnxruntime's converter)",
+            "int8": "quantizes the ONNX model with explicit Q/DQ (onnxruntime's quantizer)"}
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BuildError(f"a strongly typed {precision.upper()} build {what[precision]}, which "
+                         f"needs the onnx and onnxruntime packages; importing {module} failed "
+                         f"({exc}): {JETSON_EXTRA}") from None
+
+
+def _require_strong_tools(precision: str) -> None:
+    """Fail before any GPU work when a strongly typed build cannot rewrite its ONNX model."""
+    if precision == "fp16":
+        _import_for_strong("onnx", precision)
+        _import_for_strong("onnxruntime.transformers.float16", precision)
+    elif precision == "int8":
+        _import_for_strong("onnx", precision)
+        _import_for_strong("onnxruntime.quantization", precision)
 
 
 def _fp16_onnx(onnx_path: Path, out: Path) -> Path:
-    import onnx
-
-    try:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-    except ImportError:
-        raise BuildError("a strongly typed FP16 build converts the ONNX model to float16 with "
-                         "onnxruntime's converter: pip install onnxruntime") from None
+    onnx = _import_for_strong("onnx", "fp16")
+    float16 = _import_for_strong("onnxruntime.transformers.float16", "fp16")
     model = onnx.load(str(onnx_path))
-    onnx.save(convert_float_to_float16(model, keep_io_types=True), str(out))
+    onnx.save(float16.convert_float_to_float16(model, keep_io_types=True), str(out))
     return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _make_calibrator(trt, cuda, batches: Sequence[np.ndarray], cache_file: Path):
@@ -133,14 +239,38 @@ def _make_calibrator(trt, cuda, batches: Sequence[np.ndarray], cache_file: Path)
             return cache_file.read_bytes() if cache_file.is_file() else None
 
         def write_calibration_cache(self, cache):
-            cache_file.write_bytes(bytes(cache))
+            _atomic_write(cache_file, bytes(cache))
 
     return EntropyCalibrator()
 
 
+def _attach_timing_cache(trt, config, path: Path | None, device: str) -> None:
+    """Give the build the timings in ``path``, or a fresh cache when TensorRT refuses them."""
+    data = b""
+    if path is not None and path.is_file():
+        data = path.read_bytes()
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            why = "it was made by another TensorRT version or GPU"
+        except Exception as exc:  # TensorRT raises its own kinds on a blob it cannot parse
+            cache, why = None, f"it cannot be read: {exc}"
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        log.warning("TensorRT %s on %s refused the timing cache %s (%s). This build starts "
+                    "with a fresh timing cache, so it times every kernel again (minutes), and "
+                    "%s is then overwritten with this device's timings. Keep one timing cache "
+                    "file per device and TensorRT version.",
+                    trt.__version__, device, path, why, path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        log.warning("TensorRT %s refused an empty timing cache; building without one",
+                    trt.__version__)
+
+
 def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes: Sequence[int],
            tile: int, workspace_mb: int, timing_cache: Path | None,
-           batches: Sequence[np.ndarray] | None, calib_cache: Path | None) -> bytes:
+           batches: Sequence[np.ndarray] | None, calib_cache: Path | None,
+           device: str = "") -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, strong))
@@ -154,26 +284,26 @@ def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes
     lo, opt, hi = profile_shapes(batch_sizes, tile)
     profile.set_shape(INPUT, lo, opt, hi)
     config.add_optimization_profile(profile)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: float32 convolutions in TF32
     if not strong:
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without INT8 fall back to FP16
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            if batches is None:
+            if batches is None or calib_cache is None:
                 raise BuildError("an INT8 build needs calibration samples")
             config.int8_calibrator = _make_calibrator(trt, cuda, batches, calib_cache)
             config.set_calibration_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _attach_timing_cache(trt, config, timing_cache, device)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BuildError(f"TensorRT could not build a {precision} engine from {onnx_path.name} "
                          "(see its log above)")
     if timing_cache is not None:
-        tmp = timing_cache.with_name(timing_cache.name + ".partial")
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        tmp.replace(timing_cache)
+        cache = config.get_timing_cache()
+        if cache is not None:
+            _atomic_write(timing_cache, bytes(cache.serialize()))
     return bytes(plan)
 
 
@@ -184,20 +314,23 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
                  strongly_typed: bool | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
                  ) -> BuildResult:
     """Build (or fetch from the engine cache) the engine of ``onnx_path``; write it to ``out``."""
-    import time
-
     if precision not in PRECISIONS:
         raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "int8" and not quantization_batches:
         raise BuildError("an INT8 engine needs calibration samples (recorded samples, through "
                          "the runtime's preprocessing)")
+    if precision == "int8" and not isinstance(quantization_batches, Sequence):
+        quantization_batches = list(quantization_batches)  # hashed, then read by the build
     t0 = time.perf_counter()
     trt = import_tensorrt()
     cuda = import_pycuda()
     onnx_path, out = Path(onnx_path), Path(out)
     onnx_sha = sha256_file(onnx_path)
     device, cc = device_name(cuda)
-    key = cache_key(onnx_sha, trt.__version__, device, precision, tile, batch_sizes)
+    strong = choose_strong(trt, strongly_typed)
+    data_sha = batches_sha256(quantization_batches) if precision == "int8" else ""
+    key = cache_key(onnx_sha, trt.__version__, device, precision, tile, batch_sizes,
+                    strongly_typed=strong, calibration_sha256=data_sha)
     cached = Path(cache_dir) / f"{key}.engine" if cache_dir else None
     if cached is not None and cached.is_file():
         try:
@@ -207,7 +340,13 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
             return BuildResult(out, sc, True, time.perf_counter() - t0)
         except SidecarError:
             pass  # a damaged cache entry: build again and replace it
-    strong = choose_strong(trt, strongly_typed)
+    if strong:
+        _require_strong_tools(precision)
+    calib_cache = None
+    if precision == "int8" and not strong:
+        calib_cache = calibration_table_path(
+            out, calibration_key(onnx_sha, data_sha, trt.__version__))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the calibrator writes its table there
     ctx = cuda.Device(0).retain_primary_context()
     ctx.push()
     try:
@@ -219,16 +358,12 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
                 from export.quantize import quantize_qdq
 
                 source = quantize_qdq(onnx_path, Path(tmp) / "qdq.onnx", quantization_batches)
-            calib_cache = out.with_name(out.name + ".calib") if precision == "int8" else None
             plan = _build(trt, cuda, source, precision, strong, batch_sizes, tile, workspace_mb,
                           Path(timing_cache) if timing_cache else None, quantization_batches,
-                          calib_cache)
+                          calib_cache, device)
     finally:
         cuda.Context.pop()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(plan)
-    partial.replace(out)
+    _atomic_write(out, plan)
     sc = Sidecar(engine_sha256=sha256_file(out), onnx_sha256=onnx_sha, onnx_name=onnx_path.name,
                  tensorrt_version=trt.__version__, device=device, compute_capability=cc,
                  precision=precision, strongly_typed=strong, input_name=INPUT,
@@ -236,6 +371,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
                  batch_sizes=tuple(sorted(set(batch_sizes))),
                  built_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     sc.write(out)
+    if calib_cache is not None:
+        _remove_stale_calibration_tables(out, calib_cache)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         _copy_with_sidecar(out, cached)

@@ -2,10 +2,16 @@
 
 * The sidecar (:mod:`edge.engine.sidecar`) is checked before the plan is deserialized: the
   file's hash, the TensorRT version, the GPU and, when the head names one, the model.
-* Buffers are allocated once, for the largest batch of the sidecar's profile at its tile size:
-  two sets of page-locked host and device buffers and one CUDA stream. In ``infer_stream`` batch
-  n+1 is copied in and enqueued while batch n is still computing, and batch n's scores are handed
-  to the caller (to be stitched) while n+1 runs, so the copies hide behind the network.
+* Any batch from 1 to ``max_batch`` is taken (the pipeline's last batch of a RoI is whatever is
+  left). Engines are built with an optimization profile from batch 1; one built with a higher
+  minimum (before the profile started at 1) gets a shorter batch padded with zeros up to that
+  minimum, and only the batch's own scores come back.
+* Buffers are allocated once, for the largest batch at the sidecar's tile size: two sets of
+  page-locked host and device buffers, and one CUDA stream. On one stream the GPU does each
+  batch's copy in, network and copy out one after the other: the copies do not overlap the
+  network. What overlaps is the CPU with the GPU: in ``infer_stream`` batch n+1 is staged and
+  queued (copy in, run, copy out) before the engine waits for batch n, so while the GPU works on
+  n+1 the caller stitches batch n's scores and the next batch is prepared.
 * The CUDA context is the device's primary context, pushed around each call, so the engine can
   be used from the pipeline's worker thread.
 
@@ -29,9 +35,12 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError:
         raise EngineError(
-            "a TensorRT engine (.engine/.plan) needs the tensorrt Python module, which ships with "
-            "JetPack (apt install python3-libnvinfer) or NVIDIA's package index (pip install "
-            "tensorrt); on a machine without an NVIDIA GPU use the .onnx model with ONNX Runtime"
+            "a TensorRT engine (.engine/.plan) needs the tensorrt Python module. On a Jetson it "
+            "comes with JetPack, not from pip: the apt package python3-libnvinfer (part of "
+            "nvidia-jetpack) installs it for the system's python3, and a virtual environment "
+            "sees it only when created with --system-site-packages (python3 -m venv "
+            "--system-site-packages .venv). On an x86_64 machine with an NVIDIA GPU: pip install "
+            "tensorrt. On a machine without an NVIDIA GPU use the .onnx model with ONNX Runtime"
         ) from None
     return trt
 
@@ -42,7 +51,10 @@ def import_pycuda():
     except ImportError:
         raise EngineError(
             "the TensorRT engine needs pycuda for its buffers and stream: pip install "
-            "'glass-inspect[jetson]' (it builds against the CUDA toolkit of JetPack)"
+            "'glass-inspect[jetson]'. pip compiles pycuda against the CUDA toolkit, so nvcc and "
+            "the CUDA headers must be found first: on a Jetson, JetPack's toolkit (apt install "
+            "nvidia-jetpack) in /usr/local/cuda, with PATH=/usr/local/cuda/bin:$PATH (or "
+            "CUDA_ROOT=/usr/local/cuda), plus python3-dev and a C++ compiler"
         ) from None
     return cuda
 
@@ -110,14 +122,16 @@ class TensorRTEngine(Engine):
         out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(sc.output_name)))
         if out_dtype != np.float32:
             raise EngineError(f"{self.path.name} outputs {out_dtype}; the pipeline reads float32")
-        _, _, profile_max = engine.get_tensor_profile_shape(sc.input_name, 0)
+        profile_min, _, profile_max = engine.get_tensor_profile_shape(sc.input_name, 0)
         self.max_batch = min(int(profile_max[0]), max(max_batch, 1))
+        self._min_batch = max(int(profile_min[0]), 1)  # > 1: shorter batches are padded
         t = sc.tile
         self.input = TensorSpec(sc.input_name, in_dtype, (None, 24, t, t))
         self.output = TensorSpec(sc.output_name, out_dtype, (None, 1, t, t))
         self._context = engine.create_execution_context()
         self._stream = cuda.Stream()
-        n_in, n_out = self.max_batch * 24 * t * t, self.max_batch * t * t
+        rows = max(self.max_batch, self._min_batch)
+        n_in, n_out = rows * 24 * t * t, rows * t * t
         self._slots = [_Slot(cuda, n_in, in_dtype, n_out) for _ in range(2)]
 
     @property
@@ -129,23 +143,27 @@ class TensorRTEngine(Engine):
                 "tensorrt": sc.tensorrt_version}
 
     def _enqueue(self, slot: _Slot, batch: np.ndarray) -> tuple[int, ...]:
+        """Queue copy in, run and copy out of ``batch``; the shape of its own scores."""
         cuda, ctx = self._cuda, self._context
-        flat = slot.host_in[:batch.size]
-        flat[:] = batch.ravel()
+        n = batch.shape[0]
+        shape = (max(n, self._min_batch), *batch.shape[1:])
+        flat = slot.host_in[:int(np.prod(shape))]
+        flat[:batch.size] = batch.ravel()
+        flat[batch.size:] = 0  # padding up to the profile's smallest batch, if any
         cuda.memcpy_htod_async(slot.dev_in, flat, self._stream)
-        if not ctx.set_input_shape(self.input.name, batch.shape):
-            raise EngineError(f"TensorRT refused input shape {list(batch.shape)}; the engine's "
-                              f"profile allows batches up to {self.max_batch} of "
-                              f"24 x {self.sidecar.tile} x {self.sidecar.tile}")
+        if not ctx.set_input_shape(self.input.name, shape):
+            raise EngineError(f"TensorRT refused input shape {list(shape)}; the engine's "
+                              f"profile allows batches of {self._min_batch} to "
+                              f"{self.max_batch} of 24 x {self.sidecar.tile} x {self.sidecar.tile}")
         ctx.set_tensor_address(self.input.name, int(slot.dev_in))
         ctx.set_tensor_address(self.output.name, int(slot.dev_out))
         if not ctx.execute_async_v3(stream_handle=self._stream.handle):
-            raise EngineError(f"TensorRT failed to enqueue a batch of {list(batch.shape)}")
+            raise EngineError(f"TensorRT failed to enqueue a batch of {list(shape)}")
         out_shape = tuple(ctx.get_tensor_shape(self.output.name))
         count = int(np.prod(out_shape))
         cuda.memcpy_dtoh_async(slot.host_out[:count], slot.dev_out, self._stream)
         slot.done.record(self._stream)
-        return out_shape
+        return (n, *out_shape[1:])  # the padded rows' scores are not handed out
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         self._ctx.push()

@@ -14,13 +14,16 @@ TRT_11 = SimpleNamespace(__version__="11.0.0", BuilderFlag=SimpleNamespace(GPU_F
 
 
 def test_cache_key_changes_with_each_part():
-    base = ("a" * 64, "10.3.0", "Orin (nvgpu)", "fp16", 512, (1, 4))
+    base = ("a" * 64, "10.3.0", "Orin (nvgpu)", "int8", 512, (1, 4), False, "c" * 64)
     key = cache_key(*base)
-    assert key == "aaaaaaaaaaaaaaaa_trt10.3.0_orin-nvgpu_fp16_t512_b1-4"
-    for i, other in enumerate(("b" * 64, "10.4.0", "H100", "int8", 256, (1, 8))):
+    assert key == "aaaaaaaaaaaaaaaa_trt10.3.0_orin-nvgpu_int8-weak_t512_b1-4_qcccccccccccccccc_k2"
+    for i, other in enumerate(("b" * 64, "10.4.0", "H100", "fp16", 256, (1, 8), True, "d" * 64)):
         changed = list(base)
         changed[i] = other
         assert cache_key(*changed) != key
+    # FP32 and FP16 builds read no calibration data: it does not split their cache entries
+    fp16 = ("a" * 64, "10.3.0", "Orin", "fp16", 512, (1, 4))
+    assert cache_key(*fp16, calibration_sha256="c" * 64) == cache_key(*fp16)
     with pytest.raises(ValueError, match="precision"):
         cache_key("a" * 64, "10.3.0", "Orin", "int4", 512, (1,))
 

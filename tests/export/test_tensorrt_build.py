@@ -1,0 +1,238 @@
+"""The logic around a TensorRT build, with a fake ``tensorrt`` (tests/export/fake_trt.py): the
+flags and profile chosen, the engine cache key, the timing cache and INT8 calibration table files.
+"""
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from export.tensorrt import BuildError, build_engine, cache_key, network_flags, profile_shapes
+from tests.export.fake_trt import FakeTRT, install
+
+LOG = "export.tensorrt"
+
+
+@pytest.fixture
+def onnx_file(tmp_path):
+    p = tmp_path / "m.onnx"
+    p.write_bytes(b"model, first training")
+    return p
+
+
+def _batches(value: float, n: int = 2) -> list[np.ndarray]:
+    return [np.full((2, 24, 8, 8), value + i, np.float32) for i in range(n)]
+
+
+def _build(onnx_file, out, **kw):
+    kw.setdefault("cache_dir", None)
+    kw.setdefault("tile", 8)
+    return build_engine(onnx_file, out, **kw)
+
+
+# -- 7: the optimization profile ------------------------------------------------------------
+def test_profile_starts_at_batch_one_so_the_short_last_batch_of_a_roi_fits():
+    assert profile_shapes([4], 512) == ((1, 24, 512, 512), (4, 24, 512, 512), (4, 24, 512, 512))
+    assert profile_shapes([2, 8], 64)[0] == (1, 24, 64, 64)
+
+
+def test_build_sets_the_profile_from_one_to_the_largest_batch(monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    _build(onnx_file, tmp_path / "m.engine", precision="fp16", batch_sizes=(4,))
+    (profile,) = trt.config.profiles
+    lo, opt, hi = profile.shapes["frames"]
+    assert (lo[0], opt[0], hi[0]) == (1, 4, 4)
+
+
+# -- 3: fp32 means fp32, not TF32 -----------------------------------------------------------
+@pytest.mark.parametrize("version, strong", [("10.3.0", False), ("10.12.0", True),
+                                             ("11.1.0", None)])
+def test_fp32_engine_is_built_without_tf32(monkeypatch, tmp_path, onnx_file, version, strong):
+    trt = FakeTRT(version)
+    install(monkeypatch, trt)
+    _build(onnx_file, tmp_path / "m.engine", precision="fp32", strongly_typed=strong)
+    assert trt.BuilderFlag.TF32 not in trt.config.flags
+
+
+def test_fp16_engine_keeps_tensorrts_default_tf32(monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    _build(onnx_file, tmp_path / "m.engine", precision="fp16")
+    assert {trt.BuilderFlag.TF32, trt.BuilderFlag.FP16} <= trt.config.flags
+
+
+def test_fp32_build_where_tensorrt_has_no_tf32_flag(monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("10.3.0")
+    del trt.BuilderFlag.TF32
+    install(monkeypatch, trt)
+    r = _build(onnx_file, tmp_path / "m.engine", precision="fp32")
+    assert r.sidecar.precision == "fp32"
+
+
+# -- 8: STRONGLY_TYPED only where it still means something ----------------------------------
+@pytest.mark.parametrize("version, expected", [("10.3.0", 1 << 5), ("10.12.0", 1 << 5),
+                                               ("10.16.1", 1 << 5), ("11.0.0", 0),
+                                               ("11.1.0", 0), ("11.4.1", 0)])
+def test_strongly_typed_flag_is_passed_on_10x_only(version, expected):
+    trt = FakeTRT(version)
+    assert network_flags(trt, True) == expected
+    assert network_flags(trt, False) == 0
+
+
+def test_strongly_typed_build_on_tensorrt_without_the_flag_is_a_build_error():
+    trt = FakeTRT("10.3.0")
+    del trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    with pytest.raises(BuildError, match="strongly typed"):
+        network_flags(trt, True)
+
+
+def test_strongly_typed_build_on_11_creates_the_network_without_the_deprecated_flag(
+        monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("11.1.0")
+    install(monkeypatch, trt)
+    r = _build(onnx_file, tmp_path / "m.engine", precision="fp32")
+    assert r.sidecar.strongly_typed is True
+    assert [n.flags for n in trt.networks] == [0]
+
+
+# -- 2: the engine cache key ------------------------------------------------------------------
+def test_cache_key_separates_typing_and_calibration_data():
+    base = ("a" * 64, "10.12.0", "Orin", "int8", 512, (1, 4))
+    weak = cache_key(*base, strongly_typed=False, calibration_sha256="c" * 64)
+    assert weak != cache_key(*base, strongly_typed=True, calibration_sha256="c" * 64)
+    assert weak != cache_key(*base, strongly_typed=False, calibration_sha256="d" * 64)
+    assert weak == cache_key(*base, strongly_typed=False, calibration_sha256="c" * 64)
+
+
+def test_engine_cache_does_not_serve_a_weakly_typed_engine_for_a_strongly_typed_request(
+        monkeypatch, tmp_path, onnx_file):
+    install(monkeypatch, FakeTRT("10.12.0"))
+    kw = dict(precision="fp32", cache_dir=tmp_path / "cache")
+    weak = _build(onnx_file, tmp_path / "a.engine", strongly_typed=False, **kw)
+    strong = _build(onnx_file, tmp_path / "b.engine", strongly_typed=True, **kw)
+    again = _build(onnx_file, tmp_path / "c.engine", strongly_typed=True, **kw)
+    assert not weak.from_cache and not strong.from_cache and again.from_cache
+    assert strong.sidecar.strongly_typed and again.sidecar.strongly_typed
+
+
+def test_engine_cache_does_not_serve_an_int8_engine_calibrated_on_other_data(
+        monkeypatch, tmp_path, onnx_file):
+    install(monkeypatch, FakeTRT("10.3.0"))
+    kw = dict(precision="int8", cache_dir=tmp_path / "cache")
+    first = _build(onnx_file, tmp_path / "a.engine", quantization_batches=_batches(0.1), **kw)
+    other = _build(onnx_file, tmp_path / "b.engine", quantization_batches=_batches(0.5), **kw)
+    same = _build(onnx_file, tmp_path / "c.engine", quantization_batches=_batches(0.5), **kw)
+    assert (first.from_cache, other.from_cache, same.from_cache) == (False, False, True)
+
+
+# -- 2: the timing cache ----------------------------------------------------------------------
+def test_timing_cache_from_another_gpu_is_reported_and_replaced(monkeypatch, tmp_path, onnx_file,
+                                                                caplog):
+    trt = FakeTRT("10.3.0", device="Orin")
+    install(monkeypatch, trt)
+    tc = tmp_path / "timing.cache"
+    tc.write_bytes(b"timing:10.3.0:Xavier")
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        _build(onnx_file, tmp_path / "m.engine", precision="fp16", timing_cache=tc)
+    assert trt.config.timing_caches_offered == [b"timing:10.3.0:Xavier", b""]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert str(tc) in warning and "refused" in warning and "fresh" in warning
+    assert tc.read_bytes() == trt.timing_signature  # this GPU's timings replace the others'
+
+
+def test_unreadable_timing_cache_is_reported_and_replaced(monkeypatch, tmp_path, onnx_file,
+                                                          caplog):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    tc = tmp_path / "timing.cache"
+    tc.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        _build(onnx_file, tmp_path / "m.engine", precision="fp16", timing_cache=tc)
+    assert trt.config.timing_caches_offered == [b""]
+    assert any("timing cache" in r.getMessage() for r in caplog.records)
+    assert tc.read_bytes() == trt.timing_signature
+
+
+def test_matching_timing_cache_is_reused_quietly(monkeypatch, tmp_path, onnx_file, caplog):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    tc = tmp_path / "caches" / "timing.cache"  # its folder is created when it is first written
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        _build(onnx_file, tmp_path / "a.engine", precision="fp16", timing_cache=tc)
+        _build(onnx_file, tmp_path / "b.engine", precision="fp16", timing_cache=tc)
+    assert trt.config.timing_caches_offered == [trt.timing_signature]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- 1: the INT8 calibration table ------------------------------------------------------------
+def test_calibration_table_folder_is_created(monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    out = tmp_path / "new" / "engines" / "m.engine"
+    _build(onnx_file, out, precision="int8", quantization_batches=_batches(0.1))
+    assert trt.calibrations == [2]
+    assert len(list(out.parent.glob("*.calib"))) == 1
+
+
+def test_calibration_table_of_another_model_or_data_is_not_reused(monkeypatch, tmp_path,
+                                                                  onnx_file):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    out = tmp_path / "m.engine"
+    kw = dict(precision="int8")
+    _build(onnx_file, out, quantization_batches=_batches(0.1), **kw)
+    _build(onnx_file, out, quantization_batches=_batches(0.1), **kw)
+    assert trt.calibrations == [2] and trt.tables_reused == [b"table-1"]
+
+    onnx_file.write_bytes(b"model, retrained")
+    _build(onnx_file, out, quantization_batches=_batches(0.1), **kw)
+    assert trt.calibrations == [2, 2] and trt.tables_reused == [b"table-1"]
+
+    _build(onnx_file, out, quantization_batches=_batches(0.7, n=3), **kw)
+    assert trt.calibrations == [2, 2, 3] and trt.tables_reused == [b"table-1"]
+    assert len(list(tmp_path.glob("*.calib"))) == 1  # the stale tables are gone
+
+
+# -- 4: what a strongly typed build needs besides TensorRT -------------------------------------
+def test_fp16_conversion_without_onnx_names_the_package_and_extra(monkeypatch, tmp_path,
+                                                                  onnx_file):
+    from export.tensorrt import _fp16_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(BuildError, match=r"onnx.*glass-inspect\[jetson\]"):
+        _fp16_onnx(onnx_file, tmp_path / "fp16.onnx")
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime.quantization", "onnxruntime"])
+def test_strongly_typed_int8_without_onnx_tools_is_a_build_error(monkeypatch, tmp_path,
+                                                                 onnx_file, missing):
+    trt = FakeTRT("11.1.0")
+    cuda = install(monkeypatch, trt)
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)  # with the submodules already imported
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(BuildError, match=r"glass-inspect\[jetson\]"):
+        _build(onnx_file, tmp_path / "m.engine", precision="int8",
+               quantization_batches=_batches(0.1))
+    assert not cuda.pushes  # refused before any GPU work
+
+
+def test_strongly_typed_int8_builds_from_the_qdq_model(monkeypatch, tmp_path, onnx_file):
+    pytest.importorskip("onnxruntime")
+    import export.quantize
+
+    seen = []
+
+    def fake_qdq(src, out, batches):
+        seen.append(len(batches))
+        out.write_bytes(b"qdq")
+        return out
+
+    monkeypatch.setattr(export.quantize, "quantize_qdq", fake_qdq)
+    trt = FakeTRT("11.1.0")
+    install(monkeypatch, trt)
+    r = _build(onnx_file, tmp_path / "m.engine", precision="int8",
+               quantization_batches=_batches(0.1))
+    assert seen == [2] and r.sidecar.strongly_typed and not trt.calibrations
