@@ -16,6 +16,7 @@ demo: $(BIN)/glass-inspect
 	$(BIN)/glass-inspect run --sim --samples 3 --seed 1 --overlay demo/overlay
 
 test: $(BIN)/glass-inspect
+	$(BIN)/hadolint --config .hadolint.yaml Dockerfile.jetson
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

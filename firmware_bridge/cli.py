@@ -1,17 +1,21 @@
-"""The ``serve`` and ``line-sim`` subcommands, for ``glass-inspect`` to register.
+"""The ``serve``, ``start``, ``health`` and ``line-sim`` subcommands, for ``glass-inspect``.
 
-``add_commands(sub)`` adds both to the main parser's subparsers; ``python -m firmware_bridge``
+``add_commands(sub)`` adds them to the main parser's subparsers; ``python -m firmware_bridge``
 runs them on their own. Each command returns an exit status and reports problems as one
-message on stderr (exit 2), like the rest of the CLI.
+message on stderr (exit 2), like the rest of the CLI; ``health`` answers 0 (healthy) or 1, the
+two statuses Docker's HEALTHCHECK knows. ``start`` is ``serve`` after a first start that builds
+the engine where needed (:mod:`export.provision`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 log = logging.getLogger("glass-inspect.bridge")
 
@@ -65,13 +69,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baud", type=int, help="baud rate (default: verdict_link.baud)")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
-        "serve", help="answer the line controller's inspection requests over the serial link",
-        description="Own the verdict link: take INSPECT requests from the line controller, run "
-                    "one inspection at a time, journal each verdict and send it until it is "
-                    "acknowledged. Protocol: docs/protocol.md.")
+def _serve_options(s: argparse.ArgumentParser, engine: bool = True) -> None:
+    """The options of ``serve``, which ``start`` shares."""
     _common(s)
+    if engine:
+        s.add_argument("--engine", metavar="PATH",
+                       help="model (.onnx) or TensorRT engine to serve (default: the head "
+                            "file's engine.artifact); only the 'head' inspector uses it")
+    s.add_argument("--health", metavar="FILE", default=os.environ.get("GLASS_INSPECT_HEALTH"),
+                   help="keep a heartbeat in FILE for 'glass-inspect health' (default: "
+                        "$GLASS_INSPECT_HEALTH; none when unset)")
     s.add_argument("--journal", default="verdict-journal.jsonl", metavar="PATH",
                    help="verdict journal, kept across restarts "
                         "(default: verdict-journal.jsonl)")
@@ -91,7 +98,53 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="stop an inspection after S seconds with ERROR (default: 300)")
     s.add_argument("--reopen", type=_positive, default=0.5, metavar="S",
                    help="when the port is gone, try to reopen it every S seconds (default: 0.5)")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "serve", help="answer the line controller's inspection requests over the serial link",
+        description="Own the verdict link: take INSPECT requests from the line controller, run "
+                    "one inspection at a time, journal each verdict and send it until it is "
+                    "acknowledged. Protocol: docs/protocol.md.")
+    _serve_options(s)
     s.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser(
+        "start", help="first start on the device: build the engine if needed, then serve",
+        description="The entry point of the Jetson image. Build the TensorRT engine of the "
+                    "head file's ONNX model into the engine cache (first start, or when the "
+                    "model, the TensorRT version or the GPU changed; otherwise the cached engine "
+                    "is loaded), check it, then serve as 'serve' does. Where TensorRT cannot be "
+                    "used, say so and serve the ONNX model on ONNX Runtime, unless "
+                    "--require-tensorrt. A failed build ends with one message and exit status 2, "
+                    "and nothing is served. docs/deploy.md.")
+    _serve_options(st, engine=False)
+    st.add_argument("--cache", metavar="DIR",
+                    help="engine cache folder (default: $GLASS_INSPECT_ENGINES, else "
+                         "~/.cache/glass-inspect/engines)")
+    st.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+                    help="engine precision (default: fp16; INT8 needs calibration samples: "
+                         "'export engine')")
+    st.add_argument("--workspace-mb", type=int, default=1024, metavar="MB",
+                    help="TensorRT builder workspace limit in MiB (default: 1024)")
+    st.add_argument("--require-tensorrt", action="store_true",
+                    help="refuse to start without TensorRT instead of serving the ONNX model on "
+                         "ONNX Runtime (the Jetson image sets it)")
+    st.set_defaults(func=cmd_start)
+
+    h = sub.add_parser(
+        "health", help="is the serving head healthy? (exit 0 yes, 1 no: Docker's HEALTHCHECK)",
+        description="Read the heartbeat that 'serve --health FILE' keeps and print one line: "
+                    "healthy when the serve process is alive, its loop reported within "
+                    "--max-age seconds, the line controller's port is open and the verdict "
+                    "journal's disk has room. Exit status 0 when healthy, else 1.")
+    h.add_argument("--file", metavar="FILE", default=os.environ.get("GLASS_INSPECT_HEALTH"),
+                   help="the heartbeat file (default: $GLASS_INSPECT_HEALTH)")
+    h.add_argument("--max-age", type=_positive, default=30.0, metavar="S",
+                   help="a heartbeat older than S seconds means a stuck loop (default: 30)")
+    h.add_argument("--min-free-mb", type=float, default=64.0, metavar="MB",
+                   help="least free space for the verdict journal, in MiB (default: 64)")
+    h.set_defaults(func=cmd_health)
 
     ls = sub.add_parser(
         "line-sim", help="act as the line controller: ask for verdicts and check the answers",
@@ -123,7 +176,7 @@ def _make_inspector(args: argparse.Namespace):
         from edge.hardware.leds import darken_on_signals
         from firmware_bridge.inspector import HeadInspector
 
-        asm = build_head(load_head(args))
+        asm = build_head(load_head(args), engine_path=getattr(args, "engine", None))
         if threading.current_thread() is threading.main_thread():
             darken_on_signals(asm.ring, (signal.SIGINT,))  # SIGTERM stops the server cleanly
         for part, what in asm.parts.items():
@@ -156,6 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opener, url = sim_port()
         print(f"line controller port: {url}  (e.g. glass-inspect line-sim --port {url})",
               flush=True)
+    heartbeat = _heartbeat(args, url)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -170,6 +224,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = VerdictServer(link, inspector, journal, repeat_s=args.repeat,
                                abort_grace_s=args.abort_grace,
                                inspect_timeout_s=args.inspect_timeout)
+        if heartbeat is not None:
+            _beat_from_the_loop(server, heartbeat)
         log.info("serving verdicts on %s at %d baud with the %s inspector", url, baud,
                  args.inspector)
         server.run(stop)
@@ -178,7 +234,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         close()
         journal.close()
+        if heartbeat is not None:
+            heartbeat.write("stopped")
     return 0
+
+
+def _heartbeat(args: argparse.Namespace, port: str):
+    """The heartbeat of ``--health``, or None."""
+    if not getattr(args, "health", None):
+        return None
+    from firmware_bridge.health import Heartbeat
+
+    return Heartbeat(args.health, port=port, journal=str(Path(args.journal).resolve()),
+                     engine=getattr(args, "engine", None), inspector=args.inspector)
+
+
+def _beat_from_the_loop(server, heartbeat) -> None:
+    """Write the heartbeat from the server's own loop, so a stuck loop stops beating."""
+    step = server.step
+
+    def step_and_beat() -> None:
+        step()
+        if heartbeat.due():
+            heartbeat.write("serving", link_open=server.link.is_open,
+                            unacknowledged=len(server.journal.unacknowledged()))
+
+    server.step = step_and_beat
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from edge.cli_common import load_head
+    from export.provision import ProvisionError, start
+
+    cfg = load_head(args)
+    heartbeat = _heartbeat(args, "")
+    if heartbeat is not None:
+        heartbeat.write("provisioning", doing="preparing the engine")
+
+    def serve(prepared) -> int:
+        args.engine = str(prepared.path)
+        return cmd_serve(args)
+
+    try:
+        return start(cfg, serve, cache_dir=args.cache, precision=args.precision,
+                     require_tensorrt=args.require_tensorrt, workspace_mb=args.workspace_mb)
+    except ProvisionError as exc:
+        print(f"glass-inspect start: {exc}", file=sys.stderr)
+        if heartbeat is not None:
+            heartbeat.write("failed", doing=str(exc))
+        return 2
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from firmware_bridge.health import check_health
+
+    if not args.file:
+        print("unhealthy: no heartbeat file to read: give --file FILE or set "
+              "GLASS_INSPECT_HEALTH (the one 'serve --health FILE' writes)")
+        return 1
+    ok, line = check_health(args.file, args.max_age, args.min_free_mb)
+    print(line if ok else f"unhealthy: {line}")
+    return 0 if ok else 1
 
 
 def cmd_line_sim(args: argparse.Namespace) -> int:

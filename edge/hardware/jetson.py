@@ -55,7 +55,11 @@ from edge.hardware.jetson_pinmux import (
 
 MAIN, AON = "tegra234-gpio", "tegra234-gpio-aon"
 CONSUMER = "glass-inspect"
-DEVICE_TREE_COMPATIBLE = "/proc/device-tree/compatible"
+# Where the board's device-tree "compatible" strings are read. A container does not see
+# /proc/device-tree (Docker masks /sys/firmware), so the image bind-mounts that one file read-only
+# and names it here rather than lifting the masks.
+DEVICE_TREE_COMPATIBLE = os.environ.get("GLASS_INSPECT_DEVICE_TREE_COMPATIBLE",
+                                        "/proc/device-tree/compatible")
 CHIP_GLOB = "/dev/gpiochip*"
 
 # physical pin -> (line offset, chip label, SoC pad)
