@@ -33,14 +33,20 @@ def test_quantization_batches_use_the_runtime_tiling(recorded, small_cfg):
         quantization_batches([recorded], small_cfg, batch=8, limit=4)
 
 
-def test_qdq_model_is_explicitly_quantized_and_agrees(tmp_path, recorded, small_cfg):
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_qdq_model_is_explicitly_quantized_and_agrees(tmp_path, recorded, small_cfg, method):
+    import onnxruntime as ort
+
     from edge.recording import open_sample
     from export.quantize import quantize_qdq
 
     batches = quantization_batches([recorded], small_cfg, batch=1, limit=2)
-    out = quantize_qdq(SHIPPED_MODEL, tmp_path / "m.qdq.onnx", batches, method="minmax")
+    out = quantize_qdq(SHIPPED_MODEL, tmp_path / "m.qdq.onnx", batches, method=method)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the scores keep float resolution: far more distinct values than INT8's 255 levels
+    (scores,) = ort.InferenceSession(str(out)).run(["scores"], {"frames": batches[0]})
+    assert len(np.unique(scores)) > 1000
     rec = open_sample(recorded)
     with open_engine(SHIPPED_MODEL) as ref, open_engine(out) as q:
         rep = compare(ref, q, [(0, np.asarray(rec.frames(0)))], small_cfg)
