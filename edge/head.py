@@ -204,13 +204,29 @@ class Head:
                 continue
         return False
 
+    def expose(self, state: int | None) -> tuple[np.ndarray, float]:
+        """One checked frame under LED group ``state`` (None: every group dark, a dark frame):
+        light, let the LEDs settle, arm, trigger, expose, darken, grab. Returns the frame and the
+        time of its trigger. On a failure the caller darkens the ring (see :meth:`inspect`)."""
+        cfg = self.cfg
+        if state is not None:
+            self.ring.on(state)
+            time.sleep(cfg.illumination.settle_ms / 1000.0)
+        self.camera.arm()
+        # stamped before the pulse: a thread pre-empted after it must not date the frame late
+        # (the next frame cannot start before this one was grabbed)
+        stamp = time.time()
+        self.ring.pulse_trigger()
+        time.sleep(cfg.camera.exposure_ms / 1000.0)
+        if state is not None:
+            self.ring.off()
+        frame = self.camera.grab(cfg.camera.grab_timeout_ms / 1000.0)
+        return check_frame(frame, self.shape, cfg.camera.bit_depth, "the frame"), stamp
+
     def _acquire(self, handoff: queue.Queue, done: threading.Event, abort: threading.Event,
                  acq: Acquisition, status: Callable[[str], None] | None) -> None:
         cfg = self.cfg
         settle_s = cfg.stage.settle_ms / 1000.0
-        led_settle_s = cfg.illumination.settle_ms / 1000.0
-        exposure_s = cfg.camera.exposure_ms / 1000.0
-        timeout_s = cfg.camera.grab_timeout_ms / 1000.0
         angles = cfg.illumination.angles_deg
 
         def stop() -> bool:
@@ -238,18 +254,8 @@ class Head:
                     if stop():
                         return
                     what = f"LED group {state} ({angles[state]:g} deg)"
-                    self.ring.on(state)
-                    time.sleep(led_settle_s)
-                    self.camera.arm()
-                    # stamped before the pulse: a thread pre-empted after it must not date the
-                    # frame late (the next frame cannot start before this one was grabbed)
-                    stamps.append(time.time())
-                    self.ring.pulse_trigger()
-                    time.sleep(exposure_s)
-                    self.ring.off()
-                    frame = self.camera.grab(timeout_s)
-                    frames[state] = check_frame(frame, self.shape, cfg.camera.bit_depth,
-                                                "the frame")
+                    frames[state], stamp = self.expose(state)
+                    stamps.append(stamp)
                     acq.frames += 1
                 acq.timestamps[index] = stamps
                 self._hand(handoff, RoiInput(index, self.grid.roi_origin_mm(index),
