@@ -6,8 +6,9 @@ frame), each is paired with the grid dot it must be, and an affine map from samp
 is fitted by least squares: ``[u, v] = A [x, y] + b``. From it:
 
 * **mm per pixel**, x and y: the lengths of A's columns, inverted;
-* **rotation** of the camera against the stage axes: the angle of A's first column, in degrees
-  (positive: the image's x axis turned from the stage's x toward its y);
+* **rotation** of the camera against the stage axes, in degrees, positive when the camera's
+  pixel rows are turned from the stage's +x toward its +y (the simulator's convention): the
+  stage's x axis then runs at minus that angle in the image;
 * **origin offset**: where the frame's centre really lies on the sample minus where the head
   file puts it, in mm. Rotation is about the frame centre, so centre and rotation do not trade
   off against each other in the fit.
@@ -120,7 +121,7 @@ def fit_geometry(dots_px: np.ndarray, shape: tuple[int, int],
     a, b = m[:2], m[2]  # px = mm @ a + b: a's rows are d(px)/dx and d(px)/dy
     col_x, col_y = a[0], a[1]
     mm_per_px = (1.0 / float(np.hypot(*col_x)), 1.0 / float(np.hypot(*col_y)))
-    rotation = math.degrees(math.atan2(col_x[1], col_x[0]))
+    rotation = -math.degrees(math.atan2(col_x[1], col_x[0]))
     centre = (np.array([cu, cv]) - b) @ np.linalg.inv(a)
     return Geometry(mm_per_px, rotation, (float(centre[0]), float(centre[1])),
                     (float(centre[0] - nominal_centre_mm[0]),

@@ -294,7 +294,16 @@ class ChannelGain(_Section):
 
 
 class Simulation(_Section):
-    """Parameters of the simulated head (sensor and ring light); a real head has none."""
+    """Parameters of the simulated head (sensor, ring light, stage, and how its camera is mounted);
+    a real head has none.
+
+    The mounting tolerances say how the simulated camera really sits against what the head file
+    says (all 0: exactly as the file says). ``scale_error`` is the relative error of the pixel
+    footprint (0.01: a pixel sees 1 % more mm than RoI size / pixels), ``rotation_deg`` turns the
+    camera against the stage axes about the frame centre (positive from +x toward +y, the image's
+    y pointing down), ``origin_offset_mm`` moves the whole field of view: where the camera's RoI
+    0 really is minus where the file puts it. Scale and rotation act about the frame centre.
+    """
 
     head_seed: int = Field(ge=0)
     dark_offset_dn: float = Field(ge=0)
@@ -307,6 +316,17 @@ class Simulation(_Section):
     field_tilt: float = Field(ge=0, lt=1)
     led_balance: float = Field(ge=0, lt=1)
     stage_accel_mm_s2: float = Field(default=800.0, gt=0)
+    scale_error: float = Field(default=0.0, gt=-0.05, lt=0.05)
+    rotation_deg: float = Field(default=0.0, gt=-5.0, lt=5.0)
+    origin_offset_mm: Pair = (0.0, 0.0)
+
+    @model_validator(mode="after")
+    def _offset_within_reach(self) -> Simulation:
+        dx, dy = self.origin_offset_mm
+        if not (dx * dx + dy * dy) ** 0.5 < 5.0:
+            raise ValueError(f"origin_offset_mm {[dx, dy]} is 5 mm or more from the nominal "
+                             "origin; a camera mounted that far off is not a tolerance")
+        return self
 
 
 class HeadConfig(_Section):

@@ -12,7 +12,9 @@ the stage is (from the stage simulator), then renders in its own thread; the fra
 frame time after the trigger. So a wrong LED order or a frame taken mid-move shows in the image.
 
 * :class:`SimCamera` renders the sample on the stage through :class:`edge.sim.optics.OpticsRenderer`
-  (the scene of a RoI is built once per stage position, the noise differs per frame);
+  (the scene of a RoI is built once per stage position, the noise differs per frame), mounted as
+  the head's ``[simulation]`` says; the thing on the stage may also be a calibration target
+  (:mod:`edge.sim.targets`);
 * :class:`ReplayCamera` returns the recorded frame of the RoI under the camera for the lit group
   (several or no groups lit: a black frame, which the frame check refuses).
 """
@@ -34,6 +36,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from edge.hardware.camera import Camera, CameraTimeout
 from edge.recording import RecordedSample, RecordingError
 from edge.sim.optics import OpticsRenderer
+from edge.sim.targets import Target
 from edge.truth import Sample
 
 log = logging.getLogger(__name__)
@@ -171,8 +174,9 @@ class TriggeredSimCamera(Camera):
 
 
 class SimCamera(TriggeredSimCamera):
-    """Renders the sample on the stage. ``grid_origin_mm`` is the stage position of the
-    sample's origin (the RoI grid's origin), so stage mm minus it are sample mm."""
+    """Renders the sample (or calibration target) on the stage. ``grid_origin_mm`` is the stage
+    position of the sample's origin (the RoI grid's origin), so stage mm minus it are sample mm;
+    where the camera really looks from there is the renderer's business (its mounting)."""
 
     def __init__(self, optics: OpticsRenderer, wiring: SimWiring, trigger_pin: int,
                  led_pins: Sequence[int],
@@ -181,12 +185,12 @@ class SimCamera(TriggeredSimCamera):
         super().__init__(wiring, trigger_pin, led_pins, stage_position, optics.shape,
                          optics.cfg.camera.bit_depth, frame_time_s)
         self.optics, self.grid_origin = optics, grid_origin_mm
-        self.sample: Sample | None = None
+        self.sample: Sample | Target | None = None
         self._scene = None
         self._scene_key = None
 
-    def load(self, sample: Sample | None) -> None:
-        """The sample now on the stage (the handler placed it)."""
+    def load(self, sample: Sample | Target | None) -> None:
+        """The sample or calibration target now on the stage (the handler placed it)."""
         self.sample, self._scene, self._scene_key = sample, None, None
 
     def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
@@ -196,7 +200,7 @@ class SimCamera(TriggeredSimCamera):
         key = (id(sample), origin)
         if key != self._scene_key:
             self._scene, self._scene_key = self.optics.scene(sample, origin), key
-        seed = hash((sample.seed, origin, lit, self.triggers)) & 0xFFFF_FFFF_FFFF
+        seed = hash((getattr(sample, "seed", 0), origin, lit, self.triggers)) & 0xFFFF_FFFF_FFFF
         return self.optics.expose(self._scene, lit, seed)
 
 

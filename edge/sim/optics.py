@@ -17,11 +17,19 @@ The model follows the glass paper (sections 3-4) and its Fig. 3:
   along the group's azimuth (the two facets of a pair differ), and a brightness of its own (LED
   balance). These belong to the head (fixed by ``head_seed``), not to the sample: calibration
   measures them with flat fields.
+* The camera's mounting (``scale_error``, ``rotation_deg``, ``origin_offset_mm`` of the head's
+  ``[simulation]`` section, see :class:`CameraGeometry`): the true mapping from sample mm to
+  pixels may differ from the head file's by a scale about the frame centre, a rotation about it
+  and a shift. Every object is placed through that one mapping; all 0 is the file's mapping.
 * The sensor: Bayer colour gain per channel (white LEDs through an RGB filter array), shot noise
   (variance = signal x conversion gain), Gaussian read noise, a dark offset, hot pixels at fixed
   places with a level that scales with exposure, 12-bit quantisation with clipping (saturation).
 
 Signals are defined at a reference exposure of 20 ms and scale linearly with the configured one.
+
+Besides glass samples, the renderer takes the calibration targets of :mod:`edge.sim.targets`
+(a diffusing plate, a dot grid, a lens cap): each paints its own :class:`Scene`, which the same
+sensor pass then exposes.
 
 Speed: the scene (defects) is rasterised sparsely into float32 layers, one per state, touching
 only the pixels near a defect and marking 16 x 16 blocks as occupied; the sensor pass then walks
@@ -37,12 +45,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import numba as nb
 import numpy as np
 
 from edge.config import N_STATES, HeadConfig
 from edge.truth import GlassObject, Sample
+
+if TYPE_CHECKING:
+    from edge.sim.targets import Target
 
 REFERENCE_EXPOSURE_MS = 20.0
 BLOCK_SHIFT = 4  # occupancy blocks of 16 x 16 px
@@ -131,7 +143,9 @@ def _expose(out, scene, occ, lit, field, chan, background, dark, read_var, shot_
     """One RAW frame: light the scene with the states in ``lit`` and read it out.
 
     ``lit`` holds the indexes of the lit states; ``field[s]`` is (brightness, cx, cy, fall-off,
-    tilt x, tilt y) of state ``s``'s illumination field over normalised coordinates [-1, 1].
+    tilt x, tilt y) of state ``s``'s illumination field over normalised coordinates [-1, 1];
+    ``background`` the radiance everywhere under every state (the haze of clean glass, or a
+    calibration plate). The field formula is repeated in :meth:`OpticsRenderer.field_maps`.
     """
     h, w = out.shape
     wu = np.uint64(w)
@@ -174,6 +188,85 @@ class Scene:
     mask: np.ndarray  # (H, W) bool: scratch ground truth
     origin_mm: tuple[float, float]
     defect_ids: tuple[int, ...]  # indexes into the sample's defects that reach this RoI
+    # radiance everywhere, the same under every state (DN at the reference exposure), in place
+    # of the haze of clean glass (``background_dn``): a calibration plate; None: clean glass
+    radiance: float | None = None
+
+
+@dataclass(frozen=True)
+class CameraGeometry:
+    """Where a simulated camera's pixels really look on the sample.
+
+    The head file's mapping puts pixel centre ``(c, r)`` (pixel centres at integers) of an RoI
+    whose origin is sample ``(ox, oy)`` mm at ``(ox + (c + 0.5) sx, oy + (r + 0.5) sy)``, with
+    ``(sx, sy)`` = ``nominal_mm_per_px`` (RoI size / pixels). The camera as mounted differs: its
+    pixels see ``1 + scale_error`` times that footprint, its pixel axes are turned by
+    ``rotation_deg`` (from +x toward +y) against the stage's, both about the frame centre, and
+    the whole field of view is moved by ``origin_offset_mm``. So the frame centre, pixel
+    ``((w - 1) / 2, (h - 1) / 2)``, sees ``origin + (w sx / 2, h sy / 2) + offset``, and one
+    pixel step along x (y) moves ``sx' (cos a, sin a)`` (``sy' (-sin a, cos a)``) mm on the
+    sample, ``sx' = sx (1 + scale_error)``.
+    """
+
+    nominal_mm_per_px: tuple[float, float]
+    shape: tuple[int, int]  # (height, width) px
+    scale_error: float = 0.0
+    rotation_deg: float = 0.0
+    origin_offset_mm: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def identity(self) -> bool:
+        """True when the camera sits exactly as the head file says."""
+        return (self.scale_error == 0.0 and self.rotation_deg == 0.0
+                and self.origin_offset_mm[0] == 0.0 and self.origin_offset_mm[1] == 0.0)
+
+    @property
+    def mm_per_px(self) -> tuple[float, float]:
+        """The true footprint of one pixel along its own axes, x and y."""
+        k = 1.0 + self.scale_error
+        return (self.nominal_mm_per_px[0] * k, self.nominal_mm_per_px[1] * k)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """(2, 2): sample mm moved per pixel step; column 0 along the pixel x axis, 1 along y."""
+        a = math.radians(self.rotation_deg)
+        sx, sy = self.mm_per_px
+        return np.array([[sx * math.cos(a), -sy * math.sin(a)],
+                         [sx * math.sin(a), sy * math.cos(a)]])
+
+    def _centres(self, origin_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.shape
+        sx, sy = self.nominal_mm_per_px
+        mm = np.array([origin_mm[0] + 0.5 * w * sx + self.origin_offset_mm[0],
+                       origin_mm[1] + 0.5 * h * sy + self.origin_offset_mm[1]])
+        return mm, np.array([0.5 * w - 0.5, 0.5 * h - 0.5])
+
+    def to_px(self, pts_mm: np.ndarray, origin_mm: tuple[float, float]) -> np.ndarray:
+        """Sample mm (N x 2) -> pixel coordinates of the RoI at ``origin_mm``."""
+        pts_mm = np.asarray(pts_mm, dtype=np.float64)
+        if self.identity:  # the head file's mapping, exactly as it always was computed
+            sx, sy = self.nominal_mm_per_px
+            return np.stack([(pts_mm[:, 0] - origin_mm[0]) / sx - 0.5,
+                             (pts_mm[:, 1] - origin_mm[1]) / sy - 0.5], axis=1)
+        c_mm, c_px = self._centres(origin_mm)
+        return np.linalg.solve(self.matrix, (pts_mm - c_mm).T).T + c_px
+
+    def to_mm(self, pts_px: np.ndarray, origin_mm: tuple[float, float]) -> np.ndarray:
+        """Pixel coordinates (N x 2, x/y) of the RoI at ``origin_mm`` -> sample mm."""
+        pts_px = np.asarray(pts_px, dtype=np.float64)
+        c_mm, c_px = self._centres(origin_mm)
+        return (pts_px - c_px) @ self.matrix.T + c_mm
+
+    def footprint_mm(self, origin_mm: tuple[float, float]) -> tuple[float, float, float, float]:
+        """x0, y0, x1, y1: the sample area the frame sees (the box around it when rotated)."""
+        h, w = self.shape
+        if self.identity:
+            sx, sy = self.nominal_mm_per_px
+            return (origin_mm[0], origin_mm[1], origin_mm[0] + w * sx, origin_mm[1] + h * sy)
+        corners = self.to_mm(np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5],
+                                       [w - 0.5, h - 0.5]]), origin_mm)
+        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        return (float(x0), float(y0), float(x1), float(y1))
 
 
 @dataclass
@@ -259,9 +352,11 @@ def blob_primitives(d: GlassObject, angles_deg: np.ndarray) -> list[Blob]:
 
 class OpticsRenderer:
     """Renders a sample into RAW frames as a simulated head's camera and ring light would take them
-    (fixed by its config and ``head_seed``).
+    (fixed by its config and ``head_seed``), the camera mounted as ``[simulation]`` says.
 
-    ``shape`` (height, width) renders a smaller window at the same pixel footprint, for tests.
+    ``shape`` (height, width) renders a smaller window at the same pixel footprint, for tests
+    (its mounting rotation and scale act about the window's centre). ``mm_per_px`` is the head
+    file's footprint; ``geometry`` the camera's true mapping.
     """
 
     def __init__(self, cfg: HeadConfig, shape: tuple[int, int] | None = None):
@@ -278,14 +373,17 @@ class OpticsRenderer:
         self.shape = (h, w)
         self.angles_deg = np.asarray(cfg.illumination.angles_deg, dtype=np.float64)
         self.mm_per_px = cfg.mm_per_px
+        self.geometry = CameraGeometry(self.mm_per_px, (h, w), sim.scale_error, sim.rotation_deg,
+                                       tuple(sim.origin_offset_mm))
         self.max_dn = float(cfg.camera.max_dn)
         self.exposure_scale = cfg.camera.exposure_ms / REFERENCE_EXPOSURE_MS
         pattern = cfg.camera.bayer_pattern
         gains = sim.channel_gain
         per_channel = (gains.R, gains.G, gains.B)
-        # colour response of each site of the 2x2 Bayer cell, with the exposure folded in
-        self.chan = self.exposure_scale * np.array(
+        # colour response of each site of the 2x2 Bayer cell, then with the exposure folded in
+        self.bayer_gain = np.array(
             [per_channel[_CHANNELS[ch]] for ch in pattern], dtype=np.float64).reshape(2, 2)
+        self.chan = self.exposure_scale * self.bayer_gain
         rng = np.random.default_rng(sim.head_seed)
         theta = np.radians(self.angles_deg)
         tilt = sim.field_tilt * rng.uniform(-1, 1, N_STATES)
@@ -304,24 +402,57 @@ class OpticsRenderer:
 
     # -- geometry -------------------------------------------------------------------------------
     def to_px(self, pts_mm: np.ndarray, origin_mm: tuple[float, float]) -> np.ndarray:
-        """Sample mm -> pixel coordinates of this window (pixel centres at integers)."""
-        sx, sy = self.mm_per_px
-        return np.stack([(pts_mm[:, 0] - origin_mm[0]) / sx - 0.5,
-                         (pts_mm[:, 1] - origin_mm[1]) / sy - 0.5], axis=1)
+        """Sample mm -> pixel coordinates of this window (pixel centres at integers), through
+        the camera's true mounting."""
+        return self.geometry.to_px(pts_mm, origin_mm)
 
     def footprint_mm(self, origin_mm: tuple[float, float]) -> tuple[float, float, float, float]:
+        """The sample area (x0, y0, x1, y1 mm) the window sees at ``origin_mm``."""
+        return self.geometry.footprint_mm(origin_mm)
+
+    @property
+    def px_mm(self) -> float:
+        """The true size of a pixel on the sample (mean of x and y), for widths in pixels."""
+        return float(np.mean(self.geometry.mm_per_px))
+
+    def radiance_for_fill(self, fill: float) -> float:
+        """The radiance (DN at the reference exposure) at which the brightest Bayer channel of
+        this head sits at ``fill`` of the range from the dark level to full scale where the
+        illumination field is 1."""
+        return fill * (self.max_dn - self.sim.dark_offset_dn) / float(self.chan.max())
+
+    def field_maps(self) -> np.ndarray:
+        """(6, H, W) float32: each LED group's multiplicative illumination field over this window
+        (LED balance, off-axis fall-off, tilt), as the sensor pass applies it."""
         h, w = self.shape
-        return (origin_mm[0], origin_mm[1],
-                origin_mm[0] + w * self.mm_per_px[0], origin_mm[1] + h * self.mm_per_px[1])
+        yn = (2.0 * (np.arange(h) + 0.5) / h - 1.0)[:, None]
+        xn = (2.0 * (np.arange(w) + 0.5) / w - 1.0)[None, :]
+        out = np.empty((N_STATES, h, w), np.float32)
+        for s, (b, cx, cy, fall, tx, ty) in enumerate(self.field):
+            out[s] = b * (1.0 - 0.5 * fall * ((xn - cx) ** 2 + (yn - cy) ** 2)) * (
+                1.0 + tx * xn + ty * yn)
+        return out
 
     # -- rendering ------------------------------------------------------------------------------
-    def scene(self, sample: Sample, origin_mm: tuple[float, float]) -> Scene:
+    def empty_scene(self, origin_mm: tuple[float, float], radiance: float | None = None) -> Scene:
+        """A scene with nothing drawn yet: clean glass, or ``radiance`` everywhere."""
         h, w = self.shape
         layers = np.zeros((N_STATES, h, w), np.float32)  # calloc: untouched pages cost nothing
         occ = np.zeros(((h >> BLOCK_SHIFT) + 1, (w >> BLOCK_SHIFT) + 1), np.uint8)
         mask = np.zeros((h, w), np.bool_)
+        if radiance is not None:
+            radiance = float(radiance)
+        return Scene(layers, occ, mask, (float(origin_mm[0]), float(origin_mm[1])), (), radiance)
+
+    def scene(self, sample: Sample | Target, origin_mm: tuple[float, float]) -> Scene:
+        """The scene of the RoI at ``origin_mm`` (sample mm): a glass sample's objects, or a
+        calibration target (:mod:`edge.sim.targets`), which paints its own."""
+        if not isinstance(sample, Sample):
+            return sample.paint(self, origin_mm)
+        sc = self.empty_scene(origin_mm)
+        layers, occ, mask = sc.layers, sc.occupied, sc.mask
         x0, y0, x1, y1 = self.footprint_mm(origin_mm)
-        px_mm = float(np.mean(self.mm_per_px))
+        px_mm = self.px_mm
         seen = []
         for i, d in enumerate(sample.objects):
             # the faintest tail drawn: 4 sigma of a line or dust, half a diameter past a stain
@@ -349,14 +480,16 @@ class OpticsRenderer:
             raise ValueError(f"lit states must be within 0..{N_STATES - 1}, got {list(lit)}")
         sim, k = self.sim, self.exposure_scale
         out = np.empty(self.shape, np.uint16)
+        background = sim.background_dn if scene.radiance is None else scene.radiance
         _expose(out, scene.layers, scene.occupied, lit_arr, self.field, self.chan,
-                sim.background_dn, sim.dark_offset_dn, sim.read_noise_dn ** 2,
+                background, sim.dark_offset_dn, sim.read_noise_dn ** 2,
                 sim.conversion_gain_dn_per_e, np.uint64(noise_key), _normal_table(), self.max_dn)
         flat = out.reshape(-1)
         flat[self.hot_index] = np.minimum(flat[self.hot_index] + self.hot_dn * k, self.max_dn)
         return out
 
-    def render(self, sample: Sample, origin_mm: tuple[float, float], noise_seed: int) -> RoiRender:
+    def render(self, sample: Sample | Target, origin_mm: tuple[float, float],
+               noise_seed: int) -> RoiRender:
         """The 6 frames of one RoI, one per illumination state, and its scratch mask."""
         sc = self.scene(sample, origin_mm)
         keys = np.random.SeedSequence(noise_seed).generate_state(N_STATES, np.uint64)

@@ -10,7 +10,8 @@ the head file names simulated parts (``illumination.pin_factory = "mock"``, ``st
 * the cameras see the LEDs through that wiring and the stage through its simulator;
 * a *glass loader* stands in for whoever puts glass on a real head's stage (an operator, the
   line): :class:`SimGlass` places rendered samples (random, or seeded by the sample id so that an
-  id always shows the same glass), :class:`ReplayGlass` recorded ones.
+  id always shows the same glass) or calibration targets (:mod:`edge.sim.targets`: a reference
+  plate, a dot grid, a lens cap), :class:`ReplayGlass` recorded ones.
 
 ``SimOptions`` are the knobs only a simulation has: which firmware the stage simulator speaks,
 a GPIO trace file, a smaller frame, and a physical wiring that differs from the head file (to
@@ -31,6 +32,7 @@ from edge.sim.camera import ReplayCamera, SimCamera, SimWiring, TriggeredSimCame
 from edge.sim.grbl import GrblSimulator
 from edge.sim.optics import OpticsRenderer
 from edge.sim.sample import generate_sample
+from edge.sim.targets import Target
 from edge.truth import Sample
 
 
@@ -95,12 +97,14 @@ class SimParts:
 
 
 class SimGlass:
-    """Puts rendered glass on the simulated stage."""
+    """Puts rendered glass, or a calibration target, on the simulated stage."""
 
     def __init__(self, camera: SimCamera, cfg: HeadConfig, scratch_share: float = 0.5):
         self.camera, self.cfg, self.scratch_share = camera, cfg, scratch_share
 
-    def place(self, sample: Sample | None) -> Sample | None:
+    def place(self, sample: Sample | Target | None) -> Sample | Target | None:
+        """Put ``sample`` on the stage: glass (its ground truth), a calibration target such as
+        ``DotGrid()`` or ``ReferencePlate()``, or None (an empty stage); returns it."""
         self.camera.load(sample)
         return sample
 

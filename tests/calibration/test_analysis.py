@@ -55,10 +55,11 @@ def test_flat_fields_gains_and_dead_and_stuck_pixels():
 
 
 def dot_frame(shape, mm_per_px, rotation_deg, centre_mm, pitch, dot_mm=0.2, grid0=(0.0, 0.0)):
-    """Gaussian dots of a grid seen by a camera of the given geometry (about the frame centre)."""
+    """Gaussian dots of a grid seen by a camera of the given geometry (about the frame centre;
+    the camera turned by ``rotation_deg`` shows the sample turned the other way)."""
     h, w = shape
     cu, cv = (w - 1) / 2, (h - 1) / 2
-    th = math.radians(rotation_deg)
+    th = -math.radians(rotation_deg)
     rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
     img = np.full(shape, 64.0)
     half = max(w * mm_per_px[0], h * mm_per_px[1])

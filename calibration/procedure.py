@@ -1,0 +1,159 @@
+"""The calibration procedure: a head measured step by step through the same assembly it inspects
+with.
+
+Steps, in order, each kept in the run folder as it finishes (:mod:`calibration.store`), so an
+interrupted run resumes at the step it was in:
+
+1. **dark**: the lens capped (or the stage empty and every LED group dark), ``frames`` frames:
+   dark level map, read noise, hot pixels (:mod:`calibration.dark`);
+2. **flat**: the diffusing reference plate under the camera; per LED group ``frames`` frames:
+   each group's field, its gain toward the reference head, dead and stuck pixels, and each
+   group's brightness against the others (the LED balance) (:mod:`calibration.flat`);
+3. **geometry**: the dot-grid target at RoI 0: mm per pixel, camera rotation and where the
+   frame's centre really is (:mod:`calibration.geometry`).
+
+What goes under the camera is asked for through ``place(what)`` with ``what`` one of
+``"lens cap"``, ``"reference plate"``, ``"dot grid"``: on a real head the operator puts it there
+(the command line asks and waits), on a simulated head the simulated stage gets the target.
+
+The gains make this head's frames look like the reference head's (the default simulated head,
+on whose frames the network was trained): per group, the *shape* of the field and the groups'
+brightness relative to each other are corrected; the overall level is not, because a real plate's
+brightness is not known to the percent (the exposure sets the level). So
+``gain_k = (reference_k / mean(reference)) / (field_k / mean(field))``, the means over all groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.dark import measure_dark
+from calibration.flat import gains, measure_flats
+from calibration.geometry import find_dots, fit_geometry
+from calibration.store import StepStore
+from edge.config import N_STATES
+
+STEPS = ("dark", "flat", "geometry")
+TARGETS = {"dark": "lens cap", "flat": "reference plate", "geometry": "dot grid"}
+
+
+@dataclass
+class Settings:
+    frames: int = 8  # per dark, per LED group
+    dot_pitch_mm: float = 1.0
+    dot_diameter_mm: float = 0.2
+    dot_grid_origin_mm: tuple[float, float] = (0.0, 0.0)  # sample position of one dot
+    steps: Sequence[str] = STEPS
+    redo: bool = False  # measure steps already done again
+
+
+@dataclass
+class Run:
+    folder: Path
+    summary: dict = field(default_factory=dict)  # step -> its figures
+    arrays: dict = field(default_factory=dict)  # step -> its arrays
+
+
+def reference_response(shape: tuple[int, int]) -> np.ndarray:
+    """What the reference head (the embedded default simulated head) records per LED group for
+    a uniform plate, up to one overall factor: (N_STATES, H, W)."""
+    from edge import config
+    from edge.sim.targets import head_truth
+
+    truth = head_truth(config.load(), shape)
+    return np.stack([truth.response(k) for k in range(N_STATES)]).astype(np.float32)
+
+
+def calibrate(asm, out: str | Path, settings: Settings | None = None,
+              place: Callable[[str], None] | None = None,
+              progress: Callable[[str, int, int], None] | None = None,
+              reference: Callable[[tuple[int, int]], np.ndarray] = reference_response) -> Run:
+    """Measure the head of ``asm`` (an :class:`edge.assembly.Assembly`) into the folder
+    ``out``. The LEDs are dark on every way out."""
+    s = settings or Settings()
+    unknown = [x for x in s.steps if x not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown calibration steps {unknown}; the steps are {list(STEPS)}")
+    if s.frames < 2:
+        raise ValueError(f"each step needs at least 2 frames, got {s.frames}")
+    store = StepStore(out)
+    run = Run(Path(out))
+    head = asm.head
+    wanted = [x for x in STEPS if x in s.steps]
+    # what later steps need from earlier ones comes from the store, measured now or before
+    needs = set(wanted) | ({"dark"} if {"flat", "geometry"} & set(wanted) else set())
+    tick = progress or (lambda what, done, total: None)
+    try:
+        head.stage.ready()
+        for step in STEPS:
+            if step not in needs:
+                continue
+            if step in wanted and (s.redo or not store.done(step)):
+                if place is not None:
+                    place(TARGETS[step])
+                summary, arrays = _MEASURE[step](head, s, run, tick, reference)
+                store.save(step, summary, **arrays)
+            summary, arrays = store.load(step)
+            run.summary[step], run.arrays[step] = summary, arrays
+    finally:
+        with contextlib.suppress(Exception):
+            asm.ring.all_dark()
+    return run
+
+
+def _frames(head, state: int | None, n: int, tick, what: str, done: int, total: int):
+    for k in range(n):
+        yield head.expose(state)[0]
+        tick(what, done + k + 1, total)
+
+
+def _dark(head, s: Settings, run: Run, tick, reference):
+    d = measure_dark(_frames(head, None, s.frames, tick, "dark frames", 0, s.frames))
+    return d.summary(), {"level": d.level, "hot": d.hot}
+
+
+def _flat(head, s: Settings, run: Run, tick, reference):
+    dark = run.arrays["dark"]
+    total = N_STATES * s.frames
+    per_state = [list(_frames(head, k, s.frames, tick, f"flat, LED group {k}", k * s.frames,
+                              total)) for k in range(N_STATES)]
+    offset = run.summary["dark"]["offset_dn"]
+    r = measure_flats(per_state, dark["level"], offset, dark["hot"])
+    del per_state
+    ref = reference(r.fields.shape[1:])
+    norm_ref = ref / ref.mean()
+    norm_field = r.fields / r.fields.mean()
+    g = gains(norm_field, norm_ref)
+    balance = [float(f.mean() / r.fields.mean()) for f in r.fields]
+    summary = dict(r.summary(), led_balance=[round(b, 4) for b in balance])
+    return summary, {"fields": r.fields, "gain": g, "dead": r.dead, "stuck": r.stuck}
+
+
+def _geometry(head, s: Settings, run: Run, tick, reference):
+    cfg = head.cfg
+    x, y = head.stage_target(0)
+    head.stage.move_to(x, y)
+    dark = run.arrays["dark"]["level"]
+    total = np.zeros(head.shape, np.float64)
+    for k in range(N_STATES):  # the dots scatter evenly: every group adds light
+        frame = head.expose(k)[0]
+        total += frame - dark
+        tick("dot grid", k + 1, N_STATES)
+    total /= N_STATES
+    noise = run.summary["dark"]["read_noise_dn"]
+    sx, sy = cfg.mm_per_px
+    h, w = head.shape
+    ox, oy = cfg.stage.roi_grid.roi_origin_mm(0)
+    nominal_centre = (ox + w * sx / 2.0, oy + h * sy / 2.0)
+    dots = find_dots(total, noise, s.dot_diameter_mm / sx)
+    g = fit_geometry(dots, head.shape, (sx, sy), nominal_centre, s.dot_grid_origin_mm,
+                     s.dot_pitch_mm)
+    return g.summary(), {"dots_px": dots}
+
+
+_MEASURE = {"dark": _dark, "flat": _flat, "geometry": _geometry}
