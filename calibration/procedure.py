@@ -153,7 +153,7 @@ def _geometry(head, s: Settings, run: Run, tick, reference):
     dots = find_dots(total, noise, s.dot_diameter_mm / sx)
     g = fit_geometry(dots, head.shape, (sx, sy), nominal_centre, s.dot_grid_origin_mm,
                      s.dot_pitch_mm)
-    return g.summary(), {"dots_px": dots}
+    return g.summary(), {"dots_px": dots, "frame": total.astype(np.float32)}
 
 
 _MEASURE = {"dark": _dark, "flat": _flat, "geometry": _geometry}
