@@ -52,3 +52,32 @@ def test_calibration_finds_the_heads_defects_and_geometry(tmp_path):
     with build_head(cfg) as asm:
         again = calibrate(asm, tmp_path, Settings(frames=4), place=seen.append)
     assert len(seen) == 3 and again.summary == run.summary
+
+
+def test_calibrate_command_writes_the_report_and_resumes(tmp_path, capsys):
+    import json
+
+    from edge.cli import main
+    from tests.conftest import small_head_toml
+
+    head = small_head_toml(tmp_path)
+    out = tmp_path / "cal"
+    assert main(["calibrate", "--head", str(head), "--out", str(out), "--frames", "3",
+                 "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "geometry: {'mm_per_px'" in said and "report: " in said
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"dark", "flat", "geometry"}
+    assert all((out / f"{n}.png").is_file() for n in ("dark", "flat", "geometry"))
+    # again: every step is done already, so nothing is measured (the same figures come back)
+    assert main(["calibrate", "--head", str(head), "--out", str(out), "--steps", "dark",
+                 "--quiet"]) == 0
+    assert json.loads((out / "report.json").read_text())["dark"] == report["dark"]
+
+
+def test_calibrate_refuses_unknown_steps(capsys):
+    from edge.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--sim", "--out", "x", "--steps", "dark,focus"])
+    assert "steps are a comma-separated choice" in capsys.readouterr().err
