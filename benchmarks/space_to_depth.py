@@ -7,6 +7,14 @@ Prints one JSON object with seconds (best of --repeat) for:
   kernel_tiles_f32_s  the kernel writing the engine's batch of 512 px tiles (overlap 64)
 and the ratios the issue asks for: numpy / kernel (>= 3) and kernel / copy floor (<= 2).
 
+Defective-pixel repair (issue 15): the same three kernel runs with ``--defect-share`` (1e-4) of
+the pixels listed as defective (``*_repair_s``), each timed alternately with its plain run in the
+same rounds (best of each); ``repair_over_plain_*`` = the median over the rounds of repair /
+plain (each round's two runs see the same machine, so the ratio is steadier than either time);
+``repair_pass_s`` the repair loop alone (float32, whole map) and ``repair_pass_share`` its share
+of the plain float32 run: the repair's cost without the noise of the whole pass (target: the
+ratios within the noise, the share <= 2 %).
+
     python benchmarks/space_to_depth.py [--repeat N]
 """
 
@@ -14,12 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numba
 import numpy as np
 from timing import best_of
 
-from edge.kernels.space_to_depth import plan_tiles, space_to_depth, space_to_depth_tiles
+from edge.kernels.space_to_depth import (
+    _repair,
+    defect_table,
+    plan_tiles,
+    space_to_depth,
+    space_to_depth_tiles,
+)
 
 H, W = 3120, 3504
 
@@ -31,9 +46,36 @@ def numpy_path(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def paired(plain, repair, repeat: int) -> tuple[float, float, float]:
+    """Best seconds of ``plain`` and of ``repair``, timed alternately (one warm call each first),
+    so that drifts of the machine hit both alike, and the median of the rounds' ratios."""
+    plain()
+    repair()
+    a, b = [], []
+    for r in range(repeat):
+        order = ((plain, a), (repair, b)) if r % 2 == 0 else ((repair, b), (plain, a))
+        for fn, times in order:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return min(a), min(b), float(np.median(np.array(b) / np.array(a)))
+
+
+def repair_pass(frames: np.ndarray, table, out: np.ndarray) -> None:
+    """The kernel's repair loop alone over the whole float32 map (arguments as ``_run`` passes
+    them for uncorrected frames)."""
+    zero = np.zeros(1, np.int64)
+    dummy = np.zeros((1, 1, 1), np.float32)
+    _repair(frames, np.zeros(6, np.float32), np.full(6, 1 / 4095, np.float32), dummy, dummy,
+            False, zero, zero, H // 2, W // 2, out.reshape(1, *out.shape),
+            np.zeros((1, 1, 1, 1), np.uint16), False, table.rows, table.cols, table.nb_dy,
+            table.nb_dx, table.nb_n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--defect-share", type=float, default=1e-4)
     args = ap.parse_args()
 
     frames = np.random.default_rng(0).integers(0, 4096, (6, H, W), dtype=np.uint16)
@@ -52,6 +94,25 @@ def main() -> None:
     same = bool(np.allclose(out32, ref, rtol=1e-6, atol=1e-7)
                 and np.array_equal(out16, ref.astype(np.float16)))
 
+    rng = np.random.default_rng(1)
+    listed = rng.choice(H * W, size=round(args.defect_share * H * W), replace=False)
+    table = defect_table(listed // W, listed % W, H, W)
+    rep32 = np.empty_like(ref)
+    rep16 = np.empty_like(out16)
+    rtiles = np.empty_like(tiles)
+    rounds = 3 * args.repeat
+    f32_p, f32_r, f32_q = paired(lambda: space_to_depth(frames, out=out32),
+                                 lambda: space_to_depth(frames, out=rep32, defects=table), rounds)
+    f16_p, f16_r, f16_q = paired(lambda: space_to_depth(frames, dtype=np.float16, out=out16),
+                                 lambda: space_to_depth(frames, dtype=np.float16, out=rep16,
+                                                        defects=table), rounds)
+    tl_p, tl_r, tl_q = paired(lambda: space_to_depth_tiles(frames, grid, out=tiles),
+                              lambda: space_to_depth_tiles(frames, grid, out=rtiles,
+                                                           defects=table), rounds)
+    # only the listed pixels change: one value per defect and state
+    repaired_only = int((rep32 != out32).sum()) <= 6 * table.count
+    pass_s = best_of(lambda: repair_pass(frames, table, rep32), rounds)
+
     print(json.dumps({
         "shape": [6, H, W],
         "threads": numba.get_num_threads(),
@@ -67,6 +128,21 @@ def main() -> None:
         "f16_over_copy_floor": round(f16_s / copy_s, 2),
         "same_as_numpy": same,
         "targets_met": numpy_s / max(f32_s, f16_s) >= 3 and max(f32_s, f16_s) / copy_s <= 2,
+        "defective_pixels": table.count,
+        "defect_share": args.defect_share,
+        "kernel_f32_plain_s": round(f32_p, 5),
+        "kernel_f32_repair_s": round(f32_r, 5),
+        "kernel_f16_plain_s": round(f16_p, 5),
+        "kernel_f16_repair_s": round(f16_r, 5),
+        "kernel_tiles_f32_plain_s": round(tl_p, 5),
+        "kernel_tiles_f32_repair_s": round(tl_r, 5),
+        "repair_over_plain_f32": round(f32_q, 3),
+        "repair_over_plain_f16": round(f16_q, 3),
+        "repair_over_plain_tiles_f32": round(tl_q, 3),
+        "repair_pass_s": round(pass_s, 6),
+        "repair_pass_share": round(pass_s / f32_p, 4),
+        "repaired_only_listed": repaired_only,
+        "repair_target_met": pass_s / f32_p <= 0.02,
     }))
 
 

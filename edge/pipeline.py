@@ -2,14 +2,24 @@
 
 Stages (their wall times are in the result, under these names):
 
-* ``prepare``: dark subtraction, flat-field gain and 12-bit scaling fused with space-to-depth,
-  written straight into the engine's tiles (``tile_size`` with ``tile_overlap``, at half
-  resolution), in the engine's input dtype;
+* ``prepare``: dark subtraction, flat-field gain, defective-pixel repair and 12-bit scaling
+  fused with space-to-depth, written straight into the engine's tiles (``tile_size`` with
+  ``tile_overlap``, at half resolution), in the engine's input dtype;
 * ``infer``: the tiles in batches of the largest configured batch size the engine takes;
 * ``stitch``: the centre crop of each tile back into one score map (see the kernel's docstring);
 * ``postprocess``: T_low, the ``downscale``-times max-pooled grid, grid DBSCAN, clusters whose
   peak is below T_high dropped (:func:`edge.postprocess.find_scratches`);
 * ``defects``: boxes and lengths to RAW pixels and sample mm.
+
+Sample mm: without calibrated geometry, RAW pixel ``(x, y)`` of a RoI is at
+``origin_mm + (x, y) * mm_per_px`` (the recording's ``mm_per_px`` when given, else the head
+file's nominal footprint), as always. When the calibration measured the geometry (pixel
+footprint x and y, camera rotation, stage position of the RoI grid's origin), that replaces the
+nominal one, also for recordings: the image is turned and scaled about the frame centre, the box
+in sample mm is the axis-aligned box around the turned pixel box's corners, and lengths use the
+mean footprint (:class:`edge.calibration.SampleMapping`, ``docs/calibration_file.md``); the
+stage is taken to have gone to the head file's RoI positions. Thresholds tuned by the
+calibration replace the head file's for the post-processing.
 
 Without a calibration the frames are only scaled to [0, 1] (what the shipped network was trained
 on) and the result says so in its notes. Anything the pipeline cannot trust raises
@@ -38,6 +48,8 @@ from edge.postprocess import find_scratches
 from edge.verdict import Defect, RoiResult
 
 NO_CALIBRATION = "no calibration file: frames used uncorrected (dark level and flat field ignored)"
+NO_CORRECTION = ("the calibration holds no dark level, flat field or defective pixels: frames "
+                 "used uncorrected")
 
 
 class PipelineError(RuntimeError):
@@ -91,9 +103,11 @@ def prepare_tiles(frames: np.ndarray, calibration: Calibration | None, cfg: Head
     """
     p = cfg.pipeline
     grid = plan_tiles(frames.shape[1] // 2, frames.shape[2] // 2, p.tile_size, p.tile_overlap)
-    dark = calibration.dark if calibration is not None else None
-    gain = calibration.gain if calibration is not None else None
-    return grid, space_to_depth_tiles(frames, grid, dark, gain, cfg.camera.bit_depth, dtype)
+    if calibration is None:
+        return grid, space_to_depth_tiles(frames, grid, None, None, cfg.camera.bit_depth, dtype)
+    return grid, space_to_depth_tiles(frames, grid, calibration.dark, calibration.gain,
+                                      cfg.camera.bit_depth, dtype,
+                                      defects=calibration.defect_table)
 
 
 def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Engine,
@@ -103,6 +117,7 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
     where = f"RoI {index}"
     p = cfg.pipeline
     mmx, mmy = mm_per_px if mm_per_px is not None else cfg.mm_per_px
+    mapping = None
     timings: dict[str, float] = {}
     t = time.perf_counter()
     _check_frames(frames, where)
@@ -112,8 +127,12 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
     else:
         try:
             calibration.check_frames(frames.shape)
+            p = calibration.pipeline_for(cfg)
         except CalibrationError as exc:
             raise PipelineError(f"{where}: {exc}") from None
+        mapping = calibration.mapping(cfg)
+        if not corrects(calibration):
+            notes.append(NO_CORRECTION)
     try:
         grid, tiles = prepare_tiles(frames, calibration, cfg, engine.input.dtype)
     except ShapeError as exc:
@@ -134,15 +153,25 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
 
     t = time.perf_counter()
     defects = []
-    px_mm = (mmx + mmy) / 2.0
+    px_mm = (mmx + mmy) / 2.0 if mapping is None else mapping.px_mm
     kept = zip(found.boxes, found.max_score, found.length, strict=True)
     for (r0, c0, r1, c1), peak, length in kept:
         # score-map pixels are 2 x 2 RAW pixels
         x0, y0, x1, y1 = 2 * int(c0), 2 * int(r0), 2 * int(c1), 2 * int(r1)
-        box_mm = (origin_mm[0] + x0 * mmx, origin_mm[1] + y0 * mmy,
-                  origin_mm[0] + x1 * mmx, origin_mm[1] + y1 * mmy)
+        if mapping is None:
+            box_mm = (origin_mm[0] + x0 * mmx, origin_mm[1] + y0 * mmy,
+                      origin_mm[0] + x1 * mmx, origin_mm[1] + y1 * mmy)
+        else:
+            box_mm = mapping.box_mm((x0, y0, x1, y1), origin_mm)
         defects.append(Defect(box_mm, float(length) * 2.0 * px_mm, float(peak), (index,),
                               (x0, y0, x1, y1)))
     timings["defects"] = time.perf_counter() - t
     return RoiResult(index, (float(origin_mm[0]), float(origin_mm[1])), defects, timings,
-                     grid.count, calibration is not None, notes, score if keep_score else None)
+                     grid.count, corrects(calibration), notes, score if keep_score else None)
+
+
+def corrects(calibration: Calibration | None) -> bool:
+    """Whether the calibration changes the frames (not only positions or thresholds)."""
+    return calibration is not None and (calibration.dark is not None
+                                        or calibration.gain is not None
+                                        or calibration.defect_table is not None)

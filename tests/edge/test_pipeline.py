@@ -4,14 +4,17 @@ import numpy as np
 import pytest
 
 from edge import calibration as calib
+from edge.calibration import DefectivePixels, Geometry
+from edge.config import parse
 from edge.engine import open_engine
 from edge.inspection import RoiInput, inspect_sample
-from edge.pipeline import NO_CALIBRATION, PipelineError, process_roi
+from edge.kernels.space_to_depth import space_to_depth_tiles
+from edge.pipeline import NO_CALIBRATION, NO_CORRECTION, PipelineError, prepare_tiles, process_roi
 from edge.sim import OpticsRenderer
 from edge.sim.sample import arc, make_dust, make_stain
 from edge.truth import GlassObject, Sample
 from edge.verdict import Status
-from tests.conftest import SHIPPED_MODEL
+from tests.conftest import SHIPPED_MODEL, small_head_data
 
 pytest.importorskip("onnxruntime")
 
@@ -167,3 +170,90 @@ def test_head_qualified_with_another_model_refuses_the_artifact(small_cfg):
     other = type(small_cfg).model_validate(data)
     with pytest.raises(EngineError, match="qualified with model abababababab"):
         load_engine(other)
+
+
+def test_without_calibration_positions_are_the_nominal_formula(engine, head, small_cfg):
+    s = scratch((3.0, 4.0), 20.0, 5.0)
+    sample = Sample("ONE", small_cfg.stage.roi_grid.extent_mm, (s,), 1)
+    frames = head.render(sample, (0.0, 0.0), noise_seed=0).frames
+    for origin, mm_per_px in (((0.0, 0.0), None), ((9.7, 2.5), (0.0114, 0.0112))):
+        res = process_roi(frames, None, engine, small_cfg, 0, origin, mm_per_px)
+        mmx, mmy = mm_per_px or small_cfg.mm_per_px
+        (d,) = res.defects
+        x0, y0, x1, y1 = d.box_px
+        assert d.box_mm == (origin[0] + x0 * mmx, origin[1] + y0 * mmy,
+                            origin[0] + x1 * mmx, origin[1] + y1 * mmy)
+
+
+def test_a_calibration_without_geometry_keeps_positions_bit_for_bit(tmp_path, engine, head,
+                                                                    small_cfg):
+    s = scratch((3.0, 4.0), 20.0, 5.0)
+    sample = Sample("ONE", small_cfg.stage.roi_grid.extent_mm, (s,), 1)
+    frames = head.render(sample, (0.0, 0.0), noise_seed=0).frames
+    plain = process_roi(frames, None, engine, small_cfg, 0, (9.7, 0.0))
+    cal = calib.load(calib.save(tmp_path / "c.npz", np.zeros(6), np.ones(6), head=small_cfg))
+    res = process_roi(frames, cal, engine, small_cfg, 0, (9.7, 0.0))
+    assert res.corrected and res.notes == []
+    assert [d.to_dict() for d in res.defects] == [d.to_dict() for d in plain.defects]
+    assert [d.box_mm for d in res.defects] == [d.box_mm for d in plain.defects]
+
+
+def test_calibrated_geometry_places_defects_where_they_are(tmp_path, engine):
+    # a simulated camera mounted turned, magnified and shifted against what its head file says
+    data = small_head_data()
+    data["simulation"].update(rotation_deg=2.0, scale_error=0.015, origin_offset_mm=[0.6, -0.5])
+    cfg = parse(data, "mounted.toml")
+    optics = OpticsRenderer(cfg)
+    s = scratch((2.0, 3.0), 35.0, 8.0, seed=9)
+    sample = Sample("GEO", cfg.stage.roi_grid.extent_mm, (s,), 1)
+    frames = optics.render(sample, (0.0, 0.0), noise_seed=0).frames
+    ends = np.array([s.points_mm[0], s.points_mm[-1]])
+
+    def worst_miss(box):  # how far the scratch's ends lie outside the box, mm
+        x0, y0, x1, y1 = box
+        return float(np.max(np.maximum.reduce([x0 - ends[:, 0], ends[:, 0] - x1,
+                                                y0 - ends[:, 1], ends[:, 1] - y1,
+                                                np.zeros(2)])))
+
+    nominal = process_roi(frames, None, engine, cfg)
+    assert len(nominal.defects) == 1 and worst_miss(nominal.defects[0].box_mm) > 0.4
+    true_mm = tuple(v * 1.015 for v in cfg.mm_per_px)
+    geo = Geometry.measured(cfg, true_mm, 2.0, (0.6, -0.5))
+    cal = calib.load(calib.save(tmp_path / "geo.npz", head=cfg, geometry=geo))
+    res = process_roi(frames, cal, engine, cfg)
+    assert not res.corrected and res.notes == [NO_CORRECTION]
+    (d,) = res.defects
+    assert worst_miss(d.box_mm) < 0.15, (d.box_mm, ends)
+    assert d.box_mm == cal.mapping(cfg).box_mm(d.box_px, (0.0, 0.0))
+    assert d.length_mm == pytest.approx(8.0, rel=0.2)
+    # the same pixels as without geometry: only their place in mm changed
+    assert d.box_px == nominal.defects[0].box_px
+
+
+def test_tuned_thresholds_replace_the_head_files(tmp_path, engine, head, small_cfg):
+    s = scratch((3.0, 4.0), 20.0, 5.0)
+    sample = Sample("ONE", small_cfg.stage.roi_grid.extent_mm, (s,), 1)
+    frames = head.render(sample, (0.0, 0.0), noise_seed=0).frames
+    strict = calib.load(calib.save(tmp_path / "t.npz", head=small_cfg,
+                                   thresholds={"dbscan_min_samples": 10**6}))
+    assert len(process_roi(frames, None, engine, small_cfg).defects) == 1
+    assert process_roi(frames, strict, engine, small_cfg).defects == []
+    clash = calib.load(calib.save(tmp_path / "x.npz", head=small_cfg, thresholds={"t_low": 0.9}))
+    with pytest.raises(PipelineError, match=r"RoI 0: calibration .*x.npz: its thresholds"):
+        process_roi(frames, clash, engine, small_cfg)
+
+
+def test_defective_pixels_are_repaired_in_the_prepared_tiles(tmp_path, head, small_cfg):
+    sample = Sample("HOT", small_cfg.stage.roi_grid.extent_mm, (), 7)
+    frames = head.render(sample, (0.0, 0.0), noise_seed=0).frames
+    w = small_cfg.camera.width
+    rows, cols = head.hot_index // w, head.hot_index % w
+    assert rows.size >= 5
+    cal = calib.load(calib.save(tmp_path / "hot.npz", head=small_cfg,
+                                defects=DefectivePixels.of(hot=(rows, cols))))
+    grid, tiles = prepare_tiles(frames, cal, small_cfg, np.float16)
+    expected = space_to_depth_tiles(frames, grid, bit_depth=12, dtype=np.float16,
+                                    defects=(rows, cols))
+    assert np.array_equal(tiles.view(np.uint16), expected.view(np.uint16))
+    _, plain = prepare_tiles(frames, None, small_cfg, np.float16)
+    assert tiles.max() < plain.max()  # the hot pixels were the brightest of clean glass
