@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from edge.cli_common import UsageError, head_option
 
@@ -25,7 +26,7 @@ def _steps(text: str) -> list[str]:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from calibration.procedure import Settings, calibrate
+    from calibration.procedure import Settings, calibrate, write_calibration
     from calibration.report import write_report
     from edge import config
     from edge.assembly import build_head, default_head_path
@@ -69,11 +70,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         finally:
             for bar in bars.values():
                 bar.close()
+        written = write_calibration(run, cfg, Path(args.out) / "calibration.npz",
+                                    asm.camera.serial)
     for step, figures in run.summary.items():
         shown = {k: v for k, v in figures.items() if not isinstance(v, list) or len(v) <= 6}
         print(f"{step}: {shown}")
     for p in write_report(run, args.out):
         print(f"report: {p}")
+    print(f"calibration file: {written}  (name it in the head file: [calibration] file = ...)")
     return 0
 
 

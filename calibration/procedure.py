@@ -153,7 +153,33 @@ def _geometry(head, s: Settings, run: Run, tick, reference):
     dots = find_dots(total, noise, s.dot_diameter_mm / sx)
     g = fit_geometry(dots, head.shape, (sx, sy), nominal_centre, s.dot_grid_origin_mm,
                      s.dot_pitch_mm)
-    return g.summary(), {"dots_px": dots, "frame": total.astype(np.float32)}
+    return g.summary(), {"dots_px": dots, "frame": total.astype(np.float32),
+                         "fit": np.array([*g.mm_per_px, g.rotation_deg, *g.origin_offset_mm])}
 
 
 _MEASURE = {"dark": _dark, "flat": _flat, "geometry": _geometry}
+
+
+def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") -> Path:
+    """The calibration file the runtime reads (:mod:`edge.calibration`, format 2) from the
+    steps ``run`` measured, bound to this head and camera."""
+    from edge import calibration as calib
+
+    a = run.arrays
+    if "dark" not in a:
+        raise ValueError("a calibration file needs at least the dark step")
+    hot = a["dark"]["hot"].astype(bool)
+    dead = a["flat"]["dead"].astype(bool) & ~hot if "flat" in a else np.zeros_like(hot)
+    stuck = a["flat"]["stuck"].astype(bool) & ~hot & ~dead if "flat" in a else np.zeros_like(hot)
+    gain = None
+    if "flat" in a:
+        gain = a["flat"]["gain"].astype(np.float32)
+        gain[~np.isfinite(gain) | (gain <= 0)] = 1.0  # pixels without a field: left as they are
+    geometry = None
+    if "geometry" in a:
+        sx, sy, rot, dx, dy = (float(v) for v in a["geometry"]["fit"])
+        geometry = calib.Geometry.measured(cfg, (sx, sy), rot, (dx, dy))
+    defects = calib.DefectivePixels.of(hot=np.nonzero(hot), dead=np.nonzero(dead),
+                                       stuck=np.nonzero(stuck))
+    return calib.save(path, dark=a["dark"]["level"].astype(np.float32), gain=gain, head=cfg,
+                      camera_serial=camera_serial, defects=defects, geometry=geometry)

@@ -151,6 +151,8 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
         camera = _part("camera", lambda: _camera(cfg, sim))
         closers.append(camera.close)
         parts["camera"] = cfg.camera.device
+        if calibration is not None and camera.serial:
+            _part("calibration", lambda: calibration.check_for(cfg, camera.serial))
         from edge.hardware.leds import RingLight
 
         ring = _part("ring light", lambda: RingLight(cfg.illumination, pin_factory=pins))

@@ -50,9 +50,16 @@ def load_engine(cfg: HeadConfig, artifact: str | Path | None = None) -> Engine:
     return open_engine(path, e.backend, e.threads, max(e.batch_sizes), e.model_sha256)
 
 
-def load_calibration(cfg: HeadConfig, path: str | Path | None = None) -> calib.Calibration | None:
+def load_calibration(cfg: HeadConfig, path: str | Path | None = None,
+                     camera_serial: str | None = None) -> calib.Calibration | None:
+    """The head's calibration (or ``path``'s), checked against this head (and camera, where its
+    serial is known): one made for another is refused before anything is inspected."""
     p = path if path else cfg.calibration.file
-    return calib.load(cfg.resolve(str(p))) if p else None
+    if not p:
+        return None
+    cal = calib.load(cfg.resolve(str(p)))
+    cal.check_for(cfg, camera_serial)
+    return cal
 
 
 def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engine: Engine,

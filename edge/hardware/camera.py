@@ -41,6 +41,8 @@ class Camera(ABC):
 
     shape: tuple[int, int]
     bit_depth: int
+    #: the camera's serial number, which a calibration is bound to ("": unknown, not checked)
+    serial: str = ""
 
     @abstractmethod
     def configure(self, exposure_ms: float, gain: float = 1.0) -> None: ...

@@ -81,3 +81,24 @@ def test_calibrate_refuses_unknown_steps(capsys):
     with pytest.raises(SystemExit):
         main(["calibrate", "--sim", "--out", "x", "--steps", "dark,focus"])
     assert "steps are a comma-separated choice" in capsys.readouterr().err
+
+
+def test_the_calibration_file_is_applied_to_its_head_and_refused_by_another(tmp_path):
+    from edge import calibration as calib
+    from edge.inspection import load_calibration
+    from edge.runner import run_head
+
+    cfg = odd_head()
+    with build_head(cfg) as asm:
+        run = calibrate(asm, tmp_path / "run", Settings(frames=3), place=sim_placer(asm))
+    from calibration.procedure import write_calibration
+
+    path = write_calibration(run, cfg, tmp_path / "cal.npz")
+    cal = load_calibration(cfg, path)
+    assert cal.version == 2 and cal.geometry is not None and len(cal.defects.rows) > 0
+    with build_head(cfg, calibration_path=path) as asm:
+        (r,) = run_head(asm, 1, seed=5).results
+        assert r.verdict.status.value != "ERROR", r.verdict.reason
+        assert all(x.corrected for x in r.verdict.rois)
+    with pytest.raises(calib.CalibrationError, match="was made for head configuration"):
+        load_calibration(config.parse(small_head_data(), "other.toml"), path)
