@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edge.calibration import CalibrationError
     from edge.recording import RecordingError
 
     args = build_parser().parse_args(argv)
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     try:
         return args.func(args)
-    except (config.ConfigError, RecordingError, UsageError, AssemblyError) as exc:
+    except (config.ConfigError, RecordingError, UsageError, AssemblyError,
+            CalibrationError) as exc:
         print(f"glass-inspect {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

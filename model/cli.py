@@ -50,8 +50,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not p.is_file():
             raise UsageError(f"{p}: no such model file")
         models[p.stem if p.stem not in models else str(p)] = p
+    from edge.inspection import load_calibration
+
+    calibration = load_calibration(cfg, args.calibration) if args.calibration else None
     results = evaluate(models, cfg, args.samples, args.seed, args.scratch_share, args.threads,
-                       progress=not args.quiet)
+                       progress=not args.quiet, calibration=calibration)
     print(describe(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -116,6 +119,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--scratch-share", type=share, default=0.3, metavar="P",
                    help="share of samples with scratches (default: 0.3)")
     q.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
+    q.add_argument("--calibration", metavar="FILE",
+                   help="correct the frames with this calibration of the head (default: none)")
     q.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_evaluate)

@@ -91,17 +91,17 @@ class EngineScorer:
     judges the model exactly as the device runs it.
     """
 
-    def __init__(self, path: str | Path, cfg: HeadConfig, threads: int = 0):
+    def __init__(self, path: str | Path, cfg: HeadConfig, threads: int = 0, calibration=None):
         from edge.engine import open_engine
 
-        self.cfg = cfg
+        self.cfg, self.calibration = cfg, calibration
         self.engine = open_engine(path, "onnxruntime", threads, max(cfg.engine.batch_sizes))
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """Kept scratch boxes ``(K, 4)`` row0, col0, row1, col1 in half-resolution pixels."""
         from edge.pipeline import process_roi
 
-        result = process_roi(frames, None, self.engine, self.cfg)
+        result = process_roi(frames, self.calibration, self.engine, self.cfg)
         # RAW pixel boxes (x0, y0, x1, y1) back to the score map's (row, col), 2 x 2 per pixel
         return np.array([[d.box_px[1] // 2, d.box_px[0] // 2, d.box_px[3] // 2,
                           d.box_px[2] // 2] for d in result.defects], np.int64).reshape(-1, 4)
@@ -118,10 +118,13 @@ def _points_in_roi(points_mm: np.ndarray, origin, mm_per_px, shape) -> np.ndarra
 
 def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50,
              seed: int = HELD_OUT_SEED, scratch_share: float = 0.3, threads: int = 0,
-             progress: bool = True) -> dict[str, dict]:
-    """Run every model on the same ``n_samples`` simulated samples -> summary per model."""
+             progress: bool = True, calibration=None) -> dict[str, dict]:
+    """Run every model on the same ``n_samples`` simulated samples -> summary per model; with
+    ``calibration`` (an :class:`edge.calibration.Calibration` of this head) the frames are
+    corrected as the runtime corrects them."""
     head = OpticsRenderer(cfg)
-    scorers = {name: EngineScorer(path, cfg, threads) for name, path in models.items()}
+    scorers = {name: EngineScorer(path, cfg, threads, calibration)
+               for name, path in models.items()}
     counts = {name: Counts() for name in models}
     grid = cfg.stage.roi_grid
     mmpp = cfg.mm_per_px
