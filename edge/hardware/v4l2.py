@@ -35,7 +35,10 @@ Choices, and why:
 from __future__ import annotations
 
 import errno
+import glob
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 
@@ -61,6 +64,24 @@ from edge.hardware.v4l2_device import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def serial_of(device: str, by_id: str = "/dev/v4l/by-id") -> str:
+    """The camera's identity as udev names it (its ID_SERIAL: ``Vendor_Model_SERIAL`` of the
+    ``usb-...-video-index0`` links in ``/dev/v4l/by-id``), or "" where none names this device
+    (CSI sensors have none): a calibration is bound to it, so a swapped camera is noticed."""
+    try:
+        target = os.path.realpath(device)
+        for link in sorted(glob.glob(os.path.join(by_id, "*"))):
+            if os.path.realpath(link) != target:
+                continue
+            name = os.path.basename(link)
+            m = re.match(r"^[a-z0-9]+-(.+)-video-index\d+$", name)
+            if m:
+                return m.group(1)
+    except OSError:
+        pass
+    return ""
 
 
 def frame_bytes(f: PixFormat) -> int:
@@ -133,6 +154,7 @@ class V4L2Camera(Camera):
         if alignment not in (*ALIGNMENTS, "auto"):
             raise ValueError(f"alignment must be 'auto', 'lsb' or 'msb', not {alignment!r}")
         self.device, self.shape, self.bit_depth = device, (height, width), bit_depth
+        self.serial = serial_of(device)
         self.trigger, self.gain_scale = trigger, gain_scale
         self.dropped = 0  # stale frames arm() threw away
         self._maps: list = []

@@ -565,3 +565,16 @@ def test_a_real_device_answers():
             assert all(isinstance(c, Control) for c in dev.controls())
         finally:
             dev.close()
+
+
+def test_the_serial_comes_from_udevs_by_id_link(tmp_path):
+    from edge.hardware.v4l2 import serial_of
+
+    node = tmp_path / "video2"
+    node.touch()
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    (by_id / "usb-Acme_RAW12_Cam_A1B2C3-video-index0").symlink_to(node)
+    (by_id / "usb-Other_Cam_ZZZ-video-index0").symlink_to(tmp_path / "video9")
+    assert serial_of(str(node), str(by_id)) == "Acme_RAW12_Cam_A1B2C3"
+    assert serial_of(str(tmp_path / "video5"), str(by_id)) == ""  # a CSI sensor: none
