@@ -41,7 +41,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = Settings(frames=args.frames, dot_pitch_mm=args.dot_pitch,
                         dot_diameter_mm=args.dot_diameter,
                         dot_grid_origin_mm=tuple(args.dot_origin), steps=args.steps,
-                        redo=args.redo)
+                        redo=args.redo, golden=args.golden)
     with build_head(cfg) as asm:
         darken_on_signals(asm.ring)
         if asm.glass is not None:
@@ -106,6 +106,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="dot-grid target: dot diameter (default 0.2 mm)")
     c.add_argument("--dot-origin", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
                    help="sample position of one dot of the grid (default 0 0)")
+    c.add_argument("--golden", nargs="+", default=[], metavar="SAMPLE_DIR",
+                   help="recorded samples of known truth (good and scratched): tune the "
+                        "thresholds on them (the 'thresholds' step; none: skipped)")
     c.add_argument("--redo", action="store_true", help="measure steps already done again")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_calibrate)

@@ -10,7 +10,10 @@ interrupted run resumes at the step it was in:
    each group's field, its gain toward the reference head, dead and stuck pixels, and each
    group's brightness against the others (the LED balance) (:mod:`calibration.flat`);
 3. **geometry**: the dot-grid target at RoI 0: mm per pixel, camera rotation and where the
-   frame's centre really is (:mod:`calibration.geometry`).
+   frame's centre really is (:mod:`calibration.geometry`);
+4. **thresholds** (when golden samples are given): the post-processing settings that catch the
+   scratched golden samples with the fewest false alarms, through this calibration
+   (:mod:`calibration.thresholds`).
 
 What goes under the camera is asked for through ``place(what)`` with ``what`` one of
 ``"lens cap"``, ``"reference plate"``, ``"dot grid"``: on a real head the operator puts it there
@@ -38,7 +41,7 @@ from calibration.geometry import find_dots, fit_geometry
 from calibration.store import StepStore
 from edge.config import N_STATES
 
-STEPS = ("dark", "flat", "geometry")
+STEPS = ("dark", "flat", "geometry", "thresholds")
 TARGETS = {"dark": "lens cap", "flat": "reference plate", "geometry": "dot grid"}
 
 
@@ -50,6 +53,7 @@ class Settings:
     dot_grid_origin_mm: tuple[float, float] = (0.0, 0.0)  # sample position of one dot
     steps: Sequence[str] = STEPS
     redo: bool = False  # measure steps already done again
+    golden: Sequence[str] = ()  # recorded samples with known truth, for the thresholds step
 
 
 @dataclass
@@ -81,12 +85,16 @@ def calibrate(asm, out: str | Path, settings: Settings | None = None,
         raise ValueError(f"unknown calibration steps {unknown}; the steps are {list(STEPS)}")
     if s.frames < 2:
         raise ValueError(f"each step needs at least 2 frames, got {s.frames}")
+    if not s.golden:
+        s = Settings(**{**s.__dict__, "steps": [x for x in s.steps if x != "thresholds"]})
     store = StepStore(out)
     run = Run(Path(out))
     head = asm.head
     wanted = [x for x in STEPS if x in s.steps]
     # what later steps need from earlier ones comes from the store, measured now or before
     needs = set(wanted) | ({"dark"} if {"flat", "geometry"} & set(wanted) else set())
+    if "thresholds" in wanted:  # tuned through everything measured so far, and the dark at least
+        needs |= {"dark"} | {x for x in ("flat", "geometry") if x in wanted or store.done(x)}
     tick = progress or (lambda what, done, total: None)
     try:
         head.stage.ready()
@@ -94,7 +102,7 @@ def calibrate(asm, out: str | Path, settings: Settings | None = None,
             if step not in needs:
                 continue
             if step in wanted and (s.redo or not store.done(step)):
-                if place is not None:
+                if place is not None and step in TARGETS:
                     place(TARGETS[step])
                 summary, arrays = _MEASURE[step](head, s, run, tick, reference)
                 store.save(step, summary, **arrays)
@@ -157,7 +165,22 @@ def _geometry(head, s: Settings, run: Run, tick, reference):
                          "fit": np.array([*g.mm_per_px, g.rotation_deg, *g.origin_offset_mm])}
 
 
-_MEASURE = {"dark": _dark, "flat": _flat, "geometry": _geometry}
+def _thresholds(head, s: Settings, run: Run, tick, reference):
+    import tempfile
+
+    from calibration.thresholds import choose, golden_scores, sweep
+    from edge import calibration as calib
+
+    with tempfile.TemporaryDirectory() as tmp:  # this calibration, as the runtime will read it
+        cal = calib.load(write_calibration(run, head.cfg, Path(tmp) / "cal.npz"))
+    tick("golden samples", 0, 1)
+    goldens = golden_scores(s.golden, head.cfg, head.engine, cal)
+    tick("golden samples", 1, 1)
+    rows = sweep(goldens, head.cfg.pipeline)
+    return {"chosen": choose(rows, head.cfg.pipeline, goldens), "sweep": rows}, {}
+
+
+_MEASURE = {"dark": _dark, "flat": _flat, "geometry": _geometry, "thresholds": _thresholds}
 
 
 def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") -> Path:
@@ -181,5 +204,10 @@ def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") 
         geometry = calib.Geometry.measured(cfg, (sx, sy), rot, (dx, dy))
     defects = calib.DefectivePixels.of(hot=np.nonzero(hot), dead=np.nonzero(dead),
                                        stuck=np.nonzero(stuck))
+    thresholds = None
+    if "thresholds" in run.summary:
+        chosen = run.summary["thresholds"]["chosen"]
+        thresholds = {k: chosen[k] for k in ("t_low", "t_high", "dbscan_min_samples")}
     return calib.save(path, dark=a["dark"]["level"].astype(np.float32), gain=gain, head=cfg,
-                      camera_serial=camera_serial, defects=defects, geometry=geometry)
+                      camera_serial=camera_serial, defects=defects, geometry=geometry,
+                      thresholds=thresholds)

@@ -102,3 +102,23 @@ def test_the_calibration_file_is_applied_to_its_head_and_refused_by_another(tmp_
         assert all(x.corrected for x in r.verdict.rois)
     with pytest.raises(calib.CalibrationError, match="was made for head configuration"):
         load_calibration(config.parse(small_head_data(), "other.toml"), path)
+
+
+def test_thresholds_are_tuned_on_golden_samples_and_written(tmp_path, small_cfg):
+    from calibration.procedure import write_calibration
+    from edge import calibration as calib
+    from edge.sim.recorder import simulate_samples
+
+    golden = tmp_path / "golden"
+    simulate_samples(small_cfg, 2, golden, seed=11, scratch_share=1.0, progress=False)
+    simulate_samples(small_cfg, 2, golden, seed=21, scratch_share=0.0, progress=False)
+    cfg = config.parse({**small_head_data(), "name": small_cfg.name}, "small-head.toml")
+    with build_head(cfg) as asm:
+        run = calibrate(asm, tmp_path / "run", Settings(frames=3, golden=[str(golden)]),
+                        place=sim_placer(asm))
+    chosen = run.summary["thresholds"]["chosen"]
+    assert chosen["samples"] == 4 and chosen["scratched"] == 2
+    assert chosen["t_low"] <= chosen["t_high"]
+    assert len(run.summary["thresholds"]["sweep"]) > 20
+    cal = calib.load(write_calibration(run, cfg, tmp_path / "cal.npz"))
+    assert cal.thresholds["t_high"] == chosen["t_high"]
