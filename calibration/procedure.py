@@ -114,6 +114,17 @@ def calibrate(asm, out: str | Path, settings: Settings | None = None,
     return run
 
 
+PREVIEW = 4  # the report's pictures are made from frames shrunk this much (block means)
+
+
+def _preview(img: np.ndarray) -> np.ndarray:
+    """Block means of PREVIEW x PREVIEW pixels over the last two axes: a picture's worth."""
+    h, w = (img.shape[-2] // PREVIEW) * PREVIEW, (img.shape[-1] // PREVIEW) * PREVIEW
+    a = img[..., :h, :w]
+    return a.reshape(*a.shape[:-2], h // PREVIEW, PREVIEW, w // PREVIEW, PREVIEW).mean(
+        axis=(-3, -1)).astype(np.float32)
+
+
 def _frames(head, state: int | None, n: int, tick, what: str, done: int, total: int):
     for k in range(n):
         yield head.expose(state)[0]
@@ -139,7 +150,9 @@ def _flat(head, s: Settings, run: Run, tick, reference):
     g = gains(norm_field, norm_ref)
     balance = [float(f.mean() / r.fields.mean()) for f in r.fields]
     summary = dict(r.summary(), led_balance=[round(b, 4) for b in balance])
-    return summary, {"fields": r.fields, "gain": g, "dead": r.dead, "stuck": r.stuck}
+    # the report's pictures need only a shrunk copy of the fields (the gains are the result)
+    return summary, {"fields_preview": _preview(r.fields), "gain": g, "dead": r.dead,
+                     "stuck": r.stuck}
 
 
 def _geometry(head, s: Settings, run: Run, tick, reference):
@@ -161,7 +174,7 @@ def _geometry(head, s: Settings, run: Run, tick, reference):
     dots = find_dots(total, noise, s.dot_diameter_mm / sx)
     g = fit_geometry(dots, head.shape, (sx, sy), nominal_centre, s.dot_grid_origin_mm,
                      s.dot_pitch_mm)
-    return g.summary(), {"dots_px": dots, "frame": total.astype(np.float32),
+    return g.summary(), {"dots_preview": dots / PREVIEW, "frame_preview": _preview(total),
                          "fit": np.array([*g.mm_per_px, g.rotation_deg, *g.origin_offset_mm])}
 
 

@@ -94,11 +94,11 @@ def write_report(run, out: str | Path) -> list[Path]:
         written.append(p)
     if "flat" in a:
         p = out / "flat.png"
-        flat_picture(a["flat"]["fields"]).save(p)
+        flat_picture(a["flat"]["fields_preview"]).save(p)
         written.append(p)
-    if "geometry" in a and "frame" in a["geometry"]:
+    if "geometry" in a:
         p = out / "geometry.png"
-        geometry_picture(a["geometry"]["frame"], a["geometry"]["dots_px"]).save(p)
+        geometry_picture(a["geometry"]["frame_preview"], a["geometry"]["dots_preview"]).save(p)
         written.append(p)
     p = out / "report.json"
     p.write_text(json.dumps(run.summary, indent=1) + "\n")
