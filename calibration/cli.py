@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.cli_common import UsageError, head_option
+from edge.cli_common import UsageError, head_for, head_option
 
 log = logging.getLogger("glass-inspect")
 
@@ -29,14 +29,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from calibration.procedure import Settings, calibrate, write_calibration
     from calibration.report import write_report
     from edge import config
-    from edge.assembly import build_head, default_head_path
+    from edge.assembly import build_head
     from edge.hardware.leds import darken_on_signals
 
-    path = args.head or (None if args.sim else default_head_path())
-    if path is None and not args.sim:
-        raise UsageError("say which head to calibrate: --head HEAD.toml, or --sim")
     # a calibration measures the raw head: no earlier calibration applied to its frames
-    cfg = config.load(path)
+    cfg = head_for(args, "calibrate")
     cfg = cfg.model_copy(update={"calibration": config.Calibration(file="")})
     settings = Settings(frames=args.frames, dot_pitch_mm=args.dot_pitch,
                         dot_diameter_mm=args.dot_diameter,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge import __version__, config
 from edge.assembly import AssemblyError
-from edge.cli_common import UsageError, head_option, load_head, share
+from edge.cli_common import UsageError, head_for, head_option, load_head, share
 
 log = logging.getLogger("glass-inspect")
 
@@ -70,21 +70,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if any(v.status is Status.ERROR for v in verdicts) else 0
 
 
-def _run_head_file(args: argparse.Namespace) -> config.HeadConfig:
-    """``--sim`` alone: the embedded simulated head; ``--head FILE``: that head."""
-    from edge.assembly import default_head_path
-
-    path = args.head or (None if args.sim else default_head_path())
-    if path is None and not args.sim:
-        raise UsageError("say which head to run: --head HEAD.toml (a real head: write one with "
-                         "'glass-inspect config default'), or --sim for the simulated head")
-    cfg = config.load(path)
-    if args.sim and cfg.camera.kind == "v4l2":
-        raise UsageError(f"--sim runs a simulated head, but {cfg.source} names a real camera "
-                         f"({cfg.camera.device}); leave out --sim to run it")
-    return cfg
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -92,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.hardware.leds import darken_on_signals
     from edge.runner import run_head
 
-    cfg = _run_head_file(args)
+    cfg = head_for(args, "run")
     sim_options = None
     if cfg.simulated:
         from edge.sim.parts import SimOptions

@@ -28,6 +28,21 @@ def load_head(args: argparse.Namespace) -> config.HeadConfig:
     return config.load(getattr(args, "head", None) or default_head_path())
 
 
+def head_for(args: argparse.Namespace, verb: str) -> config.HeadConfig:
+    """The head a command that drives hardware works on: ``--head FILE`` (or
+    ``$GLASS_INSPECT_HEAD``), or with ``--sim`` alone the embedded simulated head; ``--sim``
+    with a file that names a real camera is refused."""
+    path = args.head or (None if args.sim else default_head_path())
+    if path is None and not args.sim:
+        raise UsageError(f"say which head to {verb}: --head HEAD.toml (a real head: write one "
+                         "with 'glass-inspect config default'), or --sim for the simulated head")
+    cfg = config.load(path)
+    if args.sim and cfg.camera.kind == "v4l2":
+        raise UsageError(f"--sim {verb}s a simulated head, but {cfg.source} names a real camera "
+                         f"({cfg.camera.device}); leave out --sim to {verb} it")
+    return cfg
+
+
 def size(text: str) -> tuple[int, int]:
     """WIDTHxHEIGHT -> (height, width)."""
     try:
