@@ -10,7 +10,9 @@ Every head, real or simulated, is built here, by the same steps in the same orde
 3. the **pin factory** (``jetson``: the header over libgpiod; ``mock``: the simulated wiring),
    the **stage** (the GRBL driver on the head file's port; ``sim`` starts the GRBL simulator on
    a pseudo-terminal first), the **camera** (V4L2; ``sim`` and ``replay:DIR`` are simulated);
-4. the **ring light** last, so that the LEDs are claimed (and held dark) only once every other
+4. the pipeline **warmed up** on a synthetic RoI (:func:`edge.pipeline.warm_up`: no kernel
+   compiles later while an LED group is lit);
+5. the **ring light** last, so that the LEDs are claimed (and held dark) only once every other
    part is there; then the head.
 
 Simulated parts come from :mod:`edge.sim.parts`, imported only when the head file names one;
@@ -153,6 +155,10 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
         parts["camera"] = cfg.camera.device
         if calibration is not None and camera.serial:
             _part("calibration", lambda: calibration.check_for(cfg, camera.serial))
+        from edge.pipeline import warm_up
+
+        # before the ring light: no kernel compiles while an LED group is lit
+        _part("pipeline", lambda: warm_up(cfg, engine, calibration, camera.shape))
         from edge.hardware.leds import RingLight
 
         ring = _part("ring light", lambda: RingLight(cfg.illumination, pin_factory=pins))

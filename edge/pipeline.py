@@ -175,3 +175,23 @@ def corrects(calibration: Calibration | None) -> bool:
     return calibration is not None and (calibration.dark is not None
                                         or calibration.gain is not None
                                         or calibration.defect_table is not None)
+
+
+def warm_up(cfg: HeadConfig, engine: Engine, calibration: Calibration | None,
+            shape: tuple[int, int]) -> None:
+    """Run the whole pipeline once on a synthetic RoI before any LED is lit.
+
+    Why: the first call of each Numba kernel in a process compiles it (or loads it from the
+    cache) while holding the interpreter lock, for up to seconds on a cold cache. Were that to
+    happen in the pipeline worker while the acquisition thread keeps an LED group lit, the group
+    would stay lit past its maximum on-time and the LED watchdog would end the inspection. So
+    the assembly runs this first: the correction (with this head's calibration: a calibration
+    that does not fit the camera's frames is also found here), space-to-depth, the engine, and
+    the post-processing on a score map with a line in it, so DBSCAN's kernels compile too."""
+    frames = np.full((N_STATES, *shape), 64, np.uint16)
+    frames[:, 1::7, ::5] = 80  # not constant: a frame check would refuse a flat frame
+    process_roi(frames, calibration, engine, cfg)
+    score = np.zeros((64, 64), np.float32)
+    score[30:33, 5:60] = 1.0
+    p = cfg.pipeline
+    find_scratches(score, p.model_copy(update={"downscale": 1, "dbscan_min_samples": 4}))

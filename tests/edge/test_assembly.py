@@ -95,3 +95,28 @@ def test_the_verdict_server_drives_the_assembled_head(tmp_path):
         assert seen[-1] == 2 and inspector.engine["backend"] == "onnxruntime"
         # the same id shows the same glass on the simulated head
         assert asm.load_glass("LINE-7") == asm.load_glass("LINE-7")
+
+
+def test_an_engine_that_fails_at_start_up_stops_the_head_before_any_led(small_cfg, monkeypatch):
+    import edge.hardware.leds as leds
+    from edge.engine import EngineError, open_engine
+
+    class Broken:
+        def __init__(self, engine):
+            self._e = engine
+
+        def __getattr__(self, name):
+            return getattr(self._e, name)
+
+        def infer(self, batch):
+            raise EngineError("the engine fell over (simulated)")
+
+        def infer_stream(self, batches):
+            raise EngineError("the engine fell over (simulated)")
+
+    lit = []
+    monkeypatch.setattr(leds, "RingLight", lambda *a, **k: lit.append("leds"))
+    with open_engine(SHIPPED_MODEL, threads=2, max_batch=4) as engine, \
+            pytest.raises(AssemblyError, match="pipeline: .*fell over"):
+        build_head(small_cfg, engine=Broken(engine))
+    assert lit == []

@@ -184,7 +184,8 @@ class FailingEngine:
 
 
 def test_engine_error_stops_the_acquisition_and_the_stage(cfg, engine):
-    with build_head(cfg, engine=FailingEngine(engine)) as rig:
+    with build_head(cfg, engine=engine) as rig:
+        rig.head.engine = FailingEngine(engine)  # the GPU falls off after the start-up
         rig.glass.place(clean(cfg))
         v = rig.head.inspect("S")
         assert v.status is Status.ERROR and "TensorRT execution failed" in v.reason
