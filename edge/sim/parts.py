@@ -84,6 +84,9 @@ class SimParts:
         if folder is None:
             cam = SimCamera(OpticsRenderer(cfg, o.shape), self.wiring, trigger, leds,
                             lambda: grbl.position, cfg.stage.roi_grid.origin_mm, frame_s)
+            # render once now, LEDs dark: the renderer's Numba kernels compile (or load) here,
+            # not in the camera's thread while the head keeps an LED group lit
+            cam.expose((0,), cfg.stage.roi_grid.origin_mm)
         else:
             first = open_sample(find_samples(folder)[0])
             cam = ReplayCamera(first, self.wiring, trigger, leds, lambda: grbl.position, frame_s)
