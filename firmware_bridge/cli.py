@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 log = logging.getLogger("glass-inspect.bridge")
 
@@ -188,78 +187,23 @@ def _make_inspector(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from firmware_bridge.journal import Journal, JournalError
-    from firmware_bridge.port import Link, sim_port
-    from firmware_bridge.server import VerdictServer
+    from firmware_bridge.service import serve
 
     url, baud = _link_settings(args)
-    try:
-        journal = Journal(args.journal)
-    except JournalError as exc:
-        print(f"glass-inspect serve: {exc}", file=sys.stderr)
-        return 2
-    # the head first: one with missing parts stops here (exit 2), before the line sees a port
-    try:
-        inspector, close = _make_inspector(args)
-    except BaseException:
-        journal.close()
-        raise
-    opener = None
-    if url == "sim":
-        opener, url = sim_port()
-        print(f"line controller port: {url}  (e.g. glass-inspect line-sim --port {url})",
-              flush=True)
-    heartbeat = _heartbeat(args, url)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("stopping (signal %d)", signum)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-    try:
-        link = Link(url, baud, name="line controller port", reopen_s=args.reopen,
-                    opener=opener)
-        server = VerdictServer(link, inspector, journal, repeat_s=args.repeat,
-                               abort_grace_s=args.abort_grace,
-                               inspect_timeout_s=args.inspect_timeout)
-        if heartbeat is not None:
-            _beat_from_the_loop(server, heartbeat)
-        log.info("serving verdicts on %s at %d baud with the %s inspector", url, baud,
-                 args.inspector)
-        server.run(stop)
-    except KeyboardInterrupt:
-        log.info("stopped")
-    finally:
-        close()
-        journal.close()
-        if heartbeat is not None:
-            heartbeat.write("stopped")
-    return 0
+    return serve(url, baud, args.journal, lambda: _make_inspector(args),
+                 health=getattr(args, "health", None), repeat_s=args.repeat,
+                 abort_grace_s=args.abort_grace, inspect_timeout_s=args.inspect_timeout,
+                 reopen_s=args.reopen, label=args.inspector,
+                 engine=getattr(args, "engine", None))
 
 
-def _heartbeat(args: argparse.Namespace, port: str):
+def _heartbeat(args: argparse.Namespace):
     """The heartbeat of ``--health``, or None."""
     if not getattr(args, "health", None):
         return None
     from firmware_bridge.health import Heartbeat
 
-    return Heartbeat(args.health, port=port, journal=str(Path(args.journal).resolve()),
-                     engine=getattr(args, "engine", None), inspector=args.inspector)
-
-
-def _beat_from_the_loop(server, heartbeat) -> None:
-    """Write the heartbeat from the server's own loop, so a stuck loop stops beating."""
-    step = server.step
-
-    def step_and_beat() -> None:
-        step()
-        if heartbeat.due():
-            heartbeat.write("serving", link_open=server.link.is_open,
-                            unacknowledged=len(server.journal.unacknowledged()))
-
-    server.step = step_and_beat
+    return Heartbeat(args.health)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -267,7 +211,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from export.provision import ProvisionError, start
 
     cfg = load_head(args)
-    heartbeat = _heartbeat(args, "")
+    heartbeat = _heartbeat(args)
     if heartbeat is not None:
         heartbeat.write("provisioning", doing="preparing the engine")
 

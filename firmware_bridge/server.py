@@ -57,8 +57,10 @@ class _Job:
 class VerdictServer:
     def __init__(self, link: Link, inspector: Inspector, journal: Journal, *,
                  repeat_s: float = 1.0, abort_grace_s: float = 2.0,
-                 inspect_timeout_s: float = 300.0) -> None:
+                 inspect_timeout_s: float = 300.0, heartbeat=None) -> None:
         self.link = link
+        # written from this loop (firmware_bridge.health), so a stuck loop stops beating
+        self.heartbeat = heartbeat
         self.inspector = inspector
         self.journal = journal
         self.repeat_s = repeat_s
@@ -104,6 +106,9 @@ class VerdictServer:
             while not stop.is_set():
                 try:
                     self.step()
+                    if self.heartbeat is not None and self.heartbeat.due():
+                        self.heartbeat.write("serving", link_open=self.link.is_open,
+                                             unacknowledged=len(self.journal.unacknowledged()))
                 except Exception:
                     # A bug must not take the line down: the journal and the repeats carry
                     # on, and the traceback tells us what to fix.

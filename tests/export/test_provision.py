@@ -415,20 +415,29 @@ def test_heartbeat_writes_atomically_and_only_when_due(tmp_path):
 
 
 def test_serve_beats_from_its_own_loop(tmp_path):
-    """The heartbeat is written by the server loop's step, so a stuck loop goes stale."""
-    from firmware_bridge.cli import _beat_from_the_loop
+    """The heartbeat is written by the server's loop after each step, so a stuck loop goes
+    stale."""
+    import threading
 
-    class Server:
-        link = SimpleNamespace(is_open=True)
-        journal = SimpleNamespace(unacknowledged=lambda: [1, 2, 3])
+    from firmware_bridge.journal import Journal
+    from firmware_bridge.server import VerdictServer
+
+    stop = threading.Event()
+
+    class OneStep(VerdictServer):
         steps = 0
 
         def step(self):
             self.steps += 1
+            stop.set()
 
-    server = Server()
+        def shutdown(self):
+            pass
+
+    journal = Journal(tmp_path / "j.jsonl")
     hb = Heartbeat(tmp_path / "h.json", every_s=0.0, port="p")
-    _beat_from_the_loop(server, hb)
-    server.step()
+    server = OneStep(SimpleNamespace(is_open=True), None, journal, heartbeat=hb)
+    server.run(stop)
+    journal.close()
     rec = json.loads((tmp_path / "h.json").read_text())
-    assert server.steps == 1 and rec["link_open"] is True and rec["unacknowledged"] == 3
+    assert server.steps == 1 and rec["link_open"] is True and rec["unacknowledged"] == 0

@@ -1,0 +1,75 @@
+"""The verdict service: journal, head, line port and server put together, until stopped.
+
+What ``glass-inspect serve`` runs (and ``start``, after the engine is ready). The order matters:
+the journal first (a journal that cannot be opened stops everything before the head is built),
+then the head (one with missing parts stops here, before the line controller ever sees a port),
+then the port and the server. SIGTERM stops the loop cleanly; every way out closes the head
+(LEDs dark), the journal, and marks the heartbeat stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("glass-inspect.bridge")
+
+
+def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], tuple],
+          *, health: str | None = None, repeat_s: float = 1.0, abort_grace_s: float = 2.0,
+          inspect_timeout_s: float = 300.0, reopen_s: float = 0.5, label: str = "head",
+          engine: str | None = None) -> int:
+    """Serve verdicts on ``url`` until SIGTERM or Ctrl-C; the exit status.
+    ``make_inspector()`` gives (inspector, close)."""
+    from firmware_bridge.journal import Journal, JournalError
+    from firmware_bridge.port import Link, sim_port
+    from firmware_bridge.server import VerdictServer
+
+    try:
+        journal = Journal(journal_path)
+    except JournalError as exc:
+        print(f"glass-inspect serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        inspector, close = make_inspector()
+    except BaseException:
+        journal.close()
+        raise
+    opener = None
+    if url == "sim":
+        opener, url = sim_port()
+        print(f"line controller port: {url}  (e.g. glass-inspect line-sim --port {url})",
+              flush=True)
+    heartbeat = None
+    if health:
+        from firmware_bridge.health import Heartbeat
+
+        heartbeat = Heartbeat(health, port=url, journal=str(Path(journal_path).resolve()),
+                              engine=engine, inspector=label)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("stopping (signal %d)", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+    try:
+        link = Link(url, baud, name="line controller port", reopen_s=reopen_s, opener=opener)
+        server = VerdictServer(link, inspector, journal, repeat_s=repeat_s,
+                               abort_grace_s=abort_grace_s, inspect_timeout_s=inspect_timeout_s,
+                               heartbeat=heartbeat)
+        log.info("serving verdicts on %s at %d baud with the %s inspector", url, baud, label)
+        server.run(stop)
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        close()
+        journal.close()
+        if heartbeat is not None:
+            heartbeat.write("stopped")
+    return 0
