@@ -139,11 +139,11 @@ def _dark(head, s: Settings, run: Run, tick, reference):
 def _flat(head, s: Settings, run: Run, tick, reference):
     dark = run.arrays["dark"]
     total = N_STATES * s.frames
-    per_state = [list(_frames(head, k, s.frames, tick, f"flat, LED group {k}", k * s.frames,
-                              total)) for k in range(N_STATES)]
+    # one generator per group, consumed in turn: one frame in memory at a time, not 6 x N
+    per_state = (_frames(head, k, s.frames, tick, f"flat, LED group {k}", k * s.frames, total)
+                 for k in range(N_STATES))
     offset = run.summary["dark"]["offset_dn"]
     r = measure_flats(per_state, dark["level"], offset, dark["hot"])
-    del per_state
     ref = reference(r.fields.shape[1:])
     norm_ref = ref / ref.mean()
     norm_field = r.fields / r.fields.mean()
