@@ -44,12 +44,16 @@ def cmd_export_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _need_samples(args: argparse.Namespace) -> None:
+    if not args.samples:
+        raise UsageError("INT8 needs --samples SAMPLE_DIR (recorded samples to calibrate on)")
+
+
 def _quantization_batches(args: argparse.Namespace, cfg, batch: int) -> list:
     from edge.inspection import load_calibration
     from export.quantization_data import quantization_batches
 
-    if not args.samples:
-        raise UsageError("INT8 needs --samples SAMPLE_DIR (recorded samples to calibrate on)")
+    _need_samples(args)
     try:
         return quantization_batches(args.samples, cfg, batch, load_calibration(cfg), args.tiles)
     except ValueError as exc:
@@ -63,8 +67,7 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
     from export.quantize import quantize_qdq
 
     cfg = load_head(args)
-    if not args.samples:
-        raise UsageError("INT8 needs --samples SAMPLE_DIR (recorded samples to calibrate on)")
+    _need_samples(args)
     out = Path(args.out) if args.out else Path(args.model).with_suffix(".qdq.onnx")
     used = []
 
