@@ -189,7 +189,7 @@ def _thresholds(head, s: Settings, run: Run, tick, reference):
     tick("golden samples", 0, 1)
     goldens = golden_scores(s.golden, head.cfg, head.engine, cal)
     tick("golden samples", 1, 1)
-    rows = sweep(goldens, head.cfg.pipeline)
+    rows = sweep(goldens, head.cfg.pipeline, head.cfg.reject_rule.min_length_mm)
     return {"chosen": choose(rows, head.cfg.pipeline, goldens), "sweep": rows}, {}
 
 

@@ -268,6 +268,21 @@ class Pipeline(_Section):
         return self
 
 
+class RejectRule(_Section):
+    """Which scratches fail a sample: the customer's rule, applied alike by the verdict, the
+    evaluation and the calibration's threshold sweep (:func:`edge.verdict.decide`).
+
+    A scratch whose apparent length (along its main axis, merged across RoIs) is at least
+    ``min_length_mm`` must be caught and fails the sample; a shorter one is reported but passes,
+    and the evaluation counts it neither as a miss nor as a false alarm.
+    """
+
+    min_length_mm: float = Field(default=0.5, ge=0, le=1000)
+
+    def rejects(self, length_mm: float) -> bool:
+        return length_mm >= self.min_length_mm
+
+
 class Engine(_Section):
     artifact: str = Field(min_length=1)
     backend: Literal["auto", "onnxruntime", "tensorrt"]
@@ -338,6 +353,7 @@ class HeadConfig(_Section):
     engine: Engine
     calibration: Calibration
     verdict_link: VerdictLink
+    reject_rule: RejectRule = RejectRule()
     simulation: Simulation | None = None
 
     @model_validator(mode="after")

@@ -98,7 +98,8 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
             reason = f"{current}: {reason}"
         log.error("%s: inspection stopped: %s", sample_id, reason)
         return error(sample_id, reason, results, engine.identity, cal_id, total())
-    return decide(sample_id, results, expected, engine.identity, cal_id, total())
+    return decide(sample_id, results, expected, engine.identity, cal_id, total(),
+                  cfg.reject_rule.min_length_mm)
 
 
 def recorded_rois(sample_dir: str | Path, cfg: HeadConfig) -> tuple[RecordedSample, list[RoiInput]]:

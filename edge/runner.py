@@ -92,7 +92,7 @@ def run_head(asm: Assembly, samples: int, *, seed: int = 0, overlay_dir: str | P
         r = Inspected(v, truth)
         if truth is not None:
             flagged = None if v.status is Status.ERROR else v.status is Status.FAIL
-            r.said, r.agrees = agreement(flagged, truth)
+            r.said, r.agrees = agreement(flagged, truth, asm.cfg.reject_rule.min_length_mm)
         summary.results.append(r)
         if on_result is not None:
             on_result(r)

@@ -136,17 +136,22 @@ class Sample:
         )
 
 
-def agreement(flagged: bool | None, truth: Sample) -> tuple[str, bool | None]:
-    """The ground truth in words, and whether a verdict agrees with it.
+def agreement(flagged: bool | None, truth: Sample,
+              min_length_mm: float = 0.0) -> tuple[str, bool | None]:
+    """The ground truth in words, and whether a verdict agrees with it under the reject rule.
 
     ``flagged`` is the verdict's answer (True: FAIL, False: PASS, None: ERROR, which is neither
-    right nor wrong). Returns e.g. ``("1 scratch (18.2 mm) -> MISSED", False)``.
+    right nor wrong). Returns e.g. ``("1 scratch (18.2 mm) -> MISSED", False)``. A sample whose
+    scratches are all shorter than ``min_length_mm`` may pass or fail (the evaluation counts it
+    neither way): either verdict agrees.
     """
     lengths = sorted((d.length_mm for d in truth.scratches), reverse=True)
     said = (f"{len(lengths)} scratch{'es' if len(lengths) != 1 else ''} "
             f"({', '.join(f'{x:.1f}' for x in lengths)} mm)" if lengths else "no scratch")
     if flagged is None:
         return said, None
+    if lengths and lengths[0] < min_length_mm:
+        return f"{said}, shorter than the reject rule's {min_length_mm:g} mm -> agrees", True
     ok = flagged == bool(lengths)
     judged = "agrees" if ok else ("MISSED" if lengths else "FALSE ALARM")
     return f"{said} -> {judged}", ok

@@ -3,9 +3,12 @@
 Decisions (the glass paper, section 6: one scratch rejects a sample):
 
 * **image level** (one RoI): flagged when the pipeline kept at least one scratch in it;
-* **sample level**: FAIL when any defect remains after merging, PASS when every RoI was
-  inspected and none did, ERROR when anything kept the inspection from completing (a missing
-  RoI, a camera, stage, engine or calibration problem): never PASS on an incomplete inspection.
+* **sample level**: FAIL when a defect the reject rule rejects remains after merging (a scratch
+  at least ``[reject_rule] min_length_mm`` long, :class:`edge.config.RejectRule`); PASS when
+  every RoI was inspected and none did (shorter scratches are listed in the verdict and said
+  in its reason, but do not fail the sample); ERROR when anything kept the inspection from
+  completing (a missing RoI, a camera, stage, engine or calibration problem): never PASS on an
+  incomplete inspection.
 
 Merging: the RoIs overlap by about 2 mm, so a scratch crossing an overlap is seen twice (or
 once in each half). Defects of *different* RoIs whose millimetre boxes touch within
@@ -173,7 +176,7 @@ class Verdict:
         if self.status is Status.ERROR:
             return f"{self.sample_id}: ERROR - {self.reason}"
         if self.status is Status.PASS:
-            return f"{self.sample_id}: PASS - no scratch in {len(self.rois)} RoIs"
+            return f"{self.sample_id}: PASS - {self.reason}"
         longest = max(d.length_mm for d in self.defects)
         return (f"{self.sample_id}: FAIL - {len(self.defects)} scratch"
                 f"{'es' if len(self.defects) > 1 else ''} (longest {longest:.1f} mm) in RoIs "
@@ -186,18 +189,31 @@ class Verdict:
                 f"{', '.join(map(str, d.rois))}" for k, d in enumerate(self.defects)]
 
 
+def rejected(defects: list[Defect], min_length_mm: float) -> list[Defect]:
+    """The defects that fail a sample under the reject rule (``RejectRule.min_length_mm``)."""
+    return [d for d in defects if d.length_mm >= min_length_mm]
+
+
 def decide(sample_id: str, results: list[RoiResult], expected_rois: int, engine: dict,
-           calibration: dict | None, timings_s: dict[str, float]) -> Verdict:
-    """The sample-level decision over complete per-RoI results."""
+           calibration: dict | None, timings_s: dict[str, float],
+           min_length_mm: float = 0.0) -> Verdict:
+    """The sample-level decision over complete per-RoI results, under the reject rule
+    ``min_length_mm`` (0: every scratch fails the sample)."""
     done = sorted(r.index for r in results)
     if len(done) != expected_rois:
         return Verdict(sample_id, Status.ERROR,
                        f"only {len(done)} of {expected_rois} RoIs were inspected",
                        [], results, timings_s, engine, calibration)
     defects = merge_defects(results)
-    status = Status.FAIL if defects else Status.PASS
-    reason = (f"{len(defects)} scratch(es) found" if defects
-              else f"no scratch in {expected_rois} RoIs")
+    failing = rejected(defects, min_length_mm)
+    short = len(defects) - len(failing)
+    if failing:
+        status, reason = Status.FAIL, f"{len(failing)} scratch(es) found"
+    elif short:
+        status, reason = Status.PASS, (f"{short} scratch(es) shorter than the reject rule's "
+                                       f"{min_length_mm:g} mm, none longer")
+    else:
+        status, reason = Status.PASS, f"no scratch in {expected_rois} RoIs"
     return Verdict(sample_id, status, reason, defects, results, timings_s, engine, calibration)
 
 

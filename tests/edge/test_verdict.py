@@ -57,3 +57,15 @@ def test_calibration_file_errors(tmp_path):
         calib.load(tmp_path / "nometa.npz")
     ok = calib.load(calib.save(tmp_path / "ok.npz", np.zeros((6, 8, 8)), np.ones(6), 8, 8))
     assert ok.dark.shape == (6, 8, 8) and len(ok.sha256) == 64
+
+
+def test_scratches_shorter_than_the_reject_rule_pass_the_sample():
+    def one(length):
+        return RoiResult(0, (0.0, 0.0), [Defect((0, 0, length, 0.01), length, 0.9, (0,))], {},
+                         1, False)
+
+    short = decide("S", [one(0.3), roi(1)], 2, {}, None, {}, 0.5)
+    assert short.status is Status.PASS and len(short.defects) == 1
+    assert "shorter than the reject rule's 0.5 mm" in short.summary()
+    assert decide("S", [one(0.5), roi(1)], 2, {}, None, {}, 0.5).status is Status.FAIL
+    assert decide("S", [one(0.3), roi(1)], 2, {}, None, {}).status is Status.FAIL
