@@ -197,7 +197,7 @@ _MEASURE = {"dark": _dark, "flat": _flat, "geometry": _geometry, "thresholds": _
 
 
 def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") -> Path:
-    """The calibration file the runtime reads (:mod:`edge.calibration`, format 2) from the
+    """The calibration file the runtime reads (:mod:`edge.calibration`, format 3) from the
     steps ``run`` measured, bound to this head and camera."""
     from edge import calibration as calib
 
@@ -210,7 +210,7 @@ def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") 
     gain = None
     if "flat" in a:
         gain = a["flat"]["gain"].astype(np.float32)
-        gain[~np.isfinite(gain) | (gain <= 0)] = 1.0  # pixels without a field: left as they are
+        gain[~np.isfinite(gain) | (gain <= 0)] = np.nan  # no field there: the grid leaves it out
     geometry = None
     if "geometry" in a:
         sx, sy, rot, dx, dy = (float(v) for v in a["geometry"]["fit"])
@@ -221,6 +221,11 @@ def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") 
     if "thresholds" in run.summary:
         chosen = run.summary["thresholds"]["chosen"]
         thresholds = {k: chosen[k] for k in ("t_low", "t_high", "dbscan_min_samples")}
-    return calib.save(path, dark=a["dark"]["level"].astype(np.float32), gain=gain, head=cfg,
-                      camera_serial=camera_serial, defects=defects, geometry=geometry,
+    if gain is not None:
+        bad = np.zeros(gain.shape[1:], bool)
+        bad[hot | dead | stuck] = True
+        gain[:, bad] = np.nan  # the grid's medians leave them out; they are repaired anyway
+        gain = calib.gain_grid(gain)
+    return calib.save(path, dark=a["dark"]["level"].astype(np.float32), gain_grid=gain,
+                      head=cfg, camera_serial=camera_serial, defects=defects, geometry=geometry,
                       thresholds=thresholds)

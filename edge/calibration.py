@@ -6,8 +6,9 @@ reads it with :func:`load` and the assembly checks it against the head with
 drift apart. The format is described in ``docs/calibration_file.md``; in short, a NumPy ``.npz``
 (an uncompressed zip) holding ``meta`` (a JSON string) and, where measured, ``dark`` and
 ``gain`` (float32: one number per state ``(6,)``, one full-resolution map per state
-``(6, H, W)`` or one map for every state ``(H, W)``) and the defective pixels
-(``defect_rows``, ``defect_cols``, ``defect_kinds``).
+``(6, H, W)`` or one map for every state ``(H, W)``; since version 3 the gain usually as
+``gain_grid``, a coarse grid per state and Bayer site expanded at load: :func:`gain_grid`) and
+the defective pixels (``defect_rows``, ``defect_cols``, ``defect_kinds``).
 
 What the runtime does with it:
 
@@ -18,7 +19,8 @@ What the runtime does with it:
   post-processing with the tuned thresholds (:mod:`edge.pipeline`);
 * the LED exposure scale is for the head, which lights the groups (not applied here).
 
-Version 1 files (dark and gain only, no identity) are still read. A file that does not fit is
+Version 1 files (dark and gain only, no identity) and version 2 files (no gain grid) are still
+read. A file that does not fit is
 refused with one :class:`CalibrationError` naming the file and the problem, rather than
 correcting with the wrong maps: another head or camera, another frame size, a damaged or
 truncated file, NaN or infinite values, a wrong shape.
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,8 +48,9 @@ from edge.hashing import sha256_file
 from edge.kernels.space_to_depth import DefectTable, ShapeError, defect_table
 
 FORMAT = "glass-inspect-calibration"
-VERSION = 2
-READS = (1, 2)
+VERSION = 3
+READS = (1, 2, 3)
+GAIN_BLOCK = 16  # default cell of the gain grid, in pixels of one Bayer plane (32 RAW pixels)
 
 KINDS = ("hot", "dead", "stuck")  # defect_kinds holds the index into this
 THRESHOLDS = ("t_low", "t_high", "dbscan_eps", "dbscan_min_samples")
@@ -55,7 +59,7 @@ MAX_ROTATION_DEG = 45.0
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _META_KEYS = {"format", "version", "width", "height", "created_utc", "head_digest",
               "camera_serial", "software_version", "geometry", "led_exposure_scale",
-              "thresholds"}
+              "thresholds", "gain_block"}
 _GEOMETRY_KEYS = {"mm_per_px", "rotation_deg", "stage_origin_mm"}
 _DEFECT_ARRAYS = ("defect_rows", "defect_cols", "defect_kinds")
 
@@ -257,6 +261,87 @@ def _serial(s: str) -> str:
     return f"serial {s!r}" if s else "without a serial number (the simulator)"
 
 
+# -- the flat-field gain on a coarse grid ------------------------------------------------------
+# Why a grid: the fields of a ring light are smooth, so full-resolution gain maps (6 float32
+# frames: 262 MB at 3504 x 3120) mostly store the noise of the frames they were measured from,
+# and that noise would be multiplied into every corrected frame. The file keeps, per state and
+# per Bayer site (the four pixels of the 2 x 2 cell: sensor colours and LED spectra differ), the
+# median gain of each ``block`` x ``block`` cell of that site's plane; the reader expands it
+# bilinearly to the full frame once, at load. Pixels that do not follow the field (hot, dead,
+# stuck) are listed and repaired separately.
+def gain_grid(gain: np.ndarray, block: int = GAIN_BLOCK) -> np.ndarray:
+    """Full-resolution gains ``(6, H, W)`` -> the grid ``(6, 2, 2, ceil(H/2/block),
+    ceil(W/2/block))`` of per-cell medians, per state and Bayer site. NaN gains (pixels the
+    flat field could not measure) are left out; a cell of only those takes its plane's median
+    (1 if the whole plane is NaN)."""
+    n, h, w = gain.shape
+    gh, gw = -(-h // 2 // block), -(-w // 2 // block)
+    out = np.empty((n, 2, 2, gh, gw), np.float32)
+    pad = np.full((gh * block, gw * block), np.nan, np.float32)
+    for k in range(n):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                plane = gain[k, dy::2, dx::2]
+                pad[:plane.shape[0], :plane.shape[1]] = plane
+                cells = pad.reshape(gh, block, gw, block).transpose(0, 2, 1, 3)
+                with warnings.catch_warnings():  # an all-NaN cell is handled below
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    med = np.nanmedian(cells.reshape(gh, gw, -1), axis=2)
+                    fill = np.nanmedian(med) if np.isfinite(med).any() else 1.0
+                out[k, dy, dx] = np.where(np.isfinite(med), med, fill)
+                pad[:] = np.nan
+    return out
+
+
+def _interp_matrix(n: int, cells: int, block: int) -> np.ndarray:
+    """``(n, cells)``: bilinear weights from cell centres to each of ``n`` plane pixels (constant
+    beyond the outer centres)."""
+    centres = (np.arange(cells) + 0.5) * block - 0.5
+    pos = np.clip(np.arange(n, dtype=np.float64), centres[0], centres[-1])
+    i0 = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, max(cells - 2, 0))
+    m = np.zeros((n, cells), np.float32)
+    if cells == 1:
+        m[:, 0] = 1.0
+        return m
+    t = (pos - centres[i0]) / block
+    m[np.arange(n), i0] = 1.0 - t
+    m[np.arange(n), i0 + 1] = t
+    return m
+
+
+def expand_gain_grid(grid: np.ndarray, height: int, width: int, block: int) -> np.ndarray:
+    """The grid of :func:`gain_grid` back to full-resolution gains ``(6, H, W)`` float32."""
+    n, _, _, gh, gw = grid.shape
+    ry = _interp_matrix(height // 2, gh, block)
+    rx = _interp_matrix(width // 2, gw, block)
+    out = np.empty((n, height, width), np.float32)
+    for k in range(n):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                out[k, dy::2, dx::2] = ry @ grid[k, dy, dx] @ rx.T
+    return out
+
+
+def _grid(arr, block, width: int, height: int, source: str) -> np.ndarray | None:
+    if arr is None:
+        return None
+    if not (isinstance(block, int) and not isinstance(block, bool) and 1 <= block <= 1024):
+        raise CalibrationError(f"calibration {source}: 'gain_block' must be an integer from 1 to "
+                               f"1024, got {block!r}")
+    arr = np.asarray(arr)
+    want = (N_STATES, 2, 2, -(-height // 2 // block), -(-width // 2 // block))
+    if arr.shape != want:
+        raise CalibrationError(f"calibration {source}: 'gain_grid' has shape {arr.shape}, "
+                               f"expected {want} for {width} x {height} frames in cells of "
+                               f"{block} px")
+    if arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        raise CalibrationError(f"calibration {source}: 'gain_grid' holds NaN, infinite or "
+                               "non-float values")
+    if (arr <= 0).any():
+        raise CalibrationError(f"calibration {source}: 'gain_grid' must be positive everywhere")
+    return arr.astype(np.float32)
+
+
 # -- validation, shared by the writer and the reader --------------------------------------------
 def _map(name: str, arr, width: int, height: int, source: str) -> np.ndarray | None:
     if arr is None:
@@ -372,8 +457,12 @@ def save(path: str | Path, dark=None, gain=None, width: int | None = None,
          camera_serial: str | None = None, defects: DefectivePixels | None = None,
          geometry: Geometry | None = None, led_exposure_scale=None,
          thresholds: dict | None = None, digest: str | None = None,
-         created_utc: str | None = None) -> Path:
-    """Write a version-2 calibration file (atomically) and return its path.
+         created_utc: str | None = None, gain_grid=None, gain_block: int = GAIN_BLOCK) -> Path:
+    """Write a version-3 calibration file (atomically) and return its path.
+
+    The flat field goes either as ``gain`` (per state, one map or one number) or as
+    ``gain_grid`` (:func:`gain_grid` of the full-resolution gains, in cells of ``gain_block``
+    pixels of one Bayer plane), which keeps the file a few MB.
 
     ``head``: the head it was measured on (binds the file to :func:`head_digest` of it, and gives
     ``width``/``height`` when those are not given); ``digest`` binds to a digest directly.
@@ -393,13 +482,16 @@ def save(path: str | Path, dark=None, gain=None, width: int | None = None,
     width, height = int(width), int(height)
     dark = _map("dark", dark, width, height, src)
     gain = _map("gain", gain, width, height, src)
+    if gain is not None and gain_grid is not None:
+        raise CalibrationError(f"calibration {src}: give 'gain' or 'gain_grid', not both")
+    grid = _grid(gain_grid, gain_block, width, height, src)
     defects = _defects(defects, width, height, src)
     geometry = _geometry(geometry, src)
     scale = (_numbers("led_exposure_scale", led_exposure_scale, N_STATES, src, positive=True)
              if led_exposure_scale is not None else None)
     thresholds = _thresholds(thresholds, src)
     digest, camera_serial = _identity(digest, camera_serial, src)
-    if all(x is None for x in (dark, gain, defects, geometry, scale)) and not thresholds:
+    if all(x is None for x in (dark, gain, grid, defects, geometry, scale)) and not thresholds:
         raise CalibrationError(f"calibration {src} would hold nothing: give at least one of "
                                "dark, gain, defects, geometry, led_exposure_scale, thresholds")
     meta = {"format": FORMAT, "version": VERSION, "width": width, "height": height,
@@ -419,6 +511,10 @@ def save(path: str | Path, dark=None, gain=None, width: int | None = None,
         arrays["dark"] = dark
     if gain is not None:
         arrays["gain"] = gain
+    if grid is not None:
+        arrays["gain_grid"] = grid
+        meta["gain_block"] = int(gain_block)
+        arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))
     if defects is not None:
         arrays.update(defect_rows=defects.rows, defect_cols=defects.cols,
                       defect_kinds=defects.kinds)
@@ -454,7 +550,7 @@ def _read(path: str | Path, src: str) -> dict[str, np.ndarray]:
 
 
 def load(path: str | Path) -> Calibration:
-    """Read and check a calibration file (version 1 or 2)."""
+    """Read and check a calibration file (version 1, 2 or 3)."""
     src = str(path)
     arrays = _read(path, src)
     if "meta" not in arrays:
@@ -484,13 +580,16 @@ def load(path: str | Path) -> Calibration:
 
 def _load_v2(path, src: str, arrays: dict, meta: dict, width: int, height: int) -> Calibration:
     unknown = set(meta) - _META_KEYS
+    if meta["version"] == 2 and "gain_block" in meta:  # came with version 3
+        unknown.add("gain_block")
     if unknown:
         raise CalibrationError(f"calibration {src}: unknown keys in 'meta': {sorted(unknown)}")
     missing = {"created_utc", "head_digest", "camera_serial", "software_version"} - meta.keys()
     if missing:
         raise CalibrationError(f"calibration {src}: 'meta' lacks {sorted(missing)}")
     members = set(arrays) - {"meta"}
-    unknown = members - {"dark", "gain", *_DEFECT_ARRAYS}
+    unknown = members - {"dark", "gain", *_DEFECT_ARRAYS} - (
+        {"gain_grid"} if meta["version"] >= 3 else set())
     if unknown:
         raise CalibrationError(f"calibration {src}: unknown members {sorted(unknown)}")
     have = [a for a in _DEFECT_ARRAYS if a in arrays]
@@ -506,10 +605,18 @@ def _load_v2(path, src: str, arrays: dict, meta: dict, width: int, height: int) 
     if thresholds is not None and not isinstance(thresholds, dict):
         raise CalibrationError(f"calibration {src}: 'thresholds' must be an object")
     scale = meta.get("led_exposure_scale")
+    gain = _map("gain", arrays.get("gain"), width, height, src)
+    if "gain_grid" in arrays:
+        if gain is not None:
+            raise CalibrationError(f"calibration {src} holds both 'gain' and 'gain_grid'")
+        if "gain_block" not in meta:
+            raise CalibrationError(f"calibration {src}: 'gain_grid' needs 'gain_block' in 'meta'")
+        block = meta["gain_block"]
+        gain = expand_gain_grid(_grid(arrays["gain_grid"], block, width, height, src), height,
+                                width, block)
     cal = Calibration(
-        _map("dark", arrays.get("dark"), width, height, src),
-        _map("gain", arrays.get("gain"), width, height, src),
-        width, height, src, sha256_file(Path(path)), version=2,
+        _map("dark", arrays.get("dark"), width, height, src), gain,
+        width, height, src, sha256_file(Path(path)), version=int(meta["version"]),
         defects=_defects(defects, width, height, src),
         geometry=_geometry(geometry, src),
         led_exposure_scale=(None if scale is None else

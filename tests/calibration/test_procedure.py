@@ -95,7 +95,7 @@ def test_the_calibration_file_is_applied_to_its_head_and_refused_by_another(tmp_
 
     path = write_calibration(run, cfg, tmp_path / "cal.npz")
     cal = load_calibration(cfg, path)
-    assert cal.version == 2 and cal.geometry is not None and len(cal.defects.rows) > 0
+    assert cal.version == 3 and cal.geometry is not None and len(cal.defects.rows) > 0
     with build_head(cfg, calibration_path=path) as asm:
         (r,) = run_head(asm, 1, seed=5).results
         assert r.verdict.status.value != "ERROR", r.verdict.reason

@@ -1,4 +1,5 @@
-"""The calibration file: version 2 written and read back, version 1 still read, every refusal."""
+"""The calibration file: version 3 written and read back, versions 1 and 2 still read, every
+refusal."""
 
 import json
 import math
@@ -42,13 +43,13 @@ def full(tmp_path, head, name="cal.npz", **changes):
     return calib.save(tmp_path / name, **kw)
 
 
-def test_version_2_round_trip(tmp_path, head):
+def test_version_3_round_trip(tmp_path, head):
     path = full(tmp_path, head)
     c = calib.load(path)
     rng = np.random.default_rng(3)
     dark = rng.uniform(60, 70, (6, H, W)).astype(np.float32)
     gain = rng.uniform(0.8, 1.2, (6, H, W)).astype(np.float32)
-    assert c.version == 2 and (c.width, c.height) == (W, H)
+    assert c.version == 3 and (c.width, c.height) == (W, H)
     assert np.array_equal(c.dark, dark) and np.array_equal(c.gain, gain)
     assert c.dark.dtype == c.gain.dtype == np.float32
     # sorted by row, then column; kinds kept with their pixel
@@ -242,7 +243,8 @@ def rewrite(path, meta_changes=None, **arrays):
         ({"camera_serial": 42}, {}, "'camera_serial' must be a string"),
         ({"software_version": None}, {}, r"'meta' lacks \['software_version'\]"),
         ({"colour": "blue"}, {}, r"unknown keys in 'meta': \['colour'\]"),
-        ({"version": 3}, {}, "version 3; expected glass-inspect-calibration version 1 or 2"),
+        ({"version": 4}, {}, "version 4; expected glass-inspect-calibration version 1 or 2 or 3"),
+        ({"version": 2, "gain_block": 4}, {}, r"unknown keys in 'meta': \['gain_block'\]"),
         ({"width": float("nan")}, {}, "'meta' is not the expected JSON"),
         ({"width": 0}, {}, "frame size 0 x 16 is not valid"),
         ({"geometry": None, "led_exposure_scale": None, "thresholds": {}},
@@ -327,3 +329,41 @@ def test_mapping_of_a_calibration(tmp_path, head):
     assert m.centre_px == (W / 2, H / 2)
     assert m.centre_mm == pytest.approx((W / 2 * sx + g[0] - 10.05, H / 2 * sy + g[1] - 9.97))
     assert m.px_mm == pytest.approx(0.0114)
+
+
+def test_version_2_still_read(tmp_path, head):
+    path = rewrite(full(tmp_path, head), {"version": 2})
+    c = calib.load(path)
+    assert c.version == 2 and c.gain.shape == (6, H, W)
+
+
+def test_gain_grid_is_small_and_expands_to_the_smooth_field(tmp_path):
+    h, w = 160, 200
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    smooth = np.stack([1 + 0.3 * ((xx / w - 0.5) ** 2 + (yy / h - 0.4) ** 2) * (1 + 0.1 * k)
+                       for k in range(6)]).astype(np.float32)
+    smooth[:, ::2, 1::2] *= 1.04  # one Bayer site answers more: kept per site
+    noisy = smooth * (1 + 0.01 * np.random.default_rng(1).standard_normal(smooth.shape))
+    noisy[:, 7, 9] = np.nan  # an unmeasured pixel is left out of its cell's median
+    grid = calib.gain_grid(noisy.astype(np.float32), block=8)
+    assert grid.shape == (6, 2, 2, 10, 13) and np.isfinite(grid).all()
+    full_ = calib.expand_gain_grid(grid, h, w, 8)
+    rms = float(np.sqrt(np.mean((full_ / smooth - 1) ** 2)))
+    assert rms < 0.005  # half the 1 % noise of the measurement: the grid smooths it out
+    flat = calib.expand_gain_grid(np.full((6, 2, 2, 3, 4), 1.25, np.float32), 40, 60, 8)
+    assert np.allclose(flat, 1.25)
+
+
+def test_gain_grid_written_and_read(tmp_path, head):
+    grid = np.full((6, 2, 2, 2, 3), 1.1, np.float32)  # 16 x 20 frames in cells of 4 px
+    c = calib.load(calib.save(tmp_path / "g.npz", head=head, gain_grid=grid, gain_block=4))
+    assert c.gain.shape == (6, H, W) and np.allclose(c.gain, 1.1)
+    with pytest.raises(CalibrationError, match="'gain_grid' has shape"):
+        calib.save(tmp_path / "g.npz", head=head, gain_grid=grid, gain_block=8)
+    with pytest.raises(CalibrationError, match="'gain_grid' must be positive"):
+        calib.save(tmp_path / "g.npz", head=head, gain_grid=-grid, gain_block=4)
+    with pytest.raises(CalibrationError, match="not both"):
+        calib.save(tmp_path / "g.npz", head=head, gain=np.ones(6), gain_grid=grid, gain_block=4)
+    path = calib.save(tmp_path / "g.npz", head=head, gain_grid=grid, gain_block=4)
+    with pytest.raises(CalibrationError, match="'gain_block' must be an integer"):
+        calib.load(rewrite(path, {"gain_block": 2.5}))
