@@ -33,8 +33,8 @@ from calibration.procedure import (  # noqa: E402
     reference_response,
     write_calibration,
 )
-from edge import calibration as calib  # noqa: E402
 from calibration.targets import sim_placer  # noqa: E402
+from edge import calibration as calib  # noqa: E402
 from edge import config  # noqa: E402
 from edge.assembly import build_head  # noqa: E402
 from edge.cli_common import size  # noqa: E402
@@ -79,12 +79,15 @@ def main() -> None:
         # scored as the runtime applies it: the file written and read back
         path = write_calibration(run, cfg, Path(tmp) / "calibration.npz")
         file_mb = path.stat().st_size / 1e6
-        gain = calib.load(path).gain
+        loaded = calib.load(path)
+        gain = loaded.gain
+        scale = np.asarray(loaded.led_exposure_scale or [1.0] * N_STATES)
     seconds = time.perf_counter() - t0
     truth = head_truth(cfg, shape)
     hot = run.arrays["dark"]["hot"]
     flat = run.arrays["flat"]
     bad = hot | flat["dead"] | flat["stuck"]
+    # each group's frame as the runtime takes it: at its balanced exposure
     response = np.stack([truth.response(k) for k in range(N_STATES)])
     reference = reference_response(shape)
     g = run.summary["geometry"]
@@ -93,7 +96,10 @@ def main() -> None:
     out = {
         "frames": args.frames, "shape": list(shape), "seconds": round(seconds, 1),
         "file_mb": round(file_mb, 1),
-        "flat_rms_pct": round(flat_rms_pct(response, gain, reference, ~bad), 3),
+        "flat_rms_pct": round(flat_rms_pct(response * scale[:, None, None], gain, reference,
+                                           ~bad), 3),
+        "led_balance_spread_pct": run.summary["flat"]["led_balance_spread_pct"],
+        "led_exposure_scale": run.summary["flat"]["led_exposure_scale"],
         "hot_pixel_recall": round(float((hot & truth.hot_mask).sum() / truth.hot_mask.sum()), 4),
         "hot_pixel_false_rate": float((hot & ~truth.hot_mask).sum() / hot.size),
         "mm_per_px_error_pct": round(max(abs(g["mm_per_px"][i] / true_px[i] - 1) * 100
@@ -105,6 +111,8 @@ def main() -> None:
         "uncalibrated": {
             "flat_rms_pct": round(flat_rms_pct(response, np.ones_like(response), reference,
                                                ~bad), 3),
+            "led_balance_spread_pct": round(100 * float(np.abs(
+                np.asarray(run.summary["flat"]["led_balance"]) - 1).max()), 2),
             "mm_per_px_error_pct": round(max(abs(nominal[i] / true_px[i] - 1) * 100
                                              for i in range(2)), 4),
             "origin_error_mm": round(float(np.hypot(*truth.origin_offset_mm)), 4),
@@ -112,7 +120,7 @@ def main() -> None:
         },
     }
     limits = {"flat_rms_pct": 2.0, "mm_per_px_error_pct": 0.1, "origin_error_mm": 0.02,
-              "rotation_error_deg": 0.02}
+              "rotation_error_deg": 0.02, "led_balance_spread_pct": 2.0}
     out["targets_met"] = (all(out[k] <= v for k, v in limits.items())
                           and out["hot_pixel_recall"] >= 0.99
                           and out["hot_pixel_false_rate"] < 1e-3)

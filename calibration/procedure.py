@@ -8,7 +8,11 @@ interrupted run resumes at the step it was in:
    dark level map, read noise, hot pixels (:mod:`calibration.dark`);
 2. **flat**: the diffusing reference plate under the camera; per LED group ``frames`` frames:
    each group's field, its gain toward the reference head, dead and stuck pixels, and each
-   group's brightness against the others (the LED balance) (:mod:`calibration.flat`);
+   group's brightness against the others (:mod:`calibration.flat`). Then the **LED balance**:
+   per group the exposure factor that brings it to the groups' mean level (within the LED
+   on-time limit and the frame time, :func:`balance_scale`), checked with one frame per group at
+   those exposures (the residual spread must be within ``BALANCE_TOLERANCE``); the gains are
+   divided by the factors, since the runtime takes each group's frame at its own exposure;
 3. **geometry**: the dot-grid target at RoI 0: mm per pixel, camera rotation and where the
    frame's centre really is (:mod:`calibration.geometry`);
 4. **thresholds** (when golden samples are given): the post-processing settings that catch the
@@ -42,6 +46,7 @@ from calibration.store import StepStore
 from edge.config import N_STATES
 
 STEPS = ("dark", "flat", "geometry", "thresholds")
+BALANCE_TOLERANCE = 0.02  # groups' levels within +-2 % of their mean after balancing
 TARGETS = {"dark": "lens cap", "flat": "reference plate", "geometry": "dot grid"}
 
 
@@ -126,8 +131,12 @@ def _preview(img: np.ndarray) -> np.ndarray:
 
 
 def _frames(head, state: int | None, n: int, tick, what: str, done: int, total: int):
+    # at the head file's exposure, whatever LED balance an earlier calibration set: the balance
+    # is measured from these frames. Choice: the dark is taken at that exposure only; at tens of
+    # ms a sensor's dark current is far below its offset, and the hot pixels, whose signal
+    # grows with the exposure, are repaired rather than subtracted
     for k in range(n):
-        yield head.expose(state)[0]
+        yield head.expose(state, exposure_ms=head.cfg.camera.exposure_ms)[0]
         tick(what, done + k + 1, total)
 
 
@@ -147,12 +156,41 @@ def _flat(head, s: Settings, run: Run, tick, reference):
     ref = reference(r.fields.shape[1:])
     norm_ref = ref / ref.mean()
     norm_field = r.fields / r.fields.mean()
-    g = gains(norm_field, norm_ref)
-    balance = [float(f.mean() / r.fields.mean()) for f in r.fields]
-    summary = dict(r.summary(), led_balance=[round(b, 4) for b in balance])
+    balance = np.array([float(np.median(f)) for f in r.fields])
+    balance /= balance.mean()
+    scale = balance_scale(balance, head.cfg)
+    # the check: one frame per group at its balanced exposure, its level against the others'
+    base = head.cfg.camera.exposure_ms
+    levels = []
+    for k in range(N_STATES):
+        frame = head.expose(k, exposure_ms=base * float(scale[k]))[0]
+        levels.append(float(np.median(frame - dark["level"])))
+        tick("LED balance check", k + 1, N_STATES)
+    after = np.array(levels) / np.mean(levels)
+    spread = float(np.abs(after - 1.0).max())
+    # frames are taken at exposure base * scale_k: gain_k relates the base exposure's field
+    g = gains(norm_field, norm_ref) / scale[:, None, None].astype(np.float32)
+    summary = dict(r.summary(), led_balance=[round(float(b), 4) for b in balance],
+                   led_exposure_scale=[round(float(x), 4) for x in scale],
+                   led_balance_after=[round(float(b), 4) for b in after],
+                   led_balance_spread_pct=round(100 * spread, 2),
+                   led_balanced=spread <= BALANCE_TOLERANCE)
     # the report's pictures need only a shrunk copy of the fields (the gains are the result)
     return summary, {"fields_preview": _preview(r.fields), "gain": g, "dead": r.dead,
-                     "stuck": r.stuck}
+                     "stuck": r.stuck, "led_exposure_scale": scale}
+
+
+def balance_scale(balance: np.ndarray, cfg) -> np.ndarray:
+    """Per LED group the exposure factor that brings its level (``balance``: level over the
+    groups' mean) to the mean: ``1 / balance``, each capped so the group's exposure keeps the
+    LEDs lit within ``ON_TIME_SHARE`` of ``max_on_ms`` (with the settle time) and within the
+    frame time. Choice: the mean, not the brightest group, is the target, so the exposures stay
+    near the head file's and the LEDs' on-time changes least."""
+    from edge.calibration import ON_TIME_SHARE
+
+    cam, ill = cfg.camera, cfg.illumination
+    longest = min(ON_TIME_SHARE * ill.max_on_ms - ill.settle_ms, cam.frame_time_ms)
+    return np.minimum(1.0 / np.asarray(balance, np.float64), longest / cam.exposure_ms)
 
 
 def _geometry(head, s: Settings, run: Run, tick, reference):
@@ -162,7 +200,7 @@ def _geometry(head, s: Settings, run: Run, tick, reference):
     dark = run.arrays["dark"]["level"]
     total = np.zeros(head.shape, np.float64)
     for k in range(N_STATES):  # the dots scatter evenly: every group adds light
-        frame = head.expose(k)[0]
+        frame = head.expose(k, exposure_ms=cfg.camera.exposure_ms)[0]
         total += frame - dark
         tick("dot grid", k + 1, N_STATES)
     total /= N_STATES
@@ -217,6 +255,9 @@ def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") 
         geometry = calib.Geometry.measured(cfg, (sx, sy), rot, (dx, dy))
     defects = calib.DefectivePixels.of(hot=np.nonzero(hot), dead=np.nonzero(dead),
                                        stuck=np.nonzero(stuck))
+    scale = None
+    if "flat" in a and "led_exposure_scale" in a["flat"]:
+        scale = [float(x) for x in a["flat"]["led_exposure_scale"]]
     thresholds = None
     if "thresholds" in run.summary:
         chosen = run.summary["thresholds"]["chosen"]
@@ -228,4 +269,4 @@ def write_calibration(run: Run, cfg, path: str | Path, camera_serial: str = "") 
         gain = calib.gain_grid(gain)
     return calib.save(path, dark=a["dark"]["level"].astype(np.float32), gain_grid=gain,
                       head=cfg, camera_serial=camera_serial, defects=defects, geometry=geometry,
-                      thresholds=thresholds)
+                      led_exposure_scale=scale, thresholds=thresholds)

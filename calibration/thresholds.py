@@ -56,8 +56,11 @@ def golden_scores(sample_dirs: Sequence[str | Path], cfg, engine, calibration) -
         if truth is None:
             raise ValueError(f"golden sample {d} has no ground truth (truth.json): it cannot "
                              "say whether a verdict is right")
-        scores = [process_roi(r.frames(), calibration, engine, cfg, r.index,
-                              keep_score=True).score for r in rois]
+        # recorded at the head's exposures of the time, perhaps before this LED balance
+        cal = (calibration.for_exposures(rec.manifest.camera.per_state_ms, cfg)
+               if calibration is not None else None)
+        scores = [process_roi(r.frames(), cal, engine, cfg, r.index, keep_score=True).score
+                  for r in rois]
         rule = cfg.reject_rule
         mapping = calibration.mapping(cfg) if calibration is not None else None
         px_mm = 2.0 * (mapping.px_mm if mapping is not None else float(np.mean(cfg.mm_per_px)))

@@ -17,7 +17,9 @@ What the runtime does with it:
   (:mod:`edge.kernels.space_to_depth`);
 * the pipeline converts defect boxes to sample mm with the measured geometry, and runs the
   post-processing with the tuned thresholds (:mod:`edge.pipeline`);
-* the LED exposure scale is for the head, which lights the groups (not applied here).
+* the head takes each LED group's frame at the head file's exposure times the LED exposure
+  scale (:func:`edge.head.exposures_ms`); :meth:`Calibration.check_for` refuses a scale that
+  breaks the LED on-time limit or the frame time.
 
 Version 1 files (dark and gain only, no identity) and version 2 files (no gain grid) are still
 read. A file that does not fit is
@@ -34,7 +36,7 @@ import os
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -55,6 +57,7 @@ GAIN_BLOCK = 16  # default cell of the gain grid, in pixels of one Bayer plane (
 KINDS = ("hot", "dead", "stuck")  # defect_kinds holds the index into this
 THRESHOLDS = ("t_low", "t_high", "dbscan_eps", "dbscan_min_samples")
 MAX_ROTATION_DEG = 45.0
+ON_TIME_SHARE = 0.8  # of the LED on-time limit an exposure may use: the rest for the grab
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _META_KEYS = {"format", "version", "width", "height", "created_utc", "head_digest",
@@ -229,7 +232,23 @@ class Calibration:
             raise CalibrationError(
                 f"calibration {self.source} was made with camera {_serial(self.camera_serial)}, "
                 f"the head's camera is {_serial(camera_serial)}: calibrate it again")
+        self._check_exposures(cfg)
         self.pipeline_for(cfg)
+
+    def _check_exposures(self, cfg: HeadConfig) -> None:
+        """The LED balance must keep every group within the LED on-time limit (settle plus
+        exposure, with a margin for the grab) and the frame time."""
+        if not self.led_exposure_scale:
+            return
+        cam, ill = cfg.camera, cfg.illumination
+        longest = cam.exposure_ms * max(self.led_exposure_scale)
+        on_ms = ill.settle_ms + longest
+        if on_ms > ON_TIME_SHARE * ill.max_on_ms or longest > cam.frame_time_ms:
+            raise CalibrationError(
+                f"calibration {self.source}: its LED balance exposes a group for "
+                f"{longest:.1f} ms, so the LEDs stay lit {on_ms:.1f} ms: over "
+                f"{ON_TIME_SHARE:.0%} of illumination.max_on_ms ({ill.max_on_ms:g}) or over "
+                f"camera.frame_time_ms ({cam.frame_time_ms:g}); calibrate again")
 
     def pipeline_for(self, cfg: HeadConfig):
         """The head's ``[pipeline]`` section with the tuned thresholds in force."""
@@ -242,6 +261,25 @@ class Calibration:
             why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
             raise CalibrationError(f"calibration {self.source}: its thresholds "
                                    f"{self.thresholds} do not fit the head: {why}") from None
+
+    def for_exposures(self, taken_ms, cfg: HeadConfig) -> Calibration:
+        """This calibration for frames taken at the per-state exposures ``taken_ms`` (a
+        recording made before this calibration's LED balance, or without it): the gains are
+        for frames at ``exposure_ms * led_exposure_scale``, so each state's gain is scaled by
+        that exposure over the one it was taken at. Itself when they agree."""
+        scale = self.led_exposure_scale or (1.0,) * N_STATES
+        ratio = np.array([cfg.camera.exposure_ms * k / t for k, t in zip(scale, taken_ms,
+                                                                         strict=True)])
+        if np.allclose(ratio, 1.0, rtol=1e-6):
+            return self
+        if self.gain is None:
+            gain = ratio.astype(np.float32)
+        elif self.gain.ndim == 2:
+            gain = self.gain[None] * ratio[:, None, None].astype(np.float32)
+        else:
+            shape = (N_STATES,) + (1,) * (self.gain.ndim - 1)
+            gain = self.gain * ratio.reshape(shape).astype(np.float32)
+        return replace(self, gain=np.ascontiguousarray(gain, np.float32))
 
     def mapping(self, cfg: HeadConfig) -> SampleMapping | None:
         """Pixels to sample mm with the measured geometry; None when none was measured."""

@@ -87,6 +87,21 @@ class Acquisition:
         return self.moves_s + self.frames * self.frame_time_s
 
 
+def exposures_ms(cfg: HeadConfig, calibration: calib.Calibration | None) -> tuple[float, ...]:
+    """Per LED group, the exposure the head takes its frame with: the head file's, times the
+    calibration's LED balance (``led_exposure_scale``) when it has one. Each group's light dose
+    is set by its exposure because the LED stays lit for the whole exposure; the camera's
+    exposure control is set before each group's trigger, so a sensor must apply it to the next
+    triggered frame (V4L2 controls do; the calibration's balance check would show a sensor
+    that does not). :meth:`edge.calibration.Calibration.check_for` refuses scales that break the
+    LED on-time limit or the frame time."""
+    base = cfg.camera.exposure_ms
+    scale = calibration.led_exposure_scale if calibration is not None else None
+    if not scale:
+        return (base,) * N_STATES
+    return tuple(base * float(k) for k in scale)
+
+
 def serpentine(columns: int, rows: int) -> list[int]:
     order = []
     for r in range(rows):
@@ -103,7 +118,9 @@ class Head:
         self.engine, self.calibration, self.record_dir = engine, calibration, record_dir
         self.shape = camera.shape
         self.grid = cfg.stage.roi_grid
+        self.exposures_ms = exposures_ms(cfg, calibration)
         camera.configure(cfg.camera.exposure_ms, cfg.camera.gain)
+        self._exposure_ms = cfg.camera.exposure_ms  # what the camera is set to now
         self.last: Acquisition | None = None
 
     # -- geometry -------------------------------------------------------------------------------
@@ -204,11 +221,22 @@ class Head:
                 continue
         return False
 
-    def expose(self, state: int | None) -> tuple[np.ndarray, float]:
+    def expose(self, state: int | None,
+               exposure_ms: float | None = None) -> tuple[np.ndarray, float]:
         """One checked frame under LED group ``state`` (None: every group dark, a dark frame):
         light, let the LEDs settle, arm, trigger, expose, darken, grab. Returns the frame and the
-        time of its trigger. On a failure the caller darkens the ring (see :meth:`inspect`)."""
+        time of its trigger. On a failure the caller darkens the ring (see :meth:`inspect`).
+
+        The exposure is the group's (the calibration's LED balance, :func:`exposures_ms`), or
+        ``exposure_ms`` when given (the calibration measuring at its own exposures); the
+        camera's exposure control is set only when it changes."""
         cfg = self.cfg
+        if exposure_ms is None:
+            exposure_ms = (cfg.camera.exposure_ms if state is None
+                           else self.exposures_ms[state])
+        if exposure_ms != self._exposure_ms:
+            self.camera.configure(exposure_ms, cfg.camera.gain)
+            self._exposure_ms = exposure_ms
         if state is not None:
             self.ring.on(state)
             time.sleep(cfg.illumination.settle_ms / 1000.0)
@@ -217,7 +245,7 @@ class Head:
         # (the next frame cannot start before this one was grabbed)
         stamp = time.time()
         self.ring.pulse_trigger()
-        time.sleep(cfg.camera.exposure_ms / 1000.0)
+        time.sleep(exposure_ms / 1000.0)
         if state is not None:
             self.ring.off()
         frame = self.camera.grab(cfg.camera.grab_timeout_ms / 1000.0)
@@ -272,7 +300,8 @@ class Head:
             return None
         cal_id = self.calibration.identity.get("sha256") if self.calibration else None
         try:
-            w = SampleWriter(self.record_dir, sample_id, self.cfg, cal_id, shape=self.shape)
+            w = SampleWriter(self.record_dir, sample_id, self.cfg, cal_id, shape=self.shape,
+                             exposures_ms=self.exposures_ms)
             if truth is not None:
                 w.set_truth(truth)
             return w

@@ -148,8 +148,10 @@ def inspect_recorded(sample_dirs: Iterable[str | Path], cfg: HeadConfig,
                     v = error(name, reason_of(exc), engine=engine.identity)
                 else:
                     out = Path(overlay_dir) / rec.sample_id if overlay_dir else None
+                    cal = (calibration.for_exposures(rec.manifest.camera.per_state_ms, cfg)
+                           if calibration is not None else None)
                     v = inspect_sample(rec.sample_id, rois, cfg.stage.roi_grid.count, engine,
-                                       calibration, cfg, tuple(rec.manifest.mm_per_px),
+                                       cal, cfg, tuple(rec.manifest.mm_per_px),
                                        on_roi=overlay_writer(out, cfg) if out else None)
             verdicts.append(v)
             if on_verdict is not None:

@@ -73,6 +73,14 @@ class CameraEntry(_Strict):
     bit_depth: int = Field(ge=8, le=16)
     bayer_pattern: Literal["GRBG", "RGGB", "GBRG", "BGGR"]
     exposure_ms: float = Field(gt=0)
+    # per state, when the head took the groups at different exposures (a calibration's LED
+    # balance); absent: every state at exposure_ms
+    exposures_ms: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, min_length=N_STATES, max_length=N_STATES)
+
+    @property
+    def per_state_ms(self) -> tuple[float, ...]:
+        return tuple(self.exposures_ms or [self.exposure_ms] * N_STATES)
 
 
 class Manifest(_Strict):
@@ -104,7 +112,8 @@ class SampleWriter:
     """Writes one recorded sample, RoI by RoI, so memory holds one RoI at a time."""
 
     def __init__(self, root: str | Path, sample_id: str, cfg: HeadConfig,
-                 calibration_id: str | None = None, shape: tuple[int, int] | None = None):
+                 calibration_id: str | None = None, shape: tuple[int, int] | None = None,
+                 exposures_ms: Sequence[float] | None = None):
         if not SAMPLE_ID.match(sample_id):
             raise RecordingError(
                 f"sample id {sample_id!r} is not allowed: use 1-64 letters, digits, '_', '.', '-'"
@@ -125,6 +134,8 @@ class SampleWriter:
             illumination_deg=list(cfg.illumination.angles_deg),
             mm_per_px=list(cfg.mm_per_px),
         )
+        if exposures_ms is not None and any(e != cfg.camera.exposure_ms for e in exposures_ms):
+            self._head["camera"]["exposures_ms"] = [float(e) for e in exposures_ms]
         self.rois: list[dict] = []
         self.truth: dict | None = None
 

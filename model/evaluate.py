@@ -191,6 +191,8 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
 
     rule = cfg.reject_rule
     head = OpticsRenderer(cfg)
+    # frames as the head takes them: each group at its calibrated exposure (the LED balance)
+    exposures = calibration.led_exposure_scale if calibration is not None else None
     scorers = {name: EngineScorer(path, cfg, threads, calibration)
                for name, path in models.items()}
     counts = {name: Counts(min_length_mm=rule.min_length_mm) for name in models}
@@ -206,7 +208,8 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
         found_ids = {name: set() for name in models}
         for roi in range(grid.count):
             origin = grid.roi_origin_mm(roi)
-            r = head.render(sample, origin, noise_seed=(sample.seed << 8) + roi)
+            r = head.render(sample, origin, noise_seed=(sample.seed << 8) + roi,
+                            exposure_factors=exposures)
             h2, w2 = r.frames.shape[1] // 2, r.frames.shape[2] // 2
             mask = r.mask.reshape(h2, 2, w2, 2).any(axis=(1, 3))
             lines = _labelled(sample, origin, mmpp, mask)

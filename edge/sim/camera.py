@@ -125,17 +125,17 @@ class TriggeredSimCamera(Camera):
         lit = tuple(k for k, pin in enumerate(self.led_pins) if self.wiring.state(pin))
         with self._count_lock:
             self._in_flight += 1
-        self._jobs.put((lit, self.stage_position(), t))
+        self._jobs.put((lit, self.stage_position(), t, self.exposure_ms))
 
     def _render_loop(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            lit, pos, t = job
+            lit, pos, t, exposure_ms = job
             t0 = time.perf_counter()
             try:
-                frame = self.expose(lit, pos)
+                frame = self.expose(lit, pos, exposure_ms)
             except Exception as exc:  # handed to grab(), which reports it as a camera error
                 frame = exc
             self.render_s += time.perf_counter() - t0
@@ -163,8 +163,10 @@ class TriggeredSimCamera(Camera):
         return frame
 
     @abstractmethod
-    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
-        """The RAW frame with groups ``lit`` on and the stage at ``stage_mm``."""
+    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float],
+               exposure_ms: float | None = None) -> np.ndarray:
+        """The RAW frame with groups ``lit`` on and the stage at ``stage_mm``, exposed for
+        ``exposure_ms`` (None: the head file's exposure)."""
 
     def close(self) -> None:
         if not self._closed:
@@ -185,6 +187,7 @@ class SimCamera(TriggeredSimCamera):
         super().__init__(wiring, trigger_pin, led_pins, stage_position, optics.shape,
                          optics.cfg.camera.bit_depth, frame_time_s)
         self.optics, self.grid_origin = optics, grid_origin_mm
+        self.exposure_ms = optics.cfg.camera.exposure_ms
         self.sample: Sample | Target | None = None
         self._scene = None
         self._scene_key = None
@@ -193,7 +196,8 @@ class SimCamera(TriggeredSimCamera):
         """The sample or calibration target now on the stage (the handler placed it)."""
         self.sample, self._scene, self._scene_key = sample, None, None
 
-    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
+    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float],
+               exposure_ms: float | None = None) -> np.ndarray:
         origin = (round(stage_mm[0] - self.grid_origin[0], 4),
                   round(stage_mm[1] - self.grid_origin[1], 4))
         sample = self.sample or Sample("empty", (0.0, 0.0))
@@ -201,7 +205,9 @@ class SimCamera(TriggeredSimCamera):
         if key != self._scene_key:
             self._scene, self._scene_key = self.optics.scene(sample, origin), key
         seed = hash((getattr(sample, "seed", 0), origin, lit, self.triggers)) & 0xFFFF_FFFF_FFFF
-        return self.optics.expose(self._scene, lit, seed)
+        nominal = self.optics.cfg.camera.exposure_ms
+        factor = 1.0 if not exposure_ms else exposure_ms / nominal
+        return self.optics.expose(self._scene, lit, seed, factor)
 
 
 class ReplayCamera(TriggeredSimCamera):
@@ -225,7 +231,9 @@ class ReplayCamera(TriggeredSimCamera):
                                  f"{self.shape[1]} x {self.shape[0]}")
         self.recorded, self._cache = recorded, None
 
-    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float]) -> np.ndarray:
+    def expose(self, lit: tuple[int, ...], stage_mm: tuple[float, float],
+               exposure_ms: float | None = None) -> np.ndarray:
+        """The recorded frame (taken at whatever exposure the recording head used)."""
         best = min(self.recorded.manifest.rois, key=lambda e: math.dist(e.stage_mm, stage_mm))
         if math.dist(best.stage_mm, stage_mm) > 0.05 or len(lit) != 1:
             return np.zeros(self.shape, np.uint16)  # nothing recorded there: a black frame

@@ -473,15 +473,21 @@ class OpticsRenderer:
                     _draw_blob(layers, occ, cx, cy, max(0.5, sig_mm / px_mm), amp)
         return Scene(layers, occ, mask, (float(origin_mm[0]), float(origin_mm[1])), tuple(seen))
 
-    def expose(self, scene: Scene, lit: Sequence[int], noise_key: int) -> np.ndarray:
-        """A RAW frame of ``scene`` with the LED groups in ``lit`` on (none: a dark frame)."""
+    def expose(self, scene: Scene, lit: Sequence[int], noise_key: int,
+               exposure_factor: float = 1.0) -> np.ndarray:
+        """A RAW frame of ``scene`` with the LED groups in ``lit`` on (none: a dark frame),
+        exposed ``exposure_factor`` times the head file's exposure (light and hot pixels scale
+        with it; offset and read noise do not)."""
         lit_arr = np.asarray(sorted(set(lit)), dtype=np.int64)
         if lit_arr.size and (lit_arr.min() < 0 or lit_arr.max() >= N_STATES):
             raise ValueError(f"lit states must be within 0..{N_STATES - 1}, got {list(lit)}")
-        sim, k = self.sim, self.exposure_scale
+        if not exposure_factor > 0:
+            raise ValueError(f"the exposure factor must be positive, got {exposure_factor}")
+        sim, k = self.sim, self.exposure_scale * exposure_factor
+        chan = self.chan if exposure_factor == 1.0 else self.chan * exposure_factor
         out = np.empty(self.shape, np.uint16)
         background = sim.background_dn if scene.radiance is None else scene.radiance
-        _expose(out, scene.layers, scene.occupied, lit_arr, self.field, self.chan,
+        _expose(out, scene.layers, scene.occupied, lit_arr, self.field, chan,
                 background, sim.dark_offset_dn, sim.read_noise_dn ** 2,
                 sim.conversion_gain_dn_per_e, np.uint64(noise_key), _normal_table(), self.max_dn)
         flat = out.reshape(-1)
@@ -489,9 +495,13 @@ class OpticsRenderer:
         return out
 
     def render(self, sample: Sample | Target, origin_mm: tuple[float, float],
-               noise_seed: int) -> RoiRender:
-        """The 6 frames of one RoI, one per illumination state, and its scratch mask."""
+               noise_seed: int, exposure_factors=None) -> RoiRender:
+        """The 6 frames of one RoI, one per illumination state, and its scratch mask;
+        ``exposure_factors``: per state, the exposure over the head file's (a calibration's
+        LED balance), None: all 1."""
         sc = self.scene(sample, origin_mm)
         keys = np.random.SeedSequence(noise_seed).generate_state(N_STATES, np.uint64)
-        frames = np.stack([self.expose(sc, [s], int(keys[s])) for s in range(N_STATES)])
+        factors = [1.0] * N_STATES if exposure_factors is None else list(exposure_factors)
+        frames = np.stack([self.expose(sc, [s], int(keys[s]), float(factors[s]))
+                           for s in range(N_STATES)])
         return RoiRender(frames, sc.mask, sc.origin_mm, sc.defect_ids)

@@ -44,7 +44,12 @@ def test_calibration_finds_the_heads_defects_and_geometry(tmp_path):
     assert g["origin_offset_mm"] == pytest.approx(truth.origin_offset_mm, abs=0.02)
     gain = run.arrays["flat"]["gain"]
     ref = np.stack([head_truth(config.load(), asm.head.shape).response(k) for k in range(6)])
-    corrected = np.stack([truth.response(k) for k in range(6)]) * gain
+    # each group's frame is taken at its balanced exposure, and its gain accounts for that
+    scale = run.arrays["flat"]["led_exposure_scale"]
+    flat = run.summary["flat"]
+    assert flat["led_balanced"] and flat["led_balance_spread_pct"] <= 2.0
+    assert max(flat["led_balance"]) / min(flat["led_balance"]) > 1.1  # it was off before
+    corrected = np.stack([truth.response(k) * scale[k] for k in range(6)]) * gain
     ok = ~(hot | run.arrays["flat"]["dead"] | run.arrays["flat"]["stuck"])
     rel = corrected[:, ok] / corrected[:, ok].mean() / (ref[:, ok] / ref[:, ok].mean()) - 1
     assert np.sqrt(np.mean(rel ** 2)) < 0.02

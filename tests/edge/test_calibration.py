@@ -367,3 +367,18 @@ def test_gain_grid_written_and_read(tmp_path, head):
     path = calib.save(tmp_path / "g.npz", head=head, gain_grid=grid, gain_block=4)
     with pytest.raises(CalibrationError, match="'gain_block' must be an integer"):
         calib.load(rewrite(path, {"gain_block": 2.5}))
+
+
+def test_frames_taken_at_other_exposures_get_gains_scaled_to_match(tmp_path, head):
+    base = head.camera.exposure_ms
+    scale = [1.0, 2.0, 1.0, 0.5, 1.0, 1.0]
+    gain = np.random.default_rng(5).uniform(0.8, 1.2, (6, H, W)).astype(np.float32)
+    c = calib.load(calib.save(tmp_path / "c.npz", head=head, gain=gain,
+                              led_exposure_scale=scale))
+    assert c.for_exposures([base * k for k in scale], head) is c  # taken as it expects
+    nominal = c.for_exposures([base] * 6, head)  # a recording made before the balance
+    assert np.allclose(nominal.gain, gain * np.array(scale)[:, None, None])
+    assert nominal.dark is c.dark and nominal.defects is c.defects
+    no_gain = calib.load(calib.save(tmp_path / "d.npz", head=head, dark=np.full(6, 64.0),
+                                    led_exposure_scale=scale))
+    assert np.allclose(no_gain.for_exposures([base] * 6, head).gain, scale)

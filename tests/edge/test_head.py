@@ -220,3 +220,32 @@ def test_recording_every_inspected_sample(tmp_path, cfg, engine):
     ts = rec.manifest.rois[0].timestamps
     assert all(b - a >= 0.03 * 0.9 for a, b in zip(ts, ts[1:], strict=False))  # a frame apart
     assert v.status is Status.FAIL
+
+
+def test_each_led_group_is_exposed_as_the_calibrations_led_balance_says(tmp_path, cfg, engine):
+    from edge import calibration as calib
+
+    scale = [1.0, 2.0, 1.0, 0.5, 1.0, 1.0]
+    path = calib.save(tmp_path / "cal.npz", head=cfg, camera_serial="",
+                      led_exposure_scale=scale)
+    with build_head(cfg, engine=engine, calibration=calib.load(path)) as rig:
+        rig.glass.place(clean(cfg))
+        head = rig.head
+        assert head.exposures_ms == tuple(cfg.camera.exposure_ms * k for k in scale)
+        level = [float(np.mean(head.expose(k)[0])) - cfg.simulation.dark_offset_dn
+                 for k in (0, 1, 3)]
+        nominal = float(np.mean(head.expose(1, exposure_ms=cfg.camera.exposure_ms)[0]))
+        assert led_levels(rig) == [False] * 7
+    # group 1 at twice, group 3 at half its nominal exposure: the glass's haze follows
+    group1 = nominal - cfg.simulation.dark_offset_dn
+    assert level[1] == pytest.approx(2 * group1, rel=0.1)
+    assert level[2] < 0.75 * level[0]
+
+
+def test_an_led_balance_beyond_the_on_time_limit_is_refused(tmp_path, cfg):
+    from edge import calibration as calib
+
+    long = cfg.illumination.max_on_ms / cfg.camera.exposure_ms  # lit past the limit
+    path = calib.save(tmp_path / "cal.npz", head=cfg, led_exposure_scale=[1.0] * 5 + [long])
+    with pytest.raises(calib.CalibrationError, match="LED balance exposes a group for"):
+        calib.load(path).check_for(cfg)

@@ -144,3 +144,20 @@ def test_files_swapped_between_rois(copy_of):
     b.write_bytes(da)
     with pytest.raises(RecordingError, match=r"roi_01\.tif: content does not match"):
         open_sample(copy_of).frames(1)
+
+
+def test_per_state_exposures_are_recorded_when_they_differ(tmp_path, cfg):
+    base = cfg.camera.exposure_ms
+    frames = np.full((6, *SHAPE), 70, np.uint16)
+    frames[:, ::3] = 90
+
+    def write(name, exposures):
+        w = SampleWriter(tmp_path, name, cfg, shape=SHAPE, exposures_ms=exposures)
+        for i in range(cfg.stage.roi_grid.count):
+            w.add_roi(i, cfg.stage.roi_grid.roi_origin_mm(i), frames, [0.0] * 6)
+        return open_sample(w.close()).manifest.camera
+
+    balanced = write("BAL", [base, 2 * base, base, base, base / 2, base])
+    assert balanced.per_state_ms == (base, 2 * base, base, base, base / 2, base)
+    plain = write("PLAIN", [base] * 6)
+    assert plain.exposures_ms is None and plain.per_state_ms == (base,) * 6
