@@ -152,8 +152,20 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
     timings["postprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    defects = []
+    defects = to_defects(found, index, origin_mm, (mmx, mmy), mapping)
+    timings["defects"] = time.perf_counter() - t
+    return RoiResult(index, (float(origin_mm[0]), float(origin_mm[1])), defects, timings,
+                     grid.count, corrects(calibration), notes, score if keep_score else None)
+
+
+def to_defects(found, index: int, origin_mm: tuple[float, float],
+               mm_per_px: tuple[float, float], mapping=None) -> list[Defect]:
+    """The ``defects`` stage: kept scratches (score-map pixels) to boxes in RAW pixels and
+    sample mm, lengths in mm (the module docstring); shared with the evaluation, which counts
+    cached score maps exactly as the runtime would."""
+    mmx, mmy = mm_per_px
     px_mm = (mmx + mmy) / 2.0 if mapping is None else mapping.px_mm
+    defects = []
     kept = zip(found.boxes, found.max_score, found.length, strict=True)
     for (r0, c0, r1, c1), peak, length in kept:
         # score-map pixels are 2 x 2 RAW pixels
@@ -165,9 +177,7 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
             box_mm = mapping.box_mm((x0, y0, x1, y1), origin_mm)
         defects.append(Defect(box_mm, float(length) * 2.0 * px_mm, float(peak), (index,),
                               (x0, y0, x1, y1)))
-    timings["defects"] = time.perf_counter() - t
-    return RoiResult(index, (float(origin_mm[0]), float(origin_mm[1])), defects, timings,
-                     grid.count, corrects(calibration), notes, score if keep_score else None)
+    return defects
 
 
 def corrects(calibration: Calibration | None) -> bool:

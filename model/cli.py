@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     require("onnxruntime", "evaluation", "cpu")
-    from model.evaluate import describe, evaluate
+    from model.evaluate import best_setting, describe, evaluate, sweep
 
     cfg = load_head(args)
     models = {}
@@ -50,16 +50,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not p.is_file():
             raise UsageError(f"{p}: no such model file")
         models[p.stem if p.stem not in models else str(p)] = p
+    baselines = list(dict.fromkeys(args.baseline or []))
+    if not models and not baselines:
+        raise UsageError("name at least one MODEL.onnx or --baseline")
+    if args.sweep:
+        if args.calibration:
+            raise UsageError("--sweep tunes the head file's post-processing: leave out "
+                             "--calibration")
+        rows = sweep(models, cfg, args.samples, args.seed, args.scratch_share,
+                     threads=args.threads, progress=not args.quiet, baselines=baselines,
+                     cache=args.cache)
+        best = {name: best_setting(r) for name, r in rows.items()}
+        for name, b in best.items():
+            print(f"{name}: best setting {b}")
+        Path(args.sweep).write_text(json.dumps({"rows": rows, "best": best}, indent=1) + "\n")
+        print(f"sweep: {args.sweep}")
+        return 0
     from edge.inspection import load_calibration
 
     calibration = load_calibration(cfg, args.calibration) if args.calibration else None
     results = evaluate(models, cfg, args.samples, args.seed, args.scratch_share, args.threads,
-                       progress=not args.quiet, calibration=calibration)
+                       progress=not args.quiet, calibration=calibration, baselines=baselines,
+                       cache=args.cache)
     print(describe(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
         print(f"details: {args.json}")
     return 0
+
+
+# model.baselines.BASELINES' names, here so that --help does not compile Numba kernels
+BASELINE_NAMES = ("otsu-brightest", "physics")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -107,12 +128,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser(
-        "evaluate", help="score ONNX networks on held-out simulated samples (FN and FP rates)",
+        "evaluate", help="score ONNX networks and baselines on held-out simulated samples",
         description="Render N held-out samples on the full-size simulated head, run every MODEL "
-                    "on the same frames with the runtime's post-processing, and report sample-, "
-                    "image- and scratch-level rates as the glass paper's Table 1 counts them.")
+                    "and --baseline on the same frames with the runtime's post-processing and "
+                    "verdict (under the head's reject rule), and report sample-, image- and "
+                    "scratch-level rates as the glass paper's Table 1 counts them, with 95 % "
+                    "Wilson intervals. Score maps are cached (--cache): a second run, or a "
+                    "--sweep of post-processing settings, renders and infers nothing again.")
     head_option(q)
-    q.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    q.add_argument("models", nargs="*", metavar="MODEL.onnx")
+    q.add_argument("--baseline", action="append", choices=BASELINE_NAMES,
+                   help="also score this detector without training (repeatable): Otsu on the "
+                        "brightest of the 6 frames, or the few-state line physics")
+    q.add_argument("--cache", metavar="DIR",
+                   help="where score maps are kept (default: $GLASS_INSPECT_CACHE/heldout, "
+                        "else ~/.cache/glass-inspect/heldout)")
+    q.add_argument("--sweep", metavar="FILE",
+                   help="instead: try post-processing settings (downscale, min_samples, T_low, "
+                        "T_high) on these samples (use validation seeds, not the held-out ones) "
+                        "and write every setting's rates and the best per detector to FILE")
     q.add_argument("--samples", type=int, default=50, help="(default: 50)")
     q.add_argument("--seed", type=int, default=900_000,
                    help="seed of the first sample (default: 900000, away from training seeds)")

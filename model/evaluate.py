@@ -1,10 +1,15 @@
-"""Quality of exported networks on held-out simulated samples, as the glass paper's Table 1 counts.
+"""Quality of networks and baselines on held-out simulated samples, as the glass paper's Table 1
+counts.
 
-Each sample is rendered RoI by RoI on the full-size simulated head; every network sees the same
-frames and is scored exactly as the device runs it: the runtime's pipeline without a calibration
-file (space-to-depth, tiles of the head's size on ONNX Runtime, stitching; see
-:class:`EngineScorer`), then the runtime's post-processing
-(:func:`edge.postprocess.find_scratches`).
+Each sample is rendered RoI by RoI on the full-size simulated head; every detector sees the same
+frames (:mod:`model.heldout`, which caches the truth and every detector's score maps on disk): a
+network exactly as the device runs it (the runtime's space-to-depth, tiles of the head's size on
+ONNX Runtime, stitching; with a calibration, corrected as the runtime corrects), a baseline
+(:mod:`model.baselines`) on the raw frames. Every score map then goes through the runtime's
+post-processing (:func:`edge.postprocess.find_scratches`), its defect conversion
+(:func:`edge.pipeline.to_defects`) and its verdict (:func:`edge.verdict.decide`), so
+:func:`sweep` can try post-processing settings on the cached maps without rendering or
+inferring again.
 
 Counts (ground truth from the simulator), under the head's reject rule
 (``[reject_rule] min_length_mm``, :class:`edge.config.RejectRule`), which the verdict applies too:
@@ -40,7 +45,6 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.config import HeadConfig
-from edge.sim import OpticsRenderer, generate_sample
 from model.metrics import covered
 
 MARGIN_MM = 0.15
@@ -121,29 +125,6 @@ def _length_bin(length: float) -> str:
     return "?"
 
 
-class EngineScorer:
-    """The runtime's own inference: tiles of the head's size, its engine, stitched back.
-
-    Why not the whole map at once: a map padded to the network's divisor has an edge of zeros
-    that a network trained on glass (never on zeros) may score as a line, which would count as a
-    false positive the runtime never makes. Scoring through :func:`edge.pipeline.process_roi`
-    judges the model exactly as the device runs it.
-    """
-
-    def __init__(self, path: str | Path, cfg: HeadConfig, threads: int = 0, calibration=None):
-        from edge.engine import open_engine
-
-        self.cfg, self.calibration = cfg, calibration
-        self.engine = open_engine(path, "onnxruntime", threads, max(cfg.engine.batch_sizes))
-
-    def __call__(self, frames: np.ndarray, index: int = 0,
-                 origin_mm: tuple[float, float] = (0.0, 0.0)):
-        """The RoI's :class:`edge.verdict.RoiResult`, as the runtime makes it."""
-        from edge.pipeline import process_roi
-
-        return process_roi(frames, self.calibration, self.engine, self.cfg, index, origin_mm)
-
-
 def score_boxes(result) -> np.ndarray:
     """A RoI result's kept boxes ``(K, 4)`` row0, col0, row1, col1 in half-resolution pixels."""
     # RAW pixel boxes (x0, y0, x1, y1) back to the score map's (row, col), 2 x 2 per pixel
@@ -151,116 +132,150 @@ def score_boxes(result) -> np.ndarray:
                      for d in result.defects], np.int64).reshape(-1, 4)
 
 
-def _points_in_roi(points_mm: np.ndarray, origin, mm_per_px, shape) -> np.ndarray:
-    """Centre-line points -> (row, col) at half resolution, those inside the map."""
-    col = (points_mm[:, 0] - origin[0]) / mm_per_px[0] / 2.0
-    row = (points_mm[:, 1] - origin[1]) / mm_per_px[1] / 2.0
-    rc = np.stack([row, col], axis=1)
-    inside = (rc[:, 0] >= 0) & (rc[:, 0] < shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < shape[1])
-    return rc[inside]
+def count(heldout, key: str, cfg: HeadConfig, pipeline=None, calibration=None) -> Counts:
+    """The counts of one detector's cached maps under ``pipeline`` (default: the head's, or its
+    calibration's thresholds) and the head's reject rule."""
+    from edge.pipeline import to_defects
+    from edge.postprocess import find_scratches
+    from edge.verdict import RoiResult, Status, decide
+
+    rule = cfg.reject_rule
+    p = pipeline or (calibration.pipeline_for(cfg) if calibration is not None else cfg.pipeline)
+    mapping = calibration.mapping(cfg) if calibration is not None else None
+    grid = cfg.stage.roi_grid
+    mmpp = cfg.mm_per_px
+    margin_px = MARGIN_MM / (2.0 * float(np.mean(mmpp)))
+    c = Counts(min_length_mm=rule.min_length_mm)
+    for truth, maps in heldout.samples(key):
+        results = []
+        found_ids: set[int] = set()
+        for roi, (t, score) in enumerate(zip(truth.rois, maps, strict=True)):
+            origin = grid.roi_origin_mm(roi)
+            defects = to_defects(find_scratches(score, p), roi, origin, mmpp, mapping)
+            result = RoiResult(roi, origin, defects, {}, 1, calibration is not None)
+            results.append(result)
+            boxes = score_boxes(result)
+            must = any(rule.rejects(t.lengths[i]) for i in t.lines)
+            clean = not t.lines
+            flagged = any(rule.rejects(d.length_mm) for d in defects)
+            c.images += 1
+            c.image_pos += must
+            c.image_clean += clean
+            c.image_fn += must and not flagged
+            c.image_fp += clean and flagged
+            c.kept += len(boxes)
+            correct = np.zeros(len(boxes), bool)
+            for i, pts in t.lines.items():
+                hits = covered(pts, boxes, margin_px)
+                correct |= hits
+                if hits.any():
+                    found_ids.add(i)
+            c.correct += int(correct.sum())
+        labelled = truth.labelled
+        must = any(rule.rejects(v) for v in labelled.values())
+        clean = not labelled
+        verdict = decide(f"held-out-{truth.seed}", results, grid.count, {}, None, {},
+                         rule.min_length_mm)
+        failed = verdict.status is Status.FAIL
+        c.samples += 1
+        c.sample_pos += must
+        c.sample_clean += clean
+        c.sample_fn += must and not failed
+        c.sample_fp += clean and failed
+        c.labelled += len(labelled)
+        c.found += len(labelled.keys() & found_ids)
+        for i, length in labelled.items():
+            b = _length_bin(length)
+            f, n = c.by_length.get(b, (0, 0))
+            c.by_length[b] = (f + (i in found_ids), n + 1)
+    return c
 
 
-def _labelled(sample, origin, mmpp, mask: np.ndarray) -> dict[int, np.ndarray]:
-    """The sample's scratches visible in this RoI: object index -> centre-line points (row, col)
-    in the half-resolution map."""
-    h2, w2 = mask.shape
-    out = {}
-    for i, d in enumerate(sample.objects):
-        if d.kind != "scratch":
-            continue
-        pts = _points_in_roi(d.points, origin, mmpp, (h2, w2))
-        if not len(pts):
-            continue
-        ij = np.clip(np.round(pts).astype(int), 0, [h2 - 1, w2 - 1])
-        near = np.zeros_like(mask)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                near[np.clip(ij[:, 0] + dy, 0, h2 - 1), np.clip(ij[:, 1] + dx, 0, w2 - 1)] = True
-        if (near & mask).any():
-            out[i] = pts
-    return out
+def detectors(models: dict[str, str | Path], cfg: HeadConfig, baselines: Sequence[str] = (),
+              threads: int = 0, calibration=None) -> list:
+    from model.heldout import baseline_detector, network_detector
+
+    out = [network_detector(name, path, cfg, threads, calibration)
+           for name, path in models.items()]
+    return out + [baseline_detector(b) for b in baselines]
 
 
 def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50,
              seed: int = HELD_OUT_SEED, scratch_share: float = 0.3, threads: int = 0,
-             progress: bool = True, calibration=None) -> dict[str, dict]:
-    """Run every model on the same ``n_samples`` simulated samples -> summary per model; with
-    ``calibration`` (an :class:`edge.calibration.Calibration` of this head) the frames are
-    corrected as the runtime corrects them."""
-    from edge.verdict import Status, decide
+             progress: bool = True, calibration=None, baselines: Sequence[str] = (),
+             cache: str | Path | None = None, pipeline=None) -> dict[str, dict]:
+    """Every network and baseline on the same ``n_samples`` held-out samples -> summary per
+    detector; with ``calibration`` (an :class:`edge.calibration.Calibration` of this head) the
+    frames are taken and corrected as the runtime does. Score maps come from the cache when
+    there (``cache``: its folder, default :data:`model.heldout.DEFAULT_CACHE`)."""
+    from model.heldout import HeldOutSet
 
-    rule = cfg.reject_rule
-    head = OpticsRenderer(cfg)
-    # frames as the head takes them: each group at its calibrated exposure (the LED balance)
-    exposures = calibration.led_exposure_scale if calibration is not None else None
-    scorers = {name: EngineScorer(path, cfg, threads, calibration)
-               for name, path in models.items()}
-    counts = {name: Counts(min_length_mm=rule.min_length_mm) for name in models}
-    grid = cfg.stage.roi_grid
-    mmpp = cfg.mm_per_px
-    margin_px = MARGIN_MM / (2.0 * float(np.mean(mmpp)))
     t0 = time.perf_counter()
-    bar = tqdm(total=n_samples * grid.count, desc="evaluating", unit="RoI", disable=not progress)
-    for k in range(n_samples):
-        sample = generate_sample(seed + k, grid.extent_mm, scratch_share)
-        results = {name: [] for name in models}
-        labelled_ids: set[int] = set()
-        found_ids = {name: set() for name in models}
-        for roi in range(grid.count):
-            origin = grid.roi_origin_mm(roi)
-            r = head.render(sample, origin, noise_seed=(sample.seed << 8) + roi,
-                            exposure_factors=exposures)
-            h2, w2 = r.frames.shape[1] // 2, r.frames.shape[2] // 2
-            mask = r.mask.reshape(h2, 2, w2, 2).any(axis=(1, 3))
-            lines = _labelled(sample, origin, mmpp, mask)
-            labelled_ids |= lines.keys()
-            must = any(rule.rejects(sample.objects[i].length_mm) for i in lines)
-            clean = not lines
-            for name, scorer in scorers.items():
-                ts = time.perf_counter()
-                result = scorer(r.frames, roi, origin)
-                counts[name].infer_s += time.perf_counter() - ts
-                results[name].append(result)
-                boxes = score_boxes(result)
-                flagged = any(rule.rejects(d.length_mm) for d in result.defects)
-                c = counts[name]
-                c.images += 1
-                c.image_pos += must
-                c.image_clean += clean
-                c.image_fn += must and not flagged
-                c.image_fp += clean and flagged
-                c.kept += len(boxes)
-                correct = np.zeros(len(boxes), bool)
-                for i, pts in lines.items():
-                    hits = covered(pts, boxes, margin_px)
-                    correct |= hits
-                    if hits.any():
-                        found_ids[name].add(i)
-                c.correct += int(correct.sum())
-            bar.update()
-        must = any(rule.rejects(sample.objects[i].length_mm) for i in labelled_ids)
-        clean = not labelled_ids
-        for name in models:
-            verdict = decide(f"held-out-{k}", results[name], grid.count, {}, None, {},
-                             rule.min_length_mm)
-            failed = verdict.status is Status.FAIL
-            c = counts[name]
-            c.samples += 1
-            c.sample_pos += must
-            c.sample_clean += clean
-            c.sample_fn += must and not failed
-            c.sample_fp += clean and failed
-            c.labelled += len(labelled_ids)
-            c.found += len(labelled_ids & found_ids[name])
-            for i in labelled_ids:
-                b = _length_bin(sample.objects[i].length_mm)
-                f, n = c.by_length.get(b, (0, 0))
-                c.by_length[b] = (f + (i in found_ids[name]), n + 1)
-    bar.close()
-    out = {name: c.summary() for name, c in counts.items()}
-    for v in out.values():
-        v["wall_s"] = round(time.perf_counter() - t0, 1)
+    dets = detectors(models, cfg, baselines, threads, calibration)
+    heldout = HeldOutSet(cfg, n_samples, seed, scratch_share, cache, calibration)
+    heldout.fill(dets, progress)
+    filled = time.perf_counter() - t0
+    out = {}
+    for d in dets:
+        t = time.perf_counter()
+        out[d.name] = count(heldout, d.key, cfg, pipeline, calibration).summary()
+        out[d.name].update(count_s=round(time.perf_counter() - t, 1),
+                           render_and_score_s=round(filled, 1), cache=str(heldout.dir))
     return out
+
+
+SWEEP = {"downscale": (2, 4, 8), "dbscan_min_samples": (4, 8, 16),
+         "t_low": (0.15, 0.25, 0.35), "t_high": (0.5, 0.75, 0.9)}
+
+
+def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: int,
+          scratch_share: float, grid: dict | None = None, threads: int = 0,
+          progress: bool = True, baselines: Sequence[str] = (),
+          cache: str | Path | None = None) -> dict[str, list[dict]]:
+    """Post-processing settings tried on cached maps (validation samples, not the held-out
+    ones): per detector, one row per setting of ``grid`` (default :data:`SWEEP`; ``dbscan_eps``
+    stays the head's), with its rates. T_low above T_high is skipped."""
+    import itertools
+
+    from model.heldout import HeldOutSet
+
+    grid = grid or SWEEP
+    dets = detectors(models, cfg, baselines, threads)
+    heldout = HeldOutSet(cfg, n_samples, seed, scratch_share, cache)
+    heldout.fill(dets, progress)
+    names = list(grid)
+    points = [dict(zip(names, v, strict=True)) for v in itertools.product(*grid.values())]
+    points = [q for q in points if q.get("t_low", cfg.pipeline.t_low)
+              <= q.get("t_high", cfg.pipeline.t_high)]
+    out: dict[str, list[dict]] = {}
+    bar = tqdm(total=len(points) * len(dets), desc="post-processing sweep", unit="setting",
+               disable=not progress)
+    for d in dets:
+        rows = []
+        for q in points:
+            p = cfg.pipeline.model_copy(update=q)
+            s = count(heldout, d.key, cfg, p).summary()
+            rows.append({**q, **{k: s[k] for k in ("sample_fn_rate", "sample_fp_rate",
+                                                   "image_fn_rate", "image_fp_rate",
+                                                   "scratch_recall", "scratch_precision")}})
+            bar.update()
+        out[d.name] = rows
+    bar.close()
+    return out
+
+
+def best_setting(rows: list[dict], max_sample_fp: float = 0.05) -> dict:
+    """The setting with the fewest missed samples among those within ``max_sample_fp`` sample
+    false alarms (then fewer image false alarms, then higher scratch recall); when none is
+    within it, the one with the fewest sample false alarms (then misses)."""
+    def rate(r, k):
+        return r[k] if r[k] is not None else 0.0
+
+    ok = [r for r in rows if rate(r, "sample_fp_rate") <= max_sample_fp]
+    if ok:
+        return min(ok, key=lambda r: (rate(r, "sample_fn_rate"), rate(r, "image_fp_rate"),
+                                      -rate(r, "scratch_recall")))
+    return min(rows, key=lambda r: (rate(r, "sample_fp_rate"), rate(r, "sample_fn_rate")))
 
 
 def describe(results: dict[str, dict], names: Sequence[str] | None = None) -> str:

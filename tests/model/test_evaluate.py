@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -31,7 +32,8 @@ def test_rates_of_a_blind_and_of_an_alarmist_model(tmp_path):
     cfg = with_changes(camera={"width": 640, "height": 560})
     models = {"blind": _constant_model(tmp_path / "blind.onnx", -1.0),
               "alarm": _constant_model(tmp_path / "alarm.onnx", 1.0)}
-    res = evaluate(models, cfg, n_samples=4, seed=3, scratch_share=0.5, progress=False)
+    res = evaluate(models, cfg, n_samples=4, seed=3, scratch_share=0.5, progress=False,
+                   cache=tmp_path / "cache")
     blind, alarm = res["blind"], res["alarm"]
     assert blind["samples"] == alarm["samples"] == 4 and blind["images"] == 40
     assert blind["samples_must_fail"] >= 1
@@ -44,35 +46,65 @@ def test_rates_of_a_blind_and_of_an_alarmist_model(tmp_path):
     assert "blind |" in describe(res)
 
 
-@pytest.mark.parametrize("length_mm", [0.3, 0.49, 0.5, 2.0])
-def test_evaluation_and_verdict_apply_the_same_reject_rule(monkeypatch, length_mm):
-    """Clean samples on which every RoI "finds" one scratch of ``length_mm``: the evaluation
-    counts a false alarm exactly when the runtime's verdict for the same RoIs is FAIL."""
-    import model.evaluate as ev
+@pytest.mark.parametrize("cells", [6, 10, 11, 30])
+def test_evaluation_and_verdict_apply_the_same_reject_rule(monkeypatch, cells):
+    """Clean samples on whose RoIs a detector "sees" one line: the evaluation counts a false
+    alarm exactly when the runtime's verdict for the same score maps is FAIL."""
     from edge.inspection import RoiInput, inspect_sample
-    from edge.verdict import Defect, RoiResult, Status
+    from edge.pipeline import to_defects
+    from edge.postprocess import find_scratches
+    from edge.verdict import RoiResult, Status
+    from model.evaluate import count
+    from model.heldout import RoiTruth, SampleTruth
 
-    cfg = with_changes(camera={"width": 320, "height": 280}, reject_rule={"min_length_mm": 0.5})
+    cfg = with_changes(camera={"width": 320, "height": 280}, reject_rule={"min_length_mm": 0.5},
+                       pipeline={"downscale": 1, "dbscan_min_samples": 3, "dbscan_eps": 2.0})
+    grid = cfg.stage.roi_grid
+    score = np.zeros((140, 160), np.float32)
+    score[70, 40:40 + cells] = 0.9  # a line of `cells` score pixels (2 RAW pixels each)
+    length_mm = (cells) * 2 * float(np.mean(cfg.mm_per_px))
 
-    def fake(self, frames, index=0, origin=(0.0, 0.0)):
-        # far apart in each RoI, so merging across RoIs cannot lengthen them
-        x, y = origin[0] + 1.0, origin[1] + 1.0
-        return RoiResult(index, origin, [Defect((x, y, x + length_mm, y + 0.01), length_mm,
-                                                0.9, (index,), (10, 10, 20, 12))], {}, 1, False)
+    class Clean:  # the held-out set: 2 clean samples, every RoI with the line
+        def samples(self, key):
+            for s in range(2):
+                yield SampleTruth(s, [RoiTruth({}, {})] * grid.count), [score] * grid.count
 
-    monkeypatch.setattr(ev.EngineScorer, "__init__", lambda self, *a, **k: None)
-    monkeypatch.setattr(ev.EngineScorer, "__call__", fake)
-    res = ev.evaluate({"fake": "unused.onnx"}, cfg, n_samples=2, seed=5, scratch_share=0.0,
-                      progress=False)["fake"]
+    res = count(Clean(), "any", cfg).summary()
 
-    class Engine:  # the runtime's loop, with the pipeline's answer replaced by the same RoIs
+    class Engine:
         identity: dict = {}
 
-    grid = cfg.stage.roi_grid
-    monkeypatch.setattr("edge.inspection.process_roi",
-                        lambda frames, cal, engine, c, i, o, *a, **k: fake(None, frames, i, o))
+    def runtime(frames, cal, engine, c, index, origin, *a, **k):
+        found = find_scratches(score, c.pipeline)
+        return RoiResult(index, origin, to_defects(found, index, origin, c.mm_per_px), {}, 1,
+                         False)
+
+    monkeypatch.setattr("edge.inspection.process_roi", runtime)
     rois = [RoiInput(i, grid.roi_origin_mm(i), lambda: None) for i in range(grid.count)]
     verdict = inspect_sample("S", rois, grid.count, Engine(), None, cfg)
     fails = verdict.status is Status.FAIL
-    assert fails == (length_mm >= 0.5)
+    assert fails == (length_mm >= 0.5), (length_mm, verdict.reason)
     assert res["sample_fp_rate"] == res["image_fp_rate"] == (1.0 if fails else 0.0)
+
+
+def test_scores_are_cached_so_a_second_evaluation_renders_nothing(tmp_path, monkeypatch):
+    from edge.sim import OpticsRenderer
+    from model.evaluate import sweep
+
+    cfg = with_changes(camera={"width": 320, "height": 280})
+    models = {"alarm": _constant_model(tmp_path / "alarm.onnx", 1.0)}
+    first = evaluate(models, cfg, n_samples=2, seed=3, scratch_share=0.5, progress=False,
+                     cache=tmp_path / "c", baselines=["physics"])
+    assert set(first) == {"alarm", "physics"}
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(OpticsRenderer, "render", no_render)
+    again = evaluate(models, cfg, n_samples=2, seed=3, scratch_share=0.5, progress=False,
+                     cache=tmp_path / "c", baselines=["physics"])
+    assert {k: v["sample_fp_rate"] for k, v in again.items()} == {
+        k: v["sample_fp_rate"] for k, v in first.items()}
+    rows = sweep(models, cfg, 2, 3, 0.5, {"t_low": (0.2, 0.5), "t_high": (0.4, 0.9)},
+                 progress=False, cache=tmp_path / "c")["alarm"]
+    assert len(rows) == 3  # (0.5, 0.4) skipped: T_low above T_high
