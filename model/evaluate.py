@@ -132,9 +132,10 @@ def score_boxes(result) -> np.ndarray:
                      for d in result.defects], np.int64).reshape(-1, 4)
 
 
-def count(heldout, key: str, cfg: HeadConfig, pipeline=None, calibration=None) -> Counts:
-    """The counts of one detector's cached maps under ``pipeline`` (default: the head's, or its
-    calibration's thresholds) and the head's reject rule."""
+def count(samples, cfg: HeadConfig, pipeline=None, calibration=None) -> Counts:
+    """The counts of one detector's maps (``samples``: per sample its truth and its score maps,
+    as :meth:`model.heldout.HeldOutSet.samples` gives them) under ``pipeline`` (default: the
+    head's, or its calibration's thresholds) and the head's reject rule."""
     from edge.pipeline import to_defects
     from edge.postprocess import find_scratches
     from edge.verdict import RoiResult, Status, decide
@@ -146,7 +147,7 @@ def count(heldout, key: str, cfg: HeadConfig, pipeline=None, calibration=None) -
     mmpp = cfg.mm_per_px
     margin_px = MARGIN_MM / (2.0 * float(np.mean(mmpp)))
     c = Counts(min_length_mm=rule.min_length_mm)
-    for truth, maps in heldout.samples(key):
+    for truth, maps in samples:
         results = []
         found_ids: set[int] = set()
         for roi, (t, score) in enumerate(zip(truth.rois, maps, strict=True)):
@@ -218,14 +219,14 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
     out = {}
     for d in dets:
         t = time.perf_counter()
-        out[d.name] = count(heldout, d.key, cfg, pipeline, calibration).summary()
+        out[d.name] = count(heldout.samples(d.key), cfg, pipeline, calibration).summary()
         out[d.name].update(count_s=round(time.perf_counter() - t, 1),
                            render_and_score_s=round(filled, 1), cache=str(heldout.dir))
     return out
 
 
-SWEEP = {"downscale": (2, 4, 8), "dbscan_min_samples": (4, 8, 16),
-         "t_low": (0.15, 0.25, 0.35), "t_high": (0.5, 0.75, 0.9)}
+SWEEP = {"downscale": (2, 4, 8), "dbscan_eps": (12.0, 25.0), "dbscan_min_samples": (4, 8, 16),
+         "t_low": (0.15, 0.25, 0.4), "t_high": (0.6, 0.75, 0.9)}
 
 
 def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: int,
@@ -233,11 +234,11 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
           progress: bool = True, baselines: Sequence[str] = (),
           cache: str | Path | None = None) -> dict[str, list[dict]]:
     """Post-processing settings tried on cached maps (validation samples, not the held-out
-    ones): per detector, one row per setting of ``grid`` (default :data:`SWEEP`; ``dbscan_eps``
-    stays the head's), with its rates. T_low above T_high is skipped."""
+    ones): per detector, one row per setting of ``grid`` (default :data:`SWEEP`; a key it
+    leaves out stays the head's), with its rates. T_low above T_high is skipped."""
     import itertools
 
-    from model.heldout import HeldOutSet
+    from model.heldout import HeldOutSet, dequantise
 
     grid = grid or SWEEP
     dets = detectors(models, cfg, baselines, threads)
@@ -252,9 +253,11 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
                disable=not progress)
     for d in dets:
         rows = []
+        kept = list(heldout.samples(d.key, quantised=True))  # read and unpacked once
         for q in points:
             p = cfg.pipeline.model_copy(update=q)
-            s = count(heldout, d.key, cfg, p).summary()
+            s = count(((t, [dequantise(*m) for m in maps]) for t, maps in kept), cfg,
+                      p).summary()
             rows.append({**q, **{k: s[k] for k in ("sample_fn_rate", "sample_fp_rate",
                                                    "image_fn_rate", "image_fp_rate",
                                                    "scratch_recall", "scratch_precision")}})

@@ -64,12 +64,10 @@ def test_evaluation_and_verdict_apply_the_same_reject_rule(monkeypatch, cells):
     score[70, 40:40 + cells] = 0.9  # a line of `cells` score pixels (2 RAW pixels each)
     length_mm = (cells) * 2 * float(np.mean(cfg.mm_per_px))
 
-    class Clean:  # the held-out set: 2 clean samples, every RoI with the line
-        def samples(self, key):
-            for s in range(2):
-                yield SampleTruth(s, [RoiTruth({}, {})] * grid.count), [score] * grid.count
-
-    res = count(Clean(), "any", cfg).summary()
+    # the held-out set: 2 clean samples, every RoI with the line
+    clean = [(SampleTruth(s, [RoiTruth({}, {})] * grid.count), [score] * grid.count)
+             for s in range(2)]
+    res = count(clean, cfg).summary()
 
     class Engine:
         identity: dict = {}
