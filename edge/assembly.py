@@ -166,6 +166,9 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
         parts["ring light"] = f"{cfg.illumination.pin_factory} pins"
         head = _part("head", lambda: Head(cfg, ring, stage, camera, engine, calibration,
                                           record_dir))
+        if calibration is not None and cfg.camera.kind != "replay":
+            # the sensor's own hot pixels, for cameras without a serial number (CSI)
+            _part("calibration", lambda: _check_sensor(head, ring, calibration))
     except BaseException:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
@@ -176,6 +179,16 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
     if sim is not None:
         asm.glass = _glass(cfg, camera, sim)
     return asm
+
+
+def _check_sensor(head: Head, ring: Light, calibration: calib.Calibration) -> None:
+    if calibration.defects is None or calibration.defects.count == 0:
+        return
+    try:
+        frame = head.expose(None)[0]  # every LED group dark
+    finally:
+        ring.all_dark()
+    calibration.check_sensor(frame)
 
 
 def _part(name: str, make: Callable):

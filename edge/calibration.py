@@ -57,6 +57,9 @@ GAIN_BLOCK = 16  # default cell of the gain grid, in pixels of one Bayer plane (
 KINDS = ("hot", "dead", "stuck")  # defect_kinds holds the index into this
 THRESHOLDS = ("t_low", "t_high", "dbscan_eps", "dbscan_min_samples")
 MAX_ROTATION_DEG = 45.0
+FINGERPRINT_MIN_HOT = 8  # hot pixels a calibration needs to fingerprint its sensor
+FINGERPRINT_SHARE = 0.3  # of them hot in one dark frame of the same sensor
+FINGERPRINT_MIN_DN = 8.0
 ON_TIME_SHARE = 0.8  # of the LED on-time limit an exposure may use: the rest for the grab
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -261,6 +264,34 @@ class Calibration:
             why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
             raise CalibrationError(f"calibration {self.source}: its thresholds "
                                    f"{self.thresholds} do not fit the head: {why}") from None
+
+    def check_sensor(self, dark_frame: np.ndarray) -> None:
+        """Refuse this calibration for a sensor whose hot pixels are not the calibration's.
+
+        Why: a CSI sensor on a Jetson has no serial number, so the camera check of
+        :meth:`check_for` cannot tell two of them apart; but every sensor has its own hot
+        pixels, fixed in place, and a calibration lists them. In one dark frame (every LED dark)
+        at least ``FINGERPRINT_SHARE`` of them must stand out from the frame (above its median
+        by 5 robust sigmas and at least ``FINGERPRINT_MIN_DN``, the calibration's own floor); a
+        hot pixel near that floor shows in one frame about half the time, and another sensor
+        shares practically none (at 1e-5 hot pixels, two sensors share one in 1e5). Needs
+        ``FINGERPRINT_MIN_HOT`` listed hot pixels; with fewer it is not checked.
+        """
+        if self.defects is None:
+            return
+        rows, cols = self.defects.of_kind("hot")
+        if rows.size < FINGERPRINT_MIN_HOT or dark_frame.shape != (self.height, self.width):
+            return
+        frame = dark_frame.astype(np.float32)
+        med = float(np.median(frame[::7, ::7]))
+        sigma = 1.4826 * float(np.median(np.abs(frame[::7, ::7] - med)))
+        level = med + max(5.0 * sigma, FINGERPRINT_MIN_DN)
+        found = int((frame[rows, cols] > level).sum())
+        if found < FINGERPRINT_SHARE * rows.size:
+            raise CalibrationError(
+                f"calibration {self.source} was made with another camera sensor: only {found} of "
+                f"the {rows.size} hot pixels it lists are hot in this camera's dark frame "
+                f"(at least {FINGERPRINT_SHARE:.0%} expected); calibrate this head again")
 
     def for_exposures(self, taken_ms, cfg: HeadConfig) -> Calibration:
         """This calibration for frames taken at the per-state exposures ``taken_ms`` (a

@@ -120,3 +120,26 @@ def test_an_engine_that_fails_at_start_up_stops_the_head_before_any_led(small_cf
             pytest.raises(AssemblyError, match="pipeline: .*fell over"):
         build_head(small_cfg, engine=Broken(engine))
     assert lit == []
+
+
+def test_a_calibration_of_another_sensor_is_refused_by_its_hot_pixels(tmp_path, small_cfg):
+    """The simulated camera has no serial (as a CSI sensor): its hot pixels tell it apart."""
+    import numpy as np
+
+    from edge import calibration as calib
+    from edge.sim.targets import head_truth
+
+    h, w = small_cfg.camera.height, small_cfg.camera.width
+    own = np.nonzero(head_truth(small_cfg, (h, w)).hot_mask)
+    assert own[0].size >= calib.FINGERPRINT_MIN_HOT
+    mine = calib.save(tmp_path / "mine.npz", head=small_cfg, camera_serial="",
+                      defects=calib.DefectivePixels.of(hot=own))
+    with build_head(small_cfg, calibration=calib.load(mine)) as asm:
+        assert asm.calibration is not None
+    rng = np.random.default_rng(1)
+    flat = np.unique(rng.integers(0, h * w, own[0].size))
+    other = (flat // w, flat % w)
+    theirs = calib.save(tmp_path / "theirs.npz", head=small_cfg, camera_serial="",
+                        defects=calib.DefectivePixels.of(hot=other))
+    with pytest.raises(AssemblyError, match="calibration: .*another camera sensor"):
+        build_head(small_cfg, calibration=calib.load(theirs))

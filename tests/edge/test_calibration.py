@@ -382,3 +382,22 @@ def test_frames_taken_at_other_exposures_get_gains_scaled_to_match(tmp_path, hea
     no_gain = calib.load(calib.save(tmp_path / "d.npz", head=head, dark=np.full(6, 64.0),
                                     led_exposure_scale=scale))
     assert np.allclose(no_gain.for_exposures([base] * 6, head).gain, scale)
+
+
+def test_a_sensor_is_told_from_another_by_its_hot_pixels(tmp_path):
+    h, w = 120, 160
+    rng = np.random.default_rng(9)
+    rows, cols = rng.integers(0, h, 30), rng.integers(0, w, 30)
+    hot = DefectivePixels.of(hot=(np.unique(rows * w + cols) // w, np.unique(rows * w + cols) % w))
+    c = calib.load(calib.save(tmp_path / "c.npz", width=w, height=h, defects=hot))
+    frame = rng.normal(64, 2.2, (h, w))
+    mine = frame.copy()
+    mine[hot.rows, hot.cols] += rng.uniform(15, 500, hot.count)
+    c.check_sensor(mine.astype(np.uint16))
+    other = frame.copy()
+    other[rng.integers(0, h, 30), rng.integers(0, w, 30)] += 300  # its own hot pixels
+    with pytest.raises(CalibrationError, match=r"another camera sensor: only \d+ of the"):
+        c.check_sensor(other.astype(np.uint16))
+    few = calib.load(calib.save(tmp_path / "f.npz", width=w, height=h,
+                                defects=DefectivePixels.of(hot=([1], [1]))))
+    few.check_sensor(other.astype(np.uint16))  # too few to fingerprint: not checked
