@@ -69,9 +69,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge.inspection import load_calibration
 
     calibration = load_calibration(cfg, args.calibration) if args.calibration else None
+    settings = None
+    if args.settings_from:
+        try:
+            settings = json.loads(Path(args.settings_from).read_text())["best"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{args.settings_from}: not a sweep file written by --sweep "
+                             f"({exc})") from None
     results = evaluate(models, cfg, args.samples, args.seed, args.scratch_share, args.threads,
                        progress=not args.quiet, calibration=calibration, baselines=baselines,
-                       cache=args.cache)
+                       cache=args.cache, settings=settings)
     print(describe(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -143,6 +150,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--cache", metavar="DIR",
                    help="where score maps are kept (default: $GLASS_INSPECT_CACHE/heldout, "
                         "else ~/.cache/glass-inspect/heldout)")
+    q.add_argument("--settings-from", metavar="SWEEP.json",
+                   help="count each detector with the best post-processing a --sweep found for "
+                        "it (a fair comparison), not the head file's")
     q.add_argument("--sweep", metavar="FILE",
                    help="instead: try post-processing settings (downscale, min_samples, T_low, "
                         "T_high) on these samples (use validation seeds, not the held-out ones) "

@@ -204,11 +204,14 @@ def detectors(models: dict[str, str | Path], cfg: HeadConfig, baselines: Sequenc
 def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50,
              seed: int = HELD_OUT_SEED, scratch_share: float = 0.3, threads: int = 0,
              progress: bool = True, calibration=None, baselines: Sequence[str] = (),
-             cache: str | Path | None = None, pipeline=None) -> dict[str, dict]:
+             cache: str | Path | None = None, pipeline=None,
+             settings: dict[str, dict] | None = None) -> dict[str, dict]:
     """Every network and baseline on the same ``n_samples`` held-out samples -> summary per
     detector; with ``calibration`` (an :class:`edge.calibration.Calibration` of this head) the
     frames are taken and corrected as the runtime does. Score maps come from the cache when
-    there (``cache``: its folder, default :data:`model.heldout.DEFAULT_CACHE`)."""
+    there (``cache``: its folder, default :data:`model.heldout.DEFAULT_CACHE`). ``settings``:
+    per detector name, post-processing settings of its own (a sweep's best), which replace the
+    head's for that detector."""
     from model.heldout import HeldOutSet
 
     t0 = time.perf_counter()
@@ -219,12 +222,20 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
     out = {}
     for d in dets:
         t = time.perf_counter()
-        out[d.name] = count(heldout.samples(d.key), cfg, pipeline, calibration).summary()
+        own = (settings or {}).get(d.name)
+        p = pipeline
+        if own:
+            base = pipeline or cfg.pipeline
+            p = base.model_copy(update={k: v for k, v in own.items() if k in SWEEP_KEYS})
+        out[d.name] = count(heldout.samples(d.key), cfg, p, calibration).summary()
+        if own:
+            out[d.name]["post_processing"] = {k: getattr(p, k) for k in SWEEP_KEYS}
         out[d.name].update(count_s=round(time.perf_counter() - t, 1),
                            render_and_score_s=round(filled, 1), cache=str(heldout.dir))
     return out
 
 
+SWEEP_KEYS = ("downscale", "dbscan_eps", "dbscan_min_samples", "t_low", "t_high")
 SWEEP = {"downscale": (2, 4, 8), "dbscan_eps": (12.0, 25.0), "dbscan_min_samples": (4, 8, 16),
          "t_low": (0.15, 0.25, 0.4), "t_high": (0.6, 0.75, 0.9)}
 

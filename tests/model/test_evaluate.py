@@ -106,3 +106,6 @@ def test_scores_are_cached_so_a_second_evaluation_renders_nothing(tmp_path, monk
     rows = sweep(models, cfg, 2, 3, 0.5, {"t_low": (0.2, 0.5), "t_high": (0.4, 0.9)},
                  progress=False, cache=tmp_path / "c")["alarm"]
     assert len(rows) == 3  # (0.5, 0.4) skipped: T_low above T_high
+    own = evaluate(models, cfg, n_samples=2, seed=3, scratch_share=0.5, progress=False,
+                   cache=tmp_path / "c", settings={"alarm": {"t_low": 0.5, "t_high": 0.9}})
+    assert own["alarm"]["post_processing"]["t_low"] == 0.5
