@@ -16,7 +16,9 @@ Every head, real or simulated, is built here, by the same steps in the same orde
    part is there; then the head.
 
 Simulated parts come from :mod:`edge.sim.parts`, imported only when the head file names one;
-the runtime modules never import the simulator. A part that fails to open closes the ones
+the runtime modules never import the simulator. A simulated head given a fault plan
+(:mod:`edge.sim.faults`, for the fault benchmark) also gets its engine wrapped here when the plan
+breaks the engine; a real head never. A part that fails to open closes the ones
 already open and raises :class:`AssemblyError` naming the part.
 """
 
@@ -143,6 +145,10 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
 
             sim = SimParts(cfg, sim_options or SimOptions())
             closers.append(sim.close)
+            if sim.faults is not None:  # a simulated head told to break (edge.sim.faults)
+                from edge.sim.faults import with_engine_faults
+
+                engine = with_engine_faults(engine, sim.faults)
         pins = _part("GPIO", lambda: _pin_factory(cfg, sim))
         if cfg.illumination.pin_factory == "jetson":
             closers.append(pins.close)
@@ -215,7 +221,8 @@ def _stage(cfg: HeadConfig, sim) -> Stage:
     s = cfg.stage
     port = sim.stage_port() if s.port == SIM else s.port
     lim = s.soft_limits_mm
-    return GrblStage(port, s.baud, (lim.x, lim.y), s.feed_mm_min, home=s.homing)
+    return GrblStage(port, s.baud, (lim.x, lim.y), s.feed_mm_min, home=s.homing,
+                     machine_origin=s.machine_origin_mm)
 
 
 def _camera(cfg: HeadConfig, sim) -> Camera:

@@ -231,6 +231,11 @@ class Stage(_Section):
     # true: the stage has limit switches and is homed ($H); false: it is unlocked ($X)
     homing: bool = True
     soft_limits_mm: Limits
+    # where the controller's machine origin (MPos 0, 0) lies in these stage coordinates: GRBL
+    # homes toward + by default and its machine origin is then at the + end of each axis, its
+    # travel [-$130, 0]; None: the soft limits' maxima (that default; grblHAL with hard limits:
+    # its pull-off $27 beyond them)
+    machine_origin_mm: Pair | None = None
     roi_grid: RoiGrid
 
     @model_validator(mode="after")

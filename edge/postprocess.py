@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.config import Pipeline
-from edge.kernels.dbscan import dbscan_map
+from edge.kernels.dbscan import dbscan_map, max_downscale
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,39 @@ def main_axis_length(rows: np.ndarray, cols: np.ndarray, cell: int, band: float 
     return float(along.max() - along.min() + cell)
 
 
-def find_scratches(score: np.ndarray, p: Pipeline) -> Scratches:
-    clusters = dbscan_map(score, p.t_low, p.dbscan_eps, p.dbscan_min_samples, p.downscale)
+class PooledScore:
+    """A score map with its max-downscaled grids kept (made once per factor), for trying many
+    post-processing settings on one map (the evaluation's sweep)."""
+
+    def __init__(self, score: np.ndarray):
+        self.score = np.ascontiguousarray(score, dtype=np.float32)
+        self.shape = self.score.shape
+        self.max = float(np.max(self.score)) if self.score.size else -np.inf
+        if not np.isfinite(self.max) and self.score.size:
+            raise ValueError("score map holds NaN or infinite values")
+        self._grids: dict[int, np.ndarray] = {}
+
+    def grid(self, factor: int) -> np.ndarray:
+        if factor not in self._grids:
+            self._grids[factor] = max_downscale(self.score, factor)
+        return self._grids[factor]
+
+
+_NONE = Scratches(np.zeros((0, 4), np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                  np.zeros(0, np.float64))
+
+
+def find_scratches(score: np.ndarray | PooledScore, p: Pipeline) -> Scratches:
+    if isinstance(score, PooledScore):
+        if not score.max >= p.t_low:  # nothing to cluster (NaN was refused when pooled)
+            return _NONE
+        clusters = dbscan_map(None, p.t_low, p.dbscan_eps, p.dbscan_min_samples, p.downscale,
+                              pooled=score.grid(p.downscale))
+    else:
+        clusters = dbscan_map(score, p.t_low, p.dbscan_eps, p.dbscan_min_samples, p.downscale)
     keep = np.flatnonzero(clusters.max_score >= p.t_high)
     boxes = clusters.bbox_full()[keep].astype(np.int64)
-    h, w = np.shape(score)
+    h, w = np.shape(score) if not isinstance(score, PooledScore) else score.shape
     boxes[:, 2] = np.minimum(boxes[:, 2], h)
     boxes[:, 3] = np.minimum(boxes[:, 3], w)
     length = np.array([

@@ -34,6 +34,26 @@ def _positive(text: str) -> float:
     return _seconds(text, allow_zero=False)
 
 
+def _mebibytes(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MiB, got {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a size in MiB, 0 or more, got {text}")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {v}")
+    return v
+
+
 def _prefix(text: str) -> str:
     from firmware_bridge.protocol import valid_sample_id
 
@@ -81,6 +101,12 @@ def _serve_options(s: argparse.ArgumentParser, engine: bool = True) -> None:
     s.add_argument("--journal", default="verdict-journal.jsonl", metavar="PATH",
                    help="verdict journal, kept across restarts "
                         "(default: verdict-journal.jsonl)")
+    s.add_argument("--journal-max-mb", type=_mebibytes, default=64.0, metavar="MB",
+                   help="rotate the journal once it passes MB MiB: unacknowledged and recent "
+                        "verdicts go on in a new file, the old one becomes PATH.1 "
+                        "(default: 64; 0 = never)")
+    s.add_argument("--journal-keep", type=_count, default=4, metavar="N",
+                   help="old journal files to keep, PATH.1 (newest) to PATH.N (default: 4)")
     s.add_argument("--inspector", choices=["head", "scripted"], default="head",
                    help="what inspects: 'head' = the head of the head file, real or simulated "
                         "(default; on the simulated head each sample id shows its own random "
@@ -194,7 +220,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  health=getattr(args, "health", None), repeat_s=args.repeat,
                  abort_grace_s=args.abort_grace, inspect_timeout_s=args.inspect_timeout,
                  reopen_s=args.reopen, label=args.inspector,
-                 engine=getattr(args, "engine", None))
+                 engine=getattr(args, "engine", None),
+                 journal_max_bytes=int(args.journal_max_mb * 1024 * 1024),
+                 journal_keep=args.journal_keep)
 
 
 def _heartbeat(args: argparse.Namespace):

@@ -52,6 +52,10 @@ class HeadInspector:
         self.assembly = assembly
         self.engine = assembly.engine.identity
 
+    def darken(self) -> None:
+        """Every LED group dark now (on SIGTERM, before the inspection notices its abort)."""
+        self.assembly.ring.all_dark()
+
     def inspect(self, sample_id: str, abort: threading.Event, progress: Progress) -> Verdict:
         truth = self.assembly.load_glass(sample_id)
         return self.assembly.head.inspect(sample_id, abort, progress, truth=truth)

@@ -348,6 +348,13 @@ class VerdictServer:
         log.info("%s (verdict %d)", v.summary(), vid)
         self._send_verdict(e)
 
+    def abort_now(self) -> None:
+        """Tell the running inspection to stop at once (from a signal handler: only sets an
+        event); the server loop itself ends at its next turn."""
+        job = self._job
+        if job is not None:
+            job.abort.set()
+
     def shutdown(self) -> None:
         job = self._job
         if job is not None:

@@ -16,21 +16,25 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from firmware_bridge.journal import DEFAULT_KEEP, DEFAULT_MAX_BYTES
+
 log = logging.getLogger("glass-inspect.bridge")
 
 
 def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], tuple],
           *, health: str | None = None, repeat_s: float = 1.0, abort_grace_s: float = 2.0,
           inspect_timeout_s: float = 300.0, reopen_s: float = 0.5, label: str = "head",
-          engine: str | None = None) -> int:
+          engine: str | None = None, journal_max_bytes: int = DEFAULT_MAX_BYTES,
+          journal_keep: int = DEFAULT_KEEP) -> int:
     """Serve verdicts on ``url`` until SIGTERM or Ctrl-C; the exit status.
-    ``make_inspector()`` gives (inspector, close)."""
+    ``make_inspector()`` gives (inspector, close). The journal is rotated past
+    ``journal_max_bytes`` (0: never), keeping ``journal_keep`` old files."""
     from firmware_bridge.journal import Journal, JournalError
     from firmware_bridge.port import Link, sim_port
     from firmware_bridge.server import VerdictServer
 
     try:
-        journal = Journal(journal_path)
+        journal = Journal(journal_path, max_bytes=journal_max_bytes, keep=journal_keep)
     except JournalError as exc:
         print(f"glass-inspect serve: {exc}", file=sys.stderr)
         return 2
@@ -51,8 +55,15 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
         heartbeat = Heartbeat(health, port=url, journal=str(Path(journal_path).resolve()),
                               engine=engine, inspector=label)
     stop = threading.Event()
+    server = None
 
     def on_signal(signum: int, frame: object) -> None:
+        # dark first and the inspection told at once: the server loop would notice the stop
+        # only at its next read, and the acquisition would light one more group meanwhile
+        if hasattr(inspector, "darken"):
+            inspector.darken()
+        if server is not None:
+            server.abort_now()
         log.info("stopping (signal %d)", signum)
         stop.set()
 

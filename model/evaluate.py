@@ -237,7 +237,7 @@ def evaluate(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50
 
 SWEEP_KEYS = ("downscale", "dbscan_eps", "dbscan_min_samples", "t_low", "t_high")
 SWEEP = {"downscale": (2, 4, 8), "dbscan_eps": (12.0, 25.0), "dbscan_min_samples": (4, 8, 16),
-         "t_low": (0.15, 0.25, 0.4), "t_high": (0.6, 0.75, 0.9)}
+         "t_low": (0.15, 0.3), "t_high": (0.6, 0.85)}
 
 
 def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: int,
@@ -249,7 +249,8 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
     leaves out stays the head's), with its rates. T_low above T_high is skipped."""
     import itertools
 
-    from model.heldout import HeldOutSet, dequantise
+    from edge.postprocess import PooledScore
+    from model.heldout import HeldOutSet
 
     grid = grid or SWEEP
     dets = detectors(models, cfg, baselines, threads)
@@ -264,11 +265,11 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
                disable=not progress)
     for d in dets:
         rows = []
-        kept = list(heldout.samples(d.key, quantised=True))  # read and unpacked once
+        # read, unpacked and pooled once: one detector in memory at a time
+        kept = [(t, [PooledScore(m) for m in maps]) for t, maps in heldout.samples(d.key)]
         for q in points:
             p = cfg.pipeline.model_copy(update=q)
-            s = count(((t, [dequantise(*m) for m in maps]) for t, maps in kept), cfg,
-                      p).summary()
+            s = count(kept, cfg, p).summary()
             rows.append({**q, **{k: s[k] for k in ("sample_fn_rate", "sample_fp_rate",
                                                    "image_fn_rate", "image_fp_rate",
                                                    "scratch_recall", "scratch_precision")}})

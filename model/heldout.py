@@ -1,8 +1,8 @@
 """The held-out set: simulated samples rendered once, their truth and every detector's score maps
 cached on disk, so comparing post-processing settings re-renders and re-infers nothing.
 
-A set is fixed by the head (its digest: sensor, optics, RoI grid), the first seed, the number of
-samples and the share of scratched ones. Per sample it keeps:
+A set is fixed by the head (:func:`render_identity`: camera, optics, RoI grid, tiling), the first
+seed, the number of samples and the share of scratched ones. Per sample it keeps:
 
 * ``truth/NNNN.npz``: per RoI the labelled scratches (visible in that RoI's mask) as centre-line
   points on the score-map grid, their ids and lengths (mm), and whether the RoI's mask is empty;
@@ -161,6 +161,17 @@ def baseline_detector(name: str) -> Detector:
                     lambda frames, index, origin: scorer(frames))
 
 
+def render_identity(cfg: HeadConfig) -> str:
+    """SHA-256 of what the frames, the truth and a network's maps depend on: the camera, the
+    LED groups' angles, the RoI grid, the simulated sensor and optics, and the tiling. Not the
+    whole head file: its stage port, limits, post-processing or reject rule change no map."""
+    d = cfg.model_dump(mode="json")
+    keep = {"camera": d["camera"], "angles": [s["angle_deg"] for s in d["illumination"]["states"]],
+            "roi_grid": d["stage"]["roi_grid"], "simulation": d["simulation"],
+            "tiles": [d["pipeline"]["tile_size"], d["pipeline"]["tile_overlap"]]}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
 class HeldOutSet:
     """``n`` simulated samples from ``seed`` on head ``cfg``, cached under ``root``."""
 
@@ -168,7 +179,7 @@ class HeldOutSet:
                  root: str | Path | None = None, calibration=None):
         self.cfg, self.n, self.seed, self.share = cfg, n, seed, scratch_share
         self.calibration = calibration
-        ident = json.dumps({"head": cfg.digest(), "seed": seed, "share": scratch_share})
+        ident = json.dumps({"head": render_identity(cfg), "seed": seed, "share": scratch_share})
         self.dir = Path(root or DEFAULT_CACHE) / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def _truth_path(self, k: int) -> Path:

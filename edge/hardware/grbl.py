@@ -4,21 +4,45 @@ The driver speaks GRBL's *send-response* protocol: one G-code line at a time, ea
 ``ok`` or ``error:N`` before the next is sent. The head sends a handful of lines per RoI, so
 character-counting streaming would buy nothing and cost a harder recovery after an error.
 
+What real firmware does, and how the driver meets it (grbl 1.1h and grblHAL, read in their
+sources; the simulator :mod:`edge.sim.grbl` behaves the same):
+
 * **Opening**: any pyserial URL (``/dev/ttyUSB0``, ``socket://host:port``, ``rfc2217://...``, a
-  pty path). A soft reset (Ctrl-X) first, so the controller starts from a known state, then the
-  banner (``Grbl 1.1h ['$' for help]`` or ``GrblHAL 1.1f ['$' or '$HELP' for help]``) is awaited.
-* **Ready**: a controller in Alarm after power-up (homing enabled) is homed (``$H``) or, when
-  the head is configured not to home, unlocked (``$X``).
-* **Moves** are absolute (``G90 G1 X.. Y.. F..``) in the controller's work coordinates, which the
-  head's soft limits describe (home at the limits' minimum). The target is checked against the
-  soft limits *before* anything is sent; the controller's own soft limits stay on as a second
-  line of defence (they raise ``ALARM:2``).
-* **Completion** by polling the real-time status report (``?``) until the state is ``Idle``; the
-  poll gives the position too, which the head logs. Timeouts are derived from the distance and
-  the feed rate, so a stalled or silent controller is noticed.
+  pty path). A soft reset (Ctrl-X), so the controller starts from a known state, then its
+  banner (``Grbl 1.1h ['$' for help]`` or ``GrblHAL 1.1f ['$' or '$HELP' for help]``). Both
+  firmwares drop a Ctrl-X that arrives while they boot, so it is sent again every
+  ``RESET_RETRY_S`` until the banner comes; classic grbl may answer a line the alarm cut short
+  with a stale ``ok`` before the banner, which is ignored.
+* **Settings** (``$$``) are read at connection: a configured feed above the controller's
+  maximum rate (``$110``, ``$111``) is refused (the firmware would cap it silently and every
+  move would take longer than planned); move time limits come from the feed and the
+  acceleration (``$120``, ``$121``); homing enabled (``$22``) must match the head file; with soft
+  limits on (``$20``) the head's soft limits must lie inside the controller's envelope.
+* **Coordinates**: after homing, real firmware sits near machine position 0 at the + end of
+  each axis (its default homing direction) or near ``-$13x`` (homing toward -), and its envelope
+  is ``[-$13x, 0]`` in machine coordinates (grblHAL with hard limits on: ``$27`` less at each
+  end). The head's stage coordinates are the controller's G54 work coordinates: the head file
+  says where the machine origin lies in them (``stage.machine_origin_mm``, default: the soft
+  limits' maxima), the driver sets G54 to match (``G10 L2 P1``, written only when it differs: it
+  lives in the controller's EEPROM) and clears G92 (grblHAL keeps G92 across resets), and it
+  converts the ``MPos`` of status reports with the work offset (``WCO``, which the reports
+  repeat every 10 to 30 reports).
+* **Ready**: a controller in Alarm (after power-up with homing required, after a limit or a
+  reset while moving) is homed (``$H``) or, when the head is configured not to home, unlocked
+  (``$X``). One that is Idle is trusted (it was homed or unlocked since power-up and a soft
+  reset keeps the position), unless grblHAL reports it not homed (``H:0``). After a limit alarm
+  (``ALARM:1``/``ALARM:2``) classic grbl answers nothing, not even ``?``, until a reset, and
+  grblHAL refuses ``$H`` and ``$X`` with ``error:79``: the driver resets first.
+* **Moves** are absolute (``G90 G1 X.. Y.. F..``) in work coordinates. The target is checked
+  against the soft limits *before* anything is sent; the controller's own soft limits stay on as
+  a second line of defence (they raise ``ALARM:2``).
+* **Completion**: the driver waits the time the move needs (trapezoidal profile from the feed
+  and acceleration), then polls the real-time status (``?``) at ``POLL_HZ`` (GRBL's interface
+  guide: no more than 5 Hz) until ``Idle``. A stalled or silent controller is noticed at the
+  move's time limit.
 * **Errors**: ``error:N`` becomes :class:`GrblError`, ``ALARM:N`` :class:`GrblAlarm`, both
-  carrying GRBL's meaning of the code. grblHAL keeps rejecting every later line with the same
-  error until it receives an empty line (classic grbl answers an empty line with ``ok`` too),
+  carrying the firmware's meaning of the code (grblHAL's tables where they differ). grblHAL
+  rejects every later G-code line with the same error until an empty line or a ``$`` command,
   so after any ``error:N`` the driver sends one empty line before it reports the error.
 * **Abort**: feed hold (``!``) so the axes decelerate without losing steps, then a soft reset
   (Ctrl-X) that flushes the planner. Reset while moving costs the position (``ALARM:3``); after
@@ -49,8 +73,12 @@ CYCLE_START = b"~"
 SOFT_RESET = b"\x18"
 
 BANNER_QUIET_S = 0.1
+RESET_RETRY_S = 0.3  # a Ctrl-X the firmware dropped while booting is sent again after this
+POLL_HZ = 5.0  # status queries per second at most while waiting (GRBL's interface guide)
 BANNER = re.compile(r"^(Grbl|GrblHAL)\s+(\S+)\s*\[.*\]\s*$", re.IGNORECASE)
 STATUS = re.compile(r"^<([^|>]+)(.*)>$")
+SETTING = re.compile(r"^\$(\d+)=(-?[0-9.]+)")
+OFFSET = re.compile(r"^\[(G54|G92):(-?[0-9.]+),(-?[0-9.]+)")
 
 # GRBL 1.1's documented meanings, worded for an operator; grblHAL shares 1-38.
 ERRORS = {
@@ -101,31 +129,80 @@ ALARMS = {
     7: "homing failed: the safety door opened during the cycle",
     8: "homing failed: pulling off did not clear the limit switch",
     9: "homing failed: no limit switch found within the search distance",
-    10: "emergency stop or homing failure on the second motor of a dual axis",
+    10: "homing failed: the second switch of a dual-motor axis was not found",
+}
+# grblHAL's own codes (its 1-38 and alarms 1-9 are grbl's)
+HAL_ERRORS = {
+    39: "the value is out of range",
+    40: "not allowed while a tool change is pending",
+    41: "the spindle is not running",
+    42: "threading needs the ZX plane",
+    43: "the feed rate is above the maximum",
+    44: "the spindle speed is out of range",
+    45: "only homing is allowed while a limit switch is engaged",
+    46: "the stage must be homed first ($H)",
+    47: "the current tool is not set",
+    48: "conflicting value words",
+    49: "the controller's power-on self-test failed",
+    50: "the emergency stop is active",
+    51: "a motor reported a fault",
+    52: "the setting value is out of range",
+    53: "the setting is not available",
+    54: "the retract position is below the drill depth",
+    55: "two auto-squared axes cannot be homed at once",
+    56: "the coordinate system is locked",
+    79: "not allowed while a limit or emergency alarm is active; reset the controller first",
+}
+HAL_ALARMS = {
+    10: "emergency stop: clear the stop, then reset the controller",
+    11: "homing required: the stage must be homed ($H) before it moves",
+    12: "a limit switch is engaged at start-up; move the stage off it",
+    13: "the probe protection was triggered",
+    14: "the spindle did not reach its speed in time",
+    15: "homing failed: the second switch of an auto-squared axis was not found",
+    16: "the controller's power-on self-test failed",
+    17: "a motor reported a fault",
+    18: "homing failed: the homing configuration is not valid",
 }
 
 
+def meaning(kind: str, code: int, flavor: str = "grbl") -> str:
+    """The firmware's meaning of ``error:N`` (``kind`` "error") or ``ALARM:N`` ("alarm")."""
+    table, hal = (ERRORS, HAL_ERRORS) if kind == "error" else (ALARMS, HAL_ALARMS)
+    if flavor == "grblhal" and code in hal:
+        return hal[code]
+    return table.get(code) or hal.get(code) or "no description known for this code"
+
+
 class GrblError(StageError):
-    def __init__(self, code: int, line: str):
+    def __init__(self, code: int, line: str, flavor: str = "grbl"):
         self.code, self.line = code, line
-        meaning = ERRORS.get(code, "no description known for this code")
-        super().__init__(f"stage controller refused {line!r}: error:{code} ({meaning})")
+        super().__init__(f"stage controller refused {line!r}: error:{code} "
+                         f"({meaning('error', code, flavor)})")
 
 
 class GrblAlarm(StageError):
-    def __init__(self, code: int, during: str):
+    def __init__(self, code: int, during: str, flavor: str = "grbl"):
         self.code = code
-        meaning = ALARMS.get(code, "no description known for this code")
-        super().__init__(f"stage alarm {code} during {during}: {meaning}")
+        super().__init__(f"stage alarm {code} during {during}: {meaning('alarm', code, flavor)}")
+
+
+# the alarms after which the firmware stops until it is reset (grbl: silent; grblHAL: $H and $X
+# refused with error:79)
+CRITICAL_ALARMS = {1, 2, 10, 17}
 
 
 @dataclass(frozen=True)
 class StatusReport:
-    """One real-time status report: the state (``Idle``, ``Run``, ``Hold:0``, ``Alarm``...) and
-    the machine position (work position when the controller reports that instead)."""
+    """One real-time status report: the state (``Idle``, ``Run``, ``Hold:0``, ``Alarm``...),
+    the position as reported (machine ``MPos`` by default, work ``WPos`` with ``$10=0``: see
+    ``machine``), and when present the work offset ``WCO`` and grblHAL's homed flag ``H``."""
 
     state: str
     position: tuple[float, ...]
+    machine: bool = True  # position is MPos (else WPos)
+    wco: tuple[float, ...] | None = None
+    homed: bool | None = None  # grblHAL's H:1 / H:0; None: not reported
 
     @property
     def name(self) -> str:
@@ -137,38 +214,69 @@ class StatusReport:
         if not m:
             return None
         pos: tuple[float, ...] = ()
-        for field in m.group(2).split("|"):
-            key, _, value = field.partition(":")
-            if key in ("MPos", "WPos"):
-                try:
+        machine, wco, homed = True, None, None
+        try:
+            for field in m.group(2).split("|"):
+                key, _, value = field.partition(":")
+                if key in ("MPos", "WPos"):
                     pos = tuple(float(v) for v in value.split(","))
-                except ValueError:
-                    return None
-        return cls(m.group(1), pos)
+                    machine = key == "MPos"
+                elif key == "WCO":
+                    wco = tuple(float(v) for v in value.split(","))
+                elif key == "H":
+                    homed = value.split(",", 1)[0].strip() == "1"
+        except ValueError:
+            return None
+        return cls(m.group(1), pos, machine, wco, homed)
 
 
 def _fmt(v: float) -> str:
     return f"{v:.3f}"
 
 
+def move_time(dist: float, feed_mm_s: float, accel: float) -> float:
+    """Seconds of a move from rest to rest: trapezoidal profile, triangular when short."""
+    if dist <= 0:
+        return 0.0
+    if accel <= 0:
+        return dist / feed_mm_s
+    ramp = feed_mm_s * feed_mm_s / accel
+    if dist >= ramp:
+        return dist / feed_mm_s + feed_mm_s / accel
+    return 2.0 * math.sqrt(dist / accel)
+
+
 class GrblStage(Stage):
     """One GRBL controller on a serial port.
 
-    ``limits`` are ``((xmin, xmax), (ymin, ymax))`` in mm, ``feed_mm_min`` the feed of every
-    move; ``home`` says whether the controller has homing switches (``$H``) or is unlocked.
+    ``limits`` are ``((xmin, xmax), (ymin, ymax))`` in the head's stage coordinates (mm),
+    ``feed_mm_min`` the feed of every move; ``home`` says whether the controller has homing
+    switches (``$H``) or is unlocked; ``machine_origin`` is where the controller's machine
+    origin lies in the head's coordinates (default: the limits' maxima, where GRBL's default
+    homing toward + ends; for grblHAL with hard limits, ``$27`` beyond them, since it keeps the
+    pull-off clear of each end).
     """
 
     def __init__(self, url: str, baud: int, limits: tuple[tuple[float, float], ...],
                  feed_mm_min: float, home: bool = True, timeout_s: float = 2.0,
-                 home_timeout_s: float = 60.0):
+                 home_timeout_s: float = 60.0,
+                 machine_origin: tuple[float, float] | None = None):
         import serial  # pyserial; imported here so `edge` imports without the serial stack
 
         self.url, self.limits, self.feed = url, limits, feed_mm_min
         self.home_enabled = home
         self.timeout_s, self.home_timeout_s = timeout_s, home_timeout_s
+        self.origin_given = machine_origin is not None
+        self.origin = (tuple(machine_origin) if machine_origin is not None
+                       else (limits[0][1], limits[1][1]))
         self.banner = ""
-        self.position: tuple[float, ...] = ()
+        self.flavor = "grbl"
+        self.position: tuple[float, ...] = ()  # work (head) coordinates
+        self.wco: tuple[float, ...] | None = None  # machine minus work, as the controller has it
+        self.settings: dict[int, float] = {}
         self.homed = False
+        self.critical = False  # a limit alarm: the firmware waits for a reset
+        self.accel = 0.0  # mm/s^2 along a move, 0: unknown
         self._buf = b""
         self._lock = threading.RLock()
         try:
@@ -179,6 +287,7 @@ class GrblStage(Stage):
         self._serial_errors = (serial.SerialException, OSError)
         try:
             self.reset()
+            self._check_settings()
         except Exception:
             self.port.close()
             raise
@@ -212,37 +321,58 @@ class GrblStage(Stage):
     def _handle_async(self, line: str, during: str) -> bool:
         """Lines that can arrive at any time; True when consumed."""
         if line.startswith("ALARM:"):
-            self.homed = self.homed and line.strip() == "ALARM:2"
-            raise GrblAlarm(_code(line), during)
+            code = _code(line)
+            self.homed = self.homed and code == 2
+            self.critical = self.critical or code in CRITICAL_ALARMS
+            raise GrblAlarm(code, during, self.flavor)
         if BANNER.match(line):
             raise StageError(f"stage controller reset itself during {during} ({line})")
-        if line.startswith("[MSG:") or line.startswith("["):
+        if line.startswith("["):
+            if "Reset to continue" in line:
+                self.critical = True
             log.debug("stage: %s", line)
             return True
         status = StatusReport.parse(line)
         if status is not None:
-            self.position = status.position or self.position
+            self._note(status)
             return True
         return False
 
+    def _note(self, st: StatusReport) -> None:
+        """Keep the work offset and the position (in work coordinates) a report carries."""
+        if st.wco is not None:
+            self.wco = st.wco
+        if st.homed is not None:
+            self.homed = st.homed
+        if not st.position:
+            return
+        if st.machine and self.wco is not None:
+            self.position = tuple(p - o for p, o in zip(st.position, self.wco, strict=False))
+        elif not st.machine:
+            self.position = st.position
+
     # -- commands -----------------------------------------------------------------------------
-    def command(self, line: str, timeout_s: float | None = None) -> None:
-        """Send one line and wait for its ``ok``."""
+    def command(self, line: str, timeout_s: float | None = None) -> list[str]:
+        """Send one line and wait for its ``ok``; the lines it printed before (``$$``, ``$#``)."""
         with self._lock:
             deadline = time.monotonic() + (timeout_s or self.timeout_s)
             self._write(line.encode("ascii") + b"\n")
+            out = []
             while True:
                 reply = self._readline(deadline, f"the answer to {line!r}")
                 if reply == "ok":
-                    return
+                    return out
                 if reply.startswith("error:"):
                     self._clear_error()
-                    raise GrblError(_code(reply), line)
+                    raise GrblError(_code(reply), line, self.flavor)
+                if reply.startswith("$") or reply.startswith("[G"):
+                    out.append(reply)
+                    continue
                 if not self._handle_async(reply, repr(line)):
                     log.debug("stage: ignoring %r", reply)
 
     def _clear_error(self) -> None:
-        # grblHAL rejects every line after an error until it sees an empty one
+        # grblHAL rejects every G-code line after an error until it sees an empty one
         deadline = time.monotonic() + self.timeout_s
         self._write(b"\n")
         while True:
@@ -259,26 +389,29 @@ class GrblStage(Stage):
                 reply = self._readline(deadline, "a status report")
                 st = StatusReport.parse(reply)
                 if st is not None:
-                    self.position = st.position or self.position
+                    self._note(st)
                     return st
                 if not self._handle_async(reply, "a status query"):
                     log.debug("stage: ignoring %r", reply)
 
     def reset(self) -> None:
-        """Soft reset, then wait for the banner."""
+        """Soft reset until the banner comes (a Ctrl-X during boot is dropped: sent again)."""
         with self._lock:
             self._buf = b""
             with contextlib.suppress(self._serial_errors):
                 self.port.reset_input_buffer()
-            self._write(SOFT_RESET)
-            deadline = time.monotonic() + self.timeout_s
+            deadline = time.monotonic() + max(self.timeout_s, 2 * RESET_RETRY_S)
             while True:
-                line = self._readline(deadline, "the controller's banner after a reset")
-                if BANNER.match(line):
+                self._write(SOFT_RESET)
+                retry = min(time.monotonic() + RESET_RETRY_S, deadline)
+                line = self._await_banner(retry)
+                if line is not None:
                     self.banner = line
                     break
-                if line.startswith("ALARM:"):
-                    self.homed = False
+                if time.monotonic() >= deadline:
+                    raise StageTimeout(f"stage controller on {self.url} sent no banner after "
+                                       "repeated resets (is it powered, and is this its port "
+                                       "and baud rate?)")
             # a banner of an earlier reset (power-up, a previous session) may still be in
             # transit: take the last one, so none arrives later as a surprise reset
             quiet = time.monotonic() + BANNER_QUIET_S
@@ -291,13 +424,97 @@ class GrblStage(Stage):
                     self.banner, quiet = line, time.monotonic() + BANNER_QUIET_S
                 elif line.startswith("ALARM:"):
                     self.homed = False
+            self.flavor = "grblhal" if self.banner.lower().startswith("grblhal") else "grbl"
+            self.critical = False
+            self.wco = None  # reports repeat it; ready() sets it
             log.debug("stage: %s on %s", self.banner, self.url)
+
+    def _await_banner(self, deadline: float) -> str | None:
+        while True:
+            try:
+                line = self._readline(deadline, "the controller's banner after a reset")
+            except StageTimeout:
+                return None
+            if BANNER.match(line):
+                return line
+            if line.startswith("ALARM:"):
+                self.homed = False
+            # anything else ("ok" of a line the alarm cut short, messages) belongs to before
+
+    # -- the controller's settings ------------------------------------------------------------
+    def read_settings(self) -> dict[int, float]:
+        out = {}
+        for line in self.command("$$"):
+            m = SETTING.match(line)
+            if m:
+                out[int(m.group(1))] = float(m.group(2))
+        self.settings = out
+        return out
+
+    def _check_settings(self) -> None:
+        """The controller must be able to do what the head file asks (module docstring)."""
+        s = self.read_settings()
+        where = f"the stage controller on {self.url}"
+        for axis, key in (("x", 110), ("y", 111)):
+            if key in s and self.feed > s[key] + 1e-6:
+                raise StageError(f"stage.feed_mm_min = {self.feed:g} is above {where}'s maximum "
+                                 f"{axis} rate (${key}={s[key]:g} mm/min); lower the feed or "
+                                 "raise the controller's setting")
+        if 120 in s and 121 in s:
+            self.accel = min(s[120], s[121])
+        homing = s.get(22)
+        if homing is not None and self.home_enabled and not int(homing) & 1:
+            raise StageError(f"the head file homes the stage (stage.homing = true) but {where} "
+                             "has homing disabled ($22=0)")
+        if not s.get(20):  # soft limits off: the driver's own check is the only one
+            log.warning("stage: %s has its soft limits off ($20=0)", where)
+            return
+        pull = s.get(27, 0.0) if (self.flavor == "grblhal" and s.get(21)) else 0.0
+        if not self.origin_given:  # grblHAL keeps $27 off each end of the travel
+            self.origin = (self.limits[0][1] + pull, self.limits[1][1] + pull)
+        for k, (axis, key) in enumerate((("x", 130), ("y", 131))):
+            if key not in s:
+                continue
+            lo, hi = (v - self.origin[k] for v in self.limits[k])
+            env = (-s[key] + pull, -pull)
+            if lo < env[0] - 1e-3 or hi > env[1] + 1e-3:
+                raise StageError(
+                    f"the head's {axis} soft limits {list(self.limits[k])} mm are machine "
+                    f"positions [{lo:g}, {hi:g}] with the machine origin at "
+                    f"{self.origin[k]:g} (stage.machine_origin_mm), outside {where}'s travel "
+                    f"[{env[0]:g}, {env[1]:g}] (${key}={s[key]:g}); check the head file's "
+                    "limits and machine origin, or the controller's travel and homing")
+
+    def _work_coordinates(self) -> None:
+        """G54 so that work coordinates are the head's; G92 cleared (grblHAL keeps it)."""
+        want = (-self.origin[0], -self.origin[1])
+        g54 = g92 = None
+        for line in self.command("$#"):
+            m = OFFSET.match(line)
+            if m:
+                xy = (float(m.group(2)), float(m.group(3)))
+                g54, g92 = (xy, g92) if m.group(1) == "G54" else (g54, xy)
+        if g54 is None or max(abs(a - b) for a, b in zip(g54, want, strict=True)) > 5e-4:
+            # the offset lives in the controller's EEPROM: written only when it differs
+            self.command(f"G10 L2 P1 X{_fmt(want[0])} Y{_fmt(want[1])}")
+        if g92 is not None and any(abs(v) > 5e-4 for v in g92):
+            self.command("G92.1")
+        self.command("G21 G90 G94 G54")  # mm, absolute, feed per minute, these coordinates
+        self.wco = (want[0], want[1], 0.0)
 
     # -- the stage's jobs ---------------------------------------------------------------------
     def ready(self) -> None:
-        """Home (or unlock) when the controller is in Alarm or was never homed."""
-        st = self.status()
-        if st.name == "Alarm" or (self.home_enabled and not self.homed):
+        """Reset after a limit alarm; home (or unlock) when the controller is in Alarm or says
+        it is not homed; set up the work coordinates."""
+        if self.critical:
+            self.reset()
+        try:
+            st = self.status()
+        except StageTimeout:  # classic grbl answers nothing in a limit alarm until a reset
+            self.reset()
+            st = self.status()
+        needs = st.name == "Alarm" or (self.home_enabled and st.homed is False)
+        if needs:
             if self.home_enabled:
                 log.info("homing the stage")
                 self.command("$H", self.home_timeout_s)
@@ -305,9 +522,12 @@ class GrblStage(Stage):
             else:
                 self.command("$X")
             st = self.status()
+        elif st.name == "Idle":
+            self.homed = self.homed or self.home_enabled
         if st.name != "Idle":
             raise StageError(f"stage controller is {st.state}, not Idle, after homing/unlock")
-        self.command("G21 G90 G94")  # mm, absolute, feed per minute
+        self._work_coordinates()
+        self.status()  # the position in work coordinates
 
     def check_target(self, x: float, y: float) -> None:
         for axis, v, (lo, hi) in (("x", x, self.limits[0]), ("y", y, self.limits[1])):
@@ -321,20 +541,27 @@ class GrblStage(Stage):
         self.check_target(x, y)
         t0 = time.monotonic()
         here = self.position[:2] if len(self.position) >= 2 else (x, y)
-        dist = math.dist(here, (x, y))
-        # the time the feed says, plus acceleration and a generous margin
-        budget = dist / self.feed * 60.0 * 2.0 + self.timeout_s
+        expected = move_time(math.dist(here, (x, y)), self.feed / 60.0, self.accel)
+        # twice the planned time, for acceleration the settings do not tell and slow serial
+        budget = 2.0 * expected + self.timeout_s
         with self._lock:
             self.command(f"G1 X{_fmt(x)} Y{_fmt(y)} F{self.feed:g}")
-            self.wait_idle(budget, f"the move to ({x:.3f}, {y:.3f}) mm", cancel)
+            self.wait_idle(budget, f"the move to ({x:.3f}, {y:.3f}) mm", cancel, expected)
         return time.monotonic() - t0
 
     def wait_idle(self, timeout_s: float, what: str,
-                  cancel: Callable[[], bool] | None = None) -> None:
-        deadline = time.monotonic() + timeout_s
+                  cancel: Callable[[], bool] | None = None, expected_s: float = 0.0) -> None:
+        """Wait ``expected_s`` without asking, then poll at ``POLL_HZ`` until Idle."""
+        start = time.monotonic()
+        deadline = start + timeout_s
+        next_poll = start + expected_s
         while True:
+            now = time.monotonic()
             if cancel is not None and cancel():
                 raise MoveCancelled(f"{what} was cancelled")
+            if now < next_poll:
+                time.sleep(min(0.02, next_poll - now))  # cancel stays responsive
+                continue
             st = self.status()
             if st.name == "Idle":
                 return
@@ -343,12 +570,15 @@ class GrblStage(Stage):
             if time.monotonic() > deadline:
                 raise StageTimeout(f"stage did not reach Idle within {timeout_s:.1f} s during "
                                    f"{what} (last state {st.state})")
-            time.sleep(0.01)
+            next_poll = time.monotonic() + 1.0 / POLL_HZ
 
     def abort(self) -> None:
         """Stop now: feed hold, wait for the axes to stop, soft reset. Never raises."""
         try:
             with self._lock:
+                if self.critical:  # a limit alarm already stopped it; grbl answers nothing now
+                    self.reset()
+                    return
                 self._write(FEED_HOLD)
                 deadline = time.monotonic() + 1.0
                 while time.monotonic() < deadline:
@@ -358,7 +588,7 @@ class GrblStage(Stage):
                         break
                     if st.state in ("Hold:0", "Idle", "Alarm"):
                         break
-                    time.sleep(0.01)
+                    time.sleep(1.0 / POLL_HZ)
                 self.reset()
         except Exception as exc:  # abort runs on the way out of a failure: report, never raise
             log.warning("stage: stopping the controller failed: %s", exc)

@@ -1,54 +1,126 @@
 """A GRBL 1.1 subset on a pseudo-terminal: the simulated XY stage of tests and the demo.
 
-It talks bytes over a pty from its own thread, so the driver opens it like any serial device
-(``GrblSimulator().start()`` returns the path). What it does, as the real controllers do:
+It talks bytes over a pty from its own thread, so a driver opens it like any serial device
+(``GrblSimulator().start()`` returns the path). It behaves as the real firmwares do, read in
+their sources: classic grbl 1.1h (``flavor="grbl"``) and grblHAL at compatibility level 0
+(``flavor="grblhal"``). What it simulates:
 
-* a banner on start and after Ctrl-X (``Grbl 1.1h ['$' for help]``, or grblHAL's);
-* with homing enabled, it starts in Alarm (``[MSG:'$H'|'$X' to unlock]``) and locks G-code out
-  (``error:9``) until ``$H`` (takes the time of the travel home) or ``$X``;
-* ``G0``/``G1`` with ``X``/``Y``/``F``, ``G90``/``G91``, ``G21``, ``G94``, ``G4 P<s>`` (a dwell
-  that waits for the planner to empty before its ``ok``), ``$X``, ``$H``; anything else is
-  ``error:20``, a bad number ``error:2``;
-* moves take the time their distance, the feed rate and the acceleration say (trapezoidal
-  profile); ``ok`` comes when a line enters the planner, up to its 16 blocks, not when it ends;
-* ``?`` answers ``<State|MPos:x,y,z|FS:feed,0>`` with the interpolated position; ``!`` holds
-  (``Hold:1`` while decelerating, then ``Hold:0``), ``~`` resumes;
-* soft limits: a target beyond the travel raises ``ALARM:2`` and drops the planner;
-* Ctrl-X while moving raises ``ALARM:3`` (position lost); after a completed hold it does not;
-* ``flavor="grblhal"``: after an ``error:N`` every further line is answered with the same error
-  until an empty line arrives.
+Both flavours
 
-Faults for tests, as a real stage shows them: :meth:`trip_limit` (hard limit switch,
-``ALARM:1``), :attr:`silent` (the controller stops answering, as with a pulled cable), and
-``homing_fails`` (``ALARM:9``).
+* boot: a start-up time (``boot_s``, and a shorter ``reset_s`` after a soft reset) during which
+  every byte is lost, a Ctrl-X included; then the banner after an empty line;
+* machine coordinates as real firmware counts them: ``MPos`` 0 at power-up wherever the
+  carriage is; homing (``$H``, X and Y together) seeks the switches at ``$25``, pulls off
+  ``$27``, locates again at ``$24``, pulls off again (``$26`` debounce after each pass), so it
+  takes the time these distances and rates say, and ends at ``MPos = -$27`` (homing toward +,
+  the default ``$23=0``) or ``-$13x + $27`` (toward -);
+* work coordinates: G54..G59 offsets (kept like EEPROM across resets), ``G10 L2``/``L20``,
+  ``G92``/``G92.1``, ``G53`` with ``G0``/``G1``, ``G90``/``G91``, ``G21``, ``G94``, ``G17``,
+  ``G4 P<s>`` (waits for the planner to empty, then dwells), ``M5``, ``M9``, ``S``, ``T``, ``N``;
+  other G/M codes are ``error:20`` (not simulated: arcs, probing, inches, G28/G30, ...); the
+  parser's errors: bad number 2, negative value 4, modal group 21, undefined feed 22, two axis
+  commands 24, repeated word 25, no axis words 26, missing P/L 28, coordinate system 29, unused
+  words 36, line overflow 11;
+* motion: trapezoidal profiles from rest to rest, the feed capped silently at the axes' maximum
+  rates ``$110``/``$111`` (``G0`` runs at them), the acceleration at ``$120``/``$121``; ``ok`` when
+  a line enters the planner (16 blocks, 15 usable); lines wait in a receive buffer while the
+  planner is full (bytes beyond it are lost, as a UART's are);
+* soft limits (``$20``) in machine coordinates, raising ``ALARM:2`` after a controlled stop;
+  ``trip_limit()`` (a hard limit switch, ``$21``) ``ALARM:1``; Ctrl-X while moving ``ALARM:3``,
+  during homing ``ALARM:6``; ``homing_fails`` ``ALARM:9`` after the whole search distance;
+* feed hold ``!`` (``Hold:1`` while decelerating, ``Hold:0`` stopped) and resume ``~``; a reset
+  after a completed hold keeps the position (no alarm);
+* ``$$`` (settings as the firmware prints them), ``$n=value``, ``$I``, ``$G``, ``$#``, ``$N``,
+  ``$``, ``$X``, ``$H``; status reports ``<State|MPos:..|FS:..>`` (``WPos`` with ``$10`` bit 0
+  clear), ``Pn:X`` while a limit switch is held, ``WCO:`` and ``Ov:`` on the firmware's refresh
+  counters (10 reports when idle, 30/20 when busy) and ``WCO:`` right after an offset change.
+
+Classic grbl 1.1h
+
+* power-up with homing (init lock): Alarm and ``[MSG:'$H'|'$X' to unlock]``, no ALARM line;
+* ``ALARM:1``/``ALARM:2`` are critical: ``[MSG:Reset to continue]`` 0.5 s later, then nothing
+  is answered (not ``?``, not ``$X``) and incoming lines are dropped until Ctrl-X;
+* a line cut short by a reset or alarm (a move waiting for the planner, a dwell, ``$H``) gets a
+  stale ``ok`` before the banner; after the banner ``[MSG:Check Limits]`` if a switch is still
+  held with hard limits on, then ``[MSG:'$H'|'$X' to unlock]`` if in Alarm;
+* ``?`` is not answered during homing; one delayed ``<Home|..>`` report at its end;
+* the hard-limit interrupt fires on any pin change: releasing a held switch (``release_limit``)
+  while not in Alarm raises ``ALARM:1`` again;
+* reports: ``WCO:`` in the first report after a reset, ``Ov:`` in the one after every ``WCO:``
+  report, ``Bf:`` only with ``$10`` bit 1.
+
+grblHAL
+
+* ``$22`` bit 2 (homing on start-up required): ``ALARM:11`` + ``[MSG:Homing cycle required]`` at
+  power-up and after every reset until homed; ``$X`` is refused with ``error:46`` meanwhile;
+* ``ALARM:1``/``ALARM:2``: ``[MSG:Reset to continue]`` 0.1 s later; ``?`` is still answered,
+  G-code gets ``error:9``, ``$X``/``$H`` ``error:79``, other ``$`` commands work, until Ctrl-X;
+  no stale ``ok``; a reset or hard limit while moving loses the homed state;
+* sticky G-code error: after ``error:N`` every G-code line is answered ``error:N`` unexecuted
+  until an empty line, any ``$`` command or a reset; ``$`` commands are never blocked;
+* homing: one unsolicited ``<Home|..>`` report and 0.1 s before it starts, ``[MSG:]`` at its end;
+* soft limits only on homed axes, envelope ``[-$13x + $27, -$27]`` with hard limits on;
+* reports: ``$10=511`` (``Bf:`` in every report), ``H:1``/``H:0`` after homing, ``$G`` or a
+  ``$13x`` change; G92 offsets survive a reset; CR LF is one line end (grbl answers two).
+
+Not simulated: jogging (``$J=``), check mode, sleep, overrides, the safety door, probing, the
+Z axis's homing (Z keeps its position), grblHAL's extra banner when the port opens.
+
+Faults for tests, as a real stage shows them: :meth:`trip_limit` (hard limit switch),
+:attr:`silent` (the controller stops answering, as with a pulled cable), ``homing_fails``
+(the switches are never found: ``ALARM:9``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import pty
+import re
 import select
 import threading
 import time
 import tty
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+FLAVORS = ("grbl", "grblhal")
 BANNERS = {"grbl": "Grbl 1.1h ['$' for help]",
            "grblhal": "GrblHAL 1.1f ['$' or '$HELP' for help]"}
-PLANNER_BLOCKS = 16
+HELP = {"grbl": "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H ~ ! ? ctrl-x]",
+        "grblhal": "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H $B ~ ! ? ctrl-x]"}
+PLANNER_BLOCKS = 16  # grbl's ring buffer: one slot stays empty, 15 blocks are usable
+RX_BUFFER = {"grbl": 128, "grblhal": 1024}  # serial receive buffer, bytes
+LINE_BUFFER = {"grbl": 80, "grblhal": 257}  # a longer line is error:11
+ALARM_MSG_DELAY_S = {"grbl": 0.5, "grblhal": 0.1}  # before [MSG:Reset to continue]
+HAL_HOMING_PAUSE_S = 0.1  # grblHAL's wait after its unsolicited <Home|..> report
+AXES = "XYZ"
+HOMED_AXES = (0, 1)  # the stage's homing cycle: X and Y; Z has no switch
+UNLOCK_MSG = "[MSG:'$H'|'$X' to unlock]"
+CRITICAL_ALARMS = (1, 2)
+WCO_REFRESH = (10, 30)  # reports between WCO fields: idle, busy (config.h)
+OVR_REFRESH = (10, 20)
+SEARCH_SCALE = 1.5  # homing searches 1.5 x the longest travel for a switch
 
+# $$ in grbl's order; these are printed with 3 decimals, the others as integers
+SETTING_ORDER = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 20, 21, 22, 23, 24, 25, 26, 27, 30, 31,
+                 32, 100, 101, 102, 110, 111, 112, 120, 121, 122, 130, 131, 132)
+FLOAT_SETTINGS = frozenset({11, 12, 24, 25, 27, 100, 101, 102, 110, 111, 112, 120, 121, 122,
+                            130, 131, 132})
 
-@dataclass
-class _Move:
-    start: tuple[float, float]
-    end: tuple[float, float]
-    feed_mm_s: float
-    t0: float = 0.0
-    duration: float = 0.0
-    dwell: bool = False
+# G codes the simulator runs, by modal group (two of one group in a line: error:21)
+G_GROUPS = {0: "motion", 1: "motion", 4: "nonmodal", 10: "nonmodal", 53: "nonmodal",
+            92: "nonmodal", 17: "plane", 21: "units", 90: "distance", 91: "distance",
+            94: "feedmode", 54: "coord", 55: "coord", 56: "coord", 57: "coord", 58: "coord",
+            59: "coord"}
+M_GROUPS = {5: "spindle", 9: "coolant"}  # the stage has neither: only "off" is accepted
+VALUE_LETTERS = "FIJKLNPRSTXYZ"
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+
+Vec = tuple[float, float, float]
 
 
 def move_time(dist: float, feed_mm_s: float, accel: float) -> float:
@@ -61,56 +133,181 @@ def move_time(dist: float, feed_mm_s: float, accel: float) -> float:
     return 2.0 * math.sqrt(dist / accel)
 
 
-def _along(m: _Move, t: float, accel: float) -> tuple[float, float]:
-    """Position ``t`` seconds into move ``m`` under the same profile."""
-    dist = math.dist(m.start, m.end)
-    if dist == 0 or t >= m.duration:
-        return m.end
-    v = m.feed_mm_s
-    ta = min(v / accel, m.duration / 2.0)
-    vpk = accel * ta
-    if t < ta:
-        s = 0.5 * accel * t * t
-    elif t < m.duration - ta:
-        s = 0.5 * accel * ta * ta + vpk * (t - ta)
-    else:
-        r = m.duration - t
-        s = dist - 0.5 * accel * r * r
-    f = min(max(s / dist, 0.0), 1.0)
-    return (m.start[0] + f * (m.end[0] - m.start[0]), m.start[1] + f * (m.end[1] - m.start[1]))
+def axis_limited(limits: Sequence[float], start: Sequence[float], end: Sequence[float]) -> float:
+    """grbl's ``limit_value_by_axis_maximum``: the largest rate (or acceleration) along the
+    line from ``start`` to ``end`` that keeps every axis within its own limit."""
+    dist = math.dist(start, end)
+    out = math.inf
+    for lim, a, b in zip(limits, start, end, strict=True):
+        if b != a:
+            out = min(out, lim * dist / abs(b - a))
+    return out
+
+
+@dataclass
+class _Move:
+    """One planner block, in machine coordinates; runs from rest to rest."""
+
+    start: Vec
+    end: Vec
+    speed: float  # mm/s, after the max-rate cap
+    accel: float  # mm/s^2 along the line, after the per-axis cap
+    t0: float = 0.0
+    duration: float = 0.0
+    checked: bool = False  # against the soft limits, as it was about to enter the planner
+
+    @property
+    def length(self) -> float:
+        return math.dist(self.start, self.end)
+
+    def plan(self, t0: float) -> None:
+        self.t0, self.duration = t0, move_time(self.length, self.speed, self.accel)
+
+    def travelled(self, t: float) -> tuple[float, float]:
+        """Distance along the move and speed, ``t`` seconds after it started."""
+        d, a, T = self.length, self.accel, self.duration
+        if d == 0 or t >= T:
+            return d, 0.0
+        if t <= 0:
+            return 0.0, 0.0
+        ta = min(self.speed / a, T / 2.0)
+        vpk = a * ta
+        if t < ta:
+            return 0.5 * a * t * t, a * t
+        if t < T - ta:
+            return 0.5 * a * ta * ta + vpk * (t - ta), vpk
+        r = T - t
+        return d - 0.5 * a * r * r, a * r
+
+    def point(self, s: float) -> Vec:
+        d = self.length
+        f = 1.0 if d == 0 else min(max(s / d, 0.0), 1.0)
+        return tuple(a + f * (b - a) for a, b in zip(self.start, self.end, strict=True))
+
+
+@dataclass
+class _Homing:
+    """A homing cycle under way: legs in physical coordinates (those of a homed machine)."""
+
+    legs: list[tuple[float, float, float, Vec, Vec]]  # start, motion end, leg end, from, to
+    offset: Vec  # physical minus machine position before the cycle
+    fails: bool
+    fail_mpos: Vec | None = None  # where grbl's step count says it is after a failed search
+
+    @property
+    def end(self) -> float:
+        return self.legs[-1][2]
+
+    def where(self, now: float) -> Vec:
+        for t0, t1, t2, a, b in self.legs:
+            if now < t2:
+                f = 1.0 if t1 <= t0 else min(max((now - t0) / (t1 - t0), 0.0), 1.0)
+                return tuple(p + f * (q - p) for p, q in zip(a, b, strict=True))
+        return self.legs[-1][4]
 
 
 class GrblSimulator:
+    """A GRBL controller and its XY stage on a pty; see the module docstring.
+
+    ``travel_mm`` is the stage's travel per axis (X, Y) as (min, max): its span sets ``$130`` and
+    ``$131``. ``settings`` overrides any ``$n`` (as the controller's EEPROM would hold it);
+    ``start_mm`` is where the carriage physically stands at power-up, in the machine
+    coordinates of a homed machine (default: where homing leaves it); ``g54_mm`` the stored G54
+    offset. ``homing_required`` (default: ``homing``) is grbl's init lock at power-up and
+    grblHAL's ``$22`` bit 2. ``home_s`` adds a fixed time to every homing cycle.
+    """
+
     def __init__(self, travel_mm: tuple[tuple[float, float], tuple[float, float]] = ((0, 200),
                  (0, 200)), flavor: str = "grbl", homing: bool = True, accel_mm_s2: float = 800.0,
-                 home_s: float = 0.3):
-        if flavor not in BANNERS:
-            raise ValueError(f"flavor must be one of {sorted(BANNERS)}, got {flavor!r}")
-        self.travel, self.flavor, self.homing = travel_mm, flavor, homing
-        self.accel, self.home_s = accel_mm_s2, home_s
+                 home_s: float = 0.0, *, homing_required: bool | None = None,
+                 boot_s: float = 0.05, reset_s: float = 0.005,
+                 settings: dict[int, float] | None = None,
+                 start_mm: tuple[float, float] | None = None,
+                 g54_mm: tuple[float, float] = (0.0, 0.0), planner_blocks: int = PLANNER_BLOCKS):
+        if flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {sorted(FLAVORS)}, got {flavor!r}")
+        self.flavor = flavor
+        self.hal = flavor == "grblhal"
+        self.home_s, self.boot_s, self.reset_s = home_s, boot_s, reset_s
+        self.planner_blocks = planner_blocks
         self.silent = False
         self.homing_fails = False
-        self.received: list[str] = []  # every line, for tests
+        self.received: list[str] = []  # every line that reached the receive buffer, for tests
+        required = homing if homing_required is None else homing_required
+        self._init_lock = homing and required  # grbl's HOMING_INIT_LOCK; grblHAL: $22 bit 2
+        self._mins = (float(travel_mm[0][0]), float(travel_mm[1][0]))
+        self.settings: dict[int, float] = self._default_settings(travel_mm, homing, accel_mm_s2)
+        for k, v in (settings or {}).items():
+            if k not in self.settings:
+                raise ValueError(f"${k} is not a setting the simulator knows")
+            self.settings[k] = v
+        # G54..G59 and G92 offsets: the firmware keeps G54..G59 in EEPROM
+        self._coords: list[list[float]] = [[0.0, 0.0, 0.0] for _ in range(6)]
+        self._coords[0][:2] = [float(g54_mm[0]), float(g54_mm[1])]
+        self._g92 = [0.0, 0.0, 0.0]
+        home = [self._home_position(i) for i in range(3)]
+        phys = (home[0], home[1], 0.0) if start_mm is None else (*start_mm, 0.0)
+        self._offset: Vec = tuple(float(p) for p in phys)  # physical minus machine position
+
         self._lock = threading.RLock()
-        self._pos = (0.0, 0.0)
-        self._queue: deque[_Move] = deque()
-        self._feed = 0.0
-        self._absolute = True
-        self._hold: float | None = None  # when the hold began
-        self._state = "Idle"
-        self._sticky_error: int | None = None
-        self._pending_ok: deque[str] = deque()  # 'move' or 'dwell' lines waiting for their ok
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.master = self.slave = -1
         self.path = ""
+        self._reset_state(cold=True)
 
-    # -- lifetime ---------------------------------------------------------------------------
+    # -- configuration ------------------------------------------------------------------------
+    def _default_settings(self, travel_mm, homing: bool, accel: float) -> dict[int, float]:
+        """grbl's defaults.h, with a machine's own values for rates, travel and homing (fast
+        enough that tests and the demo do not wait long for homing). The stage has limit
+        switches: hard limits are on (``$21=1``) with or without homing."""
+        hal = self.hal
+        flags = (1 | (4 if self._init_lock else 0)) if hal else 1
+        s = {0: 10, 1: 25, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 10: 511 if hal else 1, 11: 0.010,
+             12: 0.002, 13: 0, 20: 1 if homing else 0, 21: 1,
+             22: flags if homing else 0, 23: 0, 24: 600.0, 25: 3000.0, 26: 25, 27: 1.0, 30: 1000,
+             31: 0, 32: 0, 100: 250.0, 101: 250.0, 102: 250.0, 110: 10000.0, 111: 10000.0,
+             112: 1000.0, 120: accel, 121: accel, 122: accel,
+             130: float(travel_mm[0][1] - travel_mm[0][0]),
+             131: float(travel_mm[1][1] - travel_mm[1][0]), 132: 200.0}
+        return {k: float(v) for k, v in s.items()}
+
+    @property
+    def travel(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The travel per axis as given at construction; its span is ``$130``/``$131``."""
+        s = self.settings
+        return ((self._mins[0], self._mins[0] + s[130]), (self._mins[1], self._mins[1] + s[131]))
+
+    @travel.setter
+    def travel(self, value: tuple[tuple[float, float], tuple[float, float]]) -> None:
+        with self._lock:
+            self._mins = (float(value[0][0]), float(value[1][0]))
+            self.settings[130] = float(value[0][1] - value[0][0])
+            self.settings[131] = float(value[1][1] - value[1][0])
+
+    @property
+    def accel(self) -> float:
+        return self.settings[120]
+
+    @property
+    def homing(self) -> bool:
+        return bool(int(self.settings[22]) & 1)
+
+    # -- lifetime -----------------------------------------------------------------------------
     def start(self) -> str:
+        self._stop.clear()
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)
+        # a host that does not read must not stall the controller: output is lost instead
+        fl = fcntl.fcntl(self.master, fcntl.F_GETFL)
+        fcntl.fcntl(self.master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
         self.path = os.ttyname(self.slave)
-        self._power_on()
+        with self._lock:
+            # power-up: the machine position restarts at 0 wherever the carriage stands
+            phys = tuple(m + o for m, o in zip(self._mpos, self._offset, strict=True))
+            self._reset_state(cold=True)
+            self._offset = phys
+            self._boot(time.monotonic(), self.boot_s)
         self._thread = threading.Thread(target=self._run, name="grbl-sim", daemon=True)
         self._thread.start()
         return self.path
@@ -132,300 +329,988 @@ class GrblSimulator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- what tests look at -------------------------------------------------------------------
+    # -- what tests and the simulated camera look at ------------------------------------------
+    @property
+    def machine_position(self) -> Vec:
+        """``MPos``: X, Y, Z in machine coordinates, as the controller counts them."""
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            return self._where(now)
+
+    @property
+    def work_position(self) -> Vec:
+        """``WPos``: the machine position less the active work offset (G54..G59 + G92)."""
+        with self._lock:
+            m, w = self.machine_position, self._wco()
+            return tuple(a - b for a, b in zip(m, w, strict=True))
+
     @property
     def position(self) -> tuple[float, float]:
+        """X, Y in work coordinates: where the G-code the controller runs says it is."""
+        x, y, _ = self.work_position
+        return (x, y)
+
+    @property
+    def wco(self) -> Vec:
+        """The active work offset (``WCO``): the machine position of work zero."""
         with self._lock:
-            self._advance(time.monotonic())
-            return self._where(time.monotonic())
+            return self._wco()
+
+    @property
+    def coordinate_offsets(self) -> list[Vec]:
+        """G54..G59 offsets as stored (``$#``)."""
+        with self._lock:
+            return [tuple(c) for c in self._coords]
 
     @property
     def state(self) -> str:
+        """The state a status report would show now: Idle, Run, Hold:0/1, Home, Alarm."""
         with self._lock:
-            self._advance(time.monotonic())
-            return self._state_now(time.monotonic())
+            now = time.monotonic()
+            self._advance(now)
+            return self._state_name(now)
 
-    def trip_limit(self) -> None:
-        """A hard limit switch closes: motion stops dead, ALARM:1, position lost."""
+    @property
+    def alarm(self) -> int | None:
+        """The code of the alarm the controller is in (None when not in Alarm)."""
         with self._lock:
-            self._pos = self._where(time.monotonic())
-            self._queue.clear()
-            self._pending_ok.clear()
-            self._alarm(1)
+            return self._alarm if self._base == "Alarm" else None
+
+    @property
+    def homed(self) -> bool:
+        """Every axis of the homing cycle homed since power-up (grblHAL's ``H:1``; classic grbl
+        keeps no such flag, the simulator tracks it all the same)."""
+        with self._lock:
+            return all(self._homed[i] for i in HOMED_AXES)
+
+    def move_duration(self, start: Sequence[float], end: Sequence[float],
+                      feed_mm_min: float | None = None) -> float:
+        """Seconds the simulator takes from ``start`` to ``end`` (machine coordinates, 2 or 3
+        axes) at ``feed_mm_min`` (None: a rapid, ``G0``), after the max-rate cap."""
+        a = (*start, 0.0)[:3] if len(start) == 2 else tuple(start)
+        b = (*end, 0.0)[:3] if len(end) == 2 else tuple(end)
+        speed, accel = self._caps(a, b, None if feed_mm_min is None else feed_mm_min / 60.0)
+        return move_time(math.dist(a, b), speed, accel)
+
+    def trip_limit(self, axis: str = "X", held: bool = False) -> None:
+        """A hard limit switch closes: with ``$21`` on, motion stops dead and ``ALARM:1``.
+        ``held``: the switch stays closed (``Pn:``) until :meth:`release_limit` or homing."""
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            if held:
+                self._pins.add(axis.upper())
+            # the limit interrupt is off while in Alarm and during homing (which reads them)
+            if not int(self.settings[21]) & 1 or self._base in ("Alarm", "Home"):
+                return
+            self._critical_alarm(1, now)
+
+    def release_limit(self, axis: str | None = None) -> None:
+        """A held limit switch opens again. Classic grbl's interrupt fires on any pin change:
+        outside Alarm that is another ``ALARM:1``."""
+        with self._lock:
+            now = time.monotonic()
+            released = self._pins if axis is None else self._pins & {axis.upper()}
+            if not released:
+                return
+            self._pins -= released
+            if (not self.hal and int(self.settings[21]) & 1
+                    and self._base not in ("Alarm", "Home")):
+                self._critical_alarm(1, now)
 
     # -- the wire -----------------------------------------------------------------------------
     def _send(self, text: str) -> None:
         if self.silent or self.master < 0:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # BlockingIOError too: the host does not read
             os.write(self.master, text.encode("ascii") + b"\r\n")
 
     def _run(self) -> None:
-        line = bytearray()
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self.master], [], [], 0.005)
+                ready, _, _ = select.select([self.master], [], [], 0.002)
             except (OSError, ValueError):
                 return
-            now = time.monotonic()
+            data = b""
+            if ready:
+                try:
+                    data = os.read(self.master, 4096)
+                except BlockingIOError:
+                    data = b""
+                except OSError:
+                    return
             with self._lock:
-                self._advance(now)
-                self._release_pending(now)
-            if not ready:
-                continue
-            try:
-                data = os.read(self.master, 4096)
-            except OSError:
+                self._tick(time.monotonic())
+                for b in data:
+                    if not self.silent:
+                        self._byte(b, time.monotonic())
+
+    def _byte(self, b: int, now: float) -> None:
+        """One received byte: real-time commands act at once, the rest fills the RX buffer."""
+        if self._booting(now):
+            return  # the firmware clears its buffers and flags as it finishes booting
+        if b == 0x18:
+            self._ctrl_x(now)
+        elif b == ord("?"):
+            self._query(now)
+        elif b == ord("!"):
+            self._feed_hold(now)
+        elif b == ord("~"):
+            self._cycle_start(now)
+        elif b > 0x7F:
+            return  # extended real-time commands (overrides, jog cancel): not simulated
+        elif b in (0x0A, 0x0D):
+            # grblHAL does not answer the second half of a CR LF pair as an empty line
+            if self.hal and not self._partial and self._eol and self._eol != b:
+                self._eol = 0
                 return
-            for b in data:
-                if self.silent:
-                    continue
-                c = bytes([b])
-                with self._lock:
-                    if c == b"?":
-                        self._report()
-                    elif c == b"!":
-                        self._feed_hold()
-                    elif c == b"~":
-                        self._cycle_start()
-                    elif c == b"\x18":
-                        line.clear()
-                        self._soft_reset()
-                    elif c == b"\n":
-                        text = line.decode("ascii", "replace").strip()
-                        line.clear()
-                        self.received.append(text)
-                        self._line(text)
-                    elif c != b"\r" and len(line) < 256:
-                        line += c
+            self._eol = b
+            if self._rx_used() >= RX_BUFFER[self.flavor] - 1:
+                return
+            raw = self._partial.decode("ascii", "replace")
+            self._partial.clear()
+            self._rx.append(raw)
+            self.received.append(raw.strip())
+            self._process_lines(now)
+        elif self._rx_used() < RX_BUFFER[self.flavor] - 1:
+            self._partial.append(b)  # a full buffer loses the byte, as grbl's serial ISR does
+
+    def _rx_used(self) -> int:
+        return sum(len(r) + 1 for r in self._rx) + len(self._partial)
 
     # -- state --------------------------------------------------------------------------------
-    def _power_on(self) -> None:
-        self._send(BANNERS[self.flavor])
-        if self.homing:
-            self._state = "Alarm"
-            self._send("[MSG:'$H'|'$X' to unlock]")
+    def _reset_state(self, cold: bool) -> None:
+        """Power-up: what the firmware holds in RAM starts afresh."""
+        self._mpos: Vec = (0.0, 0.0, 0.0)
+        self._queue: deque[_Move] = deque()
+        self._hold: tuple[float, float, float] | None = None  # when, distance, speed
+        self._homing: _Homing | None = None
+        self._job: deque[tuple] | None = None  # the line being executed, step by step
+        self._rx: deque[str] = deque()
+        self._partial = bytearray()
+        self._eol = 0
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._epoch = 0  # a reset cancels the timers of the epoch before it
+        self._pins: set[str] = set()
+        self._homed = [False, False, False]
+        self._home_pos: Vec = (0.0, 0.0, 0.0)
+        self._alarm: int | None = None
+        self._critical = False
+        self._critical_msg = False
+        self._reset_after_msg = False
+        self._position_lost = False
+        self._report_pending = False
+        self._report_homed = False
+        self._wco_counter = self._ovr_counter = 0
+        self._hal_wco = self._hal_ovr = False
+        self._last_error = 0
+        self._boot_until = 0.0
+        self._booted: Callable[[], None] | None = None
+        self._cold = cold
+        # classic grbl's HOMING_INIT_LOCK locks at power-up only (grblHAL decides after boot)
+        self._base = "Alarm" if (not self.hal and self._init_lock and self.homing) else "Idle"
+        self._gc_init()
 
-    def _where(self, now: float) -> tuple[float, float]:
+    def _gc_init(self) -> None:
+        """The G-code parser's state after power-up or a reset."""
+        self._motion = 0
+        self._coord = 0
+        self._absolute = True
+        self._feed = 0.0  # mm/min
+        self._spindle = 0.0
+        self._tool = 0
+        self._gc_pos: Vec = self._mpos  # the end of the last planned move, machine coordinates
+        if not self.hal:
+            self._g92 = [0.0, 0.0, 0.0]  # grblHAL keeps G92 offsets across a reset
+
+    def _boot(self, now: float, seconds: float) -> None:
+        self._boot_until = now + seconds
+        self._booted = self._after_boot
+
+    def _booting(self, now: float) -> bool:
+        """Whether it still boots at ``now``; prints the banner once it is done."""
+        if self._booted is None:
+            return False
+        if now < self._boot_until:
+            return True
+        done, self._booted = self._booted, None
+        done()
+        return False
+
+    def _after_boot(self) -> None:
+        self._send("")
+        self._send(BANNERS[self.flavor])
+        if not self.hal:
+            if int(self.settings[21]) & 1 and self._pins:  # CHECK_LIMITS_AT_INIT
+                self._base = "Alarm"
+                self._send("[MSG:Check Limits]")
+            if self._base == "Alarm":
+                self._send(UNLOCK_MSG)
+        elif self._homing_required():
+            self._raise_alarm(11)
+            self._send("[MSG:Homing cycle required]")
+        elif self._base == "Alarm":
+            self._send(UNLOCK_MSG)
+        self._cold = False
+
+    def _homing_required(self) -> bool:
+        """grblHAL's ``limits_homing_required``: homing on, init lock on, not all homed."""
+        flags = int(self.settings[22])
+        return bool(self.hal and flags & 1 and flags & 4 and (self._cold or not flags & 64)
+                    and not all(self._homed[i] for i in HOMED_AXES))
+
+    def _home_position(self, i: int) -> float:
+        """Machine position where homing ends on axis ``i``."""
+        s = self.settings
+        if int(s[23]) >> i & 1:
+            return -s[130 + i] + s[27]
+        return -s[27]
+
+    def _wco(self) -> Vec:
+        c = self._coords[self._coord]
+        return (c[0] + self._g92[0], c[1] + self._g92[1], c[2] + self._g92[2])
+
+    def _tick(self, now: float) -> None:
+        """Everything time moves on: boot, timers, motion, homing, the line being executed."""
+        self._booting(now)
+        for timer in sorted(self._timers, key=lambda t: t[0]):
+            if timer[0] <= now and timer in self._timers:
+                self._timers.remove(timer)
+                if timer[1] == self._epoch:
+                    timer[2](timer[0])
+        self._advance(now)
+        if self._homing is not None and now >= self._homing.end:
+            self._homing_done(self._homing.end)
+        self._run_job(now)
+        self._process_lines(now)
+
+    def _later(self, when: float, fn: Callable[[float], None]) -> None:
+        self._timers.append((when, self._epoch, fn))
+
+    # -- motion -------------------------------------------------------------------------------
+    def _caps(self, a: Vec, b: Vec, feed_mm_s: float | None) -> tuple[float, float]:
+        """Speed and acceleration of a block from ``a`` to ``b``: the feed (None: rapid) capped
+        silently at the axes' max rates, as grbl's planner does."""
+        s = self.settings
+        rapid = axis_limited([s[110] / 60.0, s[111] / 60.0, s[112] / 60.0], a, b)
+        accel = axis_limited([s[120], s[121], s[122]], a, b)
+        speed = rapid if feed_mm_s is None else min(feed_mm_s, rapid)
+        return speed, accel
+
+    def _where(self, now: float) -> Vec:
+        if self._homing is not None:
+            phys = self._homing.where(now)
+            return tuple(p - o for p, o in zip(phys, self._homing.offset, strict=True))
         if not self._queue:
-            return self._pos
+            return self._mpos
         m = self._queue[0]
-        t = (self._hold if self._hold is not None else now) - m.t0
-        return m.start if m.dwell else _along(m, t, self.accel)
+        if self._hold is not None:
+            return m.point(self._hold_travel(now)[0])
+        return m.point(m.travelled(now - m.t0)[0])
+
+    def _hold_travel(self, now: float) -> tuple[float, float]:
+        """Distance along the head block and speed while a feed hold decelerates it."""
+        th, sh, vh = self._hold
+        a = self._queue[0].accel
+        dt = now - th
+        if dt >= vh / a:
+            return min(sh + vh * vh / (2 * a), self._queue[0].length), 0.0
+        return min(sh + vh * dt - 0.5 * a * dt * dt, self._queue[0].length), vh - a * dt
+
+    def _speed(self, now: float) -> float:
+        if self._homing is not None or not self._queue:
+            return 0.0
+        if self._hold is not None:
+            return self._hold_travel(now)[1]
+        m = self._queue[0]
+        return m.travelled(now - m.t0)[1]
 
     def _advance(self, now: float) -> None:
-        """Retire the moves that have finished by ``now``; start the next ones."""
+        """Retire the blocks that have finished by ``now``; the next starts where one ends."""
         if self._hold is not None:
             return
         while self._queue:
             m = self._queue[0]
             if now < m.t0 + m.duration:
                 return
-            self._pos = m.end
+            self._mpos = m.end
             self._queue.popleft()
             if self._queue:
-                nxt = self._queue[0]
-                nxt.t0 = m.t0 + m.duration
-                nxt.start = self._pos
-                if not nxt.dwell:
-                    nxt.duration = move_time(math.dist(nxt.start, nxt.end), nxt.feed_mm_s,
-                                             self.accel)
-        if self._state in ("Run",):
-            self._state = "Idle"
+                self._queue[0].start = self._mpos
+                self._queue[0].plan(m.t0 + m.duration)
 
-    def _state_now(self, now: float) -> str:
-        if self._state == "Alarm":
-            return "Alarm"
+    def _in_motion(self, now: float) -> bool:
+        if not self._queue:
+            return False
+        return self._hold is None or self._hold_travel(now)[1] > 0
+
+    def _freeze(self, now: float) -> None:
+        """Everything stops where it is now (a reset, an alarm): the planner is flushed."""
+        self._advance(now)
+        self._mpos = self._where(now)
+        if self._homing is not None:
+            self._offset = self._homing.offset
+            self._homing = None
+        self._queue.clear()
+        self._hold = None
+        self._gc_pos = self._mpos
+
+    def _state_name(self, now: float) -> str:
+        if self._base in ("Alarm", "Home"):
+            return self._base
         if self._hold is not None:
-            return "Hold:1" if now - self._hold < self._decel_s() else "Hold:0"
+            return "Hold:1" if self._hold_travel(now)[1] > 0 else "Hold:0"
         return "Run" if self._queue else "Idle"
 
-    def _decel_s(self) -> float:
-        return (self._feed / 60.0) / self.accel if self._queue else 0.0
-
-    def _report(self) -> None:
-        now = time.monotonic()
+    def _feed_hold(self, now: float) -> None:
         self._advance(now)
-        x, y = self._where(now)
-        st = self._state_now(now)
-        feed = self._feed if st == "Run" else 0.0
-        self._send(f"<{st}|MPos:{x:.3f},{y:.3f},0.000|FS:{feed:g},0>")
-
-    def _alarm(self, code: int) -> None:
-        self._state = "Alarm"
-        self._hold = None
-        self._send(f"ALARM:{code}")
-
-    def _feed_hold(self) -> None:
-        if self._queue and self._hold is None and self._state != "Alarm":
-            self._hold = time.monotonic()
-
-    def _cycle_start(self) -> None:
-        if self._hold is not None:
-            now = time.monotonic()
-            here = self._where(now)
+        if self._queue and self._hold is None and self._base == "Idle":
             m = self._queue[0]
-            self._hold = None
-            m.start, m.t0 = here, now
-            if not m.dwell:
-                m.duration = move_time(math.dist(here, m.end), m.feed_mm_s, self.accel)
+            s, v = m.travelled(now - m.t0)
+            self._hold = (now, s, v)
 
-    def _soft_reset(self) -> None:
-        now = time.monotonic()
-        self._advance(now)
-        moving = bool(self._queue) and (self._hold is None or now - self._hold < self._decel_s())
-        self._pos = self._where(now)
-        self._queue.clear()
-        self._pending_ok.clear()
+    def _cycle_start(self, now: float) -> None:
+        # grbl resumes only a completed hold; a ~ while still decelerating is dropped
+        if self._hold is None or self._hold_travel(now)[1] > 0:
+            return
+        m = self._queue[0]
+        m.start = m.point(self._hold_travel(now)[0])
         self._hold = None
-        self._sticky_error = None
-        if moving:
-            self._alarm(3)
-        self._send("")
-        self._send(BANNERS[self.flavor])
-        if self._state == "Alarm":
-            self._send("[MSG:'$H'|'$X' to unlock]")
+        m.plan(now)
 
-    def _release_pending(self, now: float) -> None:
-        while self._pending_ok:
-            kind = self._pending_ok[0]
-            if kind == "dwell" and self._queue:
-                return
-            if kind == "move" and len(self._queue) >= PLANNER_BLOCKS:
-                return
-            self._pending_ok.popleft()
+    # -- alarms and resets --------------------------------------------------------------------
+    def _raise_alarm(self, code: int) -> None:
+        # grblHAL prints an alarm only when its code changes
+        if not (self.hal and self._alarm == code and self._base == "Alarm"):
+            self._send(f"ALARM:{code}")
+        self._alarm = code
+        self._base = "Alarm"
+
+    def _critical_alarm(self, code: int, now: float) -> None:
+        """A hard (1) or soft (2) limit: the machine stops, Alarm, and only a reset helps."""
+        if self._critical:
+            return
+        self._position_lost |= self._in_motion(now)
+        self._freeze(now)
+        if self._job is not None:
+            self._job = deque([("stalled",)])  # the line it cut short never finishes
+        self._raise_alarm(code)
+        self._critical, self._critical_msg, self._reset_after_msg = True, False, False
+        if self.hal:
+            self._rx.clear()  # grblHAL flushes its input; classic grbl just stops reading it
+            self._partial.clear()
+        self._later(now + ALARM_MSG_DELAY_S[self.flavor], self._critical_message)
+
+    def _critical_message(self, now: float) -> None:
+        self._send("[MSG:Reset to continue]")
+        self._critical_msg = True
+        if self._reset_after_msg:  # the Ctrl-X came during the firmware's delay
+            self._reset(now)
+
+    def _ctrl_x(self, now: float) -> None:
+        self._advance(now)
+        if self._critical:
+            if self._critical_msg:
+                self._reset(now)
+            else:
+                self._reset_after_msg = True
+        elif self._homing is not None:
+            self._reset(now, alarm=6)
+        elif self._in_motion(now):
+            self._reset(now, alarm=3)
+        else:
+            self._reset(now)
+
+    def _reset(self, now: float, alarm: int | None = None) -> None:
+        """Soft reset: flush planner and input, reinitialise, banner after ``reset_s``."""
+        self._position_lost |= self._homing is not None or self._in_motion(now)
+        self._freeze(now)
+        if alarm is not None:
+            self._raise_alarm(alarm)
+        if not self.hal and self._job is not None:
+            # the cut-short line returns to grbl's main loop, which still prints its status
             self._send("ok")
+        if self.hal and self._position_lost:
+            self._homed = [False, False, False]
+        self._position_lost = False
+        self._job = None
+        self._rx.clear()
+        self._partial.clear()
+        self._epoch += 1
+        self._timers.clear()
+        self._critical = self._critical_msg = self._reset_after_msg = False
+        self._report_pending = False
+        self._last_error = 0
+        if self.hal:
+            self._alarm = None  # sys.alarm is cleared; the state stays Alarm
+            self._report_homed = self._hal_wco = False
+        else:
+            self._wco_counter = self._ovr_counter = 0  # WCO in the first report after reset
+        self._gc_init()
+        self._boot(now, self.reset_s)
+
+    # -- homing -------------------------------------------------------------------------------
+    def _start_homing(self, now: float) -> int | None:
+        s = self.settings
+        if not int(s[22]) & 1:
+            return 5
+        self._base = "Home"
+        t = now
+        if self.hal:
+            for i in HOMED_AXES:
+                self._homed[i] = False
+            self._report(now)  # grblHAL's unsolicited report as the cycle starts
+            t += HAL_HOMING_PAUSE_S
+        self._homing = self._plan_homing(t)
+        self._job = deque([("homing",)])
+        return None
+
+    def _plan_homing(self, t: float) -> _Homing:
+        s = self.settings
+        seek, locate, pull = s[25] / 60.0, s[24] / 60.0, s[27]
+        debounce = s[26] / 1000.0
+        here = tuple(m + o for m, o in zip(self._mpos, self._offset, strict=True))
+        sign = [-1.0 if int(s[23]) >> i & 1 else 1.0 for i in range(3)]
+        switch, backed = list(here), list(here)
+        for i in HOMED_AXES:
+            switch[i] = 0.0 if sign[i] > 0 else -s[130 + i]
+            backed[i] = switch[i] - sign[i] * pull
+        search = SEARCH_SCALE * max(s[130 + i] for i in HOMED_AXES)
+        legs: list[tuple[float, float, float, Vec, Vec]] = []
+
+        def leg(target: list[float], rate: float, pause: float) -> None:
+            nonlocal t, here
+            # each axis runs at ``rate`` (grbl scales the vector rate by sqrt(axes))
+            dur = max(move_time(abs(target[i] - here[i]), rate, s[120 + i]) for i in HOMED_AXES)
+            legs.append((t, t + dur, t + dur + pause, here, tuple(target)))
+            t += dur + pause
+            here = tuple(target)
+
+        fails = self.homing_fails or any(abs(switch[i] - here[i]) > search for i in HOMED_AXES)
+        fail_mpos = None
+        if fails:
+            # the switch never closes: grbl counts the whole search while the carriage stalls
+            fail = list(self._mpos)
+            for i in HOMED_AXES:
+                fail[i] += sign[i] * search
+            fail_mpos = tuple(fail)
+            dur = move_time(search, seek, min(s[120 + i] for i in HOMED_AXES))
+            legs.append((t, t + dur, t + dur, here, tuple(switch)))
+        else:
+            leg(switch, seek, debounce)
+            leg(backed, seek, debounce)
+            leg(switch, locate, debounce)
+            leg(backed, seek, debounce + self.home_s)
+        return _Homing(legs, self._offset, fails, fail_mpos)
+
+    def _homing_done(self, now: float) -> None:
+        h = self._homing
+        if h.fails:
+            phys = h.legs[-1][4]
+            self._homing = None
+            self._mpos = h.fail_mpos
+            self._offset = tuple(p - m for p, m in zip(phys, self._mpos, strict=True))
+            self._position_lost = True
+            # limits_go_home calls mc_reset(): a real soft reset after the alarm
+            self._reset(now, alarm=9)
+            return
+        home = list(h.legs[-1][4])
+        for i in HOMED_AXES:
+            home[i] = self._home_position(i)
+        self._mpos = self._gc_pos = tuple(home)
+        self._homing = None
+        if self._report_pending:  # the ? that waited through the cycle, still in state Home
+            self._report_pending = False
+            self._report(now)
+        self._offset = tuple(p - m for p, m in zip(h.legs[-1][4], self._mpos, strict=True))
+        self._pins.clear()  # pulled off the switches
+        self._base, self._alarm = "Idle", None
+        for i in HOMED_AXES:
+            self._homed[i] = True
+        self._home_pos = self._mpos
+        if self.hal:
+            self._report_homed = True
+            self._send("[MSG:]")
+        self._job = deque()  # done: its ok follows
+
+    # -- the line being executed --------------------------------------------------------------
+    def _run_job(self, now: float) -> None:
+        """Steps of the current line, in order; its ``ok`` when the last one is done."""
+        while self._job:
+            step = self._job[0]
+            kind = step[0]
+            if kind == "sync":
+                if self._queue:
+                    return
+            elif kind == "dwell":
+                self._job[0] = ("until", now + step[1])
+                continue
+            elif kind == "until":
+                if now < step[1]:
+                    return
+            elif kind == "move":
+                if not self._enter_planner(step[1], now):
+                    return
+            elif kind == "call":
+                step[1]()
+            elif kind in ("homing", "stalled"):
+                return
+            self._job.popleft()
+        if self._job is not None:
+            self._job = None
+            self._send("ok")
+
+    def _enter_planner(self, m: _Move, now: float) -> bool:
+        """Soft limit check (once), then wait for a free planner block."""
+        if not m.checked:
+            m.checked = True
+            if self._beyond_limits(m.end):
+                self._soft_limit(now)
+                return False
+        self._advance(now)
+        if len(self._queue) >= self.planner_blocks - 1:
+            return False
+        self._queue.append(m)
+        if len(self._queue) == 1:
+            m.start = self._mpos
+            m.plan(now)
+        return True
+
+    def _envelope(self, i: int) -> tuple[float, float] | None:
+        s = self.settings
+        travel, pull = s[130 + i], s[27]
+        if not self.hal:
+            return (-travel, 0.0)
+        if not self._homed[i]:
+            return None  # grblHAL checks homed axes only
+        if int(s[21]) & 1:
+            return (-travel + pull, -pull)
+        return (-travel, 0.0)
+
+    def _beyond_limits(self, target: Vec) -> bool:
+        if not int(self.settings[20]) & 1:
+            return False
+        for i, v in enumerate(target):
+            env = self._envelope(i)
+            if env is not None and not env[0] - 1e-6 <= v <= env[1] + 1e-6:
+                return True
+        return False
+
+    def _soft_limit(self, now: float) -> None:
+        """A target beyond the envelope: a controlled stop (feed hold) first, then ALARM:2."""
+        self._job = deque([("stalled",)])
+        if self._in_motion(now):
+            self._feed_hold(now)
+            if self._hold is not None:
+                stop = now + self._hold[2] / self._queue[0].accel
+                self._later(stop, lambda t: self._critical_alarm(2, t))
+                return
+        self._critical_alarm(2, now)
+
+    # -- lines --------------------------------------------------------------------------------
+    def _blocked(self) -> bool:
+        if self._booted is not None:
+            return True
+        if self._critical:
+            return not self.hal  # grbl spins in its alarm loop; grblHAL still reads lines
+        return self._job is not None
+
+    def _process_lines(self, now: float) -> None:
+        while self._rx and not self._blocked():
+            self._line(self._rx.popleft(), now)
+            self._run_job(now)
+
+    def _filter(self, raw: str) -> str | None:
+        """grbl's line pre-filter: no spaces or comments, upper case; None if too long."""
+        out: list[str] = []
+        paren = False
+        for c in raw:
+            if paren:
+                paren = c != ")"
+            elif c == "(":
+                paren = True
+            elif c == ";":
+                break
+            elif c > " ":
+                if len(out) >= LINE_BUFFER[self.flavor] - 1:
+                    return None
+                out.append(c.upper())
+        return "".join(out)
+
+    def _reply(self, status: int | None) -> None:
+        if status is None:
+            return  # a job: its ok comes when it is done
+        self._send("ok" if status == 0 else f"error:{status}")
+
+    def _line(self, raw: str, now: float) -> None:
+        text = self._filter(raw)
+        if self.hal and self._critical:
+            # grblHAL's alarm loop: empty lines ok, $ commands run, G-code error:9
+            if text is None:
+                self._reply(11)
+            elif not text or text.startswith("$"):
+                self._reply(self._system(text, now) if text else 0)
+            else:
+                self._reply(9)
+            return
+        if text is None:
+            status = 11
+        elif not text:
+            status = 0
+        elif text.startswith("$"):
+            status = self._system(text, now)
+        elif self._base == "Alarm":
+            status = 9
+        elif self.hal and self._last_error:
+            status = self._last_error  # the sticky error: not executed
+        else:
+            status = self._gcode(text, now)
+        if self.hal:
+            self._last_error = status or 0  # a line under way (None) was accepted
+        self._reply(status)
+
+    # -- $ commands ---------------------------------------------------------------------------
+    def _system(self, text: str, now: float) -> int | None:
+        cmd = text[1:]
+        if self.hal and self._critical and (cmd in ("X", "H", "C", "SLP")
+                                            or cmd.startswith(("J=", "H"))):
+            return 79
+        if cmd == "":
+            self._send(HELP[self.flavor])
+            return 0
+        if cmd == "$":
+            if not self.hal and self._state_name(now).startswith(("Run", "Hold")):
+                return 8  # grbl: too long to print during a cycle
+            self._print_settings()
+            return 0
+        if cmd == "G":
+            self._print_modes()
+            self._report_homed = self.hal
+            return 0
+        if cmd == "X":
+            return self._unlock()
+        if cmd[:1] in ("$", "G", "X", "C"):
+            return 3  # $C (check mode) is not simulated
+        # the rest needs Idle or Alarm
+        if self._base not in ("Idle", "Alarm") or self._queue:
+            return 8
+        if cmd == "#":
+            self._print_offsets()
+            return 0
+        if cmd == "H":
+            return self._start_homing(now)
+        if cmd == "I":
+            self._print_build_info()
+            return 0
+        if cmd == "N":
+            self._send("$N0=")
+            self._send("$N1=")
+            return 0
+        m = re.fullmatch(r"(\d+)=(.*)", cmd)
+        if m:
+            return self._store_setting(int(m.group(1)), m.group(2))
+        return 3
+
+    def _unlock(self) -> int:
+        if self.hal and self._homing_required():
+            return 46
+        if self._base == "Alarm":
+            self._send("[MSG:Caution: Unlocked]")
+            self._base, self._alarm = "Idle", None
+        return 0
+
+    def _store_setting(self, num: int, value_text: str) -> int:
+        if not NUMBER.fullmatch(value_text):
+            return 2
+        value = float(value_text)
+        if num not in self.settings:
+            return 3
+        if value < 0:
+            return 4
+        if num not in FLOAT_SETTINGS:
+            value = float(int(value))
+        if num == 20 and value and not int(self.settings[22]) & 1:
+            return 10  # soft limits need homing
+        self.settings[num] = value
+        if num == 22 and not int(value) & 1:
+            self.settings[20] = 0.0
+        if self.hal and num in (130, 131, 132):
+            self._homed[num - 130] = False  # the travel changed: that axis is no longer homed
+            self._report_homed = True
+        return 0
+
+    def _print_settings(self) -> None:
+        for n in SETTING_ORDER:
+            v = self.settings[n]
+            self._send(f"${n}={v:.3f}" if n in FLOAT_SETTINGS else f"${n}={int(v)}")
+
+    def _print_modes(self) -> None:
+        words = [f"G{self._motion}", f"G{54 + self._coord}", "G17", "G21",
+                 "G90" if self._absolute else "G91", "G94"]
+        if self.hal:
+            words += ["G49", "G98", "G50"]
+            if any(self._g92):
+                words.append("G92")
+        words += ["M5", "M9", f"T{self._tool}", f"F{self._feed:.0f}", f"S{self._spindle:.0f}"]
+        self._send(f"[GC:{' '.join(words)}]")
+
+    def _print_offsets(self) -> None:
+        names = ["G54", "G55", "G56", "G57", "G58", "G59"]
+        coords = [tuple(c) for c in self._coords]
+        if self.hal:
+            names += ["G59.1", "G59.2", "G59.3"]
+            coords += [(0.0, 0.0, 0.0)] * 3
+        for name, c in zip(names, coords, strict=True):
+            self._send(f"[{name}:{_axes(c)}]")
+        self._send(f"[G28:{_axes((0.0, 0.0, 0.0))}]")
+        self._send(f"[G30:{_axes((0.0, 0.0, 0.0))}]")
+        self._send(f"[G92:{_axes(self._g92)}]")
+        if self.hal and self.homing:
+            mask = sum(1 << i for i in range(3) if self._homed[i])
+            self._send(f"[HOME:{_axes(self._home_pos)}:{mask}]")
+        self._send("[TLO:0.000]")
+        self._send(f"[PRB:{_axes((0.0, 0.0, 0.0))}:0]")
+
+    def _print_build_info(self) -> None:
+        usable = self.planner_blocks - 1
+        if self.hal:
+            self._send("[VER:1.1f.20250101:]")
+            self._send(f"[OPT:VN,{usable},{RX_BUFFER['grblhal']},3,0]")
+            self._send("[AXS:3:XYZ]")
+            self._send("[NEWOPT:ENUMS,RT+,HOME]")
+            self._send("[FIRMWARE:grblHAL]")
+            self._send("[DRIVER:edge.sim]")
+        else:
+            # L: the homing init lock is compiled out
+            self._send("[VER:1.1h.20190825:]")
+            self._send(f"[OPT:V{'' if self._init_lock else 'L'},{usable},{RX_BUFFER['grbl']}]")
+
+    # -- status reports -----------------------------------------------------------------------
+    def _query(self, now: float) -> None:
+        if self._critical and not self.hal:
+            return  # grbl's alarm loop never answers, and a reset clears the request
+        if self._homing is not None:
+            self._report_pending = True  # answered once, when the cycle ends
+            return
+        self._advance(now)
+        self._report(now)
+
+    def _report(self, now: float) -> None:
+        s = self.settings
+        mask = int(s[10])
+        st = self._state_name(now)
+        busy = st not in ("Idle", "Alarm")
+        mpos, wco = self._where(now), self._wco()
+        pos = mpos if mask & 1 else tuple(a - b for a, b in zip(mpos, wco, strict=True))
+        parts = [st, f"{'MPos' if mask & 1 else 'WPos'}:{_axes(pos)}"]
+        free_blocks = self.planner_blocks - 1 - len(self._queue)
+        free_rx = RX_BUFFER[self.flavor] - self._rx_used()
+        speed = f"FS:{self._speed(now) * 60.0:.0f},{self._spindle:.0f}"
+        pins = "".join(a for a in AXES if a in self._pins)
+        if not self.hal:
+            if mask & 2:
+                parts.append(f"Bf:{free_blocks},{free_rx}")
+            parts.append(speed)
+            if pins:
+                parts.append(f"Pn:{pins}")
+            # report.c: WCO when its counter runs out, Ov in the report after
+            if self._wco_counter > 0:
+                self._wco_counter -= 1
+            else:
+                self._wco_counter = WCO_REFRESH[busy] - 1
+                if self._ovr_counter == 0:
+                    self._ovr_counter = 1
+                parts.append(f"WCO:{_axes(wco)}")
+            if self._ovr_counter > 0:
+                self._ovr_counter -= 1
+            else:
+                self._ovr_counter = OVR_REFRESH[busy] - 1
+                parts.append("Ov:100,100,100")
+        else:
+            if mask & 2:
+                parts.append(f"Bf:{free_blocks},{free_rx}")
+            if mask & 8:
+                parts.append(speed)
+            if mask & 16 and pins:
+                parts.append(f"Pn:{pins}")
+            # grblHAL's report.c: a counter that runs out arms WCO for the *next* report
+            if mask & 32:
+                if self._wco_counter > 0 and not self._hal_wco:
+                    self._wco_counter -= 1
+                else:
+                    self._wco_counter = WCO_REFRESH[busy] - 1
+            else:
+                self._hal_wco = False
+            if mask & 64:
+                if self._ovr_counter > 0 and not self._hal_ovr:
+                    self._ovr_counter -= 1
+                else:
+                    self._hal_ovr = True
+                    self._ovr_counter = OVR_REFRESH[busy] - 1
+            else:
+                self._hal_ovr = False
+            if self._hal_wco:
+                parts.append(f"WCO:{_axes(wco)}")
+            if self._hal_ovr:
+                parts.append("Ov:100,100,100")
+            if self._report_homed and self.homing:
+                parts.append(f"H:{int(all(self._homed[i] for i in HOMED_AXES))}")
+            self._report_homed = self._hal_ovr = False
+            self._hal_wco = bool(mask & 32) and self._wco_counter == 0
+        self._send(f"<{'|'.join(parts)}>")
+
+    def _flag_wco_change(self) -> None:
+        if self.hal:
+            self._hal_wco = True
+        else:
+            self._wco_counter = 0
 
     # -- G-code -------------------------------------------------------------------------------
-    def _error(self, code: int) -> None:
-        if self.flavor == "grblhal":
-            self._sticky_error = code
-        self._send(f"error:{code}")
-
-    def _line(self, text: str) -> None:
-        if not text:
-            self._sticky_error = None
-            self._send("ok")
-            return
-        if self._sticky_error is not None:
-            self._send(f"error:{self._sticky_error}")
-            return
-        up = text.upper().replace(" ", "")
-        if up == "$X":
-            if self._state == "Alarm":
-                self._state = "Idle"
-                self._send("[MSG:Caution: Unlocked]")
-            self._send("ok")
-            return
-        if up == "$H":
-            self._home()
-            return
-        if up.startswith("$"):
-            self._error(3)
-            return
-        if self._state == "Alarm":
-            self._error(9)
-            return
-        words = _words(up)
-        if words is None:
-            self._error(2)
-            return
-        if not words:
-            self._error(1)
-            return
-        target = list(self._queue[-1].end if self._queue else self._pos)
-        motion = dwell = None
+    def _gcode(self, text: str, now: float) -> int | None:
+        """Parse and check a whole block as grbl does, then run it: an error leaves no trace."""
+        words: list[tuple[str, float]] = []
+        i = 0
+        while i < len(text):
+            letter = text[i]
+            if not "A" <= letter <= "Z":
+                return 1
+            m = NUMBER.match(text, i + 1)
+            if not m:
+                return 2
+            words.append((letter, float(m.group())))
+            i = m.end()
+        groups: dict[str, int] = {}
+        values: dict[str, float] = {}
+        g92_clear = False
         for letter, value in words:
             if letter == "G":
-                if value in (0.0, 1.0):
-                    motion = value
-                elif value == 90.0:
-                    self._absolute = True
-                elif value == 91.0:
-                    self._absolute = False
-                elif value == 4.0:
-                    dwell = 0.0
-                elif value not in (21.0, 94.0, 17.0):
-                    self._error(20)
-                    return
-            elif letter in "XY":
-                k = "XY".index(letter)
-                target[k] = value if self._absolute else target[k] + value
-                motion = 0.0 if motion is None else motion
-            elif letter == "F":
-                if value <= 0:
-                    self._error(4)
-                    return
-                self._feed = value
-            elif letter == "P" and dwell is not None:
-                dwell = value
-            elif letter == "Z":
-                continue
+                code = int(value)
+                mantissa = round(100 * (value - code))
+                if code == 92 and mantissa == 10:
+                    g92_clear, mantissa = True, 0
+                if code not in G_GROUPS:
+                    return 20
+                if mantissa:
+                    return 23
+                group = G_GROUPS[code]
+                if group in groups:
+                    return 21
+                groups[group] = code
+            elif letter == "M":
+                code = int(value)
+                if code not in M_GROUPS or value != code:
+                    return 20
+                if M_GROUPS[code] in groups:
+                    return 21
+                groups[M_GROUPS[code]] = code
+            elif letter in VALUE_LETTERS:
+                if letter in values:
+                    return 25
+                if letter in "FNPST" and value < 0:
+                    return 4
+                values[letter] = value
             else:
-                self._error(20)
-                return
-        if dwell is not None:
-            self._queue.append(_Move(tuple(target), tuple(target), 1.0, dwell=True))
-            self._schedule_tail(time.monotonic(), dwell)
-            self._pending_ok.append("dwell")
-            return
-        if motion is not None and any(w[0] in "XY" for w in words):
-            (x0, x1), (y0, y1) = self.travel
-            if not (x0 <= target[0] <= x1 and y0 <= target[1] <= y1):
-                self._pos = self._where(time.monotonic())
-                self._queue.clear()
-                self._alarm(2)
-                return
-            if self._feed <= 0:
-                self._error(22)
-                return
-            m = _Move((0.0, 0.0), (target[0], target[1]), self._feed / 60.0)
-            self._queue.append(m)
-            self._schedule_tail(time.monotonic(), None)
-            self._state = "Run"
-            self._pending_ok.append("move")
-            self._release_pending(time.monotonic())
-            return
-        self._send("ok")
+                return 20
+        nonmodal = groups.get("nonmodal")
+        axes = {AXES.index(k): v for k, v in values.items() if k in AXES}
+        if "motion" in groups and nonmodal in (10, 92):
+            return 24  # two commands that both want the axis words
+        if "N" in values and values["N"] > 10_000_000:
+            return 27
+        # checks
+        feed = values.get("F", self._feed)
+        if nonmodal == 4 and "P" not in values:
+            return 28
+        coord_p = None
+        if nonmodal == 10:
+            if "L" not in values or "P" not in values:
+                return 28
+            if values["L"] not in (2, 20):
+                return 20
+            coord_p = int(values["P"])
+            if coord_p > 6:
+                return 29
+            if not axes:
+                return 26
+        if nonmodal == 92 and not g92_clear and not axes:
+            return 26
+        if "P" in values and nonmodal not in (4, 10):
+            return 36
+        if "L" in values and nonmodal != 10:
+            return 36
+        if any(k in values for k in "IJKR"):
+            return 36
+        motion = groups.get("motion", self._motion)
+        moves = bool(axes) and nonmodal not in (10, 92)
+        if moves and motion == 1 and feed <= 0:
+            return 22
+        # the block is valid: run it in grbl's order of execution
+        steps: list[tuple] = []
+        self._feed = feed
+        self._spindle = values.get("S", self._spindle)
+        self._tool = int(values.get("T", self._tool))
+        if nonmodal == 4:
+            steps += [("sync",), ("dwell", values["P"])]
+        if "coord" in groups and groups["coord"] - 54 != self._coord:
+            self._coord = groups["coord"] - 54
+            steps += [("sync",), ("call", self._flag_wco_change)]
+        if "distance" in groups:
+            self._absolute = groups["distance"] == 90
+        if "motion" in groups:
+            self._motion = groups["motion"]
+        if nonmodal == 10:
+            steps += [("sync",), ("call", self._g10_call(int(values["L"]), coord_p, axes))]
+        if nonmodal == 92:
+            steps += [("sync",), ("call", self._g92_call(g92_clear, axes))]
+        if moves:
+            wco = self._wco()
+            target = list(self._gc_pos)
+            for k, v in axes.items():
+                if nonmodal == 53:
+                    target[k] = v  # machine coordinates, absolute whatever G90/G91 says
+                elif self._absolute:
+                    target[k] = v + wco[k]
+                else:
+                    target[k] += v
+            end: Vec = tuple(target)
+            if end != self._gc_pos:
+                speed, accel = self._caps(self._gc_pos, end,
+                                          None if motion == 0 else feed / 60.0)
+                steps.append(("move", _Move(self._gc_pos, end, speed, accel)))
+                self._gc_pos = end
+        if not steps:
+            return 0
+        self._job = deque(steps)
+        return None
 
-    def _schedule_tail(self, now: float, dwell: float | None) -> None:
-        """Give the newly appended block its start; only the head of the queue runs now."""
-        m = self._queue[-1]
-        if len(self._queue) == 1:
-            m.start, m.t0 = self._pos, now
-            m.duration = dwell if dwell is not None else move_time(
-                math.dist(m.start, m.end), m.feed_mm_s, self.accel)
-        elif dwell is not None:
-            m.duration = dwell
+    def _g10_call(self, l_word: int, p: int, axes: dict[int, float]) -> Callable[[], None]:
+        index = self._coord if p == 0 else p - 1
 
-    def _home(self) -> None:
-        if self._queue:
-            self._error(8)
-            return
-        if self.homing_fails:
-            self._alarm(9)
-            return
-        # homing travels to the switches at the minimum of each axis; the answer waits for it
-        dist = math.dist(self._pos, (self.travel[0][0], self.travel[1][0]))
-        time.sleep(self.home_s + dist / 100.0 * 0.1)
-        self._pos = (self.travel[0][0], self.travel[1][0])
-        self._state = "Idle"
-        self._send("ok")
+        def run() -> None:
+            for k, v in axes.items():
+                # L2: the offset itself; L20: the offset that makes here read ``v``
+                self._coords[index][k] = v if l_word == 2 else self._gc_pos[k] - self._g92[k] - v
+            if index == self._coord:
+                self._flag_wco_change()
+        return run
+
+    def _g92_call(self, clear: bool, axes: dict[int, float]) -> Callable[[], None]:
+        def run() -> None:
+            if clear:
+                self._g92 = [0.0, 0.0, 0.0]
+            else:
+                c = self._coords[self._coord]
+                for k, v in axes.items():
+                    self._g92[k] = self._gc_pos[k] - c[k] - v
+            self._flag_wco_change()
+        return run
 
 
-def _words(text: str) -> list[tuple[str, float]] | None:
-    """``G1X10.5Y3`` -> [("G", 1.0), ("X", 10.5), ("Y", 3.0)]; None on a bad number."""
-    out, i = [], 0
-    while i < len(text):
-        letter = text[i]
-        if not letter.isalpha():
-            return None
-        j = i + 1
-        while j < len(text) and (text[j].isdigit() or text[j] in ".-+"):
-            j += 1
-        try:
-            out.append((letter, float(text[i + 1:j])))
-        except ValueError:
-            return None
-        i = j
-    return out
+def _num(v: float) -> str:
+    r = round(v, 3)
+    return f"{0.0 if r == 0 else r:.3f}"  # no "-0.000"
+
+
+def _axes(values: Sequence[float]) -> str:
+    return ",".join(_num(v) for v in values)

@@ -14,8 +14,11 @@ the head file names simulated parts (``illumination.pin_factory = "mock"``, ``st
   plate, a dot grid, a lens cap), :class:`ReplayGlass` recorded ones.
 
 ``SimOptions`` are the knobs only a simulation has: which firmware the stage simulator speaks,
-a GPIO trace file, a smaller frame, and a physical wiring that differs from the head file (to
-show what a mis-wired head does).
+a GPIO trace file, a smaller frame, a physical wiring that differs from the head file (to
+show what a mis-wired head does), and a fault plan (:mod:`edge.sim.faults`: parts that break on
+purpose, for the fault benchmark and its tests). A process that cannot be given options
+(``glass-inspect serve``) takes the fault plan and the trace file from the environment
+(``GLASS_INSPECT_SIM_FAULTS``, ``GLASS_INSPECT_SIM_TRACE``); unset, nothing changes.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ from pathlib import Path
 from edge.config import HeadConfig
 from edge.recording import find_samples, open_sample
 from edge.sim.camera import ReplayCamera, SimCamera, SimWiring, TriggeredSimCamera
+from edge.sim.faults import FaultInjector, make_injector, trace_from_env
 from edge.sim.grbl import GrblSimulator
 from edge.sim.optics import OpticsRenderer
 from edge.sim.sample import generate_sample
 from edge.sim.targets import Target
 from edge.truth import Sample
+
+SIM_PULL_OFF_MARGIN_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class SimOptions:
     led_pins: Sequence[int] | None = None  # physical wiring of the 6 facet pairs, if not the file's
     trigger_pin: int | None = None  # the pin the camera's trigger input is wired to
     scratch_share: float = 0.5  # share of random samples with scratches
+    # faults to inject (edge.sim.faults, e.g. "camera_timeout@3"); None: $GLASS_INSPECT_SIM_FAULTS
+    faults: str | None = None
 
 
 class SimParts:
@@ -54,9 +62,14 @@ class SimParts:
         self.wiring: SimWiring | None = None
         self.grbl: GrblSimulator | None = None
         self._closers: list[Callable[[], None]] = []
+        # None unless a fault plan asks for faults; the camera and the stage are hooked to it
+        self.faults: FaultInjector | None = make_injector(cfg.illumination.max_on_ms,
+                                                          options.faults)
+        if self.faults is not None:
+            self._closers.append(self.faults.close)
 
     def pin_factory(self):
-        self.wiring = SimWiring(self.options.trace)
+        self.wiring = SimWiring(self.options.trace or trace_from_env())
         self._closers.append(self.wiring.close)
         return self.wiring.factory
 
@@ -65,10 +78,15 @@ class SimParts:
         cfg = self.cfg
         lim = cfg.stage.soft_limits_mm
         accel = cfg.simulation.stage_accel_mm_s2 if cfg.simulation else 800.0
-        self.grbl = GrblSimulator((lim.x, lim.y), flavor=self.options.flavor,
+        # a real stage travels a little beyond the head's working limits: grblHAL keeps its
+        # pull-off ($27, 1 mm) clear of both ends
+        travel = tuple((lo, hi + 2 * SIM_PULL_OFF_MARGIN_MM) for lo, hi in (lim.x, lim.y))
+        self.grbl = GrblSimulator(travel, flavor=self.options.flavor,
                                   homing=cfg.stage.homing, accel_mm_s2=accel)
         port = self.grbl.start()
         self._closers.append(self.grbl.close)
+        if self.faults is not None:
+            self.faults.attach_stage(self.grbl)
         return port
 
     def camera(self, folder: Path | None = None) -> TriggeredSimCamera:
@@ -90,6 +108,8 @@ class SimParts:
         else:
             first = open_sample(find_samples(folder)[0])
             cam = ReplayCamera(first, self.wiring, trigger, leds, lambda: grbl.position, frame_s)
+        if self.faults is not None:
+            self.faults.attach_camera(cam)
         self._closers.append(cam.close)
         return cam
 

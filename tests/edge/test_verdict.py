@@ -69,3 +69,25 @@ def test_scratches_shorter_than_the_reject_rule_pass_the_sample():
     assert "shorter than the reject rule's 0.5 mm" in short.summary()
     assert decide("S", [one(0.5), roi(1)], 2, {}, None, {}, 0.5).status is Status.FAIL
     assert decide("S", [one(0.3), roi(1)], 2, {}, None, {}).status is Status.FAIL
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_pooled_map_gives_the_same_scratches_as_the_map(seed):
+    from edge import config
+    from edge.postprocess import PooledScore, find_scratches
+
+    rng = np.random.default_rng(seed)
+    score = (rng.random((300, 340)) ** 6).astype(np.float32) * 0.5
+    for _ in range(3):
+        r, c = rng.integers(20, 280), rng.integers(20, 200)
+        score[r, c:c + rng.integers(10, 120)] = rng.uniform(0.5, 1.0)
+    pooled = PooledScore(score)
+    base = config.load().pipeline
+    for ds, tl, ms in ((1, 0.25, 4), (2, 0.15, 8), (4, 0.3, 4), (8, 0.6, 2), (2, 2.0, 4)):
+        p = base.model_copy(update={"downscale": ds, "t_low": min(tl, 1.0),
+                                    "t_high": min(max(tl, 0.6), 1.0), "dbscan_min_samples": ms,
+                                    "dbscan_eps": 3.0})
+        a, b = find_scratches(score, p), find_scratches(pooled, p)
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.length, b.length)
+    with pytest.raises(ValueError, match="NaN"):
+        PooledScore(np.full((4, 4), np.nan, np.float32))
