@@ -26,7 +26,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             steps_per_epoch=args.steps, batch_size=args.batch, scratch_per_batch=args.scratch,
             val_patches=args.val_patches, lr=args.lr, seed=args.seed, patch=args.patch,
             input_compression=args.compress,
-            samples=[str(p) for p in args.samples])
+            samples=[str(p) for p in args.samples], window_cache=args.window_cache,
+            window_pool=args.window_pool)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
@@ -129,6 +130,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="RAW patch side in px (default: 1024, as in the paper)")
     t.add_argument("--compress", type=float, default=0.0, metavar="K",
                    help="U-Net input compression log1p(K x) / log1p(K); 0: none (default)")
+    t.add_argument("--window-cache", default="", metavar="DIR",
+                   help="keep the training windows here and cycle over a pool of them, so "
+                        "later epochs and resumed runs render nothing (default: render each)")
+    t.add_argument("--window-pool", type=int, default=2000, metavar="N",
+                   help="windows of each kind in the pool (default: 2000; 3.2 MB each at "
+                        "1024 px)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -201,6 +201,48 @@ class RecordedPatches:
         return RawWindow(frames, mask)
 
 
+class CachedWindows:
+    """Any window source with its windows kept on disk, from a finite pool, so the simulator
+    (or the recordings) is out of the training loop after the first pass.
+
+    Window ``index`` is the source's window ``index % pool`` (a training run cycles over
+    ``pool`` windows of each kind; the augmentation, drawn per use, still differs each time),
+    stored as ``DIR/<kind>-<ident>-<seed>-<patch>-<n>.npz`` the first time it is asked for
+    (``ident``: what else the windows depend on, e.g. the simulated head). Choice:
+    uncompressed: a 1024 px window is 3.2 MB, reading it back costs milliseconds, compressing
+    it (noisy 12-bit data, about 1/3) seconds. The folder may be shared by runs: a window is
+    the same for the same source seed, patch size and index.
+    """
+
+    def __init__(self, source, folder: str | Path, pool: int, ident: str = ""):
+        if pool < 1:
+            raise ValueError(f"the window pool must hold at least 1 window, got {pool}")
+        self.source, self.pool = source, int(pool)
+        self.seed, self.patch, self.ident = source.seed, source.patch, ident or "data"
+        self.dir = Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rendered = 0  # windows made by the source in this process (the rest were read)
+
+    def _path(self, index: int, scratch: bool) -> Path:
+        kind = "scratch" if scratch else "glass"
+        return self.dir / f"{kind}-{self.ident}-{self.seed}-{self.patch}-{index % self.pool}.npz"
+
+    def window(self, index: int, scratch: bool) -> RawWindow:
+        path = self._path(index, scratch)
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    return RawWindow(z["frames"], z["mask"])
+            except (OSError, ValueError, KeyError):  # a damaged file: made again below
+                path.unlink(missing_ok=True)
+        w = self.source.window(index % self.pool, scratch)
+        self.rendered += 1
+        tmp = path.with_name(path.name + ".part.npz")
+        np.savez(tmp, frames=w.frames, mask=w.mask)
+        tmp.replace(path)  # whole or absent: a run killed mid-write leaves no half window
+        return w
+
+
 class PatchSampler:
     """Batches with a fixed number of scratch patches; empty background patches are dropped."""
 

@@ -69,6 +69,8 @@ class TrainSettings:
     patch: int = D.PATCH
     input_compression: float = 0.0  # U-Net only, see model.unet
     samples: list[str] = field(default_factory=list)  # recorded sample folders; empty: simulate
+    window_cache: str = ""  # folder of pre-made training windows (model.data.CachedWindows)
+    window_pool: int = 2000  # windows of each kind a run cycles over, when cached
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,7 +78,7 @@ class TrainSettings:
             problems.append(f"network must be 'unet' or 'fusion', got {self.network!r}")
         if self.loss not in ("autoencoder", "bce"):
             problems.append(f"loss must be 'autoencoder' or 'bce', got {self.loss!r}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "val_patches"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "val_patches", "window_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.scratch_per_batch <= self.batch_size:
@@ -167,6 +169,19 @@ class Trainer:
         self._val: list[D.Patch] | None = None
 
     def _sources(self):
+        train, val = self._plain_sources()
+        if self.s.window_cache:  # validation patches are few and made once: not cached
+            import hashlib
+
+            from model.heldout import render_identity
+
+            what = (render_identity(self.cfg) if not self.s.samples
+                    else "\n".join(sorted(self.s.samples)))
+            ident = hashlib.sha256(what.encode()).hexdigest()[:12]
+            train = D.CachedWindows(train, self.s.window_cache, self.s.window_pool, ident)
+        return train, val
+
+    def _plain_sources(self):
         s = self.s
         if not s.samples:
             return (D.SimulatedPatches(self.cfg, s.seed, s.patch),

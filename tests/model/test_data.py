@@ -79,3 +79,25 @@ def test_sampler_fixes_scratch_patches_per_batch_and_drops_empty_ones(cfg):
     assert all(np.array_equal(a.image, b.image) for a, b in zip(batch, again, strict=True))
     with pytest.raises(ValueError):
         PatchSampler(src, ANGLES, batch_size=2, scratch_per_batch=3)
+
+
+def test_cached_windows_render_each_window_once_and_cycle_over_the_pool(tmp_path):
+    from model.data import CachedWindows, RawWindow
+
+    class Source:
+        seed, patch, calls = 5, 64, 0
+
+        def window(self, index, scratch):
+            Source.calls += 1
+            frames = np.full((6, 66, 66), index + 100 * scratch, np.uint16)
+            return RawWindow(frames, np.zeros((66, 66), bool))
+
+    cached = CachedWindows(Source(), tmp_path, pool=3, ident="head")
+    first = [cached.window(i, False).frames[0, 0, 0] for i in range(6)]
+    assert first == [0, 1, 2, 0, 1, 2] and Source.calls == 3  # the pool, rendered once
+    assert cached.window(4, True).frames[0, 0, 0] == 101 and Source.calls == 4
+    again = CachedWindows(Source(), tmp_path, pool=3, ident="head")  # a resumed run
+    assert again.window(2, False).frames[0, 0, 0] == 2 and again.rendered == 0
+    (tmp_path / "glass-head-5-64-1.npz").write_bytes(b"torn")  # a damaged file: made again
+    assert again.window(1, False).frames[0, 0, 0] == 1 and again.rendered == 1
+    assert not list(tmp_path.glob("*.part.npz"))
