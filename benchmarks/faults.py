@@ -374,7 +374,15 @@ def signalled(rig: Rig, runs: int, signum: int) -> list[Run]:
         t_restart = rig.restart()
         v = rig.wait_verdict(run.sample)
         run.extra["to_verdict_ms"] = _ms(time.monotonic(), t)
-        ready = [ts for ts, m in rig.events.records if ts >= t_restart and "head started" in m]
+        # the verdict may have come before the restart (an inspection stopped by SIGTERM ends
+        # in an ERROR verdict at once): wait for the restarted head to say it is up
+        deadline = time.monotonic() + 30.0
+        while True:
+            ready = [ts for ts, m in rig.events.records
+                     if ts >= t_restart and "head started" in m]
+            if ready or time.monotonic() > deadline:
+                break
+            rig.client.poll(0.1)  # read what the head sends, so its announcement is heard
         if signum == signal.SIGKILL:
             # nothing runs after SIGKILL: the pins are dark again once the restarted serve
             # claimed them (its ring light holds every group dark before it answers)
