@@ -56,6 +56,12 @@ _PUT_POLL_S = 0.05
 ABORTED = "inspection aborted on request"
 
 
+def abort_reason(abort: threading.Event) -> str:
+    """Why ``abort`` was set: its ``reason`` when whoever set it gave one (the verdict server
+    stopping on SIGTERM), else a request (the line controller, the operator)."""
+    return getattr(abort, "reason", None) or ABORTED
+
+
 class Aborted(HardwareError):
     """The inspection was stopped on request (line controller, operator)."""
 
@@ -168,7 +174,8 @@ class Head:
             for _ in range(total):
                 item = handoff.get()
                 if abort.is_set():  # do not finish the queued RoIs first
-                    yield _failed(AcquisitionFailed(acq.current, "", Aborted(ABORTED)))
+                    yield _failed(AcquisitionFailed(acq.current, "",
+                                                    Aborted(abort_reason(abort))))
                 if item is None:
                     return
                 yield item
@@ -204,7 +211,8 @@ class Head:
         worker.join()
         verdict = out.get("verdict") or error(sample_id, "the pipeline stopped without a verdict")
         if abort.is_set() and verdict.status is not Status.ERROR:
-            verdict = error(sample_id, ABORTED, verdict.rois, verdict.engine, verdict.calibration)
+            verdict = error(sample_id, abort_reason(abort), verdict.rois, verdict.engine,
+                            verdict.calibration)
         verdict.timings_s.update(moves=acq.moves_s, frames=acq.frames * acq.frame_time_s,
                                  acquisition=acq.optics_s)
         if writer is not None:
@@ -289,7 +297,7 @@ class Head:
                 self._hand(handoff, RoiInput(index, self.grid.roi_origin_mm(index),
                                              lambda f=frames: f), done)
         except MoveCancelled as exc:
-            cause = Aborted(ABORTED) if abort.is_set() else exc
+            cause = Aborted(abort_reason(abort)) if abort.is_set() else exc
             raise AcquisitionFailed(index, what, cause) from exc
         except Exception as exc:
             raise AcquisitionFailed(index, what, exc) from exc

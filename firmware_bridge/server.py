@@ -348,11 +348,12 @@ class VerdictServer:
         log.info("%s (verdict %d)", v.summary(), vid)
         self._send_verdict(e)
 
-    def abort_now(self) -> None:
-        """Tell the running inspection to stop at once (from a signal handler: only sets an
-        event); the server loop itself ends at its next turn."""
+    def abort_now(self, reason: str) -> None:
+        """Tell the running inspection to stop at once, saying why (from a signal handler:
+        only sets an event); the server loop itself ends at its next turn."""
         job = self._job
         if job is not None:
+            job.abort.reason = reason  # the head's ERROR verdict says it (edge.head)
             job.abort.set()
 
     def shutdown(self) -> None:

@@ -63,7 +63,8 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
         if hasattr(inspector, "darken"):
             inspector.darken()
         if server is not None:
-            server.abort_now()
+            server.abort_now(f"the head is stopping (signal {signum}); ask again after its "
+                             "restart")
         log.info("stopping (signal %d)", signum)
         stop.set()
 
