@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,9 +45,16 @@ log = logging.getLogger(__name__)
 RENDER_LIMIT_S = 60.0  # a render slower than this is a bug in the simulator, not a slow host
 
 
+# edges kept in memory: a real pin keeps no history, and a simulated head serving for hours
+# must not grow with it (the trace file, when asked for, keeps every edge)
+EDGE_HISTORY = 10_000
+
+
 class _WiredPin(MockPin):
     def _change_state(self, value):
         changed = super()._change_state(value)
+        if changed and len(self.states) > EDGE_HISTORY:  # gpiozero's own history, bounded
+            del self.states[:-EDGE_HISTORY // 2]
         if changed:
             wiring = getattr(self.factory, "wiring", None)
             if wiring is not None:
@@ -61,7 +69,7 @@ class SimWiring:
         self.factory = MockFactory(pin_class=_WiredPin)
         self.factory.wiring = self
         self._listeners: dict[int, list[Callable[[bool, float], None]]] = {}
-        self.edges: list[tuple[float, int, bool]] = []
+        self.edges: deque[tuple[float, int, bool]] = deque(maxlen=EDGE_HISTORY)
         self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
         self._lock = threading.Lock()
 

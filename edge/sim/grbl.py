@@ -643,7 +643,8 @@ class GrblSimulator:
     def _in_motion(self, now: float) -> bool:
         if not self._queue:
             return False
-        return self._hold is None or self._hold_travel(now)[1] > 0
+        # a hold scheduled to end "now" may leave a rounding speed of 1e-13 mm/s: stopped
+        return self._hold is None or self._hold_travel(now)[1] > 1e-6
 
     def _freeze(self, now: float) -> None:
         """Everything stops where it is now (a reset, an alarm): the planner is flushed."""
