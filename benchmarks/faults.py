@@ -217,18 +217,15 @@ class Rig:
 
     def inspect(self, sample: str):
         self.samples += 1
-        try:
-            v = self.client.inspect(sample, TIMEOUT_S)
-        except (LinkTimeout, LinkRefused) as exc:
-            say(f"    {sample}: NO VERDICT ({exc})")
-            self.lost += 1
-            return None
-        self.verdicts.setdefault(sample, []).append(v)
-        return v
+        return self._verdict(self.client.inspect, sample)
 
     def wait_verdict(self, sample: str):
+        return self._verdict(self.client.wait_verdict, sample)
+
+    def _verdict(self, ask, sample: str):
+        """``ask(sample)``'s verdict, kept; None (counted lost) when none came."""
         try:
-            v = self.client.wait_verdict(sample, TIMEOUT_S)
+            v = ask(sample, TIMEOUT_S)
         except (LinkTimeout, LinkRefused) as exc:
             say(f"    {sample}: NO VERDICT ({exc})")
             self.lost += 1

@@ -71,6 +71,13 @@ class Counts:
     infer_s: float = 0.0
     by_length: dict = field(default_factory=dict)
 
+    def tally(self, level: str, must: bool, clean: bool, flagged: bool) -> None:
+        """One image or sample (``level``): must it fail, is it clean, was it flagged."""
+        for key, add in (("pos", must), ("clean", clean), ("fn", must and not flagged),
+                         ("fp", clean and flagged)):
+            name = f"{level}_{key}"
+            setattr(self, name, getattr(self, name) + add)
+
     def summary(self) -> dict:
         def r(a, b):
             return round(a / b, 4) if b else None
@@ -160,10 +167,7 @@ def count(samples, cfg: HeadConfig, pipeline=None, calibration=None) -> Counts:
             clean = not t.lines
             flagged = any(rule.rejects(d.length_mm) for d in defects)
             c.images += 1
-            c.image_pos += must
-            c.image_clean += clean
-            c.image_fn += must and not flagged
-            c.image_fp += clean and flagged
+            c.tally("image", must, clean, flagged)
             c.kept += len(boxes)
             correct = np.zeros(len(boxes), bool)
             for i, pts in t.lines.items():
@@ -179,10 +183,7 @@ def count(samples, cfg: HeadConfig, pipeline=None, calibration=None) -> Counts:
                          rule.min_length_mm)
         failed = verdict.status is Status.FAIL
         c.samples += 1
-        c.sample_pos += must
-        c.sample_clean += clean
-        c.sample_fn += must and not failed
-        c.sample_fp += clean and failed
+        c.tally("sample", must, clean, failed)
         c.labelled += len(labelled)
         c.found += len(labelled.keys() & found_ids)
         for i, length in labelled.items():

@@ -231,12 +231,10 @@ class HeldOutSet:
                 _save_truth(self._truth_path(k), SampleTruth(sample.seed, rois))
         bar.close()
 
-    def samples(self, key: str, quantised: bool = False) -> Iterator[tuple[SampleTruth, list]]:
-        """Per sample its truth and the detector's score maps, one per RoI (``quantised``: as
-        ``(uint8 map, lo, hi)`` for :func:`dequantise`, a quarter of the memory)."""
+    def samples(self, key: str) -> Iterator[tuple[SampleTruth, list[np.ndarray]]]:
+        """Per sample its truth and the detector's score maps, one per RoI."""
         for k in range(self.n):
             truth = _load_truth(self._truth_path(k))
             with np.load(self._score_path(key, k)) as z:
                 q, rng = z["q"], z["range"]
-            maps = [(q[i], *rng[i]) for i in range(len(q))]
-            yield truth, maps if quantised else [dequantise(*m) for m in maps]
+            yield truth, [dequantise(q[i], *rng[i]) for i in range(len(q))]
