@@ -68,6 +68,8 @@ def _exported(model, network: str, all_scales: bool):
 def output_names(network: str, all_scales: bool) -> tuple[str, ...]:
     if network == "fusion":
         return ("logit",)
+    if network == "hybrid":
+        return ("scores", "scores_quarter") if all_scales else ("scores",)
     return ("scores", "scores_half", "scores_quarter") if all_scales else ("scores",)
 
 

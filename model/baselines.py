@@ -102,23 +102,32 @@ def _line_offsets(length: int, orientations: int) -> np.ndarray:
 
 
 @nb.njit(parallel=True, cache=True)
-def _best_line_mean(img, offsets):  # pragma: no cover - compiled
+def _best_line_mean(img, offsets, pad):  # pragma: no cover - compiled
     h, w = img.shape
     n_or, n_tap, _ = offsets.shape
     out = np.zeros((h, w), np.float32)
     for r in nb.prange(h):
+        inner_row = pad <= r < h - pad
         for c in range(w):
             best = -1e30
-            for j in range(n_or):
-                s = 0.0
-                for i in range(n_tap):
-                    rr = r + offsets[j, i, 0]
-                    cc = c + offsets[j, i, 1]
-                    rr = 0 if rr < 0 else (h - 1 if rr >= h else rr)
-                    cc = 0 if cc < 0 else (w - 1 if cc >= w else cc)
-                    s += img[rr, cc]
-                if s > best:
-                    best = s
+            if inner_row and pad <= c < w - pad:  # no clamping: the bulk of the map
+                for j in range(n_or):
+                    s = 0.0
+                    for i in range(n_tap):
+                        s += img[r + offsets[j, i, 0], c + offsets[j, i, 1]]
+                    if s > best:
+                        best = s
+            else:
+                for j in range(n_or):
+                    s = 0.0
+                    for i in range(n_tap):
+                        rr = r + offsets[j, i, 0]
+                        cc = c + offsets[j, i, 1]
+                        rr = 0 if rr < 0 else (h - 1 if rr >= h else rr)
+                        cc = 0 if cc < 0 else (w - 1 if cc >= w else cc)
+                        s += img[rr, cc]
+                    if s > best:
+                        best = s
             out[r, c] = best / n_tap
     return out
 
@@ -127,26 +136,37 @@ def line_response(img: np.ndarray, length: int = LINE_PX,
                   orientations: int = ORIENTATIONS) -> np.ndarray:
     """Per pixel, the largest mean of ``img`` along a centred line of ``length`` pixels over
     ``orientations`` directions (edges repeated)."""
-    return _best_line_mean(np.ascontiguousarray(img, np.float32),
-                           _line_offsets(length, orientations))
+    offsets = _line_offsets(length, orientations)
+    return _best_line_mean(np.ascontiguousarray(img, np.float32), offsets,
+                           int(np.abs(offsets).max()))
 
 
 @nb.njit(parallel=True, cache=True)
-def _contrast_gate(sums, gate_low, gate_high):  # pragma: no cover - compiled
-    n, h, w = sums.shape
+def _contrast_gate(frames):  # pragma: no cover - compiled
+    """Per 2 x 2 Bayer cell of the RAW frames: brightest state minus the mean of the three
+    dimmest, the dimmest, and the mean over states (one pass, no cell-sum image)."""
+    n, hr, wr = frames.shape
+    h, w = hr // 2, wr // 2
     contrast = np.empty((h, w), np.float32)
     dimmest = np.empty((h, w), np.float32)
     mean = np.empty((h, w), np.float32)
-    v = np.empty(n, np.float32)
     for r in nb.prange(h):
         v = np.empty(n, np.float32)
         for c in range(w):
+            total = 0.0
             for k in range(n):
-                v[k] = sums[k, r, c]
-            v.sort()
+                x = (np.float32(frames[k, 2 * r, 2 * c]) + np.float32(frames[k, 2 * r, 2 * c + 1])
+                     + np.float32(frames[k, 2 * r + 1, 2 * c])
+                     + np.float32(frames[k, 2 * r + 1, 2 * c + 1]))
+                total += x
+                j = k  # insertion sort: 6 values, sorted as they come
+                while j > 0 and v[j - 1] > x:
+                    v[j] = v[j - 1]
+                    j -= 1
+                v[j] = x
             contrast[r, c] = v[n - 1] - (v[0] + v[1] + v[2]) / 3.0
             dimmest[r, c] = v[0]
-            mean[r, c] = v.sum() / n
+            mean[r, c] = total / n
     return contrast, dimmest, mean
 
 
@@ -162,8 +182,7 @@ class PhysicsScorer:
         """The gated line response (before the per-RoI normalisation), DN of a cell sum."""
         if frames.shape[0] != N_STATES:
             raise ValueError(f"expected {N_STATES} frames, got {frames.shape[0]}")
-        sums = cell_sums(frames)
-        contrast, dimmest, mean = _contrast_gate(sums, *self.gate)
+        contrast, dimmest, mean = _contrast_gate(np.ascontiguousarray(frames))
         background = float(np.median(dimmest))
         signal = np.maximum(mean - background, 1.0)
         ratio = contrast / signal

@@ -22,6 +22,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = TrainSettings(
             network=args.network, loss=args.loss, alpha=args.alpha, width=args.width,
+            features=args.features,
             levels=args.levels, nested=not args.no_nested, epochs=args.epochs,
             steps_per_epoch=args.steps, batch_size=args.batch, scratch_per_batch=args.scratch,
             val_patches=args.val_patches, lr=args.lr, seed=args.seed, patch=args.patch,
@@ -105,15 +106,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="run folder (default: runs/unet)")
     t.add_argument("--samples", nargs="*", default=[], metavar="SAMPLE_DIR",
                    help="recorded samples with masks (default: simulate samples on the fly)")
-    t.add_argument("--network", choices=("unet", "fusion"), default="unet",
+    t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="unet",
                    help="unet: the glass paper's segmentation network (default); fusion: the "
-                        "weak-scratch paper's classifier on 256 x 256 windows")
+                        "weak-scratch paper's classifier on 256 x 256 windows; hybrid: the ring "
+                        "light's physics as fixed layers and a small learned head (model.hybrid;"
+                        " needs --loss bce)")
     t.add_argument("--loss", choices=("autoencoder", "bce"), default="autoencoder",
                    help="U-Net loss: the paper's autoencoder L2 (default) or cross-entropy")
     t.add_argument("--alpha", type=share, default=0.7,
                    help="weight of false positives in the autoencoder loss (default: 0.7)")
     t.add_argument("--width", type=float, default=0.125,
                    help="feature-count multiplier; 1 is the paper's network (default: 0.125)")
+    t.add_argument("--features", type=int, default=16,
+                   help="hybrid network: features of the learned head (default: 16)")
     t.add_argument("--levels", type=int, default=6, choices=(4, 5, 6),
                    help="encoder levels (default: 6, as in the paper)")
     t.add_argument("--no-nested", action="store_true", help="own kernels for every convolution")

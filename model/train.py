@@ -36,6 +36,7 @@ from tqdm import tqdm
 from edge.config import HeadConfig
 from model import data as D
 from model.attention import STRIDE, WINDOW, AttentionFusionNet, FusionSpec, window_origins
+from model.hybrid import HybridNet, HybridSpec
 from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
 from model.metrics import Tally
 from model.unet import GlassUNet, UNetSpec, parameter_count
@@ -53,10 +54,11 @@ class CheckpointError(ValueError):
 
 @dataclass
 class TrainSettings:
-    network: str = "unet"  # "unet" (glass paper) or "fusion" (weak-scratch paper)
-    loss: str = "autoencoder"  # U-Net only: "autoencoder" or "bce"
+    network: str = "unet"  # "unet" (glass paper), "fusion" (weak-scratch paper) or "hybrid"
+    loss: str = "autoencoder"  # U-Net only: "autoencoder" or "bce"; the hybrid learns with bce
     alpha: float = DEFAULT_ALPHA
     width: float = 0.125
+    features: int = 16  # hybrid only: the learned head's feature count (model.hybrid)
     levels: int = 6
     nested: bool = True
     epochs: int = 10
@@ -74,10 +76,13 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.network not in ("unet", "fusion"):
-            problems.append(f"network must be 'unet' or 'fusion', got {self.network!r}")
+        if self.network not in ("unet", "fusion", "hybrid"):
+            problems.append(f"network must be 'unet', 'fusion' or 'hybrid', got "
+                            f"{self.network!r}")
         if self.loss not in ("autoencoder", "bce"):
             problems.append(f"loss must be 'autoencoder' or 'bce', got {self.loss!r}")
+        elif self.network == "hybrid" and self.loss != "bce":
+            problems.append("the hybrid network learns with cross-entropy: use loss 'bce'")
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_patches", "window_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -95,6 +100,8 @@ class TrainSettings:
     def spec(self):
         if self.network == "fusion":
             return FusionSpec(width=self.width)
+        if self.network == "hybrid":
+            return HybridSpec(features=self.features)
         return UNetSpec(width=self.width, levels=self.levels, nested=self.nested,
                         activation="tanh" if self.loss == "autoencoder" else "sigmoid",
                         input_compression=self.input_compression)
@@ -105,6 +112,8 @@ def build_network(network: str, spec: dict) -> torch.nn.Module:
         return GlassUNet(UNetSpec(**spec))
     if network == "fusion":
         return AttentionFusionNet(FusionSpec(**spec))
+    if network == "hybrid":
+        return HybridNet(HybridSpec(**spec))
     raise CheckpointError(f"unknown network {network!r}")
 
 
