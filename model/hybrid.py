@@ -13,7 +13,8 @@ its tiling, TensorRT and the ONNX files' interface are the U-Net's, unchanged.
 Fixed layers (no weights to learn), per half-resolution pixel, on the sum of each 2 x 2 Bayer
 cell per state ``s_k`` (in DN of a cell sum):
 
-* ``contrast`` = brightest state minus the mean of the three dimmest (``TopK`` over the 6);
+* ``contrast`` = brightest state minus the mean of the three dimmest (a sorting network
+  of elementwise Min and Max over the 6);
 * ``background``: the haze and dark level around the pixel, the smallest 4 x 4 mean of the
   dimmest state within 36 x 36 pixels (the means on a 4 x 4 grid, a separable 9 x 9 min filter
   on it, back up by repetition: follows vignetting and the haze, not a dust speck or a
@@ -114,25 +115,45 @@ def _compress(dn: torch.Tensor) -> torch.Tensor:
     return torch.log1p(dn.clamp_min(0.0) * (1.0 / COMPRESS_DN)) * (1.0 / COMPRESS_NORM)
 
 
+# Knuth's sorting network for 6 values: 12 compare-exchanges, ascending. Elementwise Min and Max
+# cost a fifth of what ONNX Runtime's TopK over the channel axis does (benchmarks/network_cost.py).
+SORT6 = ((1, 2), (4, 5), (0, 2), (3, 5), (0, 1), (3, 4), (1, 4), (0, 3), (2, 5), (1, 3), (2, 4),
+         (2, 3))
+
+
+def sort_states(states: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Six ``N x 1 x H x W`` maps -> the same six, sorted per pixel (ascending)."""
+    v = list(states)
+    for i, j in SORT6:
+        v[i], v[j] = torch.minimum(v[i], v[j]), torch.maximum(v[i], v[j])
+    return v
+
+
+def repeat2d(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Nearest upsampling by ``k`` as expand + reshape (ONNX Runtime's Resize is slower)."""
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, k, w, k).reshape(n, c, h * k, w * k)
+
+
 class PhysicsLayers(nn.Module):
     """The fixed part: ``N x 24 x H x W`` -> ``N x 8 x H/2 x W/2`` (module docstring)."""
 
     def __init__(self, spec: HybridSpec):
         super().__init__()
         self.register_buffer("lines", line_kernels(spec.line_px, spec.orientations))
+        # not persistent: fixed maths, not state (a checkpoint holds what was learned)
+        self.register_buffer("cells", torch.full((N_STATES, 4, 1, 1), DN), persistent=False)
         self.pad = spec.line_px // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        s = x.reshape(n, N_STATES, 4, h, w).sum(dim=2) * DN  # N x 6 x H x W, DN of a cell sum
-        top = torch.topk(s, 3, dim=1).values
-        total = s.sum(dim=1, keepdim=True)
-        brightest = top[:, :1]
-        contrast = (brightest - (total - top.sum(dim=1, keepdim=True)) * (1.0 / 3.0)).clamp_min(0)
-        dimmest = s.amin(dim=1, keepdim=True)
+        s = F.conv2d(x, self.cells, groups=N_STATES)  # N x 6 x H x W, DN of a cell sum
+        v = sort_states(list(torch.split(s, 1, dim=1)))
+        total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5]
+        brightest, dimmest = v[5], v[0]
+        contrast = (brightest - (v[0] + v[1] + v[2]) * (1.0 / 3.0)).clamp_min(0.0)
         local = -F.avg_pool2d(dimmest, 4)  # negated: a min filter is a max-pool of -x
         local = F.max_pool2d(F.max_pool2d(local, (9, 1), 1, (4, 0)), (1, 9), 1, (0, 4))
-        background = -F.interpolate(local, scale_factor=4.0, mode="nearest")
+        background = -repeat2d(local, 4)
         signal = (total * (1.0 / N_STATES) - background).clamp_min(0.0)
         gate = (contrast / (signal + 4.0) - 1.0).clamp(0.0, 1.0)
         gated = contrast * gate
@@ -167,10 +188,11 @@ class HybridNet(nn.Module):
         for conv in self.context:
             h = F.elu(conv(h) + h)
         quarter = self.out(h)
-        return [F.interpolate(quarter, scale_factor=2.0, mode="nearest"), quarter]
+        return [repeat2d(quarter, 2), quarter]
 
     def activate(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(z)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.sigmoid(z) for z in self.logits(x)]
+        quarter = torch.sigmoid(self.logits(x)[1])  # before upsampling: a quarter of the work
+        return [repeat2d(quarter, 2), quarter]
