@@ -109,10 +109,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="unet",
                    help="unet: the glass paper's segmentation network (default); fusion: the "
                         "weak-scratch paper's classifier on 256 x 256 windows; hybrid: the ring "
-                        "light's physics as fixed layers and a small learned head (model.hybrid;"
-                        " needs --loss bce)")
+                        "light's physics as fixed layers and a small learned head (model.hybrid)")
     t.add_argument("--loss", choices=("autoencoder", "bce"), default="autoencoder",
-                   help="U-Net loss: the paper's autoencoder L2 (default) or cross-entropy")
+                   help="U-Net and hybrid loss: the paper's autoencoder L2 (default) or "
+                        "cross-entropy")
     t.add_argument("--alpha", type=share, default=0.7,
                    help="weight of false positives in the autoencoder loss (default: 0.7)")
     t.add_argument("--width", type=float, default=0.125,

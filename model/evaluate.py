@@ -282,15 +282,17 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
 
 def best_setting(rows: list[dict], max_sample_fp: float = 0.05) -> dict:
     """The setting with the fewest missed samples among those within ``max_sample_fp`` sample
-    false alarms (then fewer image false alarms, then higher scratch recall); when none is
-    within it, the one with the fewest sample false alarms (then misses)."""
+    false alarms (then fewer image false alarms, fewer image misses, higher scratch recall,
+    higher scratch precision); when none is within it, the one with the fewest sample false
+    alarms (then misses)."""
     def rate(r, k):
         return r[k] if r[k] is not None else 0.0
 
     ok = [r for r in rows if rate(r, "sample_fp_rate") <= max_sample_fp]
     if ok:
         return min(ok, key=lambda r: (rate(r, "sample_fn_rate"), rate(r, "image_fp_rate"),
-                                      -rate(r, "scratch_recall")))
+                                      rate(r, "image_fn_rate"), -rate(r, "scratch_recall"),
+                                      -rate(r, "scratch_precision")))
     return min(rows, key=lambda r: (rate(r, "sample_fp_rate"), rate(r, "sample_fn_rate")))
 
 

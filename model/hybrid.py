@@ -41,7 +41,9 @@ quarter-resolution logit, so the cross-entropy loss sees both scales as it does 
 
 Choices: quarter resolution for the head and the line filter, since the runtime clusters on a grid
 2-8 times coarser still and a 1-3 px scratch survives a 2 x 2 max-pool; ``features`` 16 (the
-cost and quality curve is in the model card); sigmoid output, cross-entropy loss.
+cost and quality curve is in the model card); sigmoid output and cross-entropy for the shipped
+network; ``activation = "tanh"`` trains the same network with the glass paper's autoencoder loss,
+for the comparison the model card reports.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class HybridSpec:
     line_px: int = 9  # at quarter resolution: 9 cells, about 0.4 mm
     orientations: int = 12
     in_channels: int = IN_CHANNELS
-    activation: str = "sigmoid"
+    activation: str = "sigmoid"  # "sigmoid" (cross-entropy, shipped) or "tanh" (autoencoder)
 
     def __post_init__(self) -> None:
         if not 4 <= self.features <= 128:
@@ -99,9 +101,9 @@ class HybridSpec:
         if self.in_channels != IN_CHANNELS:
             raise ValueError(f"the hybrid network takes {IN_CHANNELS} channels (6 states x 4 "
                              f"Bayer sites), got {self.in_channels}")
-        if self.activation != "sigmoid":
-            raise ValueError("the hybrid network learns with cross-entropy: activation must be "
-                             f"'sigmoid', got {self.activation!r}")
+        if self.activation not in ("sigmoid", "tanh"):
+            raise ValueError(f"activation must be 'sigmoid' (cross-entropy) or 'tanh' (the "
+                             f"autoencoder loss), got {self.activation!r}")
 
     @property
     def divisor(self) -> int:
@@ -167,8 +169,8 @@ class PhysicsLayers(nn.Module):
 
 
 class HybridNet(nn.Module):
-    """``forward(x)`` returns ``[scores]`` (half resolution, as the U-Net's finest map) and the
-    quarter-resolution map; ``logits(x)`` the same before the sigmoid."""
+    """``forward(x)`` returns the scores at half resolution (as the U-Net's finest map) and at
+    quarter resolution; ``logits(x)`` the same before the output activation."""
 
     def __init__(self, spec: HybridSpec | None = None):
         super().__init__()
@@ -191,8 +193,8 @@ class HybridNet(nn.Module):
         return [repeat2d(quarter, 2), quarter]
 
     def activate(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(z)
+        return torch.tanh(z) if self.spec.activation == "tanh" else torch.sigmoid(z)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        quarter = torch.sigmoid(self.logits(x)[1])  # before upsampling: a quarter of the work
+        quarter = self.activate(self.logits(x)[1])  # before upsampling: a quarter of the work
         return [repeat2d(quarter, 2), quarter]

@@ -55,7 +55,7 @@ class CheckpointError(ValueError):
 @dataclass
 class TrainSettings:
     network: str = "unet"  # "unet" (glass paper), "fusion" (weak-scratch paper) or "hybrid"
-    loss: str = "autoencoder"  # U-Net only: "autoencoder" or "bce"; the hybrid learns with bce
+    loss: str = "autoencoder"  # U-Net and hybrid: "autoencoder" or "bce"
     alpha: float = DEFAULT_ALPHA
     width: float = 0.125
     features: int = 16  # hybrid only: the learned head's feature count (model.hybrid)
@@ -81,8 +81,6 @@ class TrainSettings:
                             f"{self.network!r}")
         if self.loss not in ("autoencoder", "bce"):
             problems.append(f"loss must be 'autoencoder' or 'bce', got {self.loss!r}")
-        elif self.network == "hybrid" and self.loss != "bce":
-            problems.append("the hybrid network learns with cross-entropy: use loss 'bce'")
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_patches", "window_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -101,7 +99,8 @@ class TrainSettings:
         if self.network == "fusion":
             return FusionSpec(width=self.width)
         if self.network == "hybrid":
-            return HybridSpec(features=self.features)
+            return HybridSpec(features=self.features,
+                              activation="tanh" if self.loss == "autoencoder" else "sigmoid")
         return UNetSpec(width=self.width, levels=self.levels, nested=self.nested,
                         activation="tanh" if self.loss == "autoencoder" else "sigmoid",
                         input_compression=self.input_compression)

@@ -109,3 +109,24 @@ def test_scores_are_cached_so_a_second_evaluation_renders_nothing(tmp_path, monk
     own = evaluate(models, cfg, n_samples=2, seed=3, scratch_share=0.5, progress=False,
                    cache=tmp_path / "c", settings={"alarm": {"t_low": 0.5, "t_high": 0.9}})
     assert own["alarm"]["post_processing"]["t_low"] == 0.5
+
+
+def _row(**kw):
+    base = dict(sample_fn_rate=0.0, sample_fp_rate=0.0, image_fn_rate=0.0, image_fp_rate=0.0,
+                scratch_recall=0.5, scratch_precision=0.5)
+    return {**base, **kw}
+
+
+def test_the_best_setting_misses_least_within_the_false_alarm_limit_then_breaks_ties():
+    from model.evaluate import best_setting
+
+    rows = [_row(name="alarms", sample_fn_rate=0.0, sample_fp_rate=0.2),
+            _row(name="misses", sample_fn_rate=0.1),
+            _row(name="coarse", image_fn_rate=0.05, scratch_recall=0.9),
+            _row(name="fine", scratch_precision=0.9),
+            _row(name="finer", scratch_precision=1.0)]
+    assert best_setting(rows)["name"] == "finer"  # image FN, then recall, then precision
+    assert best_setting(rows[:2])["name"] == "misses"  # FP 20 % is over the 5 % limit
+    over = [_row(name="a", sample_fp_rate=0.3), _row(name="b", sample_fp_rate=0.2,
+                                                     sample_fn_rate=0.5)]
+    assert best_setting(over)["name"] == "b"  # none within: fewest false alarms

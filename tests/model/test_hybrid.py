@@ -91,15 +91,19 @@ def test_outputs_are_half_and_quarter_resolution_scores():
 
 
 @pytest.mark.parametrize("bad", [dict(features=2), dict(line_px=8), dict(orientations=2),
-                                 dict(in_channels=12), dict(activation="tanh")])
+                                 dict(in_channels=12), dict(activation="relu")])
 def test_bad_specs_are_refused(bad):
     with pytest.raises(ValueError):
         HybridSpec(**bad)
 
 
-def test_the_hybrid_learns_with_cross_entropy_only():
-    with pytest.raises(ValueError, match="cross-entropy"):
-        TrainSettings(network="hybrid", loss="autoencoder")
+def test_the_loss_chooses_the_output_activation():
+    assert TrainSettings(network="hybrid", loss="bce").spec().activation == "sigmoid"
+    assert TrainSettings(network="hybrid", loss="autoencoder").spec().activation == "tanh"
+    net = HybridNet(HybridSpec(features=8, activation="tanh"))
+    with torch.no_grad():
+        full, _ = net(torch.rand(1, 24, 32, 32) * 0.05)
+    assert float(full.min()) >= -1.0 and float(full.max()) <= 1.0
 
 
 def test_a_hybrid_run_trains_checkpoints_and_exports(cfg, tmp_path):
