@@ -15,6 +15,13 @@ for FP16): Orin Nano 8 GB 40 TOPS -> 10 TFLOPS (5 T multiply-adds/s); Orin NX 16
 -> about 14.7 TFLOPS. Efficiency 25 %: a narrow network (tens of channels) keeps the tensor
 cores far from full, and its activations are memory-bound. An estimate, not a measurement.
 
+A network of few channels and many elementwise operations (the hybrid: its fixed physics
+layers) is bound by memory traffic rather than multiply-adds, so a second estimate bounds it by
+bytes: every tensor the graph produces, written once and read once at FP16 (2 + 2 bytes per
+element, per tile), over the module's published memory bandwidth (Orin Nano 8 GB 68 GB/s,
+Orin NX 16 GB 102.4 GB/s) at 60 % efficiency. The larger of the two estimates is the one to
+believe (``*_fp16_ms_est``).
+
     python benchmarks/network_cost.py [MODEL.onnx ...] [--threads 2] [--repeat 3]
 """
 
@@ -29,29 +36,42 @@ import numpy as np
 
 FP16_MACS_PER_S = {"orin_nano_8gb": 5.0e12, "orin_nx_16gb": 7.35e12}
 EFFICIENCY = 0.25
+MEMORY_BYTES_PER_S = {"orin_nano_8gb": 68e9, "orin_nx_16gb": 102.4e9}
+MEMORY_EFFICIENCY = 0.6
 
 
-def conv_macs(model_path: str | Path, tile: int) -> tuple[int, int]:
+def conv_macs(model_path: str | Path, tile: int) -> tuple[int, int, int]:
     """Multiply-adds of one ``24 x tile x tile`` tile through the network's Conv and
-    ConvTranspose nodes, and its parameter count."""
+    ConvTranspose nodes, its parameter count, and the elements of every tensor its nodes
+    produce (the activation traffic)."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    import onnxruntime as ort
+    from onnx import numpy_helper
 
     model = onnx.load(str(model_path))
-    inp = model.graph.input[0]
-    dims = inp.type.tensor_type.shape.dim
-    for d, v in zip(dims, (1, 24, tile, tile), strict=True):
-        d.ClearField("dim_param")
-        d.dim_value = v
-    inferred = shape_inference.infer_shapes(model)
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(
-            inferred.graph.input):
-        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    # every tensor's shape as ONNX Runtime computes it on one tile: static shape inference
+    # loses the sizes behind a computed Reshape (the hybrid's upsampling)
+    probe = onnx.load(str(model_path))
+    known = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for o in node.output:
+            if o and o not in known:
+                probe.graph.output.append(onnx.ValueInfoProto(name=o))
+                known.add(o)
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 3  # the probe's extra outputs block fusions; ORT warns of each
+    session = ort.InferenceSession(probe.SerializeToString(), quiet,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    x = np.zeros((1, 24, tile, tile), np.float32)
+    shapes = {n: list(np.shape(v)) for n, v in zip(names, session.run(names, {"frames": x}),
+                                                    strict=True)}
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     params = int(sum(w.size for w in weights.values()))
     macs = 0
-    for node in inferred.graph.node:
+    elements = sum(int(np.prod(shapes[o])) for node in model.graph.node for o in node.output
+                   if o in shapes)
+    for node in model.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose"):
             continue
         w = weights.get(node.input[1])
@@ -69,7 +89,7 @@ def conv_macs(model_path: str | Path, tile: int) -> tuple[int, int]:
                 raise ValueError(f"no shape for {node.input[0]}: shape inference failed")
             # each input element feeds C_out/groups x kH x kW outputs
             macs += int(np.prod(src)) * int(np.prod(w.shape[1:]))
-    return macs, params
+    return macs, params, elements
 
 
 def main() -> None:
@@ -109,8 +129,9 @@ def main() -> None:
            "tile": p.tile_size, "threads": args.threads,
            "anchor_physics_ms_per_roi": round(anchor_physics * 1000, 1), "networks": []}
     for path in models:
-        macs, params = conv_macs(path, p.tile_size)
+        macs, params, elements = conv_macs(path, p.tile_size)
         per_roi = macs * grid.count
+        traffic = elements * grid.count * 4  # FP16, written once and read once
         with open_engine(path, "onnxruntime", args.threads, max(cfg.engine.batch_sizes)) as e:
             stages: dict[str, float] = {}
 
@@ -122,15 +143,21 @@ def main() -> None:
         entry = {
             "model": Path(path).name, "params": params,
             "gmacs_per_roi": round(per_roi / 1e9, 2),
+            "activation_gb_per_roi": round(traffic / 1e9, 2),
             "cpu_ms_per_roi": round(total * 1000, 1),
             "stage_ms": {k: round(v * 1000, 1) for k, v in stages.items()},
             "ratio_to_physics": round(total / anchor_physics, 2),
             "ratio_to_prepare": round(total / max(stages.get("prepare", 1e-9), 1e-9), 1),
         }
         for name, rate in FP16_MACS_PER_S.items():
-            entry[f"{name}_fp16_ms_est"] = round(per_roi / (rate * EFFICIENCY) * 1000, 1)
+            compute = per_roi / (rate * EFFICIENCY)
+            memory = traffic / (MEMORY_BYTES_PER_S[name] * MEMORY_EFFICIENCY)
+            entry[f"{name}_fp16_compute_ms_est"] = round(compute * 1000, 1)
+            entry[f"{name}_fp16_memory_ms_est"] = round(memory * 1000, 1)
+            entry[f"{name}_fp16_ms_est"] = round(max(compute, memory) * 1000, 1)
         out["networks"].append(entry)
     out["efficiency_assumed"] = EFFICIENCY
+    out["memory_efficiency_assumed"] = MEMORY_EFFICIENCY
     print(json.dumps(out))
 
 
