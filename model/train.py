@@ -183,8 +183,8 @@ class Trainer:
 
             from model.heldout import render_identity
 
-            what = (render_identity(self.cfg) if not self.s.samples
-                    else "\n".join(sorted(self.s.samples)))
+            what = (f"{render_identity(self.cfg)}/sampling-{D.SAMPLING_VERSION}"
+                    if not self.s.samples else "\n".join(sorted(self.s.samples)))
             ident = hashlib.sha256(what.encode()).hexdigest()[:12]
             train = D.CachedWindows(train, self.s.window_cache, self.s.window_pool, ident)
         return train, val

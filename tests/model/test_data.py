@@ -101,3 +101,16 @@ def test_cached_windows_render_each_window_once_and_cycle_over_the_pool(tmp_path
     (tmp_path / "glass-head-5-64-1.npz").write_bytes(b"torn")  # a damaged file: made again
     assert again.window(1, False).frames[0, 0, 0] == 1 and again.rendered == 1
     assert not list(tmp_path.glob("*.part.npz"))
+
+
+def test_glass_windows_draw_the_contaminant_kind_first():
+    from types import SimpleNamespace
+
+    from model.data import pick_object
+
+    objects = ([SimpleNamespace(kind="dust")] * 25 + [SimpleNamespace(kind="stain")] * 2
+               + [SimpleNamespace(kind="fibre")])
+    rng = np.random.default_rng(0)
+    kinds = [pick_object(objects, rng).kind for _ in range(3000)]
+    for kind in ("dust", "stain", "fibre"):  # a third each, not 25 : 2 : 1
+        assert abs(kinds.count(kind) / 3000 - 1 / 3) < 0.04, kind
