@@ -215,12 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from calibration.cli import add_commands as calibration_commands
+    from edge.classify_cli import add_commands as classify_commands
     from edge.sim.cli import add_commands as sim_commands
     from export.cli import add_commands as export_commands
     from firmware_bridge.cli import add_commands as bridge_commands
     from model.cli import add_commands as model_commands
 
     add_commands(sub)
+    classify_commands(sub)
     calibration_commands(sub)
     sim_commands(sub)
     model_commands(sub)

@@ -47,7 +47,15 @@ def reason_of(exc: BaseException) -> str:
 def load_engine(cfg: HeadConfig, artifact: str | Path | None = None) -> Engine:
     path = Path(artifact) if artifact else cfg.resolve(cfg.engine.artifact)
     e = cfg.engine
-    return open_engine(path, e.backend, e.threads, max(e.batch_sizes), e.model_sha256)
+    engine = open_engine(path, e.backend, e.threads, max(e.batch_sizes), e.model_sha256)
+    # the head feeds the 24-channel space-to-depth stack and reads a score map: a single-frame
+    # window classifier (glass-inspect classify's kind) is refused here, not at the first batch
+    if engine.input.shape[1] != 24 or len(engine.output.shape) != 4:
+        engine.close()
+        raise EngineError(f"{path.name} takes {engine.input.describe()} and gives "
+                          f"{engine.output.describe()}; the head's network takes N x 24 x H x W "
+                          "frames and gives N x 1 x H x W scores")
+    return engine
 
 
 def load_calibration(cfg: HeadConfig, path: str | Path | None = None,

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WINDOW = 256
-STRIDE = 128
+# the sliding window lives with the runtime that classifies whole images (edge.classify), so
+# training and inference cut the same windows; re-exported here for model.train
+from edge.classify import STRIDE, WINDOW, window_origins  # noqa: F401
+
 ATROUS_RATES = (1, 3, 5)
 
 
@@ -149,13 +151,3 @@ class AttentionFusionNet(nn.Module):
         x = torch.cat([x, brightness_adjust(x)], dim=1)
         x = self.channel_attention(self.body(self.stem(x)))
         return self.fc(x.mean(dim=(2, 3)))[:, 0]
-
-
-def window_origins(size: int, window: int = WINDOW, stride: int = STRIDE) -> list[int]:
-    """Window starts along one side: every ``stride``, the last one flush with the edge."""
-    if size < window:
-        raise ValueError(f"a side of {size} px is smaller than the {window} px window")
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] != size - window:
-        starts.append(size - window)
-    return starts

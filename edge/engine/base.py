@@ -1,7 +1,10 @@
 """The engine interface the pipeline talks to, and the choice of engine by artifact.
 
 An engine takes a batch ``N x 24 x H x W`` (the corrected space-to-depth tiles) and returns the
-scratch scores ``N x 1 x H x W`` float32. The returned array may be a buffer the engine reuses:
+scratch scores ``N x 1 x H x W`` float32; a window classifier (the attention fusion network of
+:mod:`edge.classify`, ``N x 1 x 256 x 256`` single frames) returns one logit per window, ``N``.
+The input's channel count is the model's own where it fixes one. The returned array may be a
+buffer the engine reuses:
 it is valid until the next call, so a caller keeps what it needs by copying (the pipeline
 stitches it straight into the map).
 """
@@ -53,7 +56,7 @@ class Engine(ABC):
 
     @abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one checked batch; returns ``N x 1 x H x W`` float32."""
+        """Run one checked batch; returns ``N x 1 x H x W`` (or ``N`` logits) float32."""
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing
         """Free what the engine holds; it cannot be used afterwards."""

@@ -52,15 +52,21 @@ class OnnxRuntimeEngine(Engine):
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise EngineError(f"{self.path.name} has {len(inputs)} inputs; a scratch network "
-                              "has one (the 24-channel frames)")
+                              "has one (the frames)")
         self.input = _spec(inputs[0])
         named = [o for o in outputs if o.name == SCORES]
         self.output = _spec(named[0] if named else outputs[0])
-        if len(self.input.shape) != 4 or self.input.shape[1] not in (None, 24):
+        if len(self.input.shape) != 4:
             raise EngineError(f"{self.path.name} takes {self.input.describe()}; expected "
-                              "N x 24 x H x W")
+                              "N x C x H x W")
+        if len(self.output.shape) not in (1, 4):
+            raise EngineError(f"{self.path.name} outputs {self.output.describe()}; expected "
+                              "N x 1 x H x W scores or N logits")
+        # a model with a fixed channel count (the single-frame classifier's 1) keeps it; a
+        # dynamic one is fed the pipeline's 24-channel space-to-depth stack
+        channels = self.input.shape[1] or 24
         self.input = TensorSpec(self.input.name, self.input.dtype,
-                                (None, 24) + self.input.shape[2:])
+                                (None, channels) + self.input.shape[2:])
         self.max_batch = max_batch
         self.threads = threads
         self._binding = self.session.io_binding()
@@ -76,7 +82,7 @@ class OnnxRuntimeEngine(Engine):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         n, _, h, w = batch.shape
-        shape = (n, 1, h, w)
+        shape = (n,) if len(self.output.shape) == 1 else (n, 1, h, w)
         out = self._out.get(shape)
         if out is None:
             out = self._out[shape] = np.empty(shape, self.output.dtype)

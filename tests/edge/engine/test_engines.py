@@ -134,3 +134,22 @@ def test_tensorrt_engine_runs_where_tensorrt_exists(tmp_path):
     x = np.random.default_rng(0).random((2, 24, 64, 64), dtype=np.float32) * 0.2
     with open_engine(r.path) as trt_engine, open_engine(SHIPPED_MODEL) as ort_engine:
         assert np.max(np.abs(trt_engine.infer(x) - ort_engine.infer(x))) < 1e-3
+
+
+def test_the_head_refuses_a_single_frame_classifier_in_words(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edge import config
+    from edge.inspection import load_engine
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["frames"], ["logit"], axes=[1, 2, 3], keepdims=0)],
+        "classifier",
+        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["N", 1, 256, 256])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"])])
+    path = tmp_path / "windows.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    with pytest.raises(EngineError, match="the head's network takes N x 24 x H x W"):
+        load_engine(config.load(), path)

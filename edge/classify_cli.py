@@ -1,0 +1,140 @@
+"""The ``classify`` subcommand, for ``glass-inspect`` to register: single dark-field images through
+the weak-scratch paper's window classifier. The work is :mod:`edge.classify`'s; this parses,
+shows progress and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from edge.classify import (
+    DEFAULT_BATCH,
+    DEFAULT_MODEL,
+    DEFAULT_THRESHOLD,
+    STRIDE,
+    WINDOW,
+    Classifier,
+    ModelError,
+    classify_inputs,
+    collect_inputs,
+    write_json,
+)
+from edge.cli_common import UsageError, share
+from edge.engine.base import EngineError
+from edge.verdict import Status
+
+
+def mm_scale(text: str) -> tuple[float, float]:
+    """``S`` (square pixels) or ``SX,SY`` in mm per px."""
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(0.0 < v < float("inf") for v in parts):
+        raise argparse.ArgumentTypeError(f"expected mm per px as S or SX,SY (positive numbers, "
+                                         f"e.g. 0.0114), got {text!r}")
+    return parts[0], parts[1]
+
+
+def _int_in(lo: int, hi: int | None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if v < lo or (hi is not None and v > hi):
+            span = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}, got {text!r}")
+        return v
+
+    return parse
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        classifier = Classifier.open(args.model, threshold=args.threshold, batch=args.batch,
+                                     threads=args.threads)
+    except (ModelError, EngineError) as exc:
+        raise UsageError(str(exc)) from None
+    items = collect_inputs(args.images)
+    results = []
+    with classifier, logging_redirect_tqdm():
+        bar = tqdm(total=len(items), unit="image", dynamic_ncols=True,
+                   disable=args.quiet or None, leave=False)
+        try:
+            for r in classify_inputs(items, classifier, bit_depth=args.bit_depth,
+                                     bayer=args.bayer, mm_per_px=args.mm_per_px,
+                                     overlay_dir=args.overlay):
+                results.append(r)
+                bar.write(r.summary())
+                for line in r.region_lines():
+                    bar.write(line)
+                bar.update(1)
+        finally:
+            bar.close()
+    counts = {s: sum(r.verdict is s for r in results) for s in Status}
+    print(f"{len(results)} image{'s' * (len(results) != 1)}: "
+          + ", ".join(f"{n} {s.value}" for s, n in counts.items()))
+    if args.overlay:
+        print(f"overlays: {args.overlay}")
+    if args.json:
+        print(f"results: {write_json(args.json, results, classifier, args.mm_per_px)}")
+    return 1 if counts[Status.ERROR] else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "classify", help="classify single dark-field images window by window (weak-scratch "
+                         "paper): PASS / FAIL, scratch regions, overlays",
+        description=f"Run the weak-scratch paper's attention fusion classifier over single "
+                    f"dark-field images: {WINDOW} x {WINDOW} px windows every {STRIDE} px (the "
+                    f"last one flush with the edge), one probability each. A window is positive "
+                    f"when its probability reaches --threshold; positive windows that overlap or "
+                    f"share an edge merge into one region, outlined by its contour. Verdict per "
+                    f"image: FAIL when any region remains, else PASS; ERROR for an image that "
+                    f"cannot be classified (unreadable, wrong bit depth, smaller than "
+                    f"{WINDOW} px on a side), which is reported and the rest go on. Images: "
+                    f"TIFF (8, 12 or 16 bit), PNG, BMP; grey, RGB (converted to grey) or a Bayer "
+                    f"RAW mosaic (--bayer). Exit status 1 when any image is ERROR, 2 when the "
+                    f"model cannot be used.",
+        epilog="Example: glass-inspect classify shots/ --bit-depth 12 --bayer --mm-per-px "
+               "0.0114 --overlay out/overlay --json out/classify.json")
+    c.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, or folders (their .tif/.tiff/.png/.bmp files, sorted, "
+                        "not recursive)")
+    c.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
+                   help=f"the classifier: an ONNX file (input N x 1 x {WINDOW} x {WINDOW}, one "
+                        f"logit per window) or 'shipped:NAME' in edge/models (default: "
+                        f"{DEFAULT_MODEL})")
+    c.add_argument("--overlay", metavar="DIR",
+                   help="write DIR/NAME.png per image: the image stretched, positive windows "
+                        "tinted red, region contours, the verdict")
+    c.add_argument("--json", metavar="FILE",
+                   help="also write the results as JSON: per image its verdict, windows, "
+                        "positive windows, regions (boxes in px and mm, contours) and time, "
+                        "or its error")
+    c.add_argument("--threshold", type=share, default=DEFAULT_THRESHOLD, metavar="P",
+                   help=f"probability from which a window is positive (default "
+                        f"{DEFAULT_THRESHOLD})")
+    c.add_argument("--bayer", action="store_true",
+                   help="the images are Bayer RAW mosaics: classify the raw sensor values as "
+                        "one channel (no demosaicing); a multi-channel file is an error")
+    c.add_argument("--bit-depth", type=_int_in(1, 16), metavar="BITS",
+                   help="bits of the data (default: the file's, 8 or 16): 12-bit camera data "
+                        "stored in 16-bit words needs --bit-depth 12 (files with fewer bits, "
+                        "such as 8-bit ones, keep theirs); pixels are divided by 2**BITS - 1, "
+                        "and a larger value is an error")
+    c.add_argument("--mm-per-px", type=mm_scale, metavar="S[,SY]",
+                   help="scale of the image in mm per px (one value, or x,y): region boxes are "
+                        "also given in mm")
+    c.add_argument("--batch", type=_int_in(1, None), default=DEFAULT_BATCH, metavar="N",
+                   help=f"windows per inference batch (default {DEFAULT_BATCH})")
+    c.add_argument("--threads", type=_int_in(0, None), default=0, metavar="N",
+                   help="ONNX Runtime threads (default 0: all cores)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_classify)

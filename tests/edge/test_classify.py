@@ -1,0 +1,398 @@
+"""``edge.classify`` and ``glass-inspect classify``: windows, regions, reading, errors, the CLI.
+
+The network tests run a real exported attention fusion network whose weights are set so that its
+logit follows the window's brightness: the stem passes the raw frame through (centre tap 1),
+every residual branch, scale-attention fusion and attention weight is zero (so each module is
+the identity or a stride-2 subsampling), and the final layer is ``40 * mean - 6``. A window that
+holds a whole bright 128 x 128 cell (mean >= 0.25 on the network's sampling lattice) is
+positive with p >= 0.98; a dark window, or one that only touches a bright cell, is negative
+(p <= 0.06).
+"""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from edge.classify import (
+    STRIDE,
+    WINDOW,
+    Classifier,
+    ClassifyError,
+    ModelError,
+    Region,
+    classify_paths,
+    merge_windows,
+    read_image,
+    resolve_model,
+    window_origins,
+)
+from edge.cli import main
+from edge.verdict import Status
+from tests.conftest import SHIPPED_MODEL
+
+CELL = 128
+
+
+# -- windows ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [256, 257, 300, 383, 384, 512, 600, 1000, 3120, 3504])
+def test_window_grid_covers_every_pixel_with_stride_128_and_a_flush_last_window(size):
+    starts = window_origins(size)
+    assert starts[0] == 0 and starts[-1] == size - WINDOW
+    steps = np.diff(starts)
+    assert np.all(steps[:-1] == STRIDE) and np.all((steps > 0) & (steps <= STRIDE))
+    covered = np.zeros(size, bool)
+    for s in starts:
+        covered[s:s + WINDOW] = True
+    assert covered.all()
+
+
+def test_window_grid_examples_and_too_small():
+    assert window_origins(512) == [0, 128, 256]
+    assert window_origins(600) == [0, 128, 256, 344]
+    with pytest.raises(ValueError, match="smaller than the 256 px window"):
+        window_origins(255)
+
+
+# -- regions ------------------------------------------------------------------------------------
+def _grid(ys, xs, positive_at, p=0.9):
+    positive = np.zeros((len(ys), len(xs)), bool)
+    prob = np.full(positive.shape, 0.1)
+    for r, c in positive_at:
+        positive[r, c] = True
+        prob[r, c] = p
+    return positive, prob
+
+
+def test_overlapping_windows_merge_and_distant_ones_stay_apart():
+    ys, xs = window_origins(768), window_origins(1280)  # 5 x 9 windows
+    positive, prob = _grid(ys, xs, [(0, 0), (0, 1), (1, 1), (4, 8)])
+    prob[1, 1] = 0.97
+    a, b = merge_windows(positive, prob, ys, xs)
+    assert (a.windows, b.windows) == (3, 1)
+    assert a.box_px == (0, 0, 384, 384) and a.max_probability == pytest.approx(0.97)
+    assert a.contour_px == ((0, 0), (384, 0), (384, 384), (128, 384), (128, 256), (0, 256))
+    assert b.box_px == (1024, 512, 1280, 768)
+    assert b.contour_px == ((1024, 512), (1280, 512), (1280, 768), (1024, 768))
+    assert a.holes_px == b.holes_px == ()
+
+
+def test_windows_sharing_an_edge_merge_and_a_corner_alone_does_not():
+    ys, xs = window_origins(768), window_origins(768)
+    edge, prob = _grid(ys, xs, [(0, 0), (0, 2)])  # x 0-256 and 256-512
+    (one,) = merge_windows(edge, prob, ys, xs)
+    assert one.box_px == (0, 0, 512, 256) and one.windows == 2
+    corner, prob = _grid(ys, xs, [(0, 0), (2, 2)])  # meet at (256, 256) only
+    first, second = merge_windows(corner, prob, ys, xs)
+    assert first.box_px == (0, 0, 256, 256) and second.box_px == (256, 256, 512, 512)
+
+
+def test_a_ring_of_positive_windows_has_a_hole_and_flush_windows_keep_their_edges():
+    ys, xs = window_origins(1024), window_origins(1024)
+    ring = [(r, c) for r in (0, 4) for c in range(0, 5, 2)] + [(2, 0), (2, 4)]
+    positive, prob = _grid(ys, xs, ring)
+    (g,) = merge_windows(positive, prob, ys, xs)
+    assert g.box_px == (0, 0, 768, 768) and g.windows == 8
+    assert g.holes_px == (((256, 256), (256, 512), (512, 512), (512, 256)),)
+    ys, xs = window_origins(300), window_origins(600)  # [0, 44] x [0, 128, 256, 344]
+    positive, prob = _grid(ys, xs, [(1, 3)])
+    (g,) = merge_windows(positive, prob, ys, xs)
+    assert g.box_px == (344, 44, 600, 300)
+
+
+def test_boxes_in_mm():
+    g = Region(2, 0.8, (128, 256, 512, 768), ((128, 256),))
+    assert g.box_mm(None) is None
+    assert g.box_mm((0.01, 0.02)) == pytest.approx((1.28, 5.12, 5.12, 15.36))
+    d = g.to_dict((0.01, 0.02))
+    assert d["box_px"] == [128, 256, 512, 768] and d["box_mm"] == [1.28, 5.12, 5.12, 15.36]
+
+
+# -- reading ------------------------------------------------------------------------------------
+def _pattern(dtype, top: int, shape=(260, 300)) -> np.ndarray:
+    a = np.zeros(shape, dtype)
+    a[0, 0], a[1, 1], a[2, 2] = top, top // 2, 1
+    return a
+
+
+@pytest.mark.parametrize("name, dtype, top, bit_depth, expected_bits", [
+    ("g8.tif", np.uint8, 255, None, 8),
+    ("g16.tif", np.uint16, 65535, None, 16),
+    ("g12.tif", np.uint16, 4095, 12, 12),
+    ("g8.png", np.uint8, 255, None, 8),
+    ("g16.png", np.uint16, 65535, None, 16),
+    ("g12.png", np.uint16, 4095, 12, 12),
+    ("g8.bmp", np.uint8, 255, None, 8),
+])
+def test_grey_images_are_scaled_by_their_bit_depth(tmp_path, name, dtype, top, bit_depth,
+                                                   expected_bits):
+    path = tmp_path / name
+    a = _pattern(dtype, top)
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, a)
+    else:
+        Image.fromarray(a).save(path)
+    f = read_image(path, bit_depth)
+    assert f.bit_depth == expected_bits and f.kind == "grey" and f.size == (300, 260)
+    assert f.pixels.dtype == np.float32
+    assert f.pixels[0, 0] == 1.0
+    assert f.pixels[1, 1] == pytest.approx((top // 2) / top)
+    assert f.pixels[2, 2] == pytest.approx(1 / top)
+
+
+def test_twelve_bit_value_above_4095_is_an_error(tmp_path):
+    path = tmp_path / "over.tif"
+    a = _pattern(np.uint16, 4095)
+    a[5, 5] = 4096
+    tifffile.imwrite(path, a)
+    with pytest.raises(ClassifyError, match=r"over.tif: holds the value 4096, above 4095, the "
+                                            r"largest 12-bit value"):
+        read_image(path, bit_depth=12)
+    assert read_image(path).bit_depth == 16
+    tifffile.imwrite(tmp_path / "g8.tif", _pattern(np.uint8, 255))
+    f = read_image(tmp_path / "g8.tif", bit_depth=12)  # an 8-bit file holds no 12-bit data
+    assert f.bit_depth == 8 and f.pixels[0, 0] == 1.0
+    assert f.notes == ("8-bit file read as 8-bit, not 12-bit",)
+
+
+def test_colour_becomes_grey_and_is_logged_and_a_bayer_mosaic_stays_raw(tmp_path, caplog):
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
+    Image.fromarray(rgb).save(tmp_path / "c.bmp")
+    f = read_image(tmp_path / "c.bmp")
+    assert f.kind == "RGB converted to grey"
+    assert f.pixels[0, 0] == pytest.approx((0.299 * 100 + 0.587 * 200 + 0.114 * 50) / 255)
+    assert any("converted to grey" in n for n in f.notes)
+    with pytest.raises(ClassifyError, match="has 3 channels; a Bayer RAW mosaic has one"):
+        read_image(tmp_path / "c.bmp", bayer=True)
+    mosaic = _pattern(np.uint16, 4095, (256, 256))
+    mosaic[::2, 1::2] = 300  # a GRBG cell pattern: raw values, not demosaiced
+    tifffile.imwrite(tmp_path / "raw.tif", mosaic)
+    f = read_image(tmp_path / "raw.tif", bit_depth=12, bayer=True)
+    assert f.kind == "bayer mosaic"
+    assert np.array_equal(f.pixels, mosaic.astype(np.float32) / 4095)
+    tifffile.imwrite(tmp_path / "odd.tif", np.zeros((256, 257), np.uint16))
+    with pytest.raises(ClassifyError, match="257 x 256 px Bayer mosaic; expected an even width"):
+        read_image(tmp_path / "odd.tif", bit_depth=12, bayer=True)
+    assert read_image(tmp_path / "odd.tif").kind == "grey"
+
+
+def test_a_recorded_rois_six_frames_are_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "roi_00.tif", np.zeros((6, 256, 256), np.uint16),
+                     photometric="minisblack")
+    with pytest.raises(ClassifyError, match="expected one frame"):
+        read_image(tmp_path / "roi_00.tif")
+
+
+def _bad_files(folder):
+    """name -> what its error says."""
+    Image.fromarray(np.zeros((200, 400), np.uint8)).save(folder / "b_small.png")
+    good = folder / "tmp.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300), np.uint8)).save(good)
+    (folder / "c_broken.png").write_bytes(good.read_bytes()[:400])
+    good.unlink()
+    (folder / "d_notes.tif").write_text("exposure 12 ms, gain 2\n")
+    (folder / "e_empty.bmp").write_bytes(b"")
+    return {"b_small.png": "is 400 x 200 px; the classifier's window is 256 x 256 px",
+            "c_broken.png": "cannot be read as a PNG image .*truncated or damaged",
+            "d_notes.tif": r"is not a TIFF, PNG or BMP image \(its first bytes are b'expo'\)",
+            "e_empty.bmp": r"is empty \(0 bytes\)"}
+
+
+def test_bad_files_each_give_a_clear_error(tmp_path):
+    for name, what in _bad_files(tmp_path).items():
+        with pytest.raises(ClassifyError, match=f"{name}: {what}"):
+            read_image(tmp_path / name)
+
+
+# -- the network ----------------------------------------------------------------------------------
+def _brightness_network(checkpoint):
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from model.attention import AttentionFusionNet, BasicBlock, FusionSpec
+    from model.train import CHECKPOINT_FORMAT
+
+    spec = FusionSpec(width=0.125, in_channels=1)
+    net = AttentionFusionNet(spec)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):  # exactly the identity in eval mode
+                m.weight.fill_(1.0)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+        net.stem[0][0].weight[0, 0, 3, 3] = 1.0
+        for m in net.body:
+            if isinstance(m, BasicBlock) and m.down is not None:
+                m.down[0].weight[0, 0, 0, 0] = 1.0
+        net.fc.weight[0, 0] = 40.0
+        net.fc.bias[0] = -6.0
+    torch.save({"format": CHECKPOINT_FORMAT, "network": "fusion", "spec": spec.to_dict(),
+                "settings": {}, "model": net.state_dict(), "epoch": 0, "history": [],
+                "head_digest": "", "pipeline": {}}, checkpoint)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("fusion")
+    _brightness_network(root / "fusion.pt")
+    return export_onnx(root / "fusion.pt", root / "fusion.onnx").path
+
+
+def _image(w, h, cells=(), value=255, dtype=np.uint8):
+    """Dark glass with faint noise, and bright 128 px cells at (column, row) of the cell grid."""
+    a = np.random.default_rng(w * h).integers(0, 4, (h, w)).astype(dtype)
+    for cx, cy in cells:
+        a[cy * CELL:(cy + 1) * CELL, cx * CELL:(cx + 1) * CELL] = value
+    return a
+
+
+def test_exported_network_gives_one_logit_per_window_through_the_engine(model):
+    from edge.engine import open_engine
+
+    with open_engine(model, threads=1, max_batch=3) as engine:
+        assert engine.input.shape[:2] == (None, 1) and len(engine.output.shape) == 1
+        x = np.zeros((3, 1, 256, 256), np.float32)
+        x[1, 0, :128, :128] = 1.0
+        logit = engine.infer(x)
+        assert logit.shape == (3,) and logit.dtype == np.float32
+        assert logit[0] < -5 and logit[1] > 3 and logit[2] < -5
+
+
+def test_classifier_finds_the_windows_of_bright_cells_and_merges_them(model, tmp_path):
+    path = tmp_path / "two.png"  # 768 x 512: windows x 0-512 by 128, y 0-256 by 128
+    Image.fromarray(_image(768, 512, cells=[(1, 1), (5, 3)])).save(path)
+    with Classifier.open(model, batch=4, threads=1) as clf:
+        r = clf.classify(read_image(path), mm_per_px=(0.01, 0.01))
+        assert r.verdict is Status.FAIL and r.windows == 15 and r.positives == 5
+        hits = {(r.xs[c], r.ys[k]) for k, c in zip(*np.nonzero(r.positive), strict=True)}
+        assert hits == {(0, 0), (128, 0), (0, 128), (128, 128), (512, 256)}
+        assert [g.box_px for g in r.regions] == [(0, 0, 384, 384), (512, 256, 768, 512)]
+        assert [g.windows for g in r.regions] == [4, 1]
+        assert r.regions[0].box_mm(r.mm_per_px) == pytest.approx((0, 0, 3.84, 3.84))
+        assert all(g.max_probability > 0.98 for g in r.regions)
+        assert float(r.probability[~r.positive].max()) < 0.1
+        dark = tmp_path / "dark.png"
+        Image.fromarray(_image(600, 300)).save(dark)
+        r = clf.classify(read_image(dark))
+        assert r.verdict is Status.PASS and r.regions == [] and r.windows == 2 * 4
+
+
+def test_the_bit_depth_decides_the_scale(model, tmp_path):
+    path = tmp_path / "raw12.tif"
+    tifffile.imwrite(path, _image(512, 512, cells=[(0, 0)], value=4095, dtype=np.uint16))
+    with Classifier.open(model, threads=1) as clf:
+        assert clf.classify(read_image(path, bit_depth=12, bayer=True)).positives == 1
+        # read as 16-bit, 4095 is 6 % of full scale: nothing is bright enough
+        assert clf.classify(read_image(path)).positives == 0
+        seen = []
+        (r,) = classify_paths([tmp_path], clf, on_result=seen.append, bit_depth=12)
+        assert seen == [r] and r.positives == 1 and r.frame.bit_depth == 12
+
+
+def test_a_model_that_is_not_the_window_classifier_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ModelError, match=r"expected the single-frame window classifier"):
+        Classifier.open(SHIPPED_MODEL, threads=1)
+    with pytest.raises(ModelError, match=r"nothing.onnx does not exist.*export onnx"):
+        resolve_model(tmp_path / "nothing.onnx")
+
+
+# -- the command line -----------------------------------------------------------------------------
+def _run(args, capsys):
+    rc = main(["classify", "--quiet", "--threads", "1", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_bad_images_are_reported_and_the_rest_of_the_folder_is_classified(model, tmp_path,
+                                                                          capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.fromarray(_image(640, 384, cells=[(2, 1)])).save(folder / "a_scratch.png")
+    tifffile.imwrite(folder / "f_clean.tif", _image(300, 260, dtype=np.uint16) * 16)
+    bad = _bad_files(folder)
+    (folder / "readme.txt").write_text("not an image, and not named like one: skipped\n")
+    rc, out, _ = _run([folder, tmp_path / "missing.png", "--model", model, "--bit-depth", "12",
+                       "--overlay", tmp_path / "ov", "--json", tmp_path / "r.json",
+                       "--mm-per-px", "0.02"], capsys)
+    assert rc == 1
+    doc = json.loads((tmp_path / "r.json").read_text())
+    entries = {e["path"].split("/")[-1]: e for e in doc["images"]}
+    assert sorted(entries) == sorted(["a_scratch.png", "f_clean.tif", "missing.png", *bad])
+    assert doc["counts"] == {"PASS": 1, "FAIL": 1, "ERROR": 5}
+    for name, what in bad.items():
+        e = entries[name]
+        assert e["verdict"] == "ERROR" and e["regions"] == [] and e["overlay"] is None
+        assert e["error"].startswith(str(folder / name)) and re.search(what, e["error"])
+        assert f"{name}: ERROR: " in out
+    assert "no such file or folder" in entries["missing.png"]["error"]
+    scratch = entries["a_scratch.png"]
+    assert scratch["verdict"] == "FAIL" and scratch["error"] is None
+    assert scratch["windows"] == 4 * 2 and scratch["positives"] == 4
+    (g,) = scratch["regions"]
+    assert g["box_px"] == [128, 0, 512, 384] and g["box_mm"] == [2.56, 0.0, 10.24, 7.68]
+    assert g["contour_px"] == [[128, 0], [512, 0], [512, 384], [128, 384]]
+    assert g["windows"] == 4 and g["max_probability"] > 0.98
+    assert entries["f_clean.tif"]["verdict"] == "PASS"
+    assert entries["f_clean.tif"]["bit_depth"] == 12
+    for name, size in (("a_scratch", (640, 384)), ("f_clean", (300, 260))):
+        with Image.open(tmp_path / "ov" / f"{name}.png") as im:
+            assert im.format == "PNG" and im.size == size and im.mode == "RGB"
+        assert entries[name + (".png" if name == "a_scratch" else ".tif")]["overlay"].endswith(
+            f"ov/{name}.png")
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["a_scratch.png",
+                                                                   "f_clean.png"]
+    assert "7 images: 1 PASS, 1 FAIL, 5 ERROR" in out
+
+
+def test_overlay_tints_positive_windows_and_draws_the_contour(model, tmp_path, capsys):
+    Image.fromarray(_image(512, 512, cells=[(3, 3)])).save(tmp_path / "s.png")
+    rc, _, _ = _run([tmp_path / "s.png", "--model", model, "--overlay", tmp_path / "ov"], capsys)
+    assert rc == 0
+    ov = np.asarray(Image.open(tmp_path / "ov" / "s.png"))
+    assert ov[400, 400, 0] > ov[400, 400, 1] == ov[400, 400, 2]  # the positive window: tinted
+    assert tuple(ov[200, 200]) == (ov[200, 200, 0],) * 3  # outside it stays grey
+    assert tuple(ov[400, 256]) == (255, 220, 0)  # the contour at the window's left edge
+
+
+def test_an_all_good_folder_exits_0(model, tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
+    for k, cells in enumerate([[], [(0, 0)]]):
+        Image.fromarray(_image(384, 256, cells=cells)).save(tmp_path / f"img{k}.bmp")
+    colour = np.repeat(_image(384, 256)[..., None], 3, axis=2)
+    colour[..., 2] //= 2
+    Image.fromarray(colour).save(tmp_path / "img2.bmp")
+    rc, out, err = _run([tmp_path, "--model", model, "--json", tmp_path / "r.json"], capsys)
+    assert rc == 0, err
+    assert "img2.bmp: RGB image converted to grey" in caplog.text
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [e["verdict"] for e in doc["images"]] == ["PASS", "FAIL", "PASS"]
+    assert doc["model"]["backend"] == "onnxruntime" and doc["threshold"] == 0.5
+    assert "3 images: 2 PASS, 1 FAIL, 0 ERROR" in out
+
+
+def test_missing_shipped_model_says_how_to_make_one(tmp_path, capsys):
+    Image.fromarray(_image(256, 256)).save(tmp_path / "a.png")
+    rc, _, err = _run([tmp_path / "a.png", "--model", "shipped:no_such_classifier.onnx"], capsys)
+    assert rc == 2
+    assert "shipped:no_such_classifier.onnx" in err and "none is shipped yet" in err
+    assert "export onnx" in err and "--model" in err and "Traceback" not in err
+
+
+def test_bad_options_are_refused(capsys):
+    for args in (["--bit-depth", "17"], ["--threshold", "1.5"], ["--mm-per-px", "-1"],
+                 ["--batch", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["classify", "x.png", *args])
+        assert exc.value.code == 2
+    assert "expected" in capsys.readouterr().err

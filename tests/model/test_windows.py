@@ -1,0 +1,189 @@
+import ast
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.sim.darkfield import DarkfieldConfig, DarkfieldRenderer, render_darkfield
+from model import windows as W
+from model.windows import (
+    MODES,
+    WINDOW_MIN_PIXELS,
+    WindowSampler,
+    heldout_windows,
+    image_split,
+    image_windows,
+    window_origins,
+)
+
+# frames four windows wide keep scratches as sparse per window as in 2048 x 2048 frames with
+# fewer pixels to render; scratch lengths shrink with the frame
+CFG = DarkfieldConfig(shape=(1024, 1024), scratch_length_px=(30.0, 750.0))
+SMALL = DarkfieldConfig(shape=(512, 512))
+
+
+def test_min_pixels_rule_is_the_one_of_model_train():
+    # read the constant from the source: importing model.train would import torch
+    tree = ast.parse((Path(W.__file__).parent / "train.py").read_text())
+    values = [node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              and any(getattr(t, "id", None) == "WINDOW_MIN_PIXELS" for t in node.targets)]
+    assert values == [WINDOW_MIN_PIXELS] == [4]
+
+
+def test_windows_are_deterministic_by_seed_and_index_in_any_access_order():
+    a = WindowSampler(range(5), SMALL, seed=3, per_image=4)
+    b = WindowSampler(range(5), SMALL, seed=3, per_image=4, cache_images=1)
+    forward = [a.sample(i) for i in range(12)]
+    backward = [b.sample(i) for i in reversed(range(12))][::-1]
+    for x, y in zip(forward, backward, strict=True):
+        assert np.array_equal(x.image, y.image)
+        assert (x.label, x.mode, x.image_seed, x.origin) == (y.label, y.mode, y.image_seed,
+                                                             y.origin)
+    c = WindowSampler(range(5), SMALL, seed=4, per_image=4)
+    assert [c.sample(i).origin for i in range(12)] != [x.origin for x in forward]
+
+
+def test_window_is_the_scaled_raw_crop_with_the_mask_rule_label():
+    sampler = WindowSampler([21, 22], SMALL, seed=1, per_image=8)
+    frames = {s: render_darkfield(s, SMALL) for s in (21, 22)}
+    labels = set()
+    for i in range(16):
+        w = sampler.sample(i)
+        f = frames[w.image_seed]
+        r, c = w.origin
+        assert w.image.shape == (1, 256, 256) and w.image.dtype == np.float32
+        assert w.image.min() >= 0.0 and w.image.max() <= 1.0
+        crop = f.image[r:r + 256, c:c + 256]
+        assert np.array_equal(w.image[0], crop.astype(np.float32) / np.float32(4095))
+        n = int(f.mask[r:r + 256, c:c + 256].sum())
+        assert w.scratch_pixels == n and w.label == int(n >= WINDOW_MIN_PIXELS)
+        image, label = sampler[i]
+        assert np.array_equal(image, w.image) and label == w.label
+        labels.add(w.label)
+    assert labels == {0, 1}
+
+
+def test_consecutive_windows_share_a_frame_and_a_pass_visits_every_frame():
+    sampler = WindowSampler([5, 6, 7], SMALL, seed=2, per_image=4)
+    seeds = [sampler.image_seed_of(i) for i in range(12)]
+    assert all(len(set(seeds[k:k + 4])) == 1 for k in range(0, 12, 4))
+    assert sorted(set(seeds)) == [5, 6, 7]
+
+
+def test_gaussian_windows_are_mostly_scratch_grid_and_random_mostly_background():
+    sampler = WindowSampler(range(8), CFG, seed=0, per_image=40)
+    drawn = [sampler.sample(i) for i in range(320)]
+    share = {m: np.mean([w.label for w in drawn if w.mode == m]) for m in MODES}
+    counts = {m: sum(w.mode == m for w in drawn) for m in MODES}
+    assert share["gaussian"] > 0.85
+    assert share["uniform"] < 0.4 and share["random"] < 0.4
+    assert share["gaussian"] > 2.5 * max(share["uniform"], share["random"])
+    assert abs(counts["gaussian"] / 320 - 0.5) < 0.08 and abs(counts["uniform"] / 320 - 0.3) < 0.08
+    grid = set(window_origins(1024))
+    assert all(set(w.origin) <= grid for w in drawn if w.mode == "uniform")
+    # only random windows may start off the grid; uniform ones cover it
+    assert len({w.origin for w in drawn if w.mode == "uniform"}) > 20
+
+
+def test_a_frame_without_scratches_gives_random_instead_of_gaussian():
+    cfg = dataclasses.replace(SMALL, scratch_share=0.0)
+    sampler = WindowSampler([1], cfg, mix=(1.0, 0.0, 0.0), per_image=6)
+    drawn = [sampler.sample(i) for i in range(6)]
+    assert {w.mode for w in drawn} == {"random"} and all(w.label == 0 for w in drawn)
+
+
+def test_bayer_windows_start_on_a_g_r_row():
+    cfg = dataclasses.replace(SMALL, bayer=True)
+    sampler = WindowSampler([3], cfg, per_image=20)
+    for i in range(20):
+        r, c = sampler.sample(i).origin
+        assert r % 2 == 0 and c % 2 == 0
+
+
+def test_heldout_set_is_written_once_and_read_back_identically(tmp_path, monkeypatch):
+    seeds = image_split(first_seed=500, n_train=2, n_validation=1, n_test=2).test
+    first = heldout_windows(tmp_path, seeds, SMALL, count=10, per_image=5)
+    assert first.path is not None and first.path.parent == tmp_path and first.path.exists()
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary file left behind
+    stamp = first.path.stat().st_mtime_ns
+
+    def no_render(self, seed):
+        raise AssertionError("a cached set must not be rendered again")
+
+    monkeypatch.setattr(DarkfieldRenderer, "render", no_render)
+    again = heldout_windows(tmp_path, seeds, SMALL, count=10, per_image=5)
+    monkeypatch.undo()
+    assert again.path == first.path and first.path.stat().st_mtime_ns == stamp
+    for name in ("raw", "labels", "modes", "image_seeds", "origins", "scratch_pixels"):
+        assert np.array_equal(getattr(first, name), getattr(again, name)), name
+    assert again.raw.dtype == np.uint16 and again.raw.shape == (10, 256, 256)
+    sampler = WindowSampler(seeds, SMALL, per_image=5)
+    for i in range(10):
+        image, label = again[i]
+        w = sampler.sample(i)
+        assert np.array_equal(image, w.image) and label == w.label
+        assert tuple(again.origins[i]) == w.origin and MODES[again.modes[i]] == w.mode
+    assert np.array_equal(again.images(2, 4), np.stack([sampler[i][0] for i in (2, 3)]))
+    # other settings: another file; a damaged file: rebuilt
+    other = heldout_windows(tmp_path, seeds, SMALL, count=10, per_image=5, seed=1)
+    assert other.path != first.path
+    first.path.write_bytes(b"not a zip file")
+    rebuilt = heldout_windows(tmp_path, seeds, SMALL, count=10, per_image=5)
+    assert np.array_equal(rebuilt.raw, first.raw)
+
+
+def test_image_windows_cover_the_frame_on_the_sliding_grid():
+    f = render_darkfield(4, SMALL)
+    origins, wins, labels = image_windows(f)
+    assert origins.tolist() == [[r, c] for r in (0, 128, 256) for c in (0, 128, 256)]
+    assert wins.shape == (9, 1, 256, 256) and wins.dtype == np.float32
+    for (r, c), win, label in zip(origins, wins, labels, strict=True):
+        assert np.array_equal(win[0], f.image[r:r + 256, c:c + 256] / np.float32(4095))
+        assert label == int(f.mask[r:r + 256, c:c + 256].sum() >= WINDOW_MIN_PIXELS)
+    assert labels.any()
+
+
+def test_image_split_follows_the_paper_and_is_disjoint():
+    split = image_split()
+    assert (len(split.train), len(split.validation), len(split.test)) == (80, 12, 20)
+    assert not set(split.train) & set(split.test) and not set(split.validation) & set(split.test)
+    assert window_origins(2048) == list(range(0, 1793, 128))
+    assert window_origins(300, 256) == [0, 44]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"window": 600}, "does not fit"),
+    ({"window": 0}, "window"),
+    ({"seed": -1}, "non-negative"),
+    ({"image_seeds": []}, "at least one"),
+    ({"image_seeds": [1, 1]}, "distinct"),
+    ({"image_seeds": [-2]}, "non-negative"),
+    ({"mix": (1.0, -1.0, 0.5)}, "mix"),
+    ({"mix": (0.0, 0.0, 0.0)}, "mix"),
+    ({"per_image": 0}, "per_image"),
+    ({"sigma": 0.0}, "sigma"),
+])
+def test_bad_sampler_arguments_are_refused(kwargs, match):
+    args = {"image_seeds": [1], "config": SMALL, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        WindowSampler(args.pop("image_seeds"), **args)
+
+
+def test_other_bad_arguments_are_refused(tmp_path):
+    sampler = WindowSampler([1], SMALL)
+    with pytest.raises(ValueError, match="index"):
+        sampler.sample(-1)
+    with pytest.raises(ValueError, match="count"):
+        heldout_windows(tmp_path, [1], SMALL, count=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        heldout_windows(tmp_path, [1], SMALL, window=1024)
+    with pytest.raises(ValueError, match="first_seed"):
+        image_split(first_seed=-5)
+    with pytest.raises(ValueError, match="n_test"):
+        image_split(n_test=0)
+    with pytest.raises(ValueError, match="smaller than"):
+        window_origins(100, 256)
+    with pytest.raises(ValueError, match="even"):
+        WindowSampler([1], dataclasses.replace(SMALL, bayer=True), window=255)
+    assert not list(tmp_path.iterdir())
