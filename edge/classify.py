@@ -562,12 +562,10 @@ def resolve_model(spec: str | Path) -> Path:
         what = (f"the shipped classifier {text} ({path}) is not there: none is shipped yet"
                 if text.startswith(config.SHIPPED) else f"model {path} does not exist")
         raise ModelError(
-            f"{what}. Make one: train the attention fusion network on single-frame windows "
-            "(AttentionFusionNet(FusionSpec(in_channels=1)) in model.attention; 'glass-inspect "
-            "train --network fusion' trains the 24-channel RAW-stack variant, which this mode "
-            "does not take), export it with 'glass-inspect export onnx CHECKPOINT --out "
-            "FILE.onnx', and pass --model FILE.onnx (or copy it to edge/models/"
-            "attention_fusion.onnx)")
+            f"{what}. Make one: 'glass-inspect train --network fusion --data darkfield --out "
+            "runs/fusion' (the attention fusion network on single-frame dark-field windows), "
+            "'glass-inspect export onnx runs/fusion/best.pt --out FILE.onnx', and pass --model "
+            "FILE.onnx (or copy it to edge/models/attention_fusion.onnx)")
     return path
 
 

@@ -1,9 +1,10 @@
 """Checkpoint -> ONNX: the file the runtime (ONNX Runtime) and the TensorRT build start from.
 
 * Opset 17, one input named ``frames`` (``N x 24 x H x W``, the space-to-depth stack scaled to
-  ``[0, 1]``), named outputs: ``scores`` (``N x 1 x H x W``, the finest of the U-Net's three
-  maps; ``scores_half`` and ``scores_quarter`` too with ``all_scales``) or ``logit`` (``N``) for
-  the attention fusion classifier.
+  ``[0, 1]``; ``N x 1 x 256 x 256`` for the classifier trained on single dark-field windows,
+  which :mod:`edge.classify` runs), named outputs: ``scores`` (``N x 1 x H x W``, the finest
+  of the U-Net's three maps; ``scores_half`` and ``scores_quarter`` too with ``all_scales``)
+  or ``logit`` (``N``) for the attention fusion classifier.
 * Batch, height and width are dynamic (height and width multiples of the network's divisor);
   the runtime fixes them to its tile size and the TensorRT profile to the configured batches.
 * Nested weights stay nested: the exporter's constant folding is off, so the kernel pool is one
@@ -122,13 +123,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
             "metrics": json.dumps(ckpt["history"][-1] if ckpt["history"] else {}),
             "checkpoint_sha256": sha256_file(checkpoint),
             "parameters": str(parameter_count(model)),
-            "input_scale": "space-to-depth of the 6 RAW frames, divided by 2**bit_depth - 1",
+            "input_scale": ("one dark-field RAW frame, divided by 2**bit_depth - 1"
+                            if model.spec.in_channels == 1 else
+                            "space-to-depth of the 6 RAW frames, divided by 2**bit_depth - 1"),
         }
         del proto.metadata_props[:]
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)
-        proto.doc_string = (f"glass-inspect {network}: input '{INPUT_NAME}' N x 24 x H x W, "
-                            f"outputs {', '.join(names)}")
+        proto.doc_string = (f"glass-inspect {network}: input '{INPUT_NAME}' N x "
+                            f"{model.spec.in_channels} x H x W, outputs {', '.join(names)}")
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

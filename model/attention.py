@@ -19,9 +19,19 @@
   fourth SA.
 * Global average pooling and one logit (``sigmoid`` of it: the scratch probability).
 
-Input: a window of the 24-channel space-to-depth map (``24 x 256 x 256``); the paper's
-single-channel dark-field windows become our six RAW frames. Used with stride 128
-(:func:`window_origins`).
+Inputs (``FusionSpec.in_channels``): 1, the paper's own single dark-field window (``1 x 256 x
+256``, the RAW frame divided by ``2 ** bit_depth - 1``; :mod:`model.windows`, the runtime
+:mod:`edge.classify`), or 24, a window of the six-state space-to-depth map, where the paper's
+single frame becomes our six RAW frames. Used with stride 128 (:func:`window_origins`).
+
+Ablations (Table III): ``FusionSpec`` switches ``ba``, ``sa`` and ``ca`` each remove one
+attention module; all three on is the proposed network, all off the plain ResNet18 baseline.
+Without BA the stem sees the raw input only (``in_channels`` instead of ``2 * in_channels``
+channels: nothing is concatenated); without SA each stage is its two basic blocks; without CA
+the last stage goes straight to the pooling. Everything else (widths, initialisation, head) is
+the same, so a variant differs from the full network in exactly the module it lacks. The
+switches default to on, so a checkpoint written before they existed (its spec has no such
+keys) rebuilds as the full network it is.
 """
 
 from __future__ import annotations
@@ -43,10 +53,28 @@ ATROUS_RATES = (1, 3, 5)
 class FusionSpec:
     width: float = 1.0
     in_channels: int = 24
+    ba: bool = True  # brightness adjustment (hard attention, eqs. 1-3)
+    sa: bool = True  # scale attention after each stage (Res2Net-A, eq. 4)
+    ca: bool = True  # channel attention after the last scale attention (eqs. 5-8)
 
     def __post_init__(self) -> None:
+        problems = []
         if not 0.0 < self.width <= 4.0:
-            raise ValueError(f"width must be within (0, 4], got {self.width}")
+            problems.append(f"width must be within (0, 4], got {self.width}")
+        if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) \
+                or self.in_channels < 1:
+            problems.append(f"in_channels must be a positive integer, got {self.in_channels!r}")
+        for name in ("ba", "sa", "ca"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def variant(self) -> str:
+        """The Table III name: ``ResNet18`` plus the modules that are on."""
+        on = [n.upper() for n in ("ca", "sa", "ba") if getattr(self, n)]
+        return "+".join(["ResNet18", *on])
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -130,16 +158,20 @@ class AttentionFusionNet(nn.Module):
         super().__init__()
         self.spec = spec = spec or FusionSpec()
         s = spec.stages
-        self.stem = nn.Sequential(_conv_bn(2 * spec.in_channels, s[0], 7, stride=2), nn.ReLU(),
+        stem_in = 2 * spec.in_channels if spec.ba else spec.in_channels
+        self.stem = nn.Sequential(_conv_bn(stem_in, s[0], 7, stride=2), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
         stages, c_in = [], s[0]
         for k, feats in enumerate(s):
             stride = 1 if k == 0 else 2
-            stages += [BasicBlock(c_in, feats, stride), BasicBlock(feats, feats, 1),
-                       ScaleAttention(feats)]
+            stages += [BasicBlock(c_in, feats, stride), BasicBlock(feats, feats, 1)]
+            if spec.sa:
+                stages.append(ScaleAttention(feats))
             c_in = feats
         self.body = nn.Sequential(*stages)
-        self.channel_attention = ChannelAttention(s[-1])
+        # Identity keeps the attribute (and forward) the same for every variant; it has no
+        # weights, so the full network's state-dict keys are unchanged
+        self.channel_attention = ChannelAttention(s[-1]) if spec.ca else nn.Identity()
         self.fc = nn.Linear(s[-1], 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
@@ -148,6 +180,14 @@ class AttentionFusionNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x, brightness_adjust(x)], dim=1)
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) and (
+                x.dim() != 4 or x.shape[1] != self.spec.in_channels):
+            # the stem's convolution would fail later with a message about weights; say what
+            # the network takes (skipped while exporting: the check would enter the graph)
+            raise ValueError(f"the attention fusion network ({self.spec.variant}) takes windows "
+                             f"N x {self.spec.in_channels} x H x W, got "
+                             f"{' x '.join(map(str, x.shape))}")
+        if self.spec.ba:
+            x = torch.cat([x, brightness_adjust(x)], dim=1)
         x = self.channel_attention(self.body(self.stem(x)))
         return self.fc(x.mean(dim=(2, 3)))[:, 0]

@@ -28,7 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_patches=args.val_patches, lr=args.lr, seed=args.seed, patch=args.patch,
             input_compression=args.compress,
             samples=[str(p) for p in args.samples], window_cache=args.window_cache,
-            window_pool=args.window_pool)
+            window_pool=args.window_pool, data=args.data, ba=not args.no_ba,
+            sa=not args.no_sa, ca=not args.no_ca, frame_px=args.frame_px,
+            train_images=args.train_images, val_images=args.val_images,
+            val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
@@ -39,6 +42,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(f"best checkpoint: {best}")
     return 0
+
+
+def cmd_evaluate_windows(args: argparse.Namespace) -> int:
+    require("onnxruntime", "evaluation", "cpu")
+    from model.window_eval import WindowEvalError, describe, evaluate_windows
+
+    baselines = list(dict.fromkeys(args.baseline or []))
+    models = {}
+    for path in args.models:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{p}: no such model file")
+        # keyed by file stem; the path where two stems (or a stem and a baseline) collide
+        taken = p.stem in models or p.stem in baselines
+        models[str(p) if taken else p.stem] = p
+    if not models and not baselines:
+        raise UsageError("name at least one MODEL.onnx or --baseline")
+    try:
+        results = evaluate_windows(
+            models, baselines, split=tuple(args.split), frame_px=args.frame_px,
+            test_windows=args.windows, val_windows=args.val_windows,
+            images=args.images if args.images is not None else args.split[2],
+            cache=args.cache, threads=args.threads, batch=args.batch,
+            progress=not args.quiet)
+    except WindowEvalError as exc:
+        raise UsageError(str(exc)) from None
+    print(describe(results))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"details: {out}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -98,7 +144,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                       "recorded samples",
         description="Train the glass paper's U-Net with the autoencoder loss (or cross-entropy), "
                     "or the weak-scratch paper's attention fusion classifier, on 1024 x 1024 RAW "
-                    "patches simulated on the fly or cut from recorded samples. Writes last.pt, "
+                    "patches simulated on the fly or cut from recorded samples, or the "
+                    "classifier on windows of simulated single dark-field frames (--data "
+                    "darkfield; --no-ba/--no-sa/--no-ca for the ablations). Writes last.pt, "
                     "best.pt, history.json and loss.png into --out; --resume continues. Needs the "
                     "'train' extra (torch).")
     head_option(t)
@@ -141,6 +189,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--window-pool", type=int, default=2000, metavar="N",
                    help="windows of each kind in the pool (default: 2000; 3.2 MB each at "
                         "1024 px)")
+    t.add_argument("--data", choices=("sixstate", "darkfield"), default="sixstate",
+                   help="sixstate: 24-channel RAW stacks of the six LED states (default); "
+                        "darkfield: windows of simulated single dark-field frames, the "
+                        "weak-scratch paper's data (network fusion only; the classifier "
+                        "'glass-inspect classify' runs); --window-cache then keeps its fixed "
+                        "validation windows")
+    t.add_argument("--no-ba", action="store_true",
+                   help="fusion: leave out brightness adjustment (Table III ablations)")
+    t.add_argument("--no-sa", action="store_true", help="fusion: leave out scale attention")
+    t.add_argument("--no-ca", action="store_true", help="fusion: leave out channel attention")
+    t.add_argument("--frame-px", type=int, default=2048,
+                   help="darkfield: side of the simulated frames (default: 2048, the paper's)")
+    t.add_argument("--train-images", type=_positive, default=80,
+                   help="darkfield: training frames, seeds 0.. (default: 80, the paper's)")
+    t.add_argument("--val-images", type=_positive, default=12,
+                   help="darkfield: validation frames, the seeds after them (default: 12)")
+    t.add_argument("--val-windows", type=_positive, default=512,
+                   help="darkfield: windows of the fixed validation set (default: 512)")
+    t.add_argument("--lr-drop-patience", type=int, default=0, metavar="EPOCHS",
+                   help="divide the learning rate by 10 after this many epochs without a "
+                        "lower validation loss (default: 0, never)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -180,3 +249,45 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser(
+        "evaluate-windows",
+        help="score window classifiers (ONNX) and the Otsu / Gabor baselines on held-out "
+             "dark-field windows and whole images (weak-scratch paper, Tables II-III)",
+        description="On held-out simulated single dark-field frames (the test seeds of the "
+                    "80 / 12 / 20 split, never used in training or validation): precision, "
+                    "recall, F1 and accuracy of every MODEL and --baseline on a fixed set of "
+                    "windows, with 95 % intervals (Wilson; F1 by bootstrap); then whole-image "
+                    "detection: each test frame rendered with and without scratches, classified "
+                    "window by window on the runtime's grid, flagged when any window is "
+                    "positive. Baselines tune their thresholds on the validation windows only. "
+                    "Window sets are cached (--cache).")
+    w.add_argument("models", nargs="*", metavar="MODEL.onnx",
+                   help="single-frame window classifiers (input N x 1 x 256 x 256, one logit "
+                        "each), keyed by file name in the results")
+    w.add_argument("--baseline", action="append", choices=("otsu", "gabor"),
+                   help="also score a traditional detector (repeatable): Otsu's binarisation "
+                        "with a line rule, or the Gabor filter bank (model.window_baselines)")
+    w.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    w.add_argument("--windows", type=_positive, default=1024,
+                   help="held-out test windows (default: 1024)")
+    w.add_argument("--val-windows", type=_positive, default=512,
+                   help="validation windows the baselines are tuned on (default: 512, the "
+                        "trainer's validation set)")
+    w.add_argument("--images", type=int, metavar="N",
+                   help="test frames for the image level, each also rendered scratch-free "
+                        "(default: every test frame; 0 skips the image level)")
+    w.add_argument("--split", type=_positive, nargs=3, default=[80, 12, 20],
+                   metavar=("TRAIN", "VAL", "TEST"),
+                   help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "
+                        "trainer's --train-images / --val-images must match)")
+    w.add_argument("--frame-px", type=int, default=2048,
+                   help="side of the simulated frames (default: 2048)")
+    w.add_argument("--cache", metavar="DIR",
+                   help="where window sets are kept (default: $GLASS_INSPECT_CACHE/darkfield, "
+                        "else ~/.cache/glass-inspect/darkfield)")
+    w.add_argument("--batch", type=_positive, default=16, help="windows per inference batch "
+                                                               "(default: 16)")
+    w.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=cmd_evaluate_windows)

@@ -16,6 +16,34 @@
   the metric history; they contain only tensors and plain values, so they load with
   ``torch.load(weights_only=True)``. ``resume`` continues from ``last.pt``. The same settings and
   seed give the same run: every patch is a pure function of (seed, step, position).
+
+Single dark-field frames (``data="darkfield"``, the weak-scratch paper's own data; network
+``fusion`` only): :class:`~model.attention.AttentionFusionNet` with ``in_channels=1`` learns
+windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windows`). Choices:
+
+* Frames split by seed as the paper's 80 / 12 / 20 images (:func:`model.windows.image_split`
+  from seed 0, ``train_images`` / ``val_images``; the test frames follow them and are left to
+  :mod:`model.window_eval`). The split does not move with ``seed``: every run, seed and
+  ablation validates on the same frames and never sees the test frames.
+* Training windows: :class:`model.windows.WindowSampler` over the training frames (the paper's
+  three sampling modes, labels by the 4-pixel rule), step ``t`` takes windows
+  ``t * batch .. (t + 1) * batch - 1``. :data:`DARKFIELD_PER_IMAGE` (4) consecutive windows share
+  a frame, so a batch of 32 mixes 8 frames (batch-norm statistics of one frame's haze would be
+  a poor estimate of the rest); all training frames stay rendered in memory (about 12 MB each),
+  so each is rendered once per run. Each window is flipped up-down and left-right with
+  probability 1/2 each, drawn from (seed, step): the paper's 80 frames hold only some 160
+  scratches, and flips keep everything the simulator makes upright (the two-tap seam stays
+  vertical, a line-scan camera's fall-off stays along the row); not for a Bayer mosaic, whose
+  phase a flip would change.
+* Validation: the fixed set :func:`model.window_eval.heldout_set` of ``val_windows`` windows
+  from the validation frames (kept in ``window_cache``, else the default cache), every epoch:
+  loss, accuracy, precision, recall and F1 at ``logit >= 0``, the runtime's decision.
+* Optimiser: Adam with its usual betas (0.9, 0.999), as the weak-scratch paper (section III.B)
+  uses it; the six-state paths keep the glass paper's (0.5, 0.9). ``lr_drop_patience`` divides
+  the learning rate by 10 after that many epochs without a lower validation loss (the paper:
+  "reduced by 10 ... while observing the validation loss decreasing slowly"); 0 keeps it
+  constant.
+* ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
 """
 
 from __future__ import annotations
@@ -40,12 +68,16 @@ from model.hybrid import HybridNet, HybridSpec
 from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
 from model.metrics import Tally
 from model.unet import GlassUNet, UNetSpec, parameter_count
+from model.windows import WindowSampler, image_split
 
 log = logging.getLogger("glass-inspect.train")
 
 CHECKPOINT_FORMAT = "glass-inspect-checkpoint/1"
 WINDOW_MIN_PIXELS = 4  # scratch pixels a window needs to count as a scratch window
 VALIDATION_SEED_OFFSET = 1_000_003
+DATA = ("sixstate", "darkfield")
+DARKFIELD_PER_IMAGE = 4  # consecutive training windows from one frame (module docstring)
+DARKFIELD_VAL_BATCH = 32
 
 
 class CheckpointError(ValueError):
@@ -73,9 +105,37 @@ class TrainSettings:
     samples: list[str] = field(default_factory=list)  # recorded sample folders; empty: simulate
     window_cache: str = ""  # folder of pre-made training windows (model.data.CachedWindows)
     window_pool: int = 2000  # windows of each kind a run cycles over, when cached
+    # "sixstate": 24-channel RAW stacks of the six LED states; "darkfield": single dark-field
+    # frames (network "fusion" only; window_cache then keeps the validation windows)
+    data: str = "sixstate"
+    ba: bool = True  # fusion: brightness adjustment
+    sa: bool = True  # fusion: scale attention
+    ca: bool = True  # fusion: channel attention
+    frame_px: int = 2048  # darkfield: side of the simulated frames
+    train_images: int = 80  # darkfield: training frames (seeds 0 ..)
+    val_images: int = 12  # darkfield: validation frames (the seeds after the training ones)
+    val_windows: int = 512  # darkfield: windows of the fixed validation set
+    lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
 
     def __post_init__(self) -> None:
         problems = []
+        if self.data not in DATA:
+            problems.append(f"data must be 'sixstate' or 'darkfield', got {self.data!r}")
+        elif self.data == "darkfield" and self.network != "fusion":
+            problems.append(f"data 'darkfield' (single dark-field frames) trains the window "
+                            f"classifier: network must be 'fusion', got {self.network!r}")
+        if self.network != "fusion" and not (self.ba and self.sa and self.ca):
+            problems.append("ba, sa and ca switch modules of the attention fusion network: "
+                            f"they apply to network 'fusion' only, not {self.network!r}")
+        for name in ("train_images", "val_images", "val_windows"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.frame_px < 2 * WINDOW or self.frame_px % 2:
+            problems.append(f"frame_px must be even and at least {2 * WINDOW}, got "
+                            f"{self.frame_px}")
+        if self.lr_drop_patience < 0:
+            problems.append(f"lr_drop_patience must be 0 (never) or more, got "
+                            f"{self.lr_drop_patience}")
         if self.network not in ("unet", "fusion", "hybrid"):
             problems.append(f"network must be 'unet', 'fusion' or 'hybrid', got "
                             f"{self.network!r}")
@@ -97,7 +157,8 @@ class TrainSettings:
 
     def spec(self):
         if self.network == "fusion":
-            return FusionSpec(width=self.width)
+            return FusionSpec(width=self.width, in_channels=1 if self.data == "darkfield" else 24,
+                              ba=self.ba, sa=self.sa, ca=self.ca)
         if self.network == "hybrid":
             return HybridSpec(features=self.features,
                               activation="tanh" if self.loss == "autoencoder" else "sigmoid")
@@ -163,10 +224,18 @@ class Trainer:
         torch.manual_seed(settings.seed)
         self.spec = settings.spec()
         self.model = build_network(settings.network, self.spec.to_dict())
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr, betas=(0.5, 0.9),
+        darkfield = settings.data == "darkfield"
+        # the weak-scratch paper's Adam for its own data, the glass paper's for the six states
+        betas = (0.9, 0.999) if darkfield else (0.5, 0.9)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr, betas=betas,
                                     eps=1e-8)
         self.epoch = 0
         self.history: list[dict] = []
+        self.lr_drops: list[int] = []  # epochs after which the learning rate was divided by 10
+        self._val: list[D.Patch] | None = None
+        if darkfield:
+            self._init_darkfield()
+            return
         train_src, val_src = self._sources()
         angles = cfg.illumination.angles_deg
         bits = cfg.camera.bit_depth
@@ -174,7 +243,18 @@ class Trainer:
                                       settings.scratch_per_batch, bit_depth=bits)
         self.val_sampler = D.PatchSampler(val_src, angles, 1, 0, augment=False, noise=False,
                                           bit_depth=bits)
-        self._val: list[D.Patch] | None = None
+
+    def _init_darkfield(self) -> None:
+        from model.window_eval import darkfield_config
+
+        s = self.s
+        self.split = image_split(0, s.train_images, s.val_images, 1)
+        self.darkfield = darkfield_config(s.frame_px)
+        # every training frame stays rendered: each is rendered once per run, not per visit
+        self.sampler = WindowSampler(self.split.train, self.darkfield, seed=s.seed,
+                                     per_image=DARKFIELD_PER_IMAGE,
+                                     cache_images=len(self.split.train))
+        self._val_windows = None
 
     def _sources(self):
         train, val = self._plain_sources()
@@ -203,6 +283,32 @@ class Trainer:
                 D.RecordedPatches(dirs[-n_val:], s.seed + VALIDATION_SEED_OFFSET, s.patch))
 
     @property
+    def validation_windows(self):
+        """The fixed validation window set of the darkfield data (built or read once)."""
+        if self._val_windows is None:
+            from model.window_eval import heldout_set
+
+            log.info("validation windows: %d from frames %d..%d (made once, then cached)",
+                     self.s.val_windows, self.split.validation[0], self.split.validation[-1])
+            self._val_windows = heldout_set(self.split.validation, self.s.frame_px,
+                                            self.s.val_windows, self.s.window_cache or None)
+        return self._val_windows
+
+    def darkfield_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training batch ``step`` (global): windows and 0/1 labels, flipped (module
+        docstring); a pure function of (settings, step)."""
+        b = self.s.batch_size
+        x, y = self.sampler.batch(step * b, b)
+        if not self.darkfield.bayer:
+            flips = np.random.default_rng([self.s.seed, step, 0xF11B]).random((b, 2)) < 0.5
+            for k in range(b):
+                if flips[k, 0]:
+                    x[k] = x[k, :, ::-1, :].copy()  # a copy: source and target share memory
+                if flips[k, 1]:
+                    x[k] = x[k, :, :, ::-1].copy()
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.float32))
+
+    @property
     def validation(self) -> list[D.Patch]:
         if self._val is None:
             n = self.s.val_patches
@@ -226,7 +332,13 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoint(self) -> dict:
+        extra = {}
+        if self.s.data == "darkfield":
+            extra = {"windows": self.sampler.settings(), "lr_drops": list(self.lr_drops)}
+        elif self.s.lr_drop_patience:
+            extra = {"lr_drops": list(self.lr_drops)}
         return {
+            **extra,
             "format": CHECKPOINT_FORMAT,
             "network": self.s.network,
             "spec": self.spec.to_dict(),
@@ -257,14 +369,16 @@ class Trainer:
         ckpt = load_checkpoint(path)
         saved = dict(ckpt["settings"])
         mine = asdict(self.s)
+        # a setting the checkpoint predates was, in effect, its default
         differ = [f.name for f in fields(TrainSettings)
-                  if f.name != "epochs" and saved.get(f.name) != mine[f.name]]
+                  if f.name != "epochs" and saved.get(f.name, _default(f)) != mine[f.name]]
         if differ:
             raise CheckpointError(f"{path}: was trained with other settings ({', '.join(differ)}"
                                   "); resume with the same ones or use another --out")
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
+        self.lr_drops = [int(e) for e in ckpt.get("lr_drops", [])]
         log.info("resuming %s after epoch %d of %d", path, self.epoch, self.s.epochs)
         return True
 
@@ -276,8 +390,12 @@ class Trainer:
         bar = tqdm(range(s.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{s.epochs}",
                    unit="batch", disable=not self.progress, leave=False)
         for step in bar:
-            batch = self.sampler.batch(self.epoch * s.steps_per_epoch + step)
-            loss, _ = self.loss(*_tensors(batch))
+            index = self.epoch * s.steps_per_epoch + step
+            if s.data == "darkfield":
+                x, y = self.darkfield_batch(index)
+                loss = F.binary_cross_entropy_with_logits(self.model(x), y)
+            else:
+                loss, _ = self.loss(*_tensors(self.sampler.batch(index)))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1} "
                                          f"step {step + 1}; lower the learning rate")
@@ -289,7 +407,33 @@ class Trainer:
         return float(np.mean(losses))
 
     @torch.no_grad()
+    def validate_darkfield(self) -> dict:
+        self.model.eval()
+        ws = self.validation_windows
+        total = 0.0
+        tp = fp = fn = tn = 0
+        for start in tqdm(range(0, len(ws), DARKFIELD_VAL_BATCH), desc="validation",
+                          unit="batch", disable=not self.progress, leave=False):
+            x = torch.from_numpy(ws.images(start, start + DARKFIELD_VAL_BATCH))
+            y = torch.from_numpy(ws.labels[start:start + DARKFIELD_VAL_BATCH] > 0)
+            logits = self.model(x)
+            total += float(F.binary_cross_entropy_with_logits(logits, y.float(),
+                                                              reduction="sum"))
+            pred = logits >= 0  # sigmoid >= 0.5, the runtime's default decision
+            tp += int((pred & y).sum())
+            fp += int((pred & ~y).sum())
+            fn += int((~pred & y).sum())
+            tn += int((~pred & ~y).sum())
+        return {"val_loss": total / len(ws),
+                "accuracy": round((tp + tn) / len(ws), 4),
+                "precision": round(tp / max(1, tp + fp), 4),
+                "recall": round(tp / max(1, tp + fn), 4),
+                "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4)}
+
+    @torch.no_grad()
     def validate(self) -> dict:
+        if self.s.data == "darkfield":
+            return self.validate_darkfield()
         self.model.eval()
         losses, tally = [], Tally()
         correct = seen = tp = fp = fn = 0
@@ -318,16 +462,39 @@ class Trainer:
             metrics.update(tally.summary())
         return metrics
 
+    def _maybe_drop_lr(self) -> None:
+        """Divide the learning rate by 10 when ``lr_drop_patience`` epochs have passed without
+        a lower validation loss since the best epoch or the last drop (the count restarts
+        after each drop, so the new rate gets its own patience). Called after the epoch's row
+        is in the history and before ``last.pt``, so a resumed run continues the same way."""
+        patience = self.s.lr_drop_patience
+        if not patience:
+            return
+        losses = [h["val_loss"] for h in self.history]
+        best_epoch = max(i for i, v in enumerate(losses, 1) if v <= min(losses))
+        since = max([best_epoch, *self.lr_drops])
+        if self.epoch - since >= patience:
+            for group in self.opt.param_groups:
+                group["lr"] = group["lr"] / 10.0
+            self.lr_drops.append(self.epoch)
+            log.info("no lower validation loss for %d epochs: learning rate now %.3g",
+                     patience, self.opt.param_groups[0]["lr"])
+
     def run(self, resume: bool = False) -> Path:
         s = self.s
         if resume:
             self.resume()
         log.info("training %s (%s loss, %d parameters) for %d epochs of %d batches of %d "
-                 "patches into %s", s.network, s.loss if s.network == "unet" else "bce",
-                 parameter_count(self.model), s.epochs, s.steps_per_epoch, s.batch_size,
-                 self.out)
+                 "%s into %s", s.network if s.network != "fusion" else self.spec.variant,
+                 s.loss if s.network == "unet" else "bce", parameter_count(self.model),
+                 s.epochs, s.steps_per_epoch, s.batch_size,
+                 "dark-field windows" if s.data == "darkfield" else "patches", self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.validation  # noqa: B018 - built once, before the clock of the first epoch
+        # built once, before the clock of the first epoch
+        if s.data == "darkfield":
+            self.validation_windows  # noqa: B018
+        else:
+            self.validation  # noqa: B018
         while self.epoch < s.epochs:
             t0 = time.perf_counter()
             train_loss = self.train_epoch()
@@ -336,8 +503,11 @@ class Trainer:
             self.epoch += 1
             row = {"epoch": self.epoch, "train_loss": train_loss, **metrics,
                    "train_s": round(t1 - t0, 1), "val_s": round(time.perf_counter() - t1, 1)}
+            if s.lr_drop_patience:
+                row["lr"] = self.opt.param_groups[0]["lr"]
             best = min((h["val_loss"] for h in self.history), default=math.inf)
             self.history.append(row)
+            self._maybe_drop_lr()
             self.save("last.pt")
             if row["val_loss"] <= best:
                 self.save("best.pt")
@@ -346,6 +516,13 @@ class Trainer:
             log.info("epoch %d/%d: train loss %.4f, validation %s", self.epoch, s.epochs,
                      train_loss, _describe(metrics))
         return self.out / "best.pt"
+
+
+def _default(f):
+    """The default value of a settings field (for checkpoints written before it existed)."""
+    from dataclasses import MISSING
+
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def _describe(metrics: dict) -> str:

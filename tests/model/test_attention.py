@@ -53,3 +53,53 @@ def test_windows_of_256_with_stride_128_cover_the_side():
     assert window_origins(600) == [0, 128, 256, 344]
     with pytest.raises(ValueError):
         window_origins(100)
+
+
+@pytest.mark.parametrize("ba", [True, False])
+@pytest.mark.parametrize("sa", [True, False])
+@pytest.mark.parametrize("ca", [True, False])
+def test_ablation_switches_remove_exactly_their_module(ba, sa, ca):
+    spec = FusionSpec(width=0.125, in_channels=1, ba=ba, sa=sa, ca=ca)
+    net = AttentionFusionNet(spec)
+    assert net.stem[0][0].in_channels == (2 if ba else 1)  # BA concatenates the stretched copy
+    assert sum(isinstance(m, ScaleAttention) for m in net.modules()) == (4 if sa else 0)
+    assert isinstance(net.channel_attention, ChannelAttention) == ca
+    assert tuple(net(torch.rand(2, 1, 64, 64)).shape) == (2,)
+
+
+def test_variant_names_are_table_iii_rows():
+    assert FusionSpec().variant == "ResNet18+CA+SA+BA"
+    assert FusionSpec(ba=False, sa=False, ca=False).variant == "ResNet18"
+    assert FusionSpec(sa=False, ba=False).variant == "ResNet18+CA"
+    assert FusionSpec(sa=False).variant == "ResNet18+CA+BA"
+    assert FusionSpec(ba=False).variant == "ResNet18+CA+SA"
+
+
+def test_ba_feeds_the_stretched_window_next_to_the_raw_one():
+    torch.manual_seed(0)
+    net = AttentionFusionNet(FusionSpec(width=0.125, in_channels=1)).eval()
+    with torch.no_grad():
+        net.stem[0][0].weight[:, 0] = 0.0  # silence the raw channel: only BA's copy is seen
+    x = torch.rand(2, 1, 64, 64) * 0.1
+    # eqs. 1-3 remove gain and offset, so a brighter exposure of the same window is the same
+    assert torch.allclose(net(x), net(x * 3.0 + 0.2), atol=1e-5)
+
+
+def test_old_specs_without_switches_rebuild_the_full_network():
+    old = {"width": 0.125, "in_channels": 24}  # a checkpoint's spec before the switches
+    full = AttentionFusionNet(FusionSpec(width=0.125))
+    rebuilt = AttentionFusionNet(FusionSpec(**old))
+    assert rebuilt.spec == FusionSpec(width=0.125, in_channels=24, ba=True, sa=True, ca=True)
+    rebuilt.load_state_dict(full.state_dict())  # strict: the same keys and shapes
+    assert "channel_attention.w_u.weight" in full.state_dict()
+    assert "body.2.reduce.0.weight" in full.state_dict()  # the SA of stage 1 keeps its index
+
+
+def test_wrong_channel_count_is_one_clear_error():
+    net = AttentionFusionNet(FusionSpec(width=0.125, in_channels=1))
+    with pytest.raises(ValueError, match=r"takes windows N x 1 x H x W, got 2 x 24 x 64 x 64"):
+        net(torch.rand(2, 24, 64, 64))
+    with pytest.raises(ValueError, match="in_channels"):
+        FusionSpec(in_channels=0)
+    with pytest.raises(ValueError, match="ba must be True or False"):
+        FusionSpec(ba="no")

@@ -1,0 +1,357 @@
+"""The weak-scratch paper's evaluation of window classifiers (Table II, Table III, section III.E)
+on simulated single dark-field frames (:mod:`edge.sim.darkfield`, :mod:`model.windows`).
+
+Frames are split by seed as the paper splits its 112 images (:func:`model.windows.image_split`:
+80 train, 12 validation, 20 test): training draws windows from the training frames only, the
+trainer validates on :func:`heldout_set` of the validation frames, the baselines tune their
+thresholds on that same validation set, and only this module touches the test frames.
+
+**Windows** (Tables II and III): the fixed set :func:`heldout_set` over the test frames (1024
+windows, near the paper's 1461; the paper's three sampling modes, so about half of them hold a
+scratch). A network (ONNX, through :func:`edge.engine.open_engine` on ONNX Runtime, batched)
+calls a window positive when ``sigmoid(logit) >= 0.5`` (``logit >= 0``), the runtime's default
+(:data:`edge.classify.DEFAULT_THRESHOLD`); a baseline (:mod:`model.window_baselines`) by its
+rule, tuned on the validation windows. Per detector: precision, recall, F1, accuracy and the
+window count, with the confusion counts. Precision, recall and accuracy are binomial
+proportions and get 95 % Wilson intervals (:func:`model.evaluate.wilson`); F1 is not a
+proportion of anything, so its interval is a percentile bootstrap over the windows (2000
+resamples, seeded: the same file gives the same interval).
+
+**Whole images** (section III.E: the sliding window over 2048 x 2048 frames): the first
+``images`` test seeds are rendered twice, as drawn (every frame has scratches: the simulator's
+``scratch_share`` is 1.0, as the paper's images are all defective) and scratch-free (the same
+configuration with ``scratch_share=0``: the same haze, vignetting and mottle, which are drawn
+before the scratches, but other dust, because the scene's random stream then goes on
+differently). Every window of the runtime's grid (256 px every 128 px, the last flush:
+:func:`model.windows.image_windows`, the grid of :mod:`edge.classify`) is classified; an image
+is flagged when any window is positive (the runtime's FAIL). Truth per image: it has a scratch
+when any grid window is a scratch window by the labelling rule (4 mask pixels), so a scratch too
+short to label counts as none, as it does for the windows. Reported: detection rate (flagged
+scratched images / scratched images) and false-alarm rate (flagged clean images / clean
+images), with Wilson intervals, and the grid windows' own metrics.
+
+Choice: the held-out window sets spread over every frame of their split (``per_image`` =
+``ceil(count / frames)``), so that no test frame is left out and none dominates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.sim.darkfield import DarkfieldConfig, DarkfieldRenderer
+from model.evaluate import wilson
+from model.windows import HELDOUT_WINDOWS, WindowSet, heldout_windows, image_split, image_windows
+
+log = logging.getLogger("glass-inspect.window-eval")
+
+FRAME_PX = 2048  # the paper's frames
+REFERENCE_SCRATCH_PX = (30.0, 1500.0)  # DarkfieldConfig's scratch lengths at 2048 px
+VALIDATION_WINDOWS = 512
+HELDOUT_SEED = 0  # the fixed sets' draw: every run, model and baseline sees the same windows
+BOOTSTRAP = 2000
+DEFAULT_BATCH = 16
+DEFAULT_CACHE = Path(os.environ.get("GLASS_INSPECT_CACHE",
+                                    Path.home() / ".cache" / "glass-inspect")) / "darkfield"
+
+
+class WindowEvalError(ValueError):
+    """A model or setting the evaluation cannot use; the message says which and why."""
+
+
+def darkfield_config(frame_px: int = FRAME_PX) -> DarkfieldConfig:
+    """The default frames at a side of ``frame_px``; scratch lengths scale with the side (the
+    longest stays three quarters of it), the shortest stays 30 px, so smaller frames (tests,
+    smoke runs) keep the same mix of short and long scratches per window."""
+    if not isinstance(frame_px, int) or frame_px < 256 or frame_px % 2:
+        raise ValueError(f"frame_px must be an even number of at least 256 px, got {frame_px!r}")
+    lo, hi = REFERENCE_SCRATCH_PX
+    return DarkfieldConfig(shape=(frame_px, frame_px),
+                           scratch_length_px=(lo, max(lo, hi * frame_px / FRAME_PX)))
+
+
+def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
+                count: int = HELDOUT_WINDOWS, cache: str | os.PathLike | None = None
+                ) -> WindowSet:
+    """The fixed window set of held-out frames (validation or test seeds), rendered once and
+    cached (:func:`model.windows.heldout_windows`); every frame gives about the same share."""
+    seeds = list(image_seeds)
+    return heldout_windows(Path(cache) if cache else DEFAULT_CACHE, seeds,
+                           darkfield_config(frame_px), count=count, seed=HELDOUT_SEED,
+                           per_image=max(1, math.ceil(count / len(seeds))))
+
+
+# -- metrics --------------------------------------------------------------------------------
+def _rate(k: int, n: int) -> float | None:
+    return round(k / n, 4) if n else None
+
+
+def _f1(tp, fp, fn):
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+
+
+def window_metrics(positive: np.ndarray, labels: np.ndarray, bootstrap: int = BOOTSTRAP,
+                   seed: int = 0) -> dict:
+    """Precision, recall, F1, accuracy (with intervals) and counts of window decisions."""
+    pred = np.asarray(positive).astype(bool)
+    truth = np.asarray(labels).astype(bool)
+    if pred.shape != truth.shape or pred.ndim != 1:
+        raise ValueError(f"decisions and labels must be two vectors of one length, got "
+                         f"{pred.shape} and {truth.shape}")
+    n = len(truth)
+    tp = int((pred & truth).sum())
+    fp = int((pred & ~truth).sum())
+    fn = int((~pred & truth).sum())
+    tn = n - tp - fp - fn
+    f1 = _f1(tp, fp, fn)
+    out = {
+        "precision": _rate(tp, tp + fp), "recall": _rate(tp, tp + fn),
+        "f1": None if np.isnan(f1) else round(float(f1), 4),
+        "accuracy": _rate(tp + tn, n), "windows": n,
+        "scratch_windows": tp + fn, "background_windows": fp + tn,
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "precision_ci": wilson(tp, tp + fp), "recall_ci": wilson(tp, tp + fn),
+        "accuracy_ci": wilson(tp + tn, n), "f1_ci": None,
+    }
+    if bootstrap and n and not np.isnan(f1):
+        # resample windows with replacement; counts per resample from the 4 confusion codes
+        code = 2 * pred.astype(np.int64) + truth.astype(np.int64)  # 3 tp, 2 fp, 1 fn, 0 tn
+        rng = np.random.default_rng(seed)
+        counts = np.zeros((bootstrap, 4), np.int64)
+        for start in range(0, bootstrap, 250):  # 250 x n indexes at a time: bounded memory
+            idx = rng.integers(0, n, (min(250, bootstrap - start), n))
+            c = code[idx]
+            counts[start:start + len(idx)] = np.stack([(c == k).sum(axis=1) for k in range(4)],
+                                                      axis=1)
+        boot = _f1(counts[:, 3], counts[:, 2], counts[:, 1])
+        boot = boot[~np.isnan(boot)]
+        if boot.size:
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            out["f1_ci"] = [round(float(lo), 4), round(float(hi), 4)]
+    return out
+
+
+def image_metrics(flagged: np.ndarray, has_scratch: np.ndarray) -> dict:
+    flagged = np.asarray(flagged, bool)
+    truth = np.asarray(has_scratch, bool)
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    det, fa = int((flagged & truth).sum()), int((flagged & ~truth).sum())
+    return {"images": len(truth), "with_scratch": pos, "clean": neg, "detected": det,
+            "false_alarms": fa, "detection_rate": _rate(det, pos),
+            "detection_rate_ci": wilson(det, pos), "false_alarm_rate": _rate(fa, neg),
+            "false_alarm_rate_ci": wilson(fa, neg)}
+
+
+# -- detectors --------------------------------------------------------------------------------
+@dataclass
+class _Model:
+    name: str
+    path: Path
+    classifier: object  # edge.classify.Classifier
+
+    def positive(self, windows: np.ndarray) -> np.ndarray:
+        """Windows (N, 1, W, W) float32 -> positive (N,) bool, batch by batch."""
+        clf = self.classifier
+        logits = np.empty(len(windows), np.float32)
+        for start in range(0, len(windows), clf.batch):
+            chunk = np.ascontiguousarray(windows[start:start + clf.batch], np.float32)
+            # the engine's output buffer is reused by its next call: copy out now
+            logits[start:start + len(chunk)] = clf.engine.infer(chunk)
+        if not np.all(np.isfinite(logits)):
+            raise WindowEvalError(f"{self.path}: the model gave non-finite logits")
+        # sigmoid(logit) >= threshold, as the runtime decides (logit >= 0 at 0.5)
+        return _sigmoid(logits) >= clf.threshold
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int]) -> None:
+    """Refuse a model whose own training or validation frames are among the test frames."""
+    try:
+        settings = json.loads(metadata.get("settings", "{}"))
+    except ValueError:
+        return
+    if not isinstance(settings, dict) or settings.get("data") != "darkfield":
+        return
+    used = image_split(0, int(settings.get("train_images", 80)),
+                       int(settings.get("val_images", 12)))
+    overlap = sorted(set(test_seeds) & (set(used.train) | set(used.validation)))
+    if overlap:
+        raise WindowEvalError(
+            f"{path}: was trained or validated on frames {overlap[:5]}"
+            f"{' ...' if len(overlap) > 5 else ''}, which this evaluation tests on; choose a "
+            "--split whose test seeds come after the model's training and validation frames")
+
+
+def open_models(models: dict[str, str | Path], test_seeds: Sequence[int], threads: int = 0,
+                batch: int = DEFAULT_BATCH) -> list[_Model]:
+    from edge.classify import Classifier, ModelError
+    from edge.engine.base import EngineError, open_engine
+
+    out = []
+    try:
+        for name, path in models.items():
+            path = Path(path)
+            if not path.is_file():
+                raise WindowEvalError(f"{path}: no such model file")
+            try:
+                engine = open_engine(path, "onnxruntime", threads=threads, max_batch=batch)
+            except EngineError as exc:
+                raise WindowEvalError(str(exc)) from None
+            try:
+                clf = Classifier(engine, batch=batch)  # checks N x 1 x 256 x 256 -> N logits
+                _check_split(path, getattr(engine, "metadata", {}), test_seeds)
+            except (ModelError, WindowEvalError) as exc:
+                engine.close()
+                raise WindowEvalError(str(exc)) from None
+            out.append(_Model(name, path, clf))
+    except BaseException:
+        for m in out:
+            m.classifier.close()
+        raise
+    return out
+
+
+# -- the evaluation -------------------------------------------------------------------------
+def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (), *,
+                     split: tuple[int, int, int] = (80, 12, 20), frame_px: int = FRAME_PX,
+                     test_windows: int = HELDOUT_WINDOWS,
+                     val_windows: int = VALIDATION_WINDOWS, images: int | None = None,
+                     cache: str | os.PathLike | None = None, threads: int = 0,
+                     batch: int = DEFAULT_BATCH, progress: bool = True) -> dict:
+    """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
+    module docstring. ``images``: test frames for the image level (default: all test seeds;
+    0 skips it); each is rendered with and without scratches."""
+    from model.window_baselines import make_baseline
+
+    if not models and not baselines:
+        raise WindowEvalError("name at least one model or baseline")
+    clash = sorted(set(models) & set(baselines))
+    if clash:
+        raise WindowEvalError(f"a model and a baseline are both named {clash[0]!r}; results are "
+                              "keyed by name: rename the model")
+    try:
+        n_train, n_val, n_test = split
+        seeds = image_split(0, n_train, n_val, n_test)
+        cfg = darkfield_config(frame_px)
+    except ValueError as exc:  # a split or frame size the simulator cannot make
+        raise WindowEvalError(str(exc)) from None
+    images = n_test if images is None else images
+    if not 0 <= images <= n_test:
+        raise WindowEvalError(f"images must be within 0..{n_test} (the test frames), got "
+                              f"{images}")
+    for name, value in (("test_windows", test_windows), ("val_windows", val_windows),
+                        ("batch", batch)):
+        if not isinstance(value, int) or value < 1:
+            raise WindowEvalError(f"{name} must be a positive integer, got {value!r}")
+    t0 = time.perf_counter()
+    nets = open_models(models, seeds.test, threads, batch)
+    try:
+        log.info("test windows: %d from frames %d..%d", test_windows, seeds.test[0],
+                 seeds.test[-1])
+        test = heldout_set(seeds.test, frame_px, test_windows, cache)
+        truth = test.labels.astype(bool)
+        set_info = {"frame_px": frame_px, "split": list(split), "test_seeds":
+                    [seeds.test[0], seeds.test[-1]], "window_file": str(test.path),
+                    "windows_seed": HELDOUT_SEED}
+        results: dict[str, dict] = {}
+        decide = {}  # name -> windows -> positive
+        for m in nets:
+            t = time.perf_counter()
+            pos = np.concatenate([m.positive(test.images(s, s + 256))
+                                  for s in range(0, len(test), 256)])
+            results[m.name] = {**window_metrics(pos, truth), "model": str(m.path),
+                               "sha256": m.classifier.identity.get("sha256"),
+                               "threshold": m.classifier.threshold,
+                               "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
+            decide[m.name] = m.positive
+        if baselines:
+            val = heldout_set(seeds.validation, frame_px, val_windows, cache)
+            for name in dict.fromkeys(baselines):
+                b = make_baseline(name)
+                t = time.perf_counter()
+                b.fit_scores(_chunked(b.scores, val), val.labels)
+                pos = b.decide(_chunked(b.scores, test))
+                results[name] = {**window_metrics(pos, truth), "baseline": name,
+                                 "params": b.params(), "tuned_on": {
+                                     "validation_windows": len(val),
+                                     "window_file": str(val.path)},
+                                 "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
+                decide[name] = b.predict
+        if images:
+            for name, rows in _image_level(decide, seeds.test[:images], cfg, progress).items():
+                results[name]["images"] = rows
+        log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
+        return results
+    finally:
+        for m in nets:
+            m.classifier.close()
+
+
+def _chunked(fn, ws: WindowSet, size: int = 256) -> np.ndarray:
+    """``fn`` over a window set a few hundred windows at a time (float32 windows of a whole
+    set would take 256 kB each at once)."""
+    return np.concatenate([fn(ws.images(s, s + size)) for s in range(0, len(ws), size)])
+
+
+def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
+                 progress: bool) -> dict[str, dict]:
+    renderers = [("as drawn", DarkfieldRenderer(cfg)),
+                 ("scratch-free", DarkfieldRenderer(replace(cfg, scratch_share=0.0)))]
+    flagged = {name: [] for name in decide}
+    grid = {name: [] for name in decide}
+    truth, grid_truth = [], []
+    bar = tqdm(total=2 * len(test_seeds), desc="test images", unit="image",
+               disable=not progress, leave=False)
+    for seed in test_seeds:
+        for _, renderer in renderers:
+            frame = renderer.render(seed)
+            _, wins, labels = image_windows(frame)
+            truth.append(bool(labels.any()))
+            grid_truth.append(labels)
+            for name, fn in decide.items():
+                pos = np.asarray(fn(wins), bool)
+                flagged[name].append(bool(pos.any()))
+                grid[name].append(pos)
+            del frame, wins
+            bar.update()
+    bar.close()
+    labels = np.concatenate(grid_truth)
+    out = {}
+    for name in decide:
+        row = image_metrics(np.array(flagged[name]), np.array(truth))
+        row["test_seeds"] = list(test_seeds)
+        row["clean_images"] = "the same test seeds rendered with scratch_share 0"
+        row["grid_windows"] = window_metrics(np.concatenate(grid[name]), labels, bootstrap=0)
+        out[name] = row
+    return out
+
+
+def describe(results: dict[str, dict]) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    def ci(v):
+        return "" if not v else f" [{100 * v[0]:.1f}, {100 * v[1]:.1f}]"
+
+    rows = ["detector | precision | recall | F1 | accuracy | windows | image detection | "
+            "image false alarms", "--- | --- | --- | --- | --- | --- | --- | ---"]
+    for name, r in results.items():
+        im = r.get("images") or {}
+        rows.append(f"{name} | {pct(r['precision'])}{ci(r['precision_ci'])} | "
+                    f"{pct(r['recall'])}{ci(r['recall_ci'])} | {pct(r['f1'])}{ci(r['f1_ci'])} | "
+                    f"{pct(r['accuracy'])} | {r['windows']} | "
+                    f"{pct(im.get('detection_rate'))} | {pct(im.get('false_alarm_rate'))}")
+    return "\n".join(rows)

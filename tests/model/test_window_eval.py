@@ -1,0 +1,271 @@
+"""Window-level evaluation (weak-scratch paper, Tables II and III) and its traditional baselines.
+
+Tiny sets only: 512 px frames, a few windows; a model is trained for one tiny epoch and
+exported once per module."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cli import main
+from edge.sim.darkfield import DarkfieldConfig
+from model.evaluate import wilson
+from model.window_baselines import (
+    GABOR_TAUS,
+    GaborWindow,
+    OtsuWindow,
+    best_threshold,
+    gabor_kernels,
+    largest_component,
+    line_shape,
+    make_baseline,
+)
+from model.window_eval import (
+    WindowEvalError,
+    darkfield_config,
+    evaluate_windows,
+    heldout_set,
+    image_metrics,
+    window_metrics,
+)
+
+# a shipped six-state network: 24 channels in, a score map out, not a window classifier
+SIX_STATE_MODEL = Path(__file__).resolve().parents[2] / "edge" / "models" / "scratch_unet.onnx"
+TINY = dict(split=(3, 2, 2), frame_px=512, test_windows=16, val_windows=8, images=1,
+            threads=1, batch=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def classifier_onnx(tmp_path_factory):
+    """A single-frame classifier exported from one tiny darkfield epoch on frames 0-2
+    (validation 3-4), so TINY's test frames 5-6 are unseen."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from edge.config import load
+    from export.onnx import export_onnx
+    from model.train import Trainer, TrainSettings
+
+    root = tmp_path_factory.mktemp("classifier")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny batch gains nothing from threads on a busy machine
+    try:
+        s = TrainSettings(network="fusion", data="darkfield", width=0.125, frame_px=512,
+                          train_images=3, val_images=2, val_windows=8, batch_size=4,
+                          steps_per_epoch=1, epochs=1, window_cache=str(root / "cache"))
+        best = Trainer(s, load(), root / "run", progress=False).run()
+        return export_onnx(best, root / "fusion_tiny.onnx").path
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- metrics --------------------------------------------------------------------------------
+def test_window_metrics_count_and_give_wilson_intervals():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1])
+    pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])
+    m = window_metrics(pred, labels)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["windows"]) == (3, 1, 2, 4, 10)
+    assert m["precision"] == 0.75 and m["recall"] == 0.6 and m["accuracy"] == 0.7
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2), abs=1e-4)
+    assert m["precision_ci"] == wilson(3, 4) and m["recall_ci"] == wilson(3, 5)
+    assert m["accuracy_ci"] == wilson(7, 10)
+    lo, hi = m["f1_ci"]
+    assert lo <= m["f1"] <= hi
+    assert window_metrics(pred, labels) == m  # the bootstrap is seeded
+    assert window_metrics(pred, labels, bootstrap=0)["f1_ci"] is None
+    json.dumps(m)
+
+
+def test_metrics_without_positives_are_none_not_a_division_by_zero():
+    m = window_metrics(np.zeros(4, bool), np.zeros(4, int))
+    assert m["precision"] is None and m["recall"] is None and m["f1"] is None
+    assert m["accuracy"] == 1.0 and m["precision_ci"] is None
+    with pytest.raises(ValueError, match="one length"):
+        window_metrics(np.zeros(3), np.zeros(4))
+
+
+def test_image_metrics():
+    m = image_metrics([True, True, False, True], [True, True, True, False])
+    assert (m["with_scratch"], m["clean"], m["detected"], m["false_alarms"]) == (3, 1, 2, 1)
+    assert m["detection_rate"] == pytest.approx(0.6667, abs=1e-4)
+    assert m["false_alarm_rate"] == 1.0 and m["false_alarm_rate_ci"] == wilson(1, 1)
+
+
+# -- threshold tuning -----------------------------------------------------------------------
+def test_best_threshold_maximises_accuracy_and_prefers_the_stricter_cut_on_a_tie():
+    # cut 0.8: 3 right; 0.4: 2; 0.35: 3; 0.1: 2; +inf: 2 -> 0.8 (the higher of the two 3s)
+    thr, acc = best_threshold(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    assert (thr, acc) == (0.8, 0.75)
+    # tied scores go in together: cut 2 takes both (2 false alarms), cut 1 is the best
+    thr, acc = best_threshold(np.array([3.0, 2.0, 2.0, 1.0, 1.0]), np.array([0, 1, 0, 1, 1]))
+    assert (thr, acc) == (1.0, 0.6)
+    # with nothing informative, calling nothing positive is as right as it gets here
+    thr, acc = best_threshold(np.array([5.0, 5.0, 5.0]), np.array([1, 0, 0]))
+    assert thr == np.inf and acc == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="at least one scratch"):
+        best_threshold(np.array([1.0, 2.0]), np.array([0, 0]))
+
+
+# -- Otsu -----------------------------------------------------------------------------------
+def test_largest_component_and_its_line_shape():
+    fg = np.zeros((64, 64), bool)
+    idx = np.arange(40)
+    fg[10 + idx, 5 + idx] = True  # a diagonal line: 8-connected, one component
+    fg[50:53, 50:53] = True  # a 9 px blob
+    n, vr, vc, cv = largest_component(fg)
+    assert n == 40
+    length, width = line_shape(vr, vc, cv)
+    assert length == pytest.approx(np.sqrt(2 * (40 ** 2 - 1)), rel=1e-6)
+    assert width == pytest.approx(1.0)  # a one-pixel line is one pixel wide
+    assert largest_component(np.zeros((8, 8), bool))[0] == 0
+
+
+def _noise(rng, n=1, side=128, level=0.1, sigma=0.002):
+    return (level + sigma * rng.standard_normal((n, 1, side, side))).astype(np.float32)
+
+
+def _line(win, angle_deg, amplitude, length=100):
+    side = win.shape[-1]
+    a = np.deg2rad(angle_deg)
+    t = np.linspace(-length / 2, length / 2, 4 * length)
+    r = np.clip(np.round(side / 2 + t * np.sin(a)).astype(int), 0, side - 1)
+    c = np.clip(np.round(side / 2 + t * np.cos(a)).astype(int), 0, side - 1)
+    win[0, r, c] += amplitude
+    return win
+
+
+def test_otsu_calls_a_bright_line_positive_and_a_bright_speck_negative():
+    rng = np.random.default_rng(0)
+    lines = np.stack([_line(w, a, 0.05) for w, a in zip(_noise(rng, 4), (0, 30, 75, 120),
+                                                          strict=True)])
+    specks = _noise(rng, 4)
+    yy, xx = np.mgrid[:128, :128]
+    for k, w in enumerate(specks):
+        w[0] += 0.05 * np.exp(-((yy - 40 - 10 * k) ** 2 + (xx - 64) ** 2) / (2 * 4.0 ** 2))
+    windows = np.concatenate([lines, specks])
+    labels = np.array([1] * 4 + [0] * 4)
+    otsu = OtsuWindow()
+    scores = otsu.scores(windows)
+    assert scores[:4].min() > 10 > scores[4:].max()
+    otsu.fit(windows, labels)
+    assert np.array_equal(otsu.predict(windows), labels.astype(bool))
+    assert otsu.params()["aspect_threshold"] == otsu.threshold
+
+
+# -- Gabor ----------------------------------------------------------------------------------
+def test_gabor_kernels_ignore_level_and_gradient_and_have_one_noise_scale():
+    k = gabor_kernels()
+    assert k.shape[0] == 12 and k.shape[1] == k.shape[2]
+    assert np.allclose(k.sum(axis=(1, 2)), 0.0, atol=1e-5)
+    assert np.allclose(np.sqrt((k.astype(np.float64) ** 2).sum(axis=(1, 2))), 1.0, atol=1e-5)
+    half = k.shape[1] // 2
+    y, x = np.mgrid[-half:half + 1, -half:half + 1]
+    # even (point-symmetric) kernels: a linear ramp (vignetting) gives no response
+    assert np.allclose((k * (3.0 * x + 2.0 * y)).sum(axis=(1, 2)), 0.0, atol=1e-3)
+
+
+def test_gabor_finds_a_faint_line_and_ignores_a_haze_slope():
+    rng = np.random.default_rng(1)
+    sigma = 0.002
+    # 2 sigma per pixel: a pixel alone is within the noise's tails; along its length it is not
+    lines = np.stack([_line(w, a, 2.0 * sigma, length=120)
+                      for w, a in zip(_noise(rng, 4, sigma=sigma), (10, 50, 95, 140),
+                                      strict=True)])
+    # vignetting's slope across a window (25 sigma): must not become a line at the edges
+    ramp = np.linspace(0.0, 0.05, 128, dtype=np.float32)[None, None, None, :]
+    background = np.concatenate([_noise(rng, 2, sigma=sigma), _noise(rng, 2, sigma=sigma)
+                                 + ramp])
+    windows = np.concatenate([lines, background])
+    labels = np.array([1] * 4 + [0] * 4)
+    g = GaborWindow()
+    counts = g.scores(windows)
+    assert counts.shape == (8, len(GABOR_TAUS))
+    j = GABOR_TAUS.index(5.0)
+    assert counts[:4, j].min() > counts[4:, j].max()
+    g.fit(windows, labels)
+    assert g.validation_accuracy == 1.0
+    assert np.array_equal(g.predict(windows), labels.astype(bool))
+    assert {"tau", "n_min", "orientations"} <= g.params().keys()
+
+
+def test_baselines_refuse_bad_windows_and_unknown_names():
+    with pytest.raises(ValueError, match="N x 1 x W x W"):
+        OtsuWindow().scores(np.zeros((2, 24, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="unknown window baseline"):
+        make_baseline("sobel")
+    with pytest.raises(RuntimeError, match="fit it"):
+        GaborWindow().predict(np.zeros((1, 1, 64, 64), np.float32))
+
+
+# -- sets and the evaluation ------------------------------------------------------------------
+def test_full_size_frames_are_the_simulators_defaults():
+    assert darkfield_config(2048) == DarkfieldConfig()
+    small = darkfield_config(512)
+    assert small.shape == (512, 512) and small.scratch_length_px == (30.0, 375.0)
+    with pytest.raises(ValueError, match="frame_px"):
+        darkfield_config(255)
+
+
+def test_heldout_sets_visit_every_frame_of_their_split(tmp_path):
+    ws = heldout_set([7, 8, 9, 10, 11], frame_px=512, count=10, cache=tmp_path)
+    assert len(ws) == 10 and set(ws.image_seeds.tolist()) == {7, 8, 9, 10, 11}
+    again = heldout_set([7, 8, 9, 10, 11], frame_px=512, count=10, cache=tmp_path)
+    assert again.path == ws.path and np.array_equal(again.raw, ws.raw)
+
+
+def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
+    r = evaluate_windows({"fusion_tiny": classifier_onnx}, ["otsu", "gabor"], cache=tmp_path,
+                         **TINY)
+    assert list(r) == ["fusion_tiny", "otsu", "gabor"]
+    for name, m in r.items():
+        assert m["windows"] == 16, name
+        for key in ("precision", "recall", "f1", "accuracy"):
+            assert key in m and f"{key}_ci" in m, (name, key)
+        im = m["images"]
+        # test frame 5 as drawn (it has scratches) and scratch-free
+        assert (im["images"], im["with_scratch"], im["clean"]) == (2, 1, 1), name
+        assert im["test_seeds"] == [5]
+        assert im["grid_windows"]["windows"] == 2 * 9  # 3 x 3 windows of a 512 px frame
+    assert set(r["fusion_tiny"]["set"]["test_seeds"]) == {5, 6}
+    assert r["gabor"]["params"]["tau"] in GABOR_TAUS
+    assert r["otsu"]["tuned_on"]["validation_windows"] == 8
+    # every detector saw the same windows
+    assert len({m["scratch_windows"] for m in r.values()}) == 1
+    json.dumps(r)
+
+
+def test_a_model_that_saw_the_test_frames_is_refused(classifier_onnx, tmp_path):
+    # the model trained on frames 0-2 and validated on 3-4: a 2 / 1 / 2 split tests on 3-4
+    with pytest.raises(WindowEvalError, match="trained or validated on frames"):
+        evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path,
+                         **{**TINY, "split": (2, 1, 2)})
+
+
+def test_bad_models_are_one_clear_message(tmp_path, capsys):
+    assert main(["evaluate-windows", str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.onnx: no such model file" in err and "Traceback" not in err
+    with pytest.raises(WindowEvalError, match="no such model file"):
+        evaluate_windows({"m": tmp_path / "missing.onnx"}, [], cache=tmp_path, **TINY)
+    pytest.importorskip("onnxruntime")
+    if not SIX_STATE_MODEL.is_file():
+        pytest.skip(f"{SIX_STATE_MODEL} is not shipped")
+    assert main(["evaluate-windows", str(SIX_STATE_MODEL), "--split", "3", "2", "2",
+                 "--frame-px", "512", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "expected the single-frame window classifier" in err and "N x 1 x 256" in err
+    assert main(["evaluate-windows"]) == 2
+    assert "name at least one" in capsys.readouterr().err
+
+
+def test_cli_writes_the_json_keyed_by_file_stem(classifier_onnx, tmp_path, capsys):
+    out = tmp_path / "models" / "eval.json"
+    assert main(["evaluate-windows", str(classifier_onnx), "--baseline", "otsu",
+                 "--split", "3", "2", "2", "--frame-px", "512", "--windows", "8",
+                 "--val-windows", "8", "--images", "0", "--cache", str(tmp_path / "cache"),
+                 "--threads", "1", "--json", str(out), "-q"]) == 0
+    data = json.loads(out.read_text())
+    assert list(data) == ["fusion_tiny", "otsu"]
+    assert data["fusion_tiny"]["windows"] == 8 and "images" not in data["fusion_tiny"]
+    assert "fusion_tiny |" in capsys.readouterr().out
