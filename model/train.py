@@ -369,9 +369,11 @@ class Trainer:
         ckpt = load_checkpoint(path)
         saved = dict(ckpt["settings"])
         mine = asdict(self.s)
-        # a setting the checkpoint predates was, in effect, its default
+        # a setting the checkpoint predates was, in effect, its default; the epoch count may
+        # grow, and where the window cache lives changes no window (its pool size does)
+        free = ("epochs", "window_cache")
         differ = [f.name for f in fields(TrainSettings)
-                  if f.name != "epochs" and saved.get(f.name, _default(f)) != mine[f.name]]
+                  if f.name not in free and saved.get(f.name, _default(f)) != mine[f.name]]
         if differ:
             raise CheckpointError(f"{path}: was trained with other settings ({', '.join(differ)}"
                                   "); resume with the same ones or use another --out")

@@ -34,7 +34,8 @@ def with_changes(**sections) -> config.HeadConfig:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = ROOT / "edge" / "models" / "scratch_unet.onnx"
+SHIPPED_MODEL = ROOT / "edge" / "models" / "scratch_hybrid.onnx"  # the default head's network
+UNET_MODEL = ROOT / "edge" / "models" / "scratch_unet.onnx"  # the glass paper's U-Net
 
 # A small head at the real pixel footprint: 1024 x 1024 px RoIs (one 512 x 512 tile after
 # space-to-depth), two of them side by side overlapping by 2 mm.

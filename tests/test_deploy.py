@@ -350,7 +350,7 @@ def test_the_pinmux_override_adds_dev_mem_read_only_and_nothing_else():
 def test_the_example_head_is_a_real_head_served_from_the_shipped_model():
     cfg = config.load(DEPLOY / "head.example.toml")
     assert not cfg.simulated and cfg.illumination.pin_factory == "jetson"
-    assert cfg.engine.artifact == "shipped:scratch_unet.onnx"
+    assert cfg.engine.artifact == "shipped:scratch_hybrid.onnx"
     assert cfg.resolve(cfg.engine.artifact).is_file()
 
 

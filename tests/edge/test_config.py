@@ -22,8 +22,8 @@ def test_embedded_default_is_the_simulated_head(cfg):
     assert cfg.illumination.angles_deg == (0, 30, 60, 90, 120, 150)
     assert cfg.stage.roi_grid.count == 10
     assert cfg.stage.roi_grid.pitch_mm == (38.0, 33.0)
-    assert (cfg.pipeline.t_low, cfg.pipeline.t_high) == (0.25, 0.75)
-    assert (cfg.pipeline.dbscan_eps, cfg.pipeline.dbscan_min_samples) == (25, 16)
+    assert (cfg.pipeline.t_low, cfg.pipeline.t_high) == (0.15, 0.6)
+    assert (cfg.pipeline.dbscan_eps, cfg.pipeline.dbscan_min_samples) == (12, 2)
 
 
 def test_file_round_trip_and_digest_ignores_formatting(tmp_path, cfg):

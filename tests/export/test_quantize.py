@@ -5,7 +5,7 @@ import weakref
 import numpy as np
 import pytest
 
-from tests.conftest import SHIPPED_MODEL
+from tests.conftest import UNET_MODEL
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -32,7 +32,7 @@ def _is_dq(producer, name) -> bool:
 def test_scores_and_the_sigmoid_input_stay_float(tmp_path, method):
     from export.quantize import quantize_qdq
 
-    out = quantize_qdq(SHIPPED_MODEL, tmp_path / "m.qdq.onnx", _batches(2), method)
+    out = quantize_qdq(UNET_MODEL, tmp_path / "m.qdq.onnx", _batches(2), method)
     m = onnx.load(str(out))
     producer, quantized = _graph_maps(m)
     sigmoid = producer["scores"]
@@ -101,7 +101,7 @@ def test_calibration_keeps_no_earlier_tile_outputs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ort.InferenceSession, "run", run)
     gen = (b for b in _batches(3, batch=2, side=32))  # read once: a generator is enough
-    quantize_qdq(SHIPPED_MODEL, tmp_path / "m.qdq.onnx", gen, "entropy")
+    quantize_qdq(UNET_MODEL, tmp_path / "m.qdq.onnx", gen, "entropy")
     assert max(alive_at_call) == 0, alive_at_call
     assert len(alive_at_call) >= 6  # a batch of 2 runs as 2 tiles
 
@@ -208,9 +208,9 @@ def test_without_a_calibration_cache_the_same_model(tmp_path, monkeypatch):
     if not q._has_calibration_cache():
         pytest.skip("this ONNX Runtime has no calibration cache: the override path is the only one")
     batches = _batches(1)
-    a = q.quantize_qdq(SHIPPED_MODEL, tmp_path / "a.onnx", batches, "entropy")
+    a = q.quantize_qdq(UNET_MODEL, tmp_path / "a.onnx", batches, "entropy")
     monkeypatch.setattr(q, "_has_calibration_cache", lambda: False)
-    b = q.quantize_qdq(SHIPPED_MODEL, tmp_path / "b.onnx", batches, "entropy")
+    b = q.quantize_qdq(UNET_MODEL, tmp_path / "b.onnx", batches, "entropy")
     ma, mb = onnx.load(str(a)), onnx.load(str(b))
     assert [n.op_type for n in ma.graph.node] == [n.op_type for n in mb.graph.node]
     ia = {i.name: numpy_helper.to_array(i) for i in ma.graph.initializer}
@@ -223,6 +223,6 @@ def test_no_tiles_is_refused(tmp_path):
     from export.quantize import quantize_qdq
 
     with pytest.raises(ValueError, match="at least one calibration batch"):
-        quantize_qdq(SHIPPED_MODEL, tmp_path / "m.onnx", iter([]), "entropy")
+        quantize_qdq(UNET_MODEL, tmp_path / "m.onnx", iter([]), "entropy")
     with pytest.raises(ValueError, match="calibration method"):
-        quantize_qdq(SHIPPED_MODEL, tmp_path / "m.onnx", _batches(1), "kl")
+        quantize_qdq(UNET_MODEL, tmp_path / "m.onnx", _batches(1), "kl")

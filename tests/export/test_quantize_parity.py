@@ -10,7 +10,7 @@ from edge.sim.sample import arc
 from edge.truth import GlassObject, Sample
 from export.parity import boxes_agree, compare
 from export.quantization_data import quantization_batches
-from tests.conftest import SHIPPED_MODEL
+from tests.conftest import UNET_MODEL
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -41,14 +41,14 @@ def test_qdq_model_is_explicitly_quantized_and_agrees(tmp_path, recorded, small_
     from export.quantize import quantize_qdq
 
     batches = quantization_batches([recorded], small_cfg, batch=1, limit=2)
-    out = quantize_qdq(SHIPPED_MODEL, tmp_path / "m.qdq.onnx", batches, method=method)
+    out = quantize_qdq(UNET_MODEL, tmp_path / "m.qdq.onnx", batches, method=method)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # the scores keep float resolution: far more distinct values than INT8's 255 levels
     (scores,) = ort.InferenceSession(str(out)).run(["scores"], {"frames": batches[0]})
     assert len(np.unique(scores)) > 1000
     rec = open_sample(recorded)
-    with open_engine(SHIPPED_MODEL) as ref, open_engine(out) as q:
+    with open_engine(UNET_MODEL) as ref, open_engine(out) as q:
         rep = compare(ref, q, [(0, np.asarray(rec.frames(0)))], small_cfg)
     assert rep.rois == 1 and rep.defects_reference == 1
     assert rep.max_abs > 0 and rep.mean_abs < 0.01  # INT8 moves some pixels, not the map

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export.tensorrt import BuildError, cache_key, choose_strong, profile_shapes
-from tests.conftest import SHIPPED_MODEL
+from tests.conftest import UNET_MODEL
 
 TRT_10_3 = SimpleNamespace(__version__="10.3.0", IInt8EntropyCalibrator2=object,
                            BuilderFlag=SimpleNamespace(FP16=1, INT8=2))
@@ -50,8 +50,8 @@ def test_real_build_and_cache(tmp_path, precision):
 
     kw = dict(precision=precision, batch_sizes=(1, 2), tile=64, cache_dir=tmp_path / "cache",
               timing_cache=tmp_path / "timing.cache")
-    first = build_engine(SHIPPED_MODEL, tmp_path / "a.engine", **kw)
-    again = build_engine(SHIPPED_MODEL, tmp_path / "b.engine", **kw)
+    first = build_engine(UNET_MODEL, tmp_path / "a.engine", **kw)
+    again = build_engine(UNET_MODEL, tmp_path / "b.engine", **kw)
     assert not first.from_cache and again.from_cache
     assert (tmp_path / "timing.cache").stat().st_size > 0
     assert Sidecar.read(tmp_path / "b.engine").precision == precision

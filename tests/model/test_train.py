@@ -89,3 +89,16 @@ def test_settings_are_validated():
         TrainSettings(batch_size=2, scratch_per_batch=3)
     with pytest.raises(ValueError, match="network"):
         TrainSettings(network="resnet")
+
+
+def test_a_run_resumes_with_its_window_cache_moved(cfg, tmp_path):
+    first = Trainer(TrainSettings(epochs=1, window_cache=str(tmp_path / "a"), window_pool=4,
+                                  **TINY), cfg, tmp_path / "run", progress=False)
+    first.run()
+    moved = Trainer(TrainSettings(epochs=2, window_cache=str(tmp_path / "b"), window_pool=4,
+                                  **TINY), cfg, tmp_path / "run", progress=False)
+    assert moved.resume() and moved.epoch == 1
+    other = Trainer(TrainSettings(epochs=2, window_cache=str(tmp_path / "b"), window_pool=5,
+                                  **TINY), cfg, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="window_pool"):
+        other.resume()
