@@ -13,7 +13,11 @@ pipeline's busy time summed over the RoIs), ``camera_render_s`` (CPU the simulat
 rendering; a real camera spends none of the host's) and ``tail_s`` (after the last frame, the
 last RoI's pipeline, which nothing can overlap).
 
-    python benchmarks/head.py [--samples N] [--frame-time-ms MS] [--threads T]
+With ``--compare shipped:scratch_unet.onnx`` the same samples also run on that network (the
+default head otherwise unchanged), and ``compare`` holds its figures: issue 16's "the shipped
+network keeps the head no slower" is ``ratio`` against ``compare.ratio`` in one run.
+
+    python benchmarks/head.py [--samples N] [--frame-time-ms MS] [--threads T] [--compare MODEL]
 """
 
 from __future__ import annotations
@@ -41,11 +45,24 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2, help="timed samples (default 2)")
     ap.add_argument("--frame-time-ms", type=float, default=100.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", metavar="MODEL",
+                    help="also time the head on this network (e.g. shipped:scratch_unet.onnx)")
     args = ap.parse_args()
+    out = measure(args, None)
+    if args.compare:
+        other = measure(args, args.compare)
+        out["compare"] = {k: other[k] for k in ("artifact", "sample_s", "ratio", "pipeline_s",
+                                                "tail_s", "statuses")}
+        out["speedup_vs_compare"] = round(other["sample_s"] / out["sample_s"], 3)
+    print(json.dumps(out))
 
+
+def measure(args: argparse.Namespace, artifact: str | None) -> dict:
     data = copy.deepcopy(tomllib.loads(config.default_text()))
     data["camera"]["frame_time_ms"] = args.frame_time_ms
     data["engine"]["threads"] = args.threads
+    if artifact:
+        data["engine"]["artifact"] = artifact
     cfg = config.parse(data, "benchmark head")
     engine = load_engine(cfg)
     runs = []
@@ -67,7 +84,8 @@ def main() -> None:
             })
     timed = runs[1:] or runs
     best = min(timed, key=lambda r: r["sample_s"] / r["acquisition_s"])
-    out = {
+    return {
+        "artifact": cfg.engine.artifact,
         "sample_s": round(best["sample_s"], 3),
         "acquisition_s": round(best["acquisition_s"], 3),
         "ratio": round(best["sample_s"] / best["acquisition_s"], 3),
@@ -78,7 +96,6 @@ def main() -> None:
         "tail_s": round(best["sample_s"] - best["acquisition_busy_s"], 3),
         "statuses": [r["status"] for r in timed],
     }
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":
