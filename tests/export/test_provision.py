@@ -28,7 +28,7 @@ from export import provision
 from export.provision import ProvisionError, prepare_engine
 from export.tensorrt import BuildError, BuildResult
 from firmware_bridge.health import Heartbeat, check_health
-from tests.conftest import UNET_MODEL, small_head_data, small_head_toml
+from tests.conftest import SHIPPED_MODEL, small_head_data, small_head_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def head(tmp_path: Path, artifact: Path | None = None, **engine) -> config.HeadC
 def changed_model(tmp_path: Path) -> Path:
     """The shipped model with a doc string appended (ModelProto field 6): another valid model."""
     p = tmp_path / "retrained.onnx"
-    p.write_bytes(UNET_MODEL.read_bytes() + b"\x32\x09retrained")
+    p.write_bytes(SHIPPED_MODEL.read_bytes() + b"\x32\x09retrained")
     return p
 
 
@@ -113,11 +113,11 @@ def test_first_start_builds_into_the_cache_then_serves_what_it_built(tmp_path):
     assert p.built and not p.from_cache and p.backend == "tensorrt"
     assert p.path.is_file() and p.path.is_relative_to(tmp_path / "c")
     call = builder.calls[0]
-    assert call["onnx"] == UNET_MODEL and call["cache_dir"] == tmp_path / "c"
+    assert call["onnx"] == SHIPPED_MODEL and call["cache_dir"] == tmp_path / "c"
     assert call["precision"] == "fp16" and call["tile"] == cfg.pipeline.tile_size
     assert call["batch_sizes"] == tuple(cfg.engine.batch_sizes)
     assert "10.3.0" in call["timing_cache"].name  # one timing cache per TensorRT version
-    assert Sidecar.read(p.path).onnx_sha256 == sha256_file(UNET_MODEL)
+    assert Sidecar.read(p.path).onnx_sha256 == sha256_file(SHIPPED_MODEL)
     with open_engine(p.path, max_batch=1) as engine:  # what was built is what ONNX Runtime serves
         out = engine.infer(np.zeros((1, 24, 64, 64), np.float32))
     assert out.shape == (1, 1, 64, 64)
@@ -167,7 +167,7 @@ def test_a_retrained_model_is_served_after_its_rebuild(tmp_path):
 
 
 def test_a_failed_build_is_one_message_and_nothing_is_served(tmp_path):
-    builder = StandInBuilder(fail="TensorRT's ONNX parser rejected scratch_unet.onnx:\n"
+    builder = StandInBuilder(fail="TensorRT's ONNX parser rejected scratch_hybrid.onnx:\n"
                                   "  unsupported operator Foo")
     served = []
     with pytest.raises(ProvisionError) as e:
@@ -175,7 +175,7 @@ def test_a_failed_build_is_one_message_and_nothing_is_served(tmp_path):
                         builder=builder, probe=has_tensorrt())
     msg = str(e.value)
     assert not served and "\n" not in msg
-    assert "cannot build the fp16 TensorRT engine of scratch_unet.onnx" in msg
+    assert "cannot build the fp16 TensorRT engine of scratch_hybrid.onnx" in msg
     assert "unsupported operator Foo" in msg and "not started" in msg
 
 
@@ -213,7 +213,7 @@ def test_an_engine_that_is_not_this_models_is_never_served(tmp_path, defect):
 def test_without_tensorrt_the_onnx_model_is_served_on_onnx_runtime_and_said(tmp_path):
     builder = StandInBuilder()
     p = prepare_engine(head(tmp_path), tmp_path / "c", builder=builder, probe=no_tensorrt)
-    assert not builder.calls and p.path == UNET_MODEL and p.backend == "onnxruntime"
+    assert not builder.calls and p.path == SHIPPED_MODEL and p.backend == "onnxruntime"
     assert "TensorRT cannot be used on this machine" in p.how
     assert "No module named 'tensorrt'" in p.how and "ONNX Runtime" in p.how
 
@@ -239,14 +239,14 @@ def test_an_engine_named_by_the_head_or_onnx_runtime_asked_for_needs_no_build(tm
     assert p.path == engine and p.backend == "tensorrt" and not builder.calls
     p = prepare_engine(head(tmp_path, backend="onnxruntime"), tmp_path / "c", builder=builder,
                        probe=has_tensorrt())
-    assert p.path == UNET_MODEL and p.backend == "onnxruntime" and not builder.calls
+    assert p.path == SHIPPED_MODEL and p.backend == "onnxruntime" and not builder.calls
 
 
 def test_a_model_the_head_is_not_qualified_with_is_not_built(tmp_path):
     builder = StandInBuilder()
     with pytest.raises(ProvisionError, match="not the model"):
         prepare_engine(head(tmp_path, changed_model(tmp_path),
-                            model_sha256=sha256_file(UNET_MODEL)), tmp_path / "c",
+                            model_sha256=sha256_file(SHIPPED_MODEL)), tmp_path / "c",
                        builder=builder, probe=has_tensorrt())
     assert not builder.calls
 
