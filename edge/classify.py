@@ -81,8 +81,12 @@ class ModelError(RuntimeError):
     """The classifier model is missing or is not a single-frame window classifier."""
 
 
-def window_origins(size: int, window: int = WINDOW, stride: int = STRIDE) -> list[int]:
-    """Window starts along one side: every ``stride``, the last one flush with the edge."""
+def window_origins(size: int, window: int = WINDOW, stride: int | None = None) -> list[int]:
+    """Window starts along one side: every ``stride`` (default half a window, the paper's 128 px
+    redundancy for 256 px windows), the last one flush with the edge."""
+    stride = window // 2 if stride is None else stride
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be positive, got {window} and {stride}")
     if size < window:
         raise ValueError(f"a side of {size} px is smaller than the {window} px window")
     starts = list(range(0, size - window + 1, stride))

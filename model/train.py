@@ -68,12 +68,11 @@ from model.hybrid import HybridNet, HybridSpec
 from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
 from model.metrics import Tally
 from model.unet import GlassUNet, UNetSpec, parameter_count
-from model.windows import WindowSampler, image_split
+from model.windows import WINDOW_MIN_PIXELS, WindowSampler, image_split
 
 log = logging.getLogger("glass-inspect.train")
 
 CHECKPOINT_FORMAT = "glass-inspect-checkpoint/1"
-WINDOW_MIN_PIXELS = 4  # scratch pixels a window needs to count as a scratch window
 VALIDATION_SEED_OFFSET = 1_000_003
 DATA = ("sixstate", "darkfield")
 DARKFIELD_PER_IMAGE = 4  # consecutive training windows from one frame (module docstring)

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.classify import window_origins  # the runtime's grid: training sees the same
 from edge.sim.darkfield import (
     DARKFIELD_VERSION,
     DarkfieldConfig,
@@ -58,7 +59,7 @@ from edge.sim.darkfield import (
 )
 
 WINDOW = 256  # the paper's window side, px
-WINDOW_MIN_PIXELS = 4  # the same rule as model.train.WINDOW_MIN_PIXELS (not imported: torch)
+WINDOW_MIN_PIXELS = 4  # model.train labels its six-state windows by this rule too
 MODES = ("gaussian", "uniform", "random")
 DEFAULT_MIX = (0.5, 0.3, 0.2)  # gaussian, uniform, random
 WINDOWS_PER_IMAGE = 64  # consecutive windows cut from one frame
@@ -96,20 +97,6 @@ def image_split(first_seed: int = 0, n_train: int = 80, n_validation: int = 12,
     a, b = first_seed + n_train, first_seed + n_train + n_validation
     return ImageSplit(tuple(range(first_seed, a)), tuple(range(a, b)),
                       tuple(range(b, b + n_test)))
-
-
-def window_origins(size: int, window: int = WINDOW, stride: int | None = None) -> list[int]:
-    """Window starts along one side: every ``stride`` (``window // 2``), the last one flush with
-    the edge; the grid of the paper's redundant sliding window."""
-    stride = window // 2 if stride is None else stride
-    if window < 1 or stride < 1:
-        raise ValueError(f"window and stride must be positive, got {window} and {stride}")
-    if size < window:
-        raise ValueError(f"a side of {size} px is smaller than the {window} px window")
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] != size - window:
-        starts.append(size - window)
-    return starts
 
 
 def scale(raw: np.ndarray, bit_depth: int) -> np.ndarray:
