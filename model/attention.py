@@ -24,6 +24,38 @@ Inputs (``FusionSpec.in_channels``): 1, the paper's own single dark-field window
 :mod:`edge.classify`), or 24, a window of the six-state space-to-depth map, where the paper's
 single frame becomes our six RAW frames. Used with stride 128 (:func:`window_origins`).
 
+Whitening (``FusionSpec.whiten``, our addition for the single-frame data; off for the
+24-channel six-state windows and for checkpoints written before it existed): a fixed stage,
+nothing learned, in front of BA, so every ablation variant sees the same input. Real single-image
+dark-field frames put a weak scratch (a few DN) on a haze of hundreds to thousands of DN that
+changes across the frame (vignetting, mottle, the tap seam), next to saturated dust and dark
+shadows. Fed as is, batch normalisation sees mostly the haze level and the outliers, and the
+network did not learn in our budget (a ResNet18 of width 0.25 stayed at chance for 4 epochs); the
+paper's BA alone does not help, because one saturated speck or dead pixel sets a window's
+``V_max`` or ``V_min``. The stage turns the window into noise units, the scale at which a scratch
+is or is not visible:
+
+* ``dn = x * 4095``: 12-bit DN (the simulator gives every depth the same photons; 8- and
+  16-bit inputs scaled to [0, 1] land on the same scale);
+* a local background ``b`` in two steps: a coarse one, the median of the 3 x 3 means of
+  8 x 8 blocks around each block (a sorting network of Min and Max), bilinearly back to full
+  resolution, which a speck, a shadow or a line touching one or two blocks barely moves; then
+  the 15 x 15 mean (separable, borders averaged over the pixels inside) of the window clipped
+  to that coarse background +- 3 noise sigmas, which follows the haze closely and which dust,
+  shadows and the scratch itself move by a fraction of a sigma. (A plain mean first, as we
+  had, is pulled up by 15 sigmas next to saturated dust, and a scratch there vanished.)
+  Windows must be a multiple of 8 px on each side (the runtime's are 256);
+* the noise sigma there from the camera's model, ``sqrt(read ** 2 + gain * (b - black))``
+  (``read_noise_dn``, ``conversion_gain``, ``black_dn`` of the spec: the simulated camera's by
+  default; a real camera's measured figures when training for it);
+* ``z = asinh((dn - b) / sigma / 2)``: linear within a few sigmas (where weak scratches live),
+  logarithmic beyond (saturated dust stays large but finite, so it does not swamp the batch
+  statistics).
+
+The whitened window is then the input BA stretches and concatenates, as the paper's raw window
+is. A Bayer mosaic would need the same per colour site; the shipped classifier is trained on
+grey frames (``model.windows``).
+
 Ablations (Table III): ``FusionSpec`` switches ``ba``, ``sa`` and ``ca`` each remove one
 attention module; all three on is the proposed network, all off the plain ResNet18 baseline.
 Without BA the stem sees the raw input only (``in_channels`` instead of ``2 * in_channels``
@@ -56,6 +88,10 @@ class FusionSpec:
     ba: bool = True  # brightness adjustment (hard attention, eqs. 1-3)
     sa: bool = True  # scale attention after each stage (Res2Net-A, eq. 4)
     ca: bool = True  # channel attention after the last scale attention (eqs. 5-8)
+    whiten: bool = False  # the fixed noise-unit stage in front (module docstring)
+    black_dn: float = 64.0  # camera noise model at 12 bits, for whiten
+    read_noise_dn: float = 2.5
+    conversion_gain: float = 0.08  # DN per electron
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,7 +100,14 @@ class FusionSpec:
         if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) \
                 or self.in_channels < 1:
             problems.append(f"in_channels must be a positive integer, got {self.in_channels!r}")
-        for name in ("ba", "sa", "ca"):
+        if self.whiten and self.in_channels != 1:
+            problems.append("whiten is for single dark-field windows (in_channels 1), got "
+                            f"{self.in_channels} channels")
+        if not (self.read_noise_dn > 0 and self.conversion_gain > 0 and self.black_dn >= 0):
+            problems.append("the noise model needs read_noise_dn > 0, conversion_gain > 0 and "
+                            f"black_dn >= 0, got {self.read_noise_dn}, {self.conversion_gain}, "
+                            f"{self.black_dn}")
+        for name in ("ba", "sa", "ca", "whiten"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
         if problems:
@@ -91,6 +134,65 @@ def brightness_adjust(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     span = hi - lo
     w_mult = torch.where(span > eps, 1.0 / span.clamp_min(eps), torch.zeros_like(span))
     return x * w_mult - w_mult * lo
+
+
+def _median9(v: list[torch.Tensor]) -> torch.Tensor:
+    """Elementwise median of nine tensors by a 19-exchange sorting network (Paeth's): only
+    Min and Max, which every runtime has, where a sort or a quantile would not export."""
+    def cx(i: int, j: int) -> None:
+        v[i], v[j] = torch.minimum(v[i], v[j]), torch.maximum(v[i], v[j])
+
+    for i, j in ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
+                 (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4),
+                 (4, 2)):
+        cx(i, j)
+    return v[4]
+
+
+class Whiten(nn.Module):
+    """The fixed noise-unit stage (module docstring): ``x`` in [0, 1] -> asinh of local
+    contrast over the noise sigma, same shape; height and width multiples of 8."""
+
+    FULL_SCALE = 4095.0  # 12-bit DN
+    BLOCK = 8  # coarse background: median of 3 x 3 block means of this side
+    SIZE = 15  # fine background window, px
+    CLIP = 3.0  # sigmas around the coarse background that enter the fine one
+
+    def __init__(self, black_dn: float, read_noise_dn: float, conversion_gain: float):
+        super().__init__()
+        self.black, self.read2, self.gain = black_dn, read_noise_dn ** 2, conversion_gain
+
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        k, p = self.SIZE, self.SIZE // 2
+        x = F.avg_pool2d(x, (1, k), 1, (0, p), count_include_pad=False)
+        return F.avg_pool2d(x, (k, 1), 1, (p, 0), count_include_pad=False)
+
+    def _coarse(self, dn: torch.Tensor) -> torch.Tensor:
+        """Median of the 3 x 3 block means around each block, back at full resolution: a
+        speck, a shadow or a line touches one or two of the nine blocks and barely moves it."""
+        m = F.avg_pool2d(dn, self.BLOCK)
+        h, w = m.shape[-2:]
+        p = F.pad(m, (1, 1, 1, 1), mode="replicate")
+        med = _median9([p[..., i:i + h, j:j + w] for i in range(3) for j in range(3)])
+        return F.interpolate(med, scale_factor=float(self.BLOCK), mode="bilinear",
+                             align_corners=False)
+
+    def _sigma(self, b: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.read2 + self.gain * F.relu(b - self.black))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dn = x * self.FULL_SCALE
+        b = self._coarse(dn)
+        reach = self.CLIP * self._sigma(b)
+        b = self._mean(torch.minimum(torch.maximum(dn, b - reach), b + reach))
+        return _asinh((dn - b) / (2.0 * self._sigma(b)))
+
+
+def _asinh(u: torch.Tensor) -> torch.Tensor:
+    """``asinh`` from ops every exporter has (``aten::asinh`` has no ONNX export); odd, so the
+    log never sees the cancellation of ``u + sqrt(u ** 2 + 1)`` for large negative ``u``."""
+    a = u.abs()
+    return torch.sign(u) * torch.log(a + torch.sqrt(a * a + 1.0))
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -158,6 +260,8 @@ class AttentionFusionNet(nn.Module):
         super().__init__()
         self.spec = spec = spec or FusionSpec()
         s = spec.stages
+        self.whiten = (Whiten(spec.black_dn, spec.read_noise_dn, spec.conversion_gain)
+                       if spec.whiten else nn.Identity())
         stem_in = 2 * spec.in_channels if spec.ba else spec.in_channels
         self.stem = nn.Sequential(_conv_bn(stem_in, s[0], 7, stride=2), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
@@ -187,6 +291,7 @@ class AttentionFusionNet(nn.Module):
             raise ValueError(f"the attention fusion network ({self.spec.variant}) takes windows "
                              f"N x {self.spec.in_channels} x H x W, got "
                              f"{' x '.join(map(str, x.shape))}")
+        x = self.whiten(x)
         if self.spec.ba:
             x = torch.cat([x, brightness_adjust(x)], dim=1)
         x = self.channel_attention(self.body(self.stem(x)))

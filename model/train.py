@@ -26,15 +26,17 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
   :mod:`model.window_eval`). The split does not move with ``seed``: every run, seed and
   ablation validates on the same frames and never sees the test frames.
 * Training windows: :class:`model.windows.WindowSampler` over the training frames (the paper's
-  three sampling modes, labels by the 4-pixel rule), step ``t`` takes windows
-  ``t * batch .. (t + 1) * batch - 1``. :data:`DARKFIELD_PER_IMAGE` (4) consecutive windows share
-  a frame, so a batch of 32 mixes 8 frames (batch-norm statistics of one frame's haze would be
-  a poor estimate of the rest); all training frames stay rendered in memory (about 12 MB each),
-  so each is rendered once per run. Each window is flipped up-down and left-right with
-  probability 1/2 each, drawn from (seed, step): the paper's 80 frames hold only some 160
+  three sampling modes, labels by the 4-pixel rule and the visibility rule), step ``t`` takes
+  windows ``t * batch .. (t + 1) * batch - 1``. :data:`DARKFIELD_PER_IMAGE` (4) consecutive
+  windows share a frame, so a batch of 32 mixes 8 frames (batch-norm statistics of one frame's
+  haze would be a poor estimate of the rest); all training frames stay rendered in memory (about
+  12 MB each), so each is rendered once per run. Each window is flipped up-down and left-right
+  with probability 1/2 each, drawn from (seed, step): the paper's 80 frames hold only some 160
   scratches, and flips keep everything the simulator makes upright (the two-tap seam stays
   vertical, a line-scan camera's fall-off stays along the row); not for a Bayer mosaic, whose
-  phase a flip would change.
+  phase a flip would change. The network whitens its input (``FusionSpec.whiten``, the simulated
+  camera's noise model); windows whose scratch is too weak to see (:data:`model.windows.FAINT`)
+  are left out of the loss (:func:`darkfield_loss`) and of the validation metrics.
 * Validation: the fixed set :func:`model.window_eval.heldout_set` of ``val_windows`` windows
   from the validation frames (kept in ``window_cache``, else the default cache), every epoch:
   loss, accuracy, precision, recall and F1 at ``logit >= 0``, the runtime's decision.
@@ -68,7 +70,7 @@ from model.hybrid import HybridNet, HybridSpec
 from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
 from model.metrics import Tally
 from model.unet import GlassUNet, UNetSpec, parameter_count
-from model.windows import WINDOW_MIN_PIXELS, WindowSampler, image_split
+from model.windows import FAINT, WINDOW_MIN_PIXELS, WindowSampler, image_split
 
 log = logging.getLogger("glass-inspect.train")
 
@@ -156,8 +158,9 @@ class TrainSettings:
 
     def spec(self):
         if self.network == "fusion":
-            return FusionSpec(width=self.width, in_channels=1 if self.data == "darkfield" else 24,
-                              ba=self.ba, sa=self.sa, ca=self.ca)
+            single = self.data == "darkfield"
+            return FusionSpec(width=self.width, in_channels=1 if single else 24,
+                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single)
         if self.network == "hybrid":
             return HybridSpec(features=self.features,
                               activation="tanh" if self.loss == "autoencoder" else "sigmoid")
@@ -201,6 +204,14 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
 def _tensors(patches: list[D.Patch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     image, mask, bright = D.stack(patches)
     return torch.from_numpy(image), torch.from_numpy(mask), torch.from_numpy(bright)
+
+
+def darkfield_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the windows of a batch that are not :data:`FAINT` (a scratch too weak
+    to see, :mod:`model.windows`); zero, with a gradient, for a batch of faint windows only."""
+    seen = labels != FAINT
+    per = F.binary_cross_entropy_with_logits(logits, labels.clamp_min(0), reduction="none")
+    return (per * seen).sum() / seen.sum().clamp_min(1)
 
 
 def windows(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +405,7 @@ class Trainer:
             index = self.epoch * s.steps_per_epoch + step
             if s.data == "darkfield":
                 x, y = self.darkfield_batch(index)
-                loss = F.binary_cross_entropy_with_logits(self.model(x), y)
+                loss = darkfield_loss(self.model(x), y)
             else:
                 loss, _ = self.loss(*_tensors(self.sampler.batch(index)))
             if not torch.isfinite(loss):
@@ -415,8 +426,10 @@ class Trainer:
         tp = fp = fn = tn = 0
         for start in tqdm(range(0, len(ws), DARKFIELD_VAL_BATCH), desc="validation",
                           unit="batch", disable=not self.progress, leave=False):
-            x = torch.from_numpy(ws.images(start, start + DARKFIELD_VAL_BATCH))
-            y = torch.from_numpy(ws.labels[start:start + DARKFIELD_VAL_BATCH] > 0)
+            labels = ws.labels[start:start + DARKFIELD_VAL_BATCH]
+            seen = labels != FAINT  # too weak to see: not scored (model.windows)
+            x = torch.from_numpy(ws.images(start, start + DARKFIELD_VAL_BATCH)[seen])
+            y = torch.from_numpy(labels[seen] > 0)
             logits = self.model(x)
             total += float(F.binary_cross_entropy_with_logits(logits, y.float(),
                                                               reduction="sum"))
@@ -425,8 +438,9 @@ class Trainer:
             fp += int((pred & ~y).sum())
             fn += int((~pred & y).sum())
             tn += int((~pred & ~y).sum())
-        return {"val_loss": total / len(ws),
-                "accuracy": round((tp + tn) / len(ws), 4),
+        n = tp + fp + fn + tn
+        return {"val_loss": total / max(1, n),
+                "accuracy": round((tp + tn) / max(1, n), 4),
                 "precision": round(tp / max(1, tp + fp), 4),
                 "recall": round(tp / max(1, tp + fn), 4),
                 "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4)}

@@ -25,10 +25,18 @@ before the scratches, but other dust, because the scene's random stream then goe
 differently). Every window of the runtime's grid (256 px every 128 px, the last flush:
 :func:`model.windows.image_windows`, the grid of :mod:`edge.classify`) is classified; an image
 is flagged when any window is positive (the runtime's FAIL). Truth per image: it has a scratch
-when any grid window is a scratch window by the labelling rule (4 mask pixels), so a scratch too
-short to label counts as none, as it does for the windows. Reported: detection rate (flagged
-scratched images / scratched images) and false-alarm rate (flagged clean images / clean
-images), with Wilson intervals, and the grid windows' own metrics.
+when any grid window is a scratch window by the labelling rule (4 mask pixels, visible:
+:mod:`model.windows`), so a scratch too short to label counts as none, as it does for the
+windows; an image whose only scratches are too faint to see is left out of the rates and
+counted (``faint_only_images``). Reported: detection rate (flagged scratched images /
+scratched images) and false-alarm rate (flagged clean images / clean images), with Wilson
+intervals, and the grid windows' own metrics.
+
+**Faint windows** (:data:`model.windows.FAINT`, a groove whose light is below the Rose
+criterion) are left out of every precision, recall and F1 and reported beside them:
+``faint_windows`` and how many of them a detector flagged (``faint_flagged``). Recall is also
+given by the scratch's visibility (``recall_by_visibility``: matched signal-to-noise bands from
+5), the detection curve of a detector against how much light its scratch gives.
 
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
@@ -48,17 +56,24 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.sim.darkfield import DarkfieldConfig, DarkfieldRenderer
+from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
 from model.evaluate import wilson
-from model.windows import HELDOUT_WINDOWS, WindowSet, heldout_windows, image_split, image_windows
+from model.windows import (
+    FAINT,
+    HELDOUT_WINDOWS,
+    WindowSet,
+    heldout_windows,
+    image_split,
+    image_windows,
+)
 
 log = logging.getLogger("glass-inspect.window-eval")
 
-FRAME_PX = 2048  # the paper's frames
-REFERENCE_SCRATCH_PX = (30.0, 1500.0)  # DarkfieldConfig's scratch lengths at 2048 px
 VALIDATION_WINDOWS = 512
 HELDOUT_SEED = 0  # the fixed sets' draw: every run, model and baseline sees the same windows
 BOOTSTRAP = 2000
+# matched signal-to-noise bands of scratch windows for recall (model.windows.ROSE_SNR first)
+VISIBILITY_BANDS = (5.0, 8.0, 12.0, 20.0, 50.0)
 DEFAULT_BATCH = 16
 DEFAULT_CACHE = Path(os.environ.get("GLASS_INSPECT_CACHE",
                                     Path.home() / ".cache" / "glass-inspect")) / "darkfield"
@@ -69,14 +84,8 @@ class WindowEvalError(ValueError):
 
 
 def darkfield_config(frame_px: int = FRAME_PX) -> DarkfieldConfig:
-    """The default frames at a side of ``frame_px``; scratch lengths scale with the side (the
-    longest stays three quarters of it), the shortest stays 30 px, so smaller frames (tests,
-    smoke runs) keep the same mix of short and long scratches per window."""
-    if not isinstance(frame_px, int) or frame_px < 256 or frame_px % 2:
-        raise ValueError(f"frame_px must be an even number of at least 256 px, got {frame_px!r}")
-    lo, hi = REFERENCE_SCRATCH_PX
-    return DarkfieldConfig(shape=(frame_px, frame_px),
-                           scratch_length_px=(lo, max(lo, hi * frame_px / FRAME_PX)))
+    """The default frames at a side of ``frame_px`` (:func:`edge.sim.darkfield.frames_at`)."""
+    return frames_at(frame_px)
 
 
 def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
@@ -262,7 +271,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         log.info("test windows: %d from frames %d..%d", test_windows, seeds.test[0],
                  seeds.test[-1])
         test = heldout_set(seeds.test, frame_px, test_windows, cache)
-        truth = test.labels.astype(bool)
+        seen = test.labels != FAINT  # scored; faint windows are reported on their own
+        truth = test.labels[seen].astype(bool)
         set_info = {"frame_px": frame_px, "split": list(split), "test_seeds":
                     [seeds.test[0], seeds.test[-1]], "window_file": str(test.path),
                     "windows_seed": HELDOUT_SEED}
@@ -272,7 +282,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             t = time.perf_counter()
             pos = np.concatenate([m.positive(test.images(s, s + 256))
                                   for s in range(0, len(test), 256)])
-            results[m.name] = {**window_metrics(pos, truth), "model": str(m.path),
+            results[m.name] = {**window_metrics(pos[seen], truth), **_faint(pos, test),
+                               "model": str(m.path),
                                "sha256": m.classifier.identity.get("sha256"),
                                "threshold": m.classifier.threshold,
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
@@ -282,9 +293,11 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             for name in dict.fromkeys(baselines):
                 b = make_baseline(name)
                 t = time.perf_counter()
-                b.fit_scores(_chunked(b.scores, val), val.labels)
+                val_seen = val.labels != FAINT
+                b.fit_scores(_chunked(b.scores, val)[val_seen], val.labels[val_seen])
                 pos = b.decide(_chunked(b.scores, test))
-                results[name] = {**window_metrics(pos, truth), "baseline": name,
+                results[name] = {**window_metrics(pos[seen], truth), **_faint(pos, test),
+                                 "baseline": name,
                                  "params": b.params(), "tuned_on": {
                                      "validation_windows": len(val),
                                      "window_file": str(val.path)},
@@ -298,6 +311,20 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     finally:
         for m in nets:
             m.classifier.close()
+
+
+def _faint(pos: np.ndarray, ws: WindowSet) -> dict:
+    """How a detector treats the windows left out of the score (scratches too faint to see),
+    and its recall on the scratch windows by how visible their scratch is."""
+    faint = ws.labels == FAINT
+    bands = []
+    for lo, hi in zip(VISIBILITY_BANDS, (*VISIBILITY_BANDS[1:], math.inf), strict=True):
+        sel = (ws.labels == 1) & (ws.visibility >= lo) & (ws.visibility < hi)
+        k, n = int(pos[sel].sum()), int(sel.sum())
+        bands.append({"visibility": [lo, None if math.isinf(hi) else hi], "windows": n,
+                      "detected": k, "recall": _rate(k, n)})
+    return {"faint_windows": int(faint.sum()), "faint_flagged": int(pos[faint].sum()),
+            "recall_by_visibility": bands}
 
 
 def _chunked(fn, ws: WindowSet, size: int = 256) -> np.ndarray:
@@ -319,7 +346,10 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
         for _, renderer in renderers:
             frame = renderer.render(seed)
             _, wins, labels = image_windows(frame)
-            truth.append(bool(labels.any()))
+            # scratched: a window of it is a visible scratch; None: its only scratches are
+            # too faint to see (left out of the rates, counted)
+            truth.append(True if (labels == 1).any() else None if (labels == FAINT).any()
+                         else False)
             grid_truth.append(labels)
             for name, fn in decide.items():
                 pos = np.asarray(fn(wins), bool)
@@ -329,12 +359,18 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
             bar.update()
     bar.close()
     labels = np.concatenate(grid_truth)
+    seen = labels != FAINT
+    known = np.array([t is not None for t in truth])
     out = {}
     for name in decide:
-        row = image_metrics(np.array(flagged[name]), np.array(truth))
+        row = image_metrics(np.array(flagged[name])[known], np.array(truth)[known].astype(bool))
+        row["faint_only_images"] = int((~known).sum())
         row["test_seeds"] = list(test_seeds)
         row["clean_images"] = "the same test seeds rendered with scratch_share 0"
-        row["grid_windows"] = window_metrics(np.concatenate(grid[name]), labels, bootstrap=0)
+        pos = np.concatenate(grid[name])
+        row["grid_windows"] = {**window_metrics(pos[seen], labels[seen], bootstrap=0),
+                               "faint_windows": int((~seen).sum()),
+                               "faint_flagged": int(pos[~seen].sum())}
         out[name] = row
     return out
 

@@ -1,10 +1,12 @@
-"""The ``simulate`` and ``demo`` subcommands, for ``glass-inspect`` to register."""
+"""The ``simulate``, ``simulate-darkfield`` and ``demo`` subcommands, for ``glass-inspect`` to
+register."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import logging
+from pathlib import Path
 
 from edge.cli_common import UsageError, head_option, load_head, share, size
 
@@ -71,6 +73,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if v.status is Status.ERROR else 0
 
 
+def _whole(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {lo}, "
+                                             f"got {text!r}")
+        return v
+
+    return parse
+
+
+def _frame_side(text: str) -> int:
+    from edge.sim.darkfield_files import MIN_SIDE_PX
+
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < MIN_SIDE_PX or v % 2:
+        raise argparse.ArgumentTypeError(f"expected an even number of pixels, at least "
+                                         f"{MIN_SIDE_PX} (one classifier window), got {text!r}")
+    return v
+
+
+def cmd_simulate_darkfield(args: argparse.Namespace) -> int:
+    from edge.sim.darkfield_files import TRUTH, darkfield_config, write_darkfield_frames
+
+    if args.clean > args.count:
+        raise UsageError(f"--clean {args.clean} asks for more scratch-free frames than the "
+                         f"{args.count} of --count")
+    seeds = list(range(args.seed, args.seed + args.count))
+    try:
+        write_darkfield_frames(
+            args.out_dir, seeds, darkfield_config(args.size, args.bit_depth, args.bayer),
+            args.format, clean_seeds=seeds[len(seeds) - args.clean:] if args.clean else (),
+            broken=args.broken, progress=not args.quiet)
+    except OSError as exc:  # OUT_DIR is a file, not writable, the disk is full, ...
+        raise UsageError(f"cannot write into {args.out_dir}: {exc.strerror or exc} "
+                         f"({exc.filename or args.out_dir})") from None
+    what = f"{args.count} frame{'s' * (args.count != 1)}"
+    if args.clean:
+        what += f" ({args.clean} scratch-free)"
+    if args.broken:
+        what += " and 2 broken files"
+    print(f"{what} in {args.out_dir}; ground truth: {Path(args.out_dir) / TRUTH}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="simulate one scratched sample on the simulated head and "
                                     "write previews of it",
@@ -102,3 +155,41 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="render smaller frames than the camera's (same pixel footprint)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate)
+
+    f = sub.add_parser(
+        "simulate-darkfield",
+        help="write simulated single-image dark-field frames as TIFF or PNG files (input for "
+             "'classify')",
+        description="Render single-image dark-field frames (the weak-scratch paper's: one frame "
+                    "of the part under the whole ring light, haze, vignetting, dust, faint "
+                    "scratches, sensor noise) and write each as an image file named for what "
+                    "it holds (darkfield-SEED-scratched or darkfield-SEED-clean), with "
+                    "truth.json: per file its seed, bit depth, mosaic, scratches (length, peak "
+                    "DN) and scratch-mask pixel count. 12- and 16-bit data go into 16-bit "
+                    "samples (classify them with --bit-depth 12 for 12-bit data), 8-bit data "
+                    "into 8-bit samples.",
+        epilog="Example: glass-inspect simulate-darkfield shots/ --count 4 --clean 2 --broken "
+               "--size 1024, then glass-inspect classify shots/ --bit-depth 12")
+    f.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (made if missing)")
+    f.add_argument("--count", type=_whole(1), default=4, metavar="N",
+                   help="frames to write (default 4)")
+    f.add_argument("--seed", type=_whole(0), default=0, metavar="S",
+                   help="seed of the first frame; frame k uses S+k (default 0)")
+    f.add_argument("--clean", type=_whole(0), default=0, metavar="K",
+                   help="render the last K frames without scratches (clean glass; default 0)")
+    f.add_argument("--size", type=_frame_side, default=2048, metavar="PX",
+                   help="side of the square frames in px, even, at least 256; scratch lengths "
+                        "scale with it as in training (default 2048, the paper's)")
+    f.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=12, metavar="BITS",
+                   help="bits of the data: 8, 12 or 16 (default 12)")
+    f.add_argument("--format", choices=("tiff", "png"), default="tiff",
+                   help="file format (default tiff)")
+    f.add_argument("--bayer", action="store_true",
+                   help="RAW GRBG Bayer mosaics instead of grey frames (a TIFF says CFA; "
+                        "classify them with --bayer)")
+    f.add_argument("--broken", action="store_true",
+                   help="also write two broken files for demos: broken-truncated.tiff (cut to "
+                        "half its bytes) and broken-too-small.png (100 x 100 px, smaller than a "
+                        "window); classify reports them as ERROR")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_simulate_darkfield)

@@ -235,6 +235,9 @@ class DarkfieldFrame:
     optical_centre: tuple[float, float]  # x, y px
     seed: int
     config: DarkfieldConfig = field(repr=False)
+    # per-pixel signal-to-noise of the scratch light at each mask pixel, in the order of
+    # ``np.flatnonzero(mask)``: expected scratch DN over the noise sigma there (module docstring)
+    scratch_snr: np.ndarray = field(repr=False)
 
 
 def check_seed(seed: object, what: str = "seed") -> int:
@@ -349,6 +352,8 @@ class DarkfieldRenderer:
         n_scratch = 1 + min(5, int(rng.poisson(1.0))) if rng.random() < cfg.scratch_share else 0
         for i in range(n_scratch):
             scratches.append(self._scratch(i, rng, field_at, layer, occ, mask))
+        at = np.flatnonzero(mask)
+        scratch_dn = layer[0].ravel()[at]  # scratches only: the specks are not drawn yet
 
         specks: list[Speck] = []
         mpx = h * w / 1e6
@@ -413,7 +418,25 @@ class DarkfieldRenderer:
         np.clip(sig, 0.0, np.float32(cfg.full_scale), out=sig)
         image = sig.astype(np.uint16)  # truncation after +0.5: rounding to the nearest DN
         return DarkfieldFrame(image, mask, tuple(scratches), tuple(drawn), self.dead_pixels,
-                              background, haze_dn, v, (cx, cy), seed, cfg)
+                              background, haze_dn, v, (cx, cy), seed, cfg,
+                              self._scratch_snr(at, scratch_dn, light, haze_dn * lit_share))
+
+    def _scratch_snr(self, at: np.ndarray, scratch_dn: np.ndarray, light: np.ndarray,
+                     haze: float) -> np.ndarray:
+        """Expected scratch DN over the noise sigma at the mask pixels ``at``, from the same
+        noise model the frame is drawn with (the tap gain scales signal and noise alike, so it
+        drops out); dead pixels and shadows are left out: they are rare on a scratch."""
+        cfg = self.config
+        k = cfg.dn_scale
+        gain = np.ones(at.size, np.float32)
+        w = cfg.shape[1]
+        for (r, c), g in self._site_gains().items():
+            gain[((at // w) % 2 == r) & ((at % w) % 2 == c)] = g
+        s = scratch_dn * gain
+        back = light.ravel()[at] * np.float32(haze) * gain
+        var = np.float32((cfg.read_noise_dn * k) ** 2) + np.float32(cfg.conversion_gain * k) * (
+            back + s)
+        return (s / np.sqrt(var)).astype(np.float32)
 
     def _site_gains(self) -> dict[tuple[int, int], np.float32]:
         """Gains of the 2 x 2 GRBG sites relative to G; empty for grey frames."""
@@ -475,6 +498,23 @@ class DarkfieldRenderer:
                        max(0.71, 1.55 * sigma))
         actual = float((amp * self._tap(pts[:, 0]))[inside].max())
         return ScratchTruth(sid, pts, length, actual, width, chain)
+
+
+FRAME_PX = 2048  # the paper's frames, DarkfieldConfig's default side
+REFERENCE_SCRATCH_PX = (30.0, 1500.0)  # DarkfieldConfig's scratch lengths at FRAME_PX
+
+
+def frames_at(frame_px: int = FRAME_PX) -> DarkfieldConfig:
+    """The default frames at a side of ``frame_px``; scratch lengths scale with the side (the
+    longest stays three quarters of it), the shortest stays 30 px, so smaller frames (tests,
+    smoke runs) keep the same mix of short and long scratches per window. The classifier is
+    trained and evaluated on these (:mod:`model.window_eval`)."""
+    if isinstance(frame_px, bool) or not isinstance(frame_px, int) or frame_px < 256 \
+            or frame_px % 2:
+        raise ValueError(f"frame_px must be an even number of at least 256 px, got {frame_px!r}")
+    lo, hi = REFERENCE_SCRATCH_PX
+    return DarkfieldConfig(shape=(frame_px, frame_px),
+                           scratch_length_px=(lo, max(lo, hi * frame_px / FRAME_PX)))
 
 
 def render_darkfield(seed: int, config: DarkfieldConfig | None = None) -> DarkfieldFrame:

@@ -8,6 +8,7 @@ from model.attention import (  # noqa: E402
     ChannelAttention,
     FusionSpec,
     ScaleAttention,
+    Whiten,
     brightness_adjust,
     window_origins,
 )
@@ -103,3 +104,49 @@ def test_wrong_channel_count_is_one_clear_error():
         FusionSpec(in_channels=0)
     with pytest.raises(ValueError, match="ba must be True or False"):
         FusionSpec(ba="no")
+
+
+def noisy_flat(level_dn, spec, shape=(4, 1, 64, 64), seed=0):
+    """A flat window at ``level_dn`` (12 bit) with the spec's camera noise, scaled to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    sigma = (spec.read_noise_dn ** 2 + spec.conversion_gain * (level_dn - spec.black_dn)) ** 0.5
+    return (level_dn + sigma * torch.randn(shape, generator=g)) / 4095.0
+
+
+def test_whitening_puts_any_haze_level_into_noise_units():
+    spec = FusionSpec(width=0.125, in_channels=1, whiten=True)
+    w = Whiten(spec.black_dn, spec.read_noise_dn, spec.conversion_gain)
+    # asinh(z / 2) of unit normal noise has a standard deviation of about 0.48
+    for level in (200.0, 800.0, 3000.0):
+        z = w(noisy_flat(level, spec))
+        assert z.shape == (4, 1, 64, 64)
+        assert abs(float(z.mean())) < 0.02 and 0.43 < float(z.std()) < 0.52, level
+
+
+def test_whitening_keeps_a_weak_line_next_to_a_saturated_speck():
+    spec = FusionSpec(width=0.125, in_channels=1, whiten=True)
+    w = Whiten(spec.black_dn, spec.read_noise_dn, spec.conversion_gain)
+    x = noisy_flat(800.0, spec, shape=(1, 1, 64, 64))
+    x[0, 0, :, 20] += 40.0 / 4095  # a 40 DN line: about 4 sigmas on 800 DN
+    x[0, 0, 30:33, 26:29] = 1.0  # saturated dust six pixels from it
+    x[0, 0, 50:53, 40:43] = 300.0 / 4095  # a shadow: most of the light blocked
+    z = w(x)[0, 0]
+    line = z[:, 20]
+    # the line stays a few sigmas up along its whole length, the dust is large but finite
+    assert float(line.median()) > 0.8 and float((line > 0.4).float().mean()) > 0.85
+    assert torch.isfinite(z).all() and 4.0 < float(z.max()) < 8.0
+    # the background a few pixels beside the line is not pushed down by its light
+    assert abs(float(z[:, 10].median())) < 0.2
+    # nor beside the shadow, whose own pixels come out strongly negative
+    assert abs(float(z[:, 46].median())) < 0.2 and float(z[51, 41]) < -4.0
+
+
+def test_whitening_is_for_single_frames_and_off_by_default():
+    assert FusionSpec().whiten is False
+    with pytest.raises(ValueError, match="whiten"):
+        FusionSpec(in_channels=24, whiten=True)
+    with pytest.raises(ValueError, match="noise model"):
+        FusionSpec(in_channels=1, whiten=True, conversion_gain=0.0)
+    net = AttentionFusionNet(FusionSpec(width=0.125, in_channels=1, whiten=True))
+    assert isinstance(net.whiten, Whiten)
+    assert not any(True for _ in net.whiten.parameters())  # fixed: nothing to learn

@@ -13,6 +13,7 @@ from model.train import (  # noqa: E402
     CheckpointError,
     Trainer,
     TrainSettings,
+    darkfield_loss,
     load_checkpoint,
     model_from_checkpoint,
 )
@@ -41,7 +42,7 @@ def test_darkfield_trains_the_single_frame_classifier_and_reports_window_metrics
     out = tmp_path / "run"
     Trainer(tiny(tmp_path, epochs=1), cfg, out, progress=False).run()
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["spec"] == FusionSpec(width=0.125, in_channels=1).to_dict()
+    assert ckpt["spec"] == FusionSpec(width=0.125, in_channels=1, whiten=True).to_dict()
     h = json.loads((out / "history.json").read_text())[0]
     assert {"val_loss", "accuracy", "precision", "recall", "f1"} <= h.keys()
     assert np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"])
@@ -157,10 +158,27 @@ def test_settings_are_validated():
     assert TrainSettings(network="fusion").spec() == FusionSpec(width=0.125, in_channels=24)
 
 
+def test_faint_windows_are_left_out_of_the_loss():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0])
+    labels = torch.tensor([1.0, 0.0, -1.0, -1.0])
+    seen = torch.nn.functional.binary_cross_entropy_with_logits(logits[:2], labels[:2])
+    assert torch.allclose(darkfield_loss(logits, labels), seen)
+    logits.requires_grad_(True)
+    loss = darkfield_loss(logits, torch.full((4,), -1.0))
+    loss.backward()  # a batch of faint windows only: zero, and still a graph
+    assert float(loss) == 0.0 and not logits.grad.any()
+
+
+def test_single_frame_networks_whiten_their_input():
+    spec = TrainSettings(network="fusion", data="darkfield", width=0.25).spec()
+    assert spec.in_channels == 1 and spec.whiten
+
+
 def test_the_six_state_fusion_spec_is_unchanged():
     # the default data keeps the 24-channel network with every module, as before
     spec = TrainSettings(network="fusion", width=0.25).spec()
-    assert (spec.in_channels, spec.ba, spec.sa, spec.ca) == (24, True, True, True)
+    assert (spec.in_channels, spec.ba, spec.sa, spec.ca, spec.whiten) == (24, True, True, True,
+                                                                         False)
 
 
 def test_cli_says_what_does_not_fit(tmp_path, capsys):

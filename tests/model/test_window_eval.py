@@ -219,14 +219,22 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
                          **TINY)
     assert list(r) == ["fusion_tiny", "otsu", "gabor"]
     for name, m in r.items():
-        assert m["windows"] == 16, name
+        # scored windows and the faint ones beside them make up the set
+        assert m["windows"] + m["faint_windows"] == 16, name
+        assert 0 <= m["faint_flagged"] <= m["faint_windows"]
+        bands = m["recall_by_visibility"]
+        assert bands[0]["visibility"] == [5.0, 8.0] and bands[-1]["visibility"][1] is None
+        assert sum(b["windows"] for b in bands) == m["scratch_windows"]
+        assert sum(b["detected"] for b in bands) == m["tp"]
         for key in ("precision", "recall", "f1", "accuracy"):
             assert key in m and f"{key}_ci" in m, (name, key)
         im = m["images"]
         # test frame 5 as drawn (it has scratches) and scratch-free
         assert (im["images"], im["with_scratch"], im["clean"]) == (2, 1, 1), name
+        assert im["faint_only_images"] == 0
         assert im["test_seeds"] == [5]
-        assert im["grid_windows"]["windows"] == 2 * 9  # 3 x 3 windows of a 512 px frame
+        grid = im["grid_windows"]
+        assert grid["windows"] + grid["faint_windows"] == 2 * 9  # 3 x 3 windows of 512 px
     assert set(r["fusion_tiny"]["set"]["test_seeds"]) == {5, 6}
     assert r["gabor"]["params"]["tau"] in GABOR_TAUS
     assert r["otsu"]["tuned_on"]["validation_windows"] == 8

@@ -5,7 +5,9 @@ import pytest
 
 from edge.sim.darkfield import DarkfieldConfig, DarkfieldRenderer, render_darkfield
 from model.windows import (
+    FAINT,
     MODES,
+    ROSE_SNR,
     WINDOW_MIN_PIXELS,
     WindowSampler,
     heldout_windows,
@@ -18,6 +20,17 @@ from model.windows import (
 # fewer pixels to render; scratch lengths shrink with the frame
 CFG = DarkfieldConfig(shape=(1024, 1024), scratch_length_px=(30.0, 750.0))
 SMALL = DarkfieldConfig(shape=(512, 512))
+
+
+def expected_label(f, r, c, win=256):
+    """Reference: the window's label from a dense map of the frame's scratch signal-to-noise."""
+    snr = np.zeros(f.mask.shape)
+    snr.flat[np.flatnonzero(f.mask)] = f.scratch_snr
+    n = int(f.mask[r:r + win, c:c + win].sum())
+    vis = float(np.sqrt((snr[r:r + win, c:c + win] ** 2).sum()))
+    if n < WINDOW_MIN_PIXELS:
+        return 0, vis
+    return (1 if vis >= ROSE_SNR else FAINT), vis
 
 
 def test_windows_are_deterministic_by_seed_and_index_in_any_access_order():
@@ -46,11 +59,13 @@ def test_window_is_the_scaled_raw_crop_with_the_mask_rule_label():
         crop = f.image[r:r + 256, c:c + 256]
         assert np.array_equal(w.image[0], crop.astype(np.float32) / np.float32(4095))
         n = int(f.mask[r:r + 256, c:c + 256].sum())
-        assert w.scratch_pixels == n and w.label == int(n >= WINDOW_MIN_PIXELS)
+        label, vis = expected_label(f, r, c)
+        assert w.scratch_pixels == n and w.label == label
+        assert w.visibility == pytest.approx(vis, rel=1e-6, abs=1e-9)
         image, label = sampler[i]
         assert np.array_equal(image, w.image) and label == w.label
         labels.add(w.label)
-    assert labels == {0, 1}
+    assert {0, 1} <= labels
 
 
 def test_consecutive_windows_share_a_frame_and_a_pass_visits_every_frame():
@@ -63,7 +78,7 @@ def test_consecutive_windows_share_a_frame_and_a_pass_visits_every_frame():
 def test_gaussian_windows_are_mostly_scratch_grid_and_random_mostly_background():
     sampler = WindowSampler(range(8), CFG, seed=0, per_image=40)
     drawn = [sampler.sample(i) for i in range(320)]
-    share = {m: np.mean([w.label for w in drawn if w.mode == m]) for m in MODES}
+    share = {m: np.mean([w.label != 0 for w in drawn if w.mode == m]) for m in MODES}
     counts = {m: sum(w.mode == m for w in drawn) for m in MODES}
     assert share["gaussian"] > 0.85
     assert share["uniform"] < 0.4 and share["random"] < 0.4
@@ -104,7 +119,8 @@ def test_heldout_set_is_written_once_and_read_back_identically(tmp_path, monkeyp
     again = heldout_windows(tmp_path, seeds, SMALL, count=10, per_image=5)
     monkeypatch.undo()
     assert again.path == first.path and first.path.stat().st_mtime_ns == stamp
-    for name in ("raw", "labels", "modes", "image_seeds", "origins", "scratch_pixels"):
+    for name in ("raw", "labels", "modes", "image_seeds", "origins", "scratch_pixels",
+                 "visibility"):
         assert np.array_equal(getattr(first, name), getattr(again, name)), name
     assert again.raw.dtype == np.uint16 and again.raw.shape == (10, 256, 256)
     sampler = WindowSampler(seeds, SMALL, per_image=5)
@@ -129,8 +145,8 @@ def test_image_windows_cover_the_frame_on_the_sliding_grid():
     assert wins.shape == (9, 1, 256, 256) and wins.dtype == np.float32
     for (r, c), win, label in zip(origins, wins, labels, strict=True):
         assert np.array_equal(win[0], f.image[r:r + 256, c:c + 256] / np.float32(4095))
-        assert label == int(f.mask[r:r + 256, c:c + 256].sum() >= WINDOW_MIN_PIXELS)
-    assert labels.any()
+        assert label == expected_label(f, r, c)[0]
+    assert (labels == 1).any()
 
 
 def test_image_split_follows_the_paper_and_is_disjoint():
@@ -176,3 +192,20 @@ def test_other_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="even"):
         WindowSampler([1], dataclasses.replace(SMALL, bayer=True), window=255)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_scratch_too_faint_to_see_is_labelled_faint_and_a_bright_one_scratch():
+    faint = WindowSampler([2, 3], dataclasses.replace(SMALL, scratch_peak_dn=(1.0, 1.0)),
+                          mix=(1.0, 0.0, 0.0), per_image=8)
+    bright = WindowSampler([2, 3], dataclasses.replace(SMALL, scratch_peak_dn=(300.0, 300.0)),
+                           mix=(1.0, 0.0, 0.0), per_image=8)
+    dim = [faint.sample(i) for i in range(16)]
+    lit = [bright.sample(i) for i in range(16)]
+    # the same seeds draw the same grooves: only their light differs
+    assert [w.origin for w in dim] == [w.origin for w in lit]
+    for a, b in zip(dim, lit, strict=True):
+        assert a.scratch_pixels == b.scratch_pixels
+        if b.scratch_pixels >= WINDOW_MIN_PIXELS:
+            assert b.label == 1 and b.visibility >= ROSE_SNR
+    assert sum(w.label == FAINT for w in dim) >= 4
+    assert all(w.label != 1 or w.visibility >= ROSE_SNR for w in dim)

@@ -127,6 +127,30 @@ def test_rendered_scratches_stand_their_peak_above_the_local_background():
     assert (noisy.image.astype(np.float64) - noisy.background)[~f.mask].std() > 3.0
 
 
+@pytest.mark.parametrize("bayer", [False, True])
+def test_scratch_snr_is_the_expected_scratch_light_over_the_noise_sigma(bayer):
+    """Reference from the frame itself: a noise-free render of scratches alone, its excess over
+    the background divided by the noise model's sigma at each mask pixel."""
+    cfg = dataclasses.replace(PLAIN, scratch_share=1.0, noise=False, bayer=bayer,
+                              scratch_peak_dn=(20.0, 200.0))
+    f = render_darkfield(3, cfg)
+    assert f.scratch_snr.shape == (int(f.mask.sum()),) and f.scratch_snr.dtype == np.float32
+    at = np.flatnonzero(f.mask)
+    img = f.image.astype(np.float64).ravel()[at]
+    back = f.background.astype(np.float64).ravel()[at]
+    right = (at % 512) >= 256
+    tap = np.where(right, cfg.tap_gain_ratio, 1.0)
+    s = (img - back) / tap  # before the tap's gain, which scales signal and noise alike
+    sigma = np.sqrt(cfg.read_noise_dn ** 2 + cfg.conversion_gain * (img - cfg.dark_offset_dn)
+                    / tap)
+    # quantisation: the image is rounded to whole DN
+    assert np.abs(f.scratch_snr - s / sigma).max() <= 0.6 / sigma.min() + 1e-3
+    assert f.scratch_snr.max() > 2.0
+    # the same seed with noise: the same truth
+    noisy = render_darkfield(3, dataclasses.replace(cfg, noise=True))
+    assert np.array_equal(noisy.scratch_snr, f.scratch_snr)
+
+
 def test_mask_covers_each_scratch_and_nothing_else():
     cfg = dataclasses.replace(SMALL, chain_share=0.5)
     for seed in range(4):
