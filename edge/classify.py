@@ -207,6 +207,9 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, int, list[str]]:
         return np.asarray(im.convert("RGB")), 8, notes
 
 
+TWELVE_BIT_TOP = 4095
+
+
 def read_image(path: str | Path, bit_depth: int | None = None, bayer: bool = False) -> Frame:
     """Read and scale one image; raises :class:`ClassifyError` saying what is wrong with it."""
     path = Path(path)
@@ -242,6 +245,10 @@ def read_image(path: str | Path, bit_depth: int | None = None, bayer: bool = Fal
         raise _fail(path, f"holds the value {peak}, above {top}, the largest {depth}-bit "
                           f"value; expected {depth}-bit data (is the bit depth right? the file "
                           f"stores up to {container} bits)")
+    if bit_depth is None and container == 16 and 0 < peak <= TWELVE_BIT_TOP:
+        # nothing in such a file says 12 bits, and read as 16 every pixel is 16 times too dark
+        notes.append(f"no value above {TWELVE_BIT_TOP}: 12-bit data in 16-bit words? if so, "
+                     "give the bit depth 12 (--bit-depth 12); read as 16-bit")
     if raw.ndim == 3:
         channels = raw.shape[2]
         if bayer:

@@ -396,3 +396,13 @@ def test_bad_options_are_refused(capsys):
             main(["classify", "x.png", *args])
         assert exc.value.code == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_sixteen_bit_words_holding_twelve_bit_data_get_a_note(tmp_path):
+    path = tmp_path / "g12.tif"
+    tifffile.imwrite(path, _pattern(np.uint16, 4095))
+    f = read_image(path)  # read as 16-bit, as the file says, but the user is told
+    assert f.bit_depth == 16 and any("--bit-depth 12" in n for n in f.notes)
+    assert not read_image(path, bit_depth=12).notes
+    tifffile.imwrite(path, _pattern(np.uint16, 65535))
+    assert not read_image(path).notes
