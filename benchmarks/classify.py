@@ -38,7 +38,7 @@ def untrained_model(folder: Path, width: float) -> Path:
     from model.train import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
-    net = AttentionFusionNet(FusionSpec(width=width, in_channels=1)).eval()
+    net = AttentionFusionNet(FusionSpec(width=width, in_channels=1, whiten=True)).eval()
     spec = net.spec.to_dict()
     ckpt = {"format": CHECKPOINT_FORMAT, "network": "fusion", "spec": spec, "settings": {},
             "model": net.state_dict(), "optimizer": {}, "epoch": 0, "history": [],

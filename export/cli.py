@@ -15,32 +15,49 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from model.train import CheckpointError
 
     try:
-        r = export_onnx(args.checkpoint, args.out, tile=args.tile, all_scales=args.all_scales)
+        r = export_onnx(args.checkpoint, args.out, tile=args.tile, all_scales=args.all_scales,
+                        raw_logit=args.raw_logit)
     except (CheckpointError, ExportError) as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, {r.parameters:,} parameters, outputs "
           f"{', '.join(r.outputs)}); ONNX Runtime matches torch within {r.parity_max_abs:.2e}")
+    if r.operating_point is not None:
+        print(f"operating point: the network's probability {r.operating_point:g} (best F1 on "
+              "its validation windows) is the exported model's 0.5")
     return 0
 
 
 def cmd_export_engine(args: argparse.Namespace) -> int:
     from edge.engine import EngineError
-    from export.tensorrt import BuildError, build_engine
+    from export.tensorrt import (
+        BuildError,
+        build_engine,
+        check_precision,
+        read_model_io,
+        resolve_tile,
+    )
 
     cfg = load_head(args)
+    try:  # the model's own input decides the tile and whether INT8 can be calibrated
+        io = read_model_io(args.model)
+        tile = resolve_tile(io, args.tile, cfg.pipeline.tile_size)
+        check_precision(io, args.precision, Path(args.model).name)
+    except BuildError as exc:
+        raise UsageError(str(exc)) from None
     batches = None
     if args.precision == "int8":
         batches = _quantization_batches(args, cfg, max(cfg.engine.batch_sizes))
     out = Path(args.out) if args.out else Path(args.model).with_suffix(f".{args.precision}.engine")
     try:
         r = build_engine(args.model, out, args.precision, cfg.engine.batch_sizes,
-                         cfg.pipeline.tile_size, args.workspace_mb, args.timing_cache, batches,
+                         tile, args.workspace_mb, args.timing_cache, batches,
                          args.strongly_typed, None if args.no_cache else args.cache_dir)
     except (BuildError, EngineError) as exc:
         raise UsageError(str(exc)) from None
     how = "from the engine cache" if r.from_cache else f"built in {r.seconds:.0f} s"
     print(f"wrote {r.path} ({r.sidecar.precision}, TensorRT {r.sidecar.tensorrt_version}, "
-          f"{r.sidecar.device}, batches {list(r.sidecar.batch_sizes)}; {how})")
+          f"{r.sidecar.device}, batches {list(r.sidecar.batch_sizes)}, tile {r.sidecar.tile}; "
+          f"{how})")
     return 0
 
 
@@ -128,12 +145,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="side of the example input and the parity check (default: 512)")
     eo.add_argument("--all-scales", action="store_true",
                     help="also output the half- and quarter-resolution maps")
+    eo.add_argument("--raw-logit", action="store_true",
+                    help="a window classifier: export the network's own logit, not shifted to "
+                         "the operating point its validation chose (best_threshold)")
     eo.set_defaults(func=cmd_export_onnx)
 
     ee = esub.add_parser(
         "engine", help="ONNX -> TensorRT engine (FP32, FP16 or INT8) with its sidecar",
         description="Build a serialized TensorRT engine for this device: one optimization "
-                    "profile over the head's batch sizes at its tile size, a workspace limit, a "
+                    "profile over the head's batch sizes at the tile size (--tile), with the "
+                    "model's own input and output (the U-Net's or the window classifier's), a "
+                    "workspace limit, a "
                     "reusable timing cache; INT8 calibrated on recorded samples through the "
                     "runtime's preprocessing. Writes FILE.engine and FILE.engine.json (the "
                     "sidecar the runtime checks) and keeps a copy in the engine cache. Needs "
@@ -143,7 +165,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ee.add_argument("--out", metavar="FILE.engine",
                     help="(default: MODEL.<precision>.engine)")
     ee.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
-                    help="(default: fp16)")
+                    help="(default: fp16; int8 only for the 24-channel six-state networks)")
+    ee.add_argument("--tile", type=int, default=None,
+                    help="side of the input the engine takes (default: the model's own where it "
+                         "fixes one; 256, the classify window, for a window classifier; else "
+                         "the head's pipeline.tile_size)")
     ee.add_argument("--samples", metavar="SAMPLE_DIR", nargs="*", default=[],
                     help="recorded samples for INT8 calibration")
     ee.add_argument("--tiles", type=int, default=64,

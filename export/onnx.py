@@ -7,6 +7,13 @@
   or ``logit`` (``N``) for the attention fusion classifier.
 * Batch, height and width are dynamic (height and width multiples of the network's divisor);
   the runtime fixes them to its tile size and the TensorRT profile to the configured batches.
+  A window classifier's input is fixed at 256 x 256, only its batch is dynamic.
+* A single-frame classifier's operating point: validation picks the probability threshold
+  ``t`` with the best F1 (``best_threshold``, :mod:`model.train`), and the export subtracts
+  ``logit(t)`` from the logit, so every engine (ONNX Runtime, TensorRT) decides at 0.5 what the
+  network decided at ``t``, with nothing for a runtime to read or forget. The reported
+  probability is then relative to that point; ``operating_point`` in the metadata says ``t``
+  and the offset (``raw_logit=True``, ``--raw-logit``: no offset).
 * Nested weights stay nested: the exporter's constant folding is off, so the kernel pool is one
   initializer and each convolution slices it (``Slice`` on a constant, which ONNX Runtime and
   TensorRT fold when they load the model). The file is about the pool's size, not the sum of
@@ -21,6 +28,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -46,10 +54,12 @@ class ExportResult:
     parameters: int
     parity_max_abs: float
     outputs: tuple[str, ...]
+    operating_point: float | None = None  # a classifier's validated threshold, now its 0.5
 
 
-def _exported(model, network: str, all_scales: bool):
-    """The network with exactly the exported outputs (the U-Net returns three maps)."""
+def _exported(model, network: str, all_scales: bool, logit_offset: float = 0.0):
+    """The network with exactly the exported outputs (the U-Net returns three maps); a
+    classifier's logit less ``logit_offset`` (its operating point, module docstring)."""
     import torch
 
     class Exported(torch.nn.Module):
@@ -60,7 +70,7 @@ def _exported(model, network: str, all_scales: bool):
         def forward(self, frames):
             out = self.net(frames)
             if network == "fusion":
-                return out
+                return out - logit_offset if logit_offset else out
             return tuple(out) if all_scales else out[0]
 
     return Exported().eval()
@@ -74,9 +84,18 @@ def output_names(network: str, all_scales: bool) -> tuple[str, ...]:
     return ("scores", "scores_half", "scores_quarter") if all_scales else ("scores",)
 
 
+def operating_point(ckpt: dict) -> float | None:
+    """The probability threshold validation chose for a single-frame classifier checkpoint
+    (``best_threshold`` of its last history row, :mod:`model.train`), or None."""
+    if ckpt["network"] != "fusion" or not ckpt["history"]:
+        return None
+    t = ckpt["history"][-1].get("best_threshold")
+    return float(t) if t is not None and 0.0 < float(t) < 1.0 else None
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int = 512,
                 all_scales: bool = False, opset: int = OPSET, parity_batch: int = 2,
-                seed: int = 0) -> ExportResult:
+                seed: int = 0, raw_logit: bool = False) -> ExportResult:
     import onnx
     import torch
 
@@ -95,10 +114,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
     out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     names = output_names(network, all_scales)
-    wrapped = _exported(model, network, all_scales)
+    threshold = None if raw_logit else operating_point(ckpt)
+    offset = math.log(threshold / (1.0 - threshold)) if threshold is not None else 0.0
+    wrapped = _exported(model, network, all_scales, offset)
     example = torch.rand(1, model.spec.in_channels, tile, tile,
                          generator=torch.Generator().manual_seed(seed))
-    dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    # a classifier takes whole windows: only the batch is free (TensorRT reads the side)
+    dynamic = ({INPUT_NAME: {0: "batch"}} if network == "fusion" else
+               {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
     for n in names:
         dynamic[n] = {0: "batch"} if network == "fusion" else {0: "batch", 2: "height",
                                                                3: "width"}
@@ -123,6 +146,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
             "metrics": json.dumps(ckpt["history"][-1] if ckpt["history"] else {}),
             "checkpoint_sha256": sha256_file(checkpoint),
             "parameters": str(parameter_count(model)),
+            "operating_point": json.dumps(
+                None if threshold is None else {"threshold": threshold, "logit_offset": offset,
+                                                "chosen_by": "best F1 on the validation "
+                                                             "windows", "epoch": ckpt["epoch"]}),
             "input_scale": ("one dark-field RAW frame, divided by 2**bit_depth - 1"
                             if model.spec.in_channels == 1 else
                             "space-to-depth of the 6 RAW frames, divided by 2**bit_depth - 1"),
@@ -145,7 +172,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
     finally:
         if tmp.exists():
             tmp.unlink()
-    return ExportResult(out, out.stat().st_size, parameter_count(model), diff, names)
+    return ExportResult(out, out.stat().st_size, parameter_count(model), diff, names, threshold)
 
 
 def parity(wrapped, onnx_path: Path, names, channels: int, tile: int, batch: int,

@@ -17,6 +17,14 @@ Two ways to set precision, chosen by what the installed TensorRT offers (or forc
 FP32 means FP32: TensorRT enables TF32 for float32 convolutions by default on Ampere and later
 (the Orin's GPU), which rounds their inputs to 10 mantissa bits; an fp32 build clears the flag.
 
+The tensors are the model's own (:func:`read_model_io`, from the ONNX file): its input's name,
+channel count and height and width, its output's name. So the same build serves the U-Net
+(``frames`` ``N x 24 x H x W`` -> ``scores`` ``N x 1 x H x W``, height and width dynamic, built
+at the head's tile size) and the window classifier (``frames`` ``N x 1 x 256 x 256`` ->
+``logit`` ``N``: a model that fixes its height and width is built at that size, and a tile that
+disagrees is an error). INT8 calibration data is six-state frames (24 channels), so INT8 is
+refused for a model that takes anything else.
+
 Either way: one optimization profile at the tile size from batch 1 (the last batch of a RoI is
 whatever is left over) to the largest configured batch (opt = max = largest), a workspace
 limit, and a timing cache file reused across builds (it holds the kernel timings; reusing it
@@ -60,8 +68,10 @@ from edge.hashing import sha256_file
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "glass-inspect" / "engines"
-INPUT = "frames"
-OUTPUT = "scores"
+DEFAULT_TILE = 512  # the side a model with a dynamic height and width is built at, unless told
+SCORES = "scores"  # the output served where a model has several (as ONNX Runtime does)
+# INT8 calibration data (export.quantization_data) is the runtime's six-state input
+CALIBRATION_CHANNELS = 24
 # Part of every engine cache key: raise it when the build changes what it makes of the same
 # inputs, so engines built before are not served from the cache. 2: the profile starts at batch
 # 1, fp32 without TF32, typing and INT8 calibration data in the key.
@@ -82,6 +92,119 @@ class BuildResult:
     sidecar: Sidecar
     from_cache: bool
     seconds: float
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What the build needs to know of an ONNX model's tensors (:func:`read_model_io`)."""
+
+    input_name: str
+    input_dtype: str  # "float32" or "float16"
+    channels: int
+    side: int | None  # height = width when the model fixes them, None when they are dynamic
+    output_name: str
+    output_rank: int | None  # 4: N x C x H x W maps, 1: N logits; None when the file omits it
+
+    @property
+    def is_window_classifier(self) -> bool:
+        """One logit per row: the window classifier of :mod:`edge.classify`."""
+        return self.output_rank == 1
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16"}  # onnx.TensorProto.FLOAT, FLOAT16
+
+
+def _dim(d) -> int | None:
+    return int(d.dim_value) if d.HasField("dim_value") else None
+
+
+def read_model_io(onnx_path: str | Path) -> ModelIO:
+    """Input and output of the ONNX model at ``onnx_path``, read from its graph (not its
+    weights): one input ``N x C x H x W`` with a fixed channel count and a height and width both
+    fixed (and equal) or both dynamic; the output ``scores`` where there is one, else the first."""
+    try:
+        import onnx
+    except ImportError:
+        raise BuildError("reading the model's input and output needs the onnx package: "
+                         f"{JETSON_EXTRA}") from None
+    onnx_path = Path(onnx_path)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and others on a file that is not ONNX
+        raise BuildError(f"{onnx_path} is not a readable ONNX model: "
+                         f"{str(exc).strip() or type(exc).__name__}") from None
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if len(inputs) != 1 or not graph.output:
+        raise BuildError(f"{onnx_path.name} has inputs {[i.name for i in inputs]} and outputs "
+                         f"{[o.name for o in graph.output]}; a network here takes one input "
+                         "(the frames) and gives scores or logits")
+    (inp,) = inputs
+    tensor = inp.type.tensor_type
+    dtype = _ONNX_DTYPES.get(tensor.elem_type)
+    if dtype is None:
+        raise BuildError(f"input '{inp.name}' of {onnx_path.name} has ONNX element type "
+                         f"{tensor.elem_type}; expected float32 or float16")
+    dims = [_dim(d) for d in tensor.shape.dim]
+    shown = " x ".join("?" if d is None else str(d) for d in dims)
+    if len(dims) != 4:
+        raise BuildError(f"input '{inp.name}' of {onnx_path.name} is [{shown}]; expected "
+                         "N x C x H x W")
+    channels, h, w = dims[1:]
+    if not channels or channels < 1:
+        raise BuildError(f"input '{inp.name}' of {onnx_path.name} is [{shown}]: its channel "
+                         "count is not fixed; an engine needs a fixed one (24 for the six-state "
+                         "frames, 1 for a single frame)")
+    if (h is None) != (w is None) or (h is not None and h != w) or (h is not None and h < 1):
+        raise BuildError(f"input '{inp.name}' of {onnx_path.name} is [{shown}]; an engine is "
+                         "built for square tiles: height and width both dynamic, or both fixed "
+                         "and equal")
+    named = [o for o in graph.output if o.name == SCORES]
+    out = named[0] if named else graph.output[0]
+    out_type = out.type.tensor_type
+    rank = len(out_type.shape.dim) if out_type.HasField("shape") else None
+    if rank is not None and rank not in (1, 4):
+        raise BuildError(f"output '{out.name}' of {onnx_path.name} has {rank} dimensions; "
+                         "expected N x C x H x W scores or N logits")
+    return ModelIO(input_name=inp.name, input_dtype=dtype, channels=channels, side=h,
+                   output_name=out.name, output_rank=rank)
+
+
+def default_tile(io: ModelIO, head_tile: int = DEFAULT_TILE) -> int:
+    """The side to build at when none is asked for: the model's own where it fixes one; the
+    classifier's window (:data:`edge.classify.WINDOW`) for a window classifier exported with a
+    dynamic height and width; else ``head_tile`` (the head's ``pipeline.tile_size``)."""
+    if io.side is not None:
+        return io.side
+    if io.is_window_classifier:
+        from edge.classify import WINDOW
+
+        return WINDOW
+    return head_tile
+
+
+def resolve_tile(io: ModelIO, tile: int | None, head_tile: int = DEFAULT_TILE) -> int:
+    """``tile`` checked against the model: a model that fixes its height and width takes only
+    that size. ``None``: :func:`default_tile`."""
+    if tile is None:
+        return default_tile(io, head_tile)
+    if tile < 1:
+        raise BuildError(f"tile must be positive, got {tile}")
+    if io.side is not None and tile != io.side:
+        raise BuildError(f"this model takes {io.side} x {io.side} windows; --tile {tile} does "
+                         f"not fit (leave --tile out, or give --tile {io.side})")
+    return tile
+
+
+def check_precision(io: ModelIO, precision: str, name: str = "the model") -> None:
+    """Refuse INT8 for a model the calibration data cannot feed: the data
+    (:mod:`export.quantization_data`) is the runtime's six-state input, 24 channels."""
+    if precision == "int8" and io.channels != CALIBRATION_CHANNELS:
+        raise BuildError(f"{name} takes {io.channels}-channel input; INT8 calibration data here "
+                         f"is the six-state frames ({CALIBRATION_CHANNELS} channels, "
+                         "export.quantization_data), which cannot calibrate it: build it in "
+                         "fp16 or fp32")
 
 
 def _slug(text: str) -> str:
@@ -137,14 +260,23 @@ def _remove_stale_calibration_tables(out: Path, keep: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def profile_shapes(batch_sizes: Sequence[int], tile: int) -> tuple[tuple, tuple, tuple]:
-    """(min, opt, max) input shapes: any batch from 1 to the largest configured, tuned for the
-    largest. The pipeline cuts a RoI's tiles into batches of one configured size, so its last
-    batch is whatever is left: 1 up to that size."""
+def profile_shapes(batch_sizes: Sequence[int], tile: int, channels: int,
+                   side: int | None = None) -> tuple[tuple, tuple, tuple]:
+    """(min, opt, max) input shapes ``(batch, channels, tile, tile)``: any batch from 1 to the
+    largest configured, tuned for the largest. The pipeline cuts a RoI's tiles into batches of
+    one configured size, so its last batch is whatever is left: 1 up to that size. ``side``: the
+    height and width the model fixes, if it does; ``tile`` must then be that."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be positive, got {list(batch_sizes)}")
+    if channels < 1:
+        raise ValueError(f"the channel count must be positive, got {channels}")
+    if tile < 1:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if side is not None and tile != side:
+        raise ValueError(f"this model takes {side} x {side} windows; --tile {tile} does not fit")
     hi = max(batch_sizes)
-    return (1, 24, tile, tile), (hi, 24, tile, tile), (hi, 24, tile, tile)
+    return ((1, channels, tile, tile), (hi, channels, tile, tile),
+            (hi, channels, tile, tile))
 
 
 def has_weak_typing(trt) -> bool:
@@ -268,7 +400,7 @@ def _attach_timing_cache(trt, config, path: Path | None, device: str) -> None:
 
 
 def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes: Sequence[int],
-           tile: int, workspace_mb: int, timing_cache: Path | None,
+           tile: int, io: ModelIO, workspace_mb: int, timing_cache: Path | None,
            batches: Sequence[np.ndarray] | None, calib_cache: Path | None,
            device: str = "") -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
@@ -281,8 +413,8 @@ def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     profile = builder.create_optimization_profile()
-    lo, opt, hi = profile_shapes(batch_sizes, tile)
-    profile.set_shape(INPUT, lo, opt, hi)
+    lo, opt, hi = profile_shapes(batch_sizes, tile, io.channels, io.side)
+    profile.set_shape(io.input_name, lo, opt, hi)
     config.add_optimization_profile(profile)
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default: float32 convolutions in TF32
@@ -308,23 +440,34 @@ def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes
 
 
 def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16",
-                 batch_sizes: Sequence[int] = (1, 4), tile: int = 512, workspace_mb: int = 1024,
+                 batch_sizes: Sequence[int] = (1, 4), tile: int | None = None,
+                 workspace_mb: int = 1024,
                  timing_cache: str | Path | None = None,
                  quantization_batches: Sequence[np.ndarray] | None = None,
                  strongly_typed: bool | None = None, cache_dir: str | Path | None = DEFAULT_CACHE,
                  ) -> BuildResult:
-    """Build (or fetch from the engine cache) the engine of ``onnx_path``; write it to ``out``."""
+    """Build (or fetch from the engine cache) the engine of ``onnx_path``; write it to ``out``.
+
+    ``tile``: the side the engine takes; ``None`` for :func:`default_tile` (the model's own
+    where it fixes one, 256 for a window classifier, else 512, as before). A model that fixes
+    its height and width takes only that side. The sidecar records the model's own input and
+    output names and dtype, and the tile built at."""
     if precision not in PRECISIONS:
         raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    onnx_path, out = Path(onnx_path), Path(out)
+    io = read_model_io(onnx_path)
+    tile = resolve_tile(io, tile)
+    check_precision(io, precision, onnx_path.name)
     if precision == "int8" and not quantization_batches:
         raise BuildError("an INT8 engine needs calibration samples (recorded samples, through "
                          "the runtime's preprocessing)")
     if precision == "int8" and not isinstance(quantization_batches, Sequence):
         quantization_batches = list(quantization_batches)  # hashed, then read by the build
+    if precision == "int8":
+        _check_calibration_shapes(quantization_batches, io.channels, tile)
     t0 = time.perf_counter()
     trt = import_tensorrt()
     cuda = import_pycuda()
-    onnx_path, out = Path(onnx_path), Path(out)
     onnx_sha = sha256_file(onnx_path)
     device, cc = device_name(cuda)
     strong = choose_strong(trt, strongly_typed)
@@ -358,7 +501,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
                 from export.quantize import quantize_qdq
 
                 source = quantize_qdq(onnx_path, Path(tmp) / "qdq.onnx", quantization_batches)
-            plan = _build(trt, cuda, source, precision, strong, batch_sizes, tile, workspace_mb,
+            plan = _build(trt, cuda, source, precision, strong, batch_sizes, tile, io, workspace_mb,
                           Path(timing_cache) if timing_cache else None, quantization_batches,
                           calib_cache, device)
     finally:
@@ -366,8 +509,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
     _atomic_write(out, plan)
     sc = Sidecar(engine_sha256=sha256_file(out), onnx_sha256=onnx_sha, onnx_name=onnx_path.name,
                  tensorrt_version=trt.__version__, device=device, compute_capability=cc,
-                 precision=precision, strongly_typed=strong, input_name=INPUT,
-                 input_dtype="float32", output_name=OUTPUT, tile=tile,
+                 precision=precision, strongly_typed=strong, input_name=io.input_name,
+                 input_dtype=io.input_dtype, output_name=io.output_name, tile=tile,
                  batch_sizes=tuple(sorted(set(batch_sizes))),
                  built_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     sc.write(out)
@@ -377,6 +520,16 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
         cached.parent.mkdir(parents=True, exist_ok=True)
         _copy_with_sidecar(out, cached)
     return BuildResult(out, sc, False, time.perf_counter() - t0)
+
+
+def _check_calibration_shapes(batches: Sequence[np.ndarray], channels: int, tile: int) -> None:
+    """Every calibration batch must be what the engine takes: ``(n, channels, tile, tile)``."""
+    want = (channels, tile, tile)
+    for i, b in enumerate(batches):
+        if np.ndim(b) != 4 or tuple(np.shape(b)[1:]) != want:
+            raise BuildError(f"calibration batch {i} is {list(np.shape(b))}; the engine takes "
+                             f"N x {channels} x {tile} x {tile} (calibrate on tiles of the "
+                             "size the engine is built for)")
 
 
 def _copy_with_sidecar(src: Path, dst: Path) -> None:

@@ -39,7 +39,10 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
   are left out of the loss (:func:`darkfield_loss`) and of the validation metrics.
 * Validation: the fixed set :func:`model.window_eval.heldout_set` of ``val_windows`` windows
   from the validation frames (kept in ``window_cache``, else the default cache), every epoch:
-  loss, accuracy, precision, recall and F1 at ``logit >= 0``, the runtime's decision.
+  loss, accuracy, precision, recall and F1 at ``logit >= 0`` (probability 0.5), and the
+  probability threshold of :data:`OPERATING_POINTS` with the best F1 on those windows
+  (``best_threshold``, ties to the one nearest 0.5), which the export can make the model's
+  own decision boundary (:mod:`export.onnx`).
 * Optimiser: Adam with its usual betas (0.9, 0.999), as the weak-scratch paper (section III.B)
   uses it; the six-state paths keep the glass paper's (0.5, 0.9). ``lr_drop_patience`` divides
   the learning rate by 10 after that many epochs without a lower validation loss (the paper:
@@ -204,6 +207,26 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
 def _tensors(patches: list[D.Patch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     image, mask, bright = D.stack(patches)
     return torch.from_numpy(image), torch.from_numpy(mask), torch.from_numpy(bright)
+
+
+# thresholds on the scratch probability searched on the validation windows every epoch
+OPERATING_POINTS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _decisions(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Accuracy, precision, recall and F1 of window decisions against the truth."""
+    tp = int((pred & truth).sum())
+    fp = int((pred & ~truth).sum())
+    fn = int((~pred & truth).sum())
+    n = len(truth)
+    return {"accuracy": round((tp + n - tp - fp - fn) / max(1, n), 4),
+            "precision": round(tp / max(1, tp + fp), 4),
+            "recall": round(tp / max(1, tp + fn), 4),
+            "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4)}
 
 
 def darkfield_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -423,7 +446,7 @@ class Trainer:
         self.model.eval()
         ws = self.validation_windows
         total = 0.0
-        tp = fp = fn = tn = 0
+        all_logits, all_truth = [], []
         for start in tqdm(range(0, len(ws), DARKFIELD_VAL_BATCH), desc="validation",
                           unit="batch", disable=not self.progress, leave=False):
             labels = ws.labels[start:start + DARKFIELD_VAL_BATCH]
@@ -433,17 +456,17 @@ class Trainer:
             logits = self.model(x)
             total += float(F.binary_cross_entropy_with_logits(logits, y.float(),
                                                               reduction="sum"))
-            pred = logits >= 0  # sigmoid >= 0.5, the runtime's default decision
-            tp += int((pred & y).sum())
-            fp += int((pred & ~y).sum())
-            fn += int((~pred & y).sum())
-            tn += int((~pred & ~y).sum())
-        n = tp + fp + fn + tn
-        return {"val_loss": total / max(1, n),
-                "accuracy": round((tp + tn) / max(1, n), 4),
-                "precision": round(tp / max(1, tp + fp), 4),
-                "recall": round(tp / max(1, tp + fn), 4),
-                "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4)}
+            all_logits.append(logits.numpy())
+            all_truth.append(y.numpy())
+        logits, truth = np.concatenate(all_logits), np.concatenate(all_truth)
+        out = {"val_loss": total / max(1, len(truth)),
+               **_decisions(logits >= 0, truth)}  # sigmoid >= 0.5, the runtime's default
+        # the operating point that validation favours (F1), for the model card and export
+        best = max(OPERATING_POINTS, key=lambda t: (
+            _decisions(logits >= _logit(t), truth)["f1"], -abs(t - 0.5)))
+        out.update(best_threshold=best,
+                   best_threshold_f1=_decisions(logits >= _logit(best), truth)["f1"])
+        return out
 
     @torch.no_grad()
     def validate(self) -> dict:

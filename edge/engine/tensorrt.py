@@ -6,7 +6,11 @@
   left). Engines are built with an optimization profile from batch 1; one built with a higher
   minimum (before the profile started at 1) gets a shorter batch padded with zeros up to that
   minimum, and only the batch's own scores come back.
-* Buffers are allocated once, for the largest batch at the sidecar's tile size: two sets of
+* The tensors' shapes come from the engine itself (:func:`input_shape`, :func:`output_shape`):
+  the input's channel count and any fixed height and width as built, a dynamic height or width
+  at the sidecar's tile size; so one class serves the U-Net (``N x 24 x t x t`` in,
+  ``N x 1 x t x t`` out) and the window classifier (``N x 1 x 256 x 256`` in, ``N`` logits out).
+* Buffers are allocated once, for the largest batch at those shapes: two sets of
   page-locked host and device buffers, and one CUDA stream. On one stream the GPU does each
   batch's copy in, network and copy out one after the other: the copies do not overlap the
   network. What overlaps is the CPU with the GPU: in ``infer_stream`` batch n+1 is staged and
@@ -67,6 +71,70 @@ def device_name(cuda) -> tuple[str, str]:
     return dev.name(), f"{major}.{minor}"
 
 
+def _dims(dims) -> tuple[int, ...]:
+    return tuple(int(d) for d in dims)
+
+
+def _show(dims: tuple[int, ...]) -> str:
+    return " x ".join("?" if d < 0 else str(d) for d in dims)
+
+
+def input_shape(dims, tile: int, name: str = "input") -> tuple[int | None, ...]:
+    """The input's :class:`TensorSpec` shape from ``engine.get_tensor_shape`` (``-1`` for a
+    dynamic dimension): ``(None, C, H, W)``, the batch dynamic, the channel count as built, a
+    fixed height or width as built, a dynamic one at the sidecar's ``tile``."""
+    dims = _dims(dims)
+    if len(dims) != 4:
+        raise EngineError(f"input '{name}' has shape [{_show(dims)}]; expected N x C x H x W")
+    channels = dims[1]
+    if channels <= 0:
+        what = "a dynamic channel count" if channels < 0 else "0 channels"
+        raise EngineError(f"input '{name}' [{_show(dims)}] has {what}; an engine needs a fixed, "
+                          "positive channel count: rebuild it from an ONNX model that fixes it")
+    if tile <= 0:
+        raise EngineError(f"tile {tile} is not a positive size")
+    if any(d == 0 or d < -1 for d in dims[2:]):
+        raise EngineError(f"input '{name}' has shape [{_show(dims)}]; its height and width must "
+                          "be positive or dynamic")
+    return (None, channels, *(tile if d == -1 else d for d in dims[2:]))
+
+
+def output_shape(dims, tile: int, name: str = "output",
+                 at: tuple[int, ...] | None = None) -> tuple[int | None, ...]:
+    """The output's :class:`TensorSpec` shape from ``engine.get_tensor_shape``: ``(None,)`` for
+    one logit per row, ``(None, C, H, W)`` for score maps, the batch dynamic, fixed dimensions
+    as they are, a dynamic height or width at ``tile``. A dynamic dimension that is neither
+    (a channel count TensorRT could not fix at build time) is taken from ``at``, the output's
+    shape in an execution context whose input shape is set; without it, it is an error."""
+    dims = _dims(dims)
+    if not dims or dims[0] != -1:
+        why = ("has no dimensions" if not dims else
+               f"has its first dimension fixed at {dims[0]}")
+        raise EngineError(f"output '{name}' [{_show(dims)}] {why}: no batch dimension, so it "
+                          "cannot hold one result per row of a batch; rebuild the engine from an "
+                          "ONNX model whose output's first axis is the dynamic batch")
+    if len(dims) not in (1, 4):
+        raise EngineError(f"output '{name}' has shape [{_show(dims)}]; expected N x C x H x W "
+                          "scores or N logits")
+    shape: list[int | None] = [None]
+    for i, d in enumerate(dims[1:], start=1):
+        if d > 0:
+            shape.append(d)
+        elif d == -1 and i >= 2:  # height, width: run at the tile size
+            shape.append(tile)
+        elif d == -1 and at is not None and len(at) == len(dims) and int(at[i]) > 0:
+            shape.append(int(at[i]))
+        else:
+            raise EngineError(f"output '{name}' has shape [{_show(dims)}]: dimension {i} is "
+                              f"{'dynamic' if d == -1 else d}; expected a fixed channel count")
+    return tuple(shape)
+
+
+def row_elements(shape: tuple[int | None, ...]) -> int:
+    """Elements of one row (batch item) of a tensor of ``shape``; ``shape[0]`` is the batch."""
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
 class _Slot:
     """One set of buffers: page-locked host input/output, device input/output, an event."""
 
@@ -125,14 +193,30 @@ class TensorRTEngine(Engine):
         profile_min, _, profile_max = engine.get_tensor_profile_shape(sc.input_name, 0)
         self.max_batch = min(int(profile_max[0]), max(max_batch, 1))
         self._min_batch = max(int(profile_min[0]), 1)  # > 1: shorter batches are padded
-        t = sc.tile
-        self.input = TensorSpec(sc.input_name, in_dtype, (None, 24, t, t))
-        self.output = TensorSpec(sc.output_name, out_dtype, (None, 1, t, t))
-        self._context = engine.create_execution_context()
-        self._stream = cuda.Stream()
         rows = max(self.max_batch, self._min_batch)
-        n_in, n_out = rows * 24 * t * t, rows * t * t
+        self._context = engine.create_execution_context()
+        try:
+            in_shape, out_shape = self._shapes(engine, rows)
+        except EngineError as exc:
+            raise EngineError(f"{self.path.name}: {exc}") from None
+        self.input = TensorSpec(sc.input_name, in_dtype, in_shape)
+        self.output = TensorSpec(sc.output_name, out_dtype, out_shape)
+        self._stream = cuda.Stream()
+        n_in, n_out = rows * row_elements(in_shape), rows * row_elements(out_shape)
         self._slots = [_Slot(cuda, n_in, in_dtype, n_out) for _ in range(2)]
+
+    def _shapes(self, engine, rows: int) -> tuple[tuple, tuple]:
+        """The input's and the output's spec shapes, from the engine's own tensor shapes."""
+        sc = self.sidecar
+        in_shape = input_shape(engine.get_tensor_shape(sc.input_name), sc.tile, sc.input_name)
+        out_dims = _dims(engine.get_tensor_shape(sc.output_name))
+        at = None
+        if len(out_dims) == 4 and out_dims[1] == -1:
+            # a channel count TensorRT left dynamic: ask it for the largest batch's output shape
+            if not self._context.set_input_shape(sc.input_name, (rows, *in_shape[1:])):
+                raise EngineError(f"TensorRT refused input shape {[rows, *in_shape[1:]]}")
+            at = _dims(self._context.get_tensor_shape(sc.output_name))
+        return in_shape, output_shape(out_dims, sc.tile, sc.output_name, at)
 
     @property
     def identity(self) -> dict:
@@ -154,7 +238,7 @@ class TensorRTEngine(Engine):
         if not ctx.set_input_shape(self.input.name, shape):
             raise EngineError(f"TensorRT refused input shape {list(shape)}; the engine's "
                               f"profile allows batches of {self._min_batch} to "
-                              f"{self.max_batch} of 24 x {self.sidecar.tile} x {self.sidecar.tile}")
+                              f"{self.max_batch} of {_show(_dims(self.input.shape[1:]))}")
         ctx.set_tensor_address(self.input.name, int(slot.dev_in))
         ctx.set_tensor_address(self.output.name, int(slot.dev_out))
         if not ctx.execute_async_v3(stream_handle=self._stream.handle):

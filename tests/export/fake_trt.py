@@ -202,3 +202,29 @@ def install(monkeypatch, trt: FakeTRT, cuda: FakeCuda | None = None) -> FakeCuda
     monkeypatch.setattr(mod, "import_tensorrt", lambda: trt)
     monkeypatch.setattr(mod, "import_pycuda", lambda: cuda)
     return cuda
+
+
+def tiny_onnx(path, channels: int = 24, side: int | None = None, output: str = "scores",
+              tag: str = ""):
+    """A small ONNX model with the product's tensors, for the build to read: input ``frames``
+    ``N x channels x H x W`` (``H``, ``W`` fixed at ``side``, or dynamic), output ``scores``
+    ``N x 1 x H x W`` (the channel mean, a U-Net's shape) or ``logit`` ``N`` (the window mean,
+    the classifier's). ``tag`` goes into the doc string: another tag, another file hash."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    hw = [side, side] if side else ["height", "width"]
+    inp = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", channels, *hw])
+    if output == "logit":
+        node = helper.make_node("ReduceMean", ["frames"], ["logit"], axes=[1, 2, 3], keepdims=0)
+        out = helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])
+    else:
+        node = helper.make_node("ReduceMean", ["frames"], [output], axes=[1], keepdims=1)
+        out = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 1, *hw])
+    graph = helper.make_graph([node], "tiny", [inp], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              doc_string=tag)
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path

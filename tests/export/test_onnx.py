@@ -64,3 +64,34 @@ def test_bad_checkpoint_and_tile_are_refused(nested_ckpt, tmp_path):
     with pytest.raises(ExportError, match="divisor"):
         export_onnx(nested_ckpt, tmp_path / "x.onnx", tile=100)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_window_classifier_decides_at_its_validated_operating_point(cfg, tmp_path):
+    """Validation's best threshold t becomes the exported model's 0.5: logit - logit(t)."""
+    import json
+    import math
+
+    from model.train import load_checkpoint
+
+    s = TrainSettings(network="fusion", data="darkfield", width=0.125, frame_px=512,
+                      train_images=2, val_images=1, val_windows=4, batch_size=2,
+                      steps_per_epoch=1, epochs=1, window_cache=str(tmp_path / "cache"))
+    best = Trainer(s, cfg, tmp_path / "run", progress=False).run()
+    ckpt = load_checkpoint(best)
+    ckpt["history"][-1]["best_threshold"] = 0.25
+    torch.save(ckpt, tmp_path / "t25.pt")
+    shifted = export_onnx(tmp_path / "t25.pt", tmp_path / "shifted.onnx")
+    raw = export_onnx(tmp_path / "t25.pt", tmp_path / "raw.onnx", raw_logit=True)
+    assert shifted.operating_point == 0.25 and raw.operating_point is None
+    x = np.random.default_rng(0).random((3, 1, 256, 256), np.float32) * 0.3
+    out = {}
+    for r in (shifted, raw):
+        sess = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
+        (out[r.path.stem],) = sess.run(None, {INPUT_NAME: x})
+        dims = [d.dim_value for d in onnx.load(str(r.path)).graph.input[0].type.tensor_type
+                .shape.dim]
+        assert dims[1:] == [1, 256, 256]  # whole windows; only the batch is free
+    assert np.allclose(out["shifted"], out["raw"] - math.log(0.25 / 0.75), atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(shifted.path)).metadata_props}
+    point = json.loads(meta["operating_point"])
+    assert point["threshold"] == 0.25 and point["logit_offset"] == pytest.approx(-1.0986, 1e-4)

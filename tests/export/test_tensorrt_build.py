@@ -1,5 +1,6 @@
 """The logic around a TensorRT build, with a fake ``tensorrt`` (tests/export/fake_trt.py): the
-flags and profile chosen, the engine cache key, the timing cache and INT8 calibration table files.
+flags and profile chosen, the engine cache key, the timing cache and INT8 calibration table files,
+and the tensors of the model built (the U-Net's, the window classifier's), read from its ONNX.
 """
 
 import logging
@@ -8,17 +9,26 @@ import sys
 import numpy as np
 import pytest
 
+from edge.engine import Sidecar
 from export.tensorrt import BuildError, build_engine, cache_key, network_flags, profile_shapes
-from tests.export.fake_trt import FakeTRT, install
+from tests.export.fake_trt import FakeTRT, install, tiny_onnx
 
 LOG = "export.tensorrt"
 
 
 @pytest.fixture
 def onnx_file(tmp_path):
-    p = tmp_path / "m.onnx"
-    p.write_bytes(b"model, first training")
-    return p
+    """A U-Net-shaped model (frames N x 24 x H x W -> scores N x 1 x H x W): the build reads its
+    tensors from the file."""
+    pytest.importorskip("onnx")
+    return tiny_onnx(tmp_path / "m.onnx", tag="model, first training")
+
+
+@pytest.fixture
+def classifier_file(tmp_path):
+    """The window classifier's tensors: frames N x 1 x 256 x 256 -> logit N."""
+    pytest.importorskip("onnx")
+    return tiny_onnx(tmp_path / "c.onnx", channels=1, side=256, output="logit")
 
 
 def _batches(value: float, n: int = 2) -> list[np.ndarray]:
@@ -33,8 +43,10 @@ def _build(onnx_file, out, **kw):
 
 # -- 7: the optimization profile ------------------------------------------------------------
 def test_profile_starts_at_batch_one_so_the_short_last_batch_of_a_roi_fits():
-    assert profile_shapes([4], 512) == ((1, 24, 512, 512), (4, 24, 512, 512), (4, 24, 512, 512))
-    assert profile_shapes([2, 8], 64)[0] == (1, 24, 64, 64)
+    assert profile_shapes([4], 512, 24) == ((1, 24, 512, 512), (4, 24, 512, 512),
+                                            (4, 24, 512, 512))
+    assert profile_shapes([2, 8], 64, 24)[0] == (1, 24, 64, 64)
+    assert profile_shapes([2, 8], 256, 1, side=256)[0] == (1, 1, 256, 256)
 
 
 def test_build_sets_the_profile_from_one_to_the_largest_batch(monkeypatch, tmp_path, onnx_file):
@@ -186,7 +198,7 @@ def test_calibration_table_of_another_model_or_data_is_not_reused(monkeypatch, t
     _build(onnx_file, out, quantization_batches=_batches(0.1), **kw)
     assert trt.calibrations == [2] and trt.tables_reused == [b"table-1"]
 
-    onnx_file.write_bytes(b"model, retrained")
+    tiny_onnx(onnx_file, tag="model, retrained")
     _build(onnx_file, out, quantization_batches=_batches(0.1), **kw)
     assert trt.calibrations == [2, 2] and trt.tables_reused == [b"table-1"]
 
@@ -236,3 +248,87 @@ def test_strongly_typed_int8_builds_from_the_qdq_model(monkeypatch, tmp_path, on
     r = _build(onnx_file, tmp_path / "m.engine", precision="int8",
                quantization_batches=_batches(0.1))
     assert seen == [2] and r.sidecar.strongly_typed and not trt.calibrations
+
+
+# -- the model's own tensors: the U-Net as before, the window classifier -----------------------
+def test_unet_build_keeps_its_profile_sidecar_and_cache_key(monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    r = _build(onnx_file, tmp_path / "m.engine", precision="fp16", batch_sizes=(1, 4), tile=512,
+               cache_dir=tmp_path / "cache")
+    (profile,) = trt.config.profiles
+    assert profile.shapes == {"frames": ((1, 24, 512, 512), (4, 24, 512, 512),
+                                         (4, 24, 512, 512))}
+    sc = Sidecar.read(r.path)
+    assert (sc.input_name, sc.input_dtype, sc.output_name, sc.tile) == ("frames", "float32",
+                                                                        "scores", 512)
+    (cached,) = (tmp_path / "cache").glob("*.engine")
+    assert cached.name == cache_key(sc.onnx_sha256, "10.3.0", "Orin", "fp16", 512, (1, 4)) + \
+        ".engine"
+
+
+def test_unet_build_without_a_tile_is_built_at_512_as_before(monkeypatch, tmp_path, onnx_file):
+    install(monkeypatch, FakeTRT("10.3.0"))
+    r = build_engine(onnx_file, tmp_path / "m.engine", cache_dir=None)
+    assert r.sidecar.tile == 512
+
+
+@pytest.mark.parametrize("tile", [None, 256])
+def test_classifier_build_takes_its_tensors_and_window_from_the_model(monkeypatch, tmp_path,
+                                                                      classifier_file, tile):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    r = build_engine(classifier_file, tmp_path / "c.engine", precision="fp16",
+                     batch_sizes=(1, 8), tile=tile, cache_dir=tmp_path / "cache")
+    (profile,) = trt.config.profiles
+    assert profile.shapes == {"frames": ((1, 1, 256, 256), (8, 1, 256, 256), (8, 1, 256, 256))}
+    sc = Sidecar.read(r.path)
+    assert (sc.input_name, sc.output_name, sc.tile, sc.batch_sizes) == ("frames", "logit", 256,
+                                                                        (1, 8))
+    assert sc.onnx_name == "c.onnx"
+
+
+def test_classifier_build_at_another_tile_is_refused_before_any_gpu_work(monkeypatch, tmp_path,
+                                                                          classifier_file):
+    trt = FakeTRT("10.3.0")
+    cuda = install(monkeypatch, trt)
+    with pytest.raises(BuildError, match="this model takes 256 x 256 windows; --tile 512 does "
+                                         "not fit"):
+        build_engine(classifier_file, tmp_path / "c.engine", tile=512, cache_dir=None)
+    assert not cuda.pushes and not trt.configs
+    assert not (tmp_path / "c.engine").exists()
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_classifier_int8_is_refused_the_calibration_data_is_six_state(monkeypatch, tmp_path,
+                                                                      classifier_file, version):
+    trt = FakeTRT(version)
+    cuda = install(monkeypatch, trt)
+    windows = [np.zeros((2, 1, 256, 256), np.float32)]
+    with pytest.raises(BuildError, match=r"1-channel input.*six-state.*24 channels.*fp16 or "
+                                         "fp32"):
+        build_engine(classifier_file, tmp_path / "c.engine", precision="int8",
+                     quantization_batches=windows, cache_dir=None)
+    assert not cuda.pushes and not trt.configs and not trt.calibrations
+
+
+def test_int8_calibration_batches_of_another_tile_are_refused(monkeypatch, tmp_path, onnx_file):
+    trt = FakeTRT("10.3.0")
+    install(monkeypatch, trt)
+    with pytest.raises(BuildError, match=r"calibration batch 0 is \[2, 24, 8, 8\]; the engine "
+                                         "takes N x 24 x 16 x 16"):
+        _build(onnx_file, tmp_path / "m.engine", precision="int8", tile=16,
+               quantization_batches=_batches(0.1))
+    assert not trt.calibrations
+
+
+def test_engine_cache_keeps_the_unet_and_the_classifier_apart(monkeypatch, tmp_path, onnx_file,
+                                                              classifier_file):
+    install(monkeypatch, FakeTRT("10.3.0"))
+    kw = dict(precision="fp16", batch_sizes=(1, 4), cache_dir=tmp_path / "cache")
+    unet = build_engine(onnx_file, tmp_path / "u.engine", tile=256, **kw)
+    classifier = build_engine(classifier_file, tmp_path / "c.engine", **kw)
+    assert not unet.from_cache and not classifier.from_cache  # same tile, other model: built
+    again = build_engine(classifier_file, tmp_path / "c2.engine", **kw)
+    assert again.from_cache and again.sidecar.output_name == "logit"
+    assert len(list((tmp_path / "cache").glob("*.engine"))) == 2

@@ -44,7 +44,9 @@ def test_darkfield_trains_the_single_frame_classifier_and_reports_window_metrics
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["spec"] == FusionSpec(width=0.125, in_channels=1, whiten=True).to_dict()
     h = json.loads((out / "history.json").read_text())[0]
-    assert {"val_loss", "accuracy", "precision", "recall", "f1"} <= h.keys()
+    assert {"val_loss", "accuracy", "precision", "recall", "f1", "best_threshold",
+            "best_threshold_f1"} <= h.keys()
+    assert 0.0 < h["best_threshold"] < 1.0 and h["best_threshold_f1"] >= h["f1"]
     assert np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"])
     # the training frames, and only those, fed the windows; the validation set is cached
     assert ckpt["windows"]["image_seeds"] == [0, 1, 2]
@@ -186,3 +188,14 @@ def test_cli_says_what_does_not_fit(tmp_path, capsys):
                  str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "network must be 'fusion'" in err and "Traceback" not in err
+
+
+def test_validation_reports_the_operating_point_with_the_best_f1():
+    from model.train import _decisions, _logit
+
+    truth = np.array([True, True, True, False, False, False])
+    logits = np.array([2.0, -0.5, -1.0, -3.0, -2.5, 0.5])
+    at_half = _decisions(logits >= 0, truth)
+    assert (at_half["precision"], at_half["recall"]) == (0.5, 0.3333)
+    lower = _decisions(logits >= _logit(0.25), truth)  # logit(0.25) = -1.1: all three found
+    assert lower["recall"] == 1.0 and lower["f1"] == round(6 / 7, 4)

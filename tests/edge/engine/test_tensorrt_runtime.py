@@ -1,5 +1,7 @@
 """The TensorRT engine at run time, with a fake ``tensorrt`` and ``pycuda.driver``: install advice,
-the batches it takes, and the order of its work. The fake GPU "network" averages the 24 channels.
+the batches it takes, and the order of its work. The fake GPU "network" averages the 24 channels
+(a U-Net's score map) or, as the window classifier, a whole window (one logit per row). The
+shapes the engine serves come from the engine's own tensor shapes: plain tuples, tested here.
 """
 
 import sys
@@ -83,13 +85,27 @@ class FakeCuda:
         host[:] = dev.buf[:host.size]
 
 
+UNET = {"frames": (-1, 24, -1, -1), "scores": (-1, 1, -1, -1)}  # engine.get_tensor_shape
+CLASSIFIER_SIDE = 16  # a fixed-size window classifier, small for the test (256 in the product)
+CLASSIFIER = {"frames": (-1, 1, CLASSIFIER_SIDE, CLASSIFIER_SIDE), "logit": (-1,)}
+
+
+def _unet(x):
+    return x.mean(axis=1, keepdims=True)
+
+
+def _classifier(x):
+    return x.mean(axis=(1, 2, 3))
+
+
 class FakeContext:
     def __init__(self, engine, gpu):
         self.engine, self.gpu, self.addr, self.shape = engine, gpu, {}, None
 
     def set_input_shape(self, name, shape):
         lo, _, hi = self.engine.profile
-        if not lo[0] <= shape[0] <= hi[0]:
+        if not (len(shape) == len(lo) and lo[0] <= shape[0] <= hi[0]
+                and tuple(shape[1:]) == tuple(lo[1:])):
             return False  # as TensorRT: outside the optimization profile
         self.shape = tuple(shape)
         return True
@@ -100,29 +116,33 @@ class FakeContext:
     def execute_async_v3(self, stream_handle):
         n = self.shape[0]
         x = self.gpu.memory[self.addr["frames"]].buf[:int(np.prod(self.shape))].reshape(self.shape)
-        out = x.mean(axis=1, keepdims=True)
-        self.gpu.memory[self.addr["scores"]].buf[:out.size] = out.ravel()
+        out = self.engine.net(x)
+        self.gpu.memory[self.addr[self.engine.output]].buf[:out.size] = out.ravel()
         self.gpu.log.append(f"run {n}")
         return True
 
     def get_tensor_shape(self, name):
-        return (self.shape[0], 1, TILE, TILE)
+        return self.engine.net(np.zeros(self.shape, np.float32)).shape
 
 
 class FakeEngine:
     num_io_tensors = 2
 
-    def __init__(self, profile, gpu):
-        self.profile, self.gpu = profile, gpu
+    def __init__(self, profile, gpu, dims=None, net=_unet):
+        self.profile, self.gpu, self.dims, self.net = profile, gpu, dims or UNET, net
+        self.output = [n for n in self.dims if n != "frames"][0]
 
     def get_tensor_name(self, i):
-        return ("frames", "scores")[i]
+        return tuple(self.dims)[i]
 
     def get_tensor_mode(self, name):
         return "in" if name == "frames" else "out"
 
     def get_tensor_dtype(self, name):
         return "float"
+
+    def get_tensor_shape(self, name):
+        return self.dims[name]
 
     def get_tensor_profile_shape(self, name, index):
         return self.profile
@@ -131,8 +151,9 @@ class FakeEngine:
         return FakeContext(self, self.gpu)
 
 
-def fake_trt(profile, gpu):
-    runtime = SimpleNamespace(deserialize_cuda_engine=lambda data: FakeEngine(profile, gpu))
+def fake_trt(profile, gpu, dims=None, net=_unet):
+    runtime = SimpleNamespace(
+        deserialize_cuda_engine=lambda data: FakeEngine(profile, gpu, dims, net))
     logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     return SimpleNamespace(__version__="10.3.0", Logger=logger,
                            Runtime=lambda logger: runtime, nptype=lambda dt: np.float32,
@@ -141,18 +162,22 @@ def fake_trt(profile, gpu):
 
 @pytest.fixture
 def open_fake(monkeypatch, tmp_path):
-    def make(min_batch: int, max_batch: int, head_max_batch: int = 4):
+    def make(min_batch: int, max_batch: int, head_max_batch: int = 4, dims=None, net=_unet,
+             tile: int = TILE):
+        dims = dims or UNET
         gpu = FakeCuda()
-        shapes = tuple((b, 24, TILE, TILE) for b in (min_batch, max_batch, max_batch))
-        monkeypatch.setattr(rt, "import_tensorrt", lambda: fake_trt(shapes, gpu))
+        row = tuple(tile if d == -1 else d for d in dims["frames"][1:])
+        shapes = tuple((b, *row) for b in (min_batch, max_batch, max_batch))
+        monkeypatch.setattr(rt, "import_tensorrt", lambda: fake_trt(shapes, gpu, dims, net))
         monkeypatch.setattr(rt, "import_pycuda", lambda: gpu)
         path = tmp_path / "m.engine"
         path.write_bytes(b"plan")
         Sidecar(engine_sha256=sha256_file(path), onnx_sha256="a" * 64, onnx_name="m.onnx",
                 tensorrt_version="10.3.0", device="Orin", compute_capability="8.7",
                 precision="fp16", strongly_typed=False, input_name="frames",
-                input_dtype="float32", output_name="scores", tile=TILE,
-                batch_sizes=(max_batch,), built_utc="2026-01-01T00:00:00+00:00").write(path)
+                input_dtype="float32", output_name=[n for n in dims if n != "frames"][0],
+                tile=tile, batch_sizes=(max_batch,),
+                built_utc="2026-01-01T00:00:00+00:00").write(path)
         return rt.TensorRTEngine(path, max_batch=head_max_batch), gpu
     return make
 
@@ -196,3 +221,96 @@ def test_a_roi_split_like_the_pipeline_with_a_short_last_batch(open_fake, cfg):
     # batch n+1 is queued before the engine waits for batch n: the CPU hands batch n's scores
     # to the caller while the GPU runs n+1
     assert gpu.log == ["run 4", "run 4", "wait", "run 3", "wait", "wait"]
+
+
+# -- the shapes an engine serves, from its own tensor shapes (-1: dynamic) ----------------------
+def test_unet_shapes_run_dynamic_sides_at_the_tile():
+    assert rt.input_shape((-1, 24, -1, -1), 512) == (None, 24, 512, 512)
+    assert rt.output_shape((-1, 1, -1, -1), 512) == (None, 1, 512, 512)
+    assert rt.row_elements((None, 24, 512, 512)) == 24 * 512 * 512
+    assert rt.row_elements((None, 1, 512, 512)) == 512 * 512
+
+
+def test_classifier_shapes_keep_the_fixed_window_whatever_the_tile():
+    for tile in (256, 512):
+        assert rt.input_shape((-1, 1, 256, 256), tile) == (None, 1, 256, 256)
+        assert rt.output_shape((-1,), tile) == (None,)
+    assert rt.row_elements((None, 1, 256, 256)) == 256 * 256
+    assert rt.row_elements((None,)) == 1
+
+
+def test_dims_as_tensorrt_gives_them_are_read_as_integers():
+    dims = [np.int64(-1), np.int64(24), np.int64(-1), np.int64(-1)]  # a Dims is a sequence
+    shape = rt.input_shape(dims, 64)
+    assert shape == (None, 24, 64, 64) and all(type(d) is int for d in shape[1:])
+
+
+@pytest.mark.parametrize("dims, what", [((-1, 0, 64, 64), "0 channels"),
+                                        ((-1, -1, 64, 64), "dynamic channel count"),
+                                        ((-1, 24, 64), "expected N x C x H x W"),
+                                        ((-1, 24, 0, 64), "positive or dynamic")])
+def test_bad_input_shapes_are_engine_errors(dims, what):
+    with pytest.raises(EngineError, match=what) as err:
+        rt.input_shape(dims, 64, "frames")
+    assert "'frames'" in str(err.value)
+
+
+@pytest.mark.parametrize("dims, what", [((), "has no dimensions: no batch dimension"),
+                                        ((1,), "fixed at 1: no batch dimension"),
+                                        ((4, 1, -1, -1), "fixed at 4: no batch dimension"),
+                                        ((-1, 1, -1), "scores or N logits"),
+                                        ((-1, -1, -1, -1), "dimension 1 is dynamic")])
+def test_bad_output_shapes_are_engine_errors(dims, what):
+    with pytest.raises(EngineError, match=what) as err:
+        rt.output_shape(dims, 64, "logit")
+    assert "'logit'" in str(err.value)
+
+
+def test_an_output_channel_count_left_dynamic_is_taken_from_the_context():
+    assert rt.output_shape((-1, -1, -1, -1), 64, at=(4, 1, 64, 64)) == (None, 1, 64, 64)
+
+
+def test_unet_engine_specs_and_buffers(open_fake):
+    engine, gpu = open_fake(1, 4)
+    assert engine.input.shape == (None, 24, TILE, TILE)
+    assert engine.output.shape == (None, 1, TILE, TILE)
+    sizes = sorted(m.buf.size for m in gpu.memory.values())
+    assert sizes == [4 * TILE * TILE] * 2 + [4 * 24 * TILE * TILE] * 2
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_fixed_size_classifier_engine_gives_one_logit_per_window(open_fake, n):
+    side = CLASSIFIER_SIDE
+    engine, gpu = open_fake(1, 4, dims=CLASSIFIER, net=_classifier, tile=side)
+    assert engine.input.shape == (None, 1, side, side) and engine.output.shape == (None,)
+    assert engine.output.name == "logit"
+    sizes = sorted(m.buf.size for m in gpu.memory.values())
+    assert sizes == [4] * 2 + [4 * side * side] * 2  # buffers sized from the real shapes
+    x = np.random.default_rng(n).random((n, 1, side, side), dtype=np.float32)
+    np.testing.assert_allclose(engine.infer(x), x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    with pytest.raises(EngineError, match="takes input 'frames' float32 \\[\\? x 1 x 16 x 16\\]"):
+        engine.infer(_tiles(1))  # a U-Net tile is not a window
+
+
+def test_classifier_engine_short_batch_is_padded_and_cut(open_fake):
+    side = CLASSIFIER_SIDE
+    engine, gpu = open_fake(4, 4, dims=CLASSIFIER, net=_classifier, tile=side)
+    x = np.random.default_rng(0).random((2, 1, side, side), dtype=np.float32)
+    out = engine.infer(x)
+    assert out.shape == (2,) and gpu.log[-2:] == ["run 4", "wait"]
+    np.testing.assert_allclose(out, x.mean(axis=(1, 2, 3)), rtol=1e-6)
+
+
+def test_classifier_engine_is_what_edge_classify_takes(open_fake):
+    from edge.classify import Classifier
+
+    dims = {"frames": (-1, 1, 256, 256), "logit": (-1,)}
+    engine, _ = open_fake(1, 2, dims=dims, net=_classifier, tile=512)
+    assert engine.input.shape == (None, 1, 256, 256)  # the fixed window, not the tile
+    Classifier(engine, batch=2)  # refuses any engine that is not N x 1 x 256 x 256 -> N
+
+
+def test_engine_with_a_dynamic_channel_count_is_refused_naming_the_file(open_fake):
+    dims = {"frames": (-1, -1, -1, -1), "scores": (-1, 1, -1, -1)}
+    with pytest.raises(EngineError, match=r"m\.engine: input 'frames' .*dynamic channel count"):
+        open_fake(1, 4, dims=dims)
