@@ -22,8 +22,10 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
 * **Windows.** 256 x 256 px every 128 px (the paper's "redundancy" of 128), the last window of
   each row and column flush with the image's edge, so every pixel is seen and no window is
   padded (:func:`window_origins`). An image needs 256 px on each side.
-* **Positive window:** ``sigmoid(logit) >= threshold``, default 0.5: the decision boundary of
-  the cross-entropy the classifier is trained with.
+* **Positive window:** ``sigmoid(logit) >= threshold``, default 0.5. The export shifts a
+  classifier's logit so that 0.5 is the operating point its validation chose (best F1 on the
+  validation windows; ``operating_point`` in the model's metadata, :mod:`export.onnx`), so the
+  default is that point on every engine; ``--threshold`` moves it (higher: fewer false alarms).
 * **Regions** (the paper: "the contour of all sliding windows containing scratches is the
   localized defect area"): the union of the positive windows' footprints, cut into cells by all
   window edges (128 px cells, narrower next to a flush window), split into connected components
