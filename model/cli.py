@@ -31,7 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             window_pool=args.window_pool, data=args.data, ba=not args.no_ba,
             sa=not args.no_sa, ca=not args.no_ca, frame_px=args.frame_px,
             train_images=args.train_images, val_images=args.val_images,
-            val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience)
+            val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
+            extra_train_images=args.extra_train_images, init=args.init or "")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
@@ -210,6 +211,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr-drop-patience", type=int, default=0, metavar="EPOCHS",
                    help="divide the learning rate by 10 after this many epochs without a "
                         "lower validation loss (default: 0, never)")
+    t.add_argument("--extra-train-images", type=int, default=0, metavar="N",
+                   help="darkfield: N more training frames beyond the split's, from seed "
+                        "100000 (validation and test frames stay put; default: 0)")
+    t.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (same network and spec) with a "
+                        "fresh optimiser: fine-tuning")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

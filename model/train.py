@@ -48,6 +48,10 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
   the learning rate by 10 after that many epochs without a lower validation loss (the paper:
   "reduced by 10 ... while observing the validation loss decreasing slowly"); 0 keeps it
   constant.
+* More frames than the paper's: ``extra_train_images`` adds training frames from seed
+  :data:`model.windows.EXTRA_TRAIN_SEED` on, so the validation and test frames stay where the
+  paper's split puts them; ``init`` starts from another checkpoint's weights (same network and
+  spec) with a fresh optimiser, to fine-tune a run on them.
 * ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
 """
 
@@ -73,7 +77,13 @@ from model.hybrid import HybridNet, HybridSpec
 from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
 from model.metrics import Tally
 from model.unet import GlassUNet, UNetSpec, parameter_count
-from model.windows import FAINT, WINDOW_MIN_PIXELS, WindowSampler, image_split
+from model.windows import (
+    FAINT,
+    WINDOW_MIN_PIXELS,
+    WindowSampler,
+    image_split,
+    train_seeds,
+)
 
 log = logging.getLogger("glass-inspect.train")
 
@@ -119,6 +129,10 @@ class TrainSettings:
     train_images: int = 80  # darkfield: training frames (seeds 0 ..)
     val_images: int = 12  # darkfield: validation frames (the seeds after the training ones)
     val_windows: int = 512  # darkfield: windows of the fixed validation set
+    # darkfield: training frames beyond the paper's, seeds EXTRA_TRAIN_SEED.. (never a
+    # validation or test seed): the simulator is not limited to 80 frames
+    extra_train_images: int = 0
+    init: str = ""  # a checkpoint of the same network whose weights start the run (fine-tuning)
     lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
 
     def __post_init__(self) -> None:
@@ -131,6 +145,9 @@ class TrainSettings:
         if self.network != "fusion" and not (self.ba and self.sa and self.ca):
             problems.append("ba, sa and ca switch modules of the attention fusion network: "
                             f"they apply to network 'fusion' only, not {self.network!r}")
+        if self.extra_train_images < 0 or (self.extra_train_images and self.data != "darkfield"):
+            problems.append("extra_train_images adds single dark-field frames: a non-negative "
+                            f"count with data 'darkfield', got {self.extra_train_images}")
         for name in ("train_images", "val_images", "val_windows"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -257,6 +274,14 @@ class Trainer:
         torch.manual_seed(settings.seed)
         self.spec = settings.spec()
         self.model = build_network(settings.network, self.spec.to_dict())
+        if settings.init:
+            start = load_checkpoint(settings.init)
+            if start["network"] != settings.network or start["spec"] != self.spec.to_dict():
+                raise CheckpointError(f"{settings.init}: holds a {start['network']} network "
+                                      f"{start['spec']}; --init needs this run's "
+                                      f"{settings.network} {self.spec.to_dict()}")
+            self.model.load_state_dict(start["model"])
+            log.info("starting from the weights of %s (epoch %s)", settings.init, start["epoch"])
         darkfield = settings.data == "darkfield"
         # the weak-scratch paper's Adam for its own data, the glass paper's for the six states
         betas = (0.9, 0.999) if darkfield else (0.5, 0.9)
@@ -282,11 +307,11 @@ class Trainer:
 
         s = self.s
         self.split = image_split(0, s.train_images, s.val_images, 1)
+        seeds = train_seeds(s.train_images, s.extra_train_images)
         self.darkfield = darkfield_config(s.frame_px)
         # every training frame stays rendered: each is rendered once per run, not per visit
-        self.sampler = WindowSampler(self.split.train, self.darkfield, seed=s.seed,
-                                     per_image=DARKFIELD_PER_IMAGE,
-                                     cache_images=len(self.split.train))
+        self.sampler = WindowSampler(seeds, self.darkfield, seed=s.seed,
+                                     per_image=DARKFIELD_PER_IMAGE, cache_images=len(seeds))
         self._val_windows = None
 
     def _sources(self):

@@ -65,6 +65,7 @@ from model.windows import (
     heldout_windows,
     image_split,
     image_windows,
+    train_seeds,
 )
 
 log = logging.getLogger("glass-inspect.window-eval")
@@ -194,9 +195,10 @@ def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int]) -> None:
         return
     if not isinstance(settings, dict) or settings.get("data") != "darkfield":
         return
-    used = image_split(0, int(settings.get("train_images", 80)),
-                       int(settings.get("val_images", 12)))
-    overlap = sorted(set(test_seeds) & (set(used.train) | set(used.validation)))
+    n_train = int(settings.get("train_images", 80))
+    used = image_split(0, n_train, int(settings.get("val_images", 12)))
+    trained = train_seeds(n_train, int(settings.get("extra_train_images", 0)))
+    overlap = sorted(set(test_seeds) & (set(trained) | set(used.validation)))
     if overlap:
         raise WindowEvalError(
             f"{path}: was trained or validated on frames {overlap[:5]}"

@@ -110,6 +110,17 @@ def image_split(first_seed: int = 0, n_train: int = 80, n_validation: int = 12,
                       tuple(range(b, b + n_test)))
 
 
+EXTRA_TRAIN_SEED = 100_000  # far above any split's validation and test seeds
+
+
+def train_seeds(train_images: int = 80, extra_train_images: int = 0) -> tuple[int, ...]:
+    """A classifier's training frames: the split's (seeds 0..) and ``extra_train_images`` more
+    from :data:`EXTRA_TRAIN_SEED` (``model.train``), so that validation and test frames stay
+    where :func:`image_split` puts them."""
+    return (image_split(0, train_images, 1, 1).train
+            + tuple(range(EXTRA_TRAIN_SEED, EXTRA_TRAIN_SEED + extra_train_images)))
+
+
 def scale(raw: np.ndarray, bit_depth: int) -> np.ndarray:
     """RAW DN -> float32 in [0, 1] with a leading channel axis: the classifier's input."""
     return (raw.astype(np.float32) / np.float32(2 ** bit_depth - 1))[..., None, :, :]

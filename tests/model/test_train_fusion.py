@@ -199,3 +199,21 @@ def test_validation_reports_the_operating_point_with_the_best_f1():
     assert (at_half["precision"], at_half["recall"]) == (0.5, 0.3333)
     lower = _decisions(logits >= _logit(0.25), truth)  # logit(0.25) = -1.1: all three found
     assert lower["recall"] == 1.0 and lower["f1"] == round(6 / 7, 4)
+
+
+def test_extra_training_frames_come_from_far_seeds_and_init_starts_from_weights(cfg, tmp_path):
+    from model.windows import EXTRA_TRAIN_SEED, train_seeds
+
+    assert train_seeds(3, 2) == (0, 1, 2, EXTRA_TRAIN_SEED, EXTRA_TRAIN_SEED + 1)
+    first = tmp_path / "first"
+    Trainer(tiny(tmp_path, epochs=1), cfg, first, progress=False).run()
+    t = Trainer(tiny(tmp_path, epochs=1, extra_train_images=2, init=str(first / "last.pt")),
+                cfg, tmp_path / "second", progress=False)
+    assert t.sampler.image_seeds == train_seeds(3, 2)
+    start = load_checkpoint(first / "last.pt")["model"]
+    assert all(torch.equal(v, start[k]) for k, v in t.model.state_dict().items())
+    with pytest.raises(ValueError, match="extra_train_images"):
+        TrainSettings(extra_train_images=2)  # six-state data has no frames to add
+    with pytest.raises(CheckpointError, match="--init needs"):
+        Trainer(tiny(tmp_path, width=0.25, init=str(first / "last.pt")), cfg,
+                tmp_path / "third", progress=False)
