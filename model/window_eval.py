@@ -30,7 +30,10 @@ when any grid window is a scratch window by the labelling rule (4 mask pixels, v
 windows; an image whose only scratches are too faint to see is left out of the rates and
 counted (``faint_only_images``). Reported: detection rate (flagged scratched images /
 scratched images) and false-alarm rate (flagged clean images / clean images), with Wilson
-intervals, and the grid windows' own metrics.
+intervals, and the grid windows' own metrics. For a network also each image's highest window
+probability (``max_probability``, drawn then scratch-free per seed) and the two rates if an
+image were flagged only when that reaches a higher threshold (``by_threshold``): one window of
+225 decides an image, so the image-level false-alarm rate is far above the window-level one.
 
 **Faint windows** (:data:`model.windows.FAINT`, a groove whose light is below the Rose
 criterion) are left out of every precision, recall and F1 and reported beside them:
@@ -73,6 +76,9 @@ log = logging.getLogger("glass-inspect.window-eval")
 VALIDATION_WINDOWS = 512
 HELDOUT_SEED = 0  # the fixed sets' draw: every run, model and baseline sees the same windows
 BOOTSTRAP = 2000
+# window probabilities at which whole-image rates are also reported (an image flagged when
+# its most probable window reaches one): the trade-off between detection and false alarms
+IMAGE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
 # matched signal-to-noise bands of scratch windows for recall (model.windows.ROSE_SNR first)
 VISIBILITY_BANDS = (5.0, 8.0, 12.0, 20.0, 50.0)
 DEFAULT_BATCH = 16
@@ -171,6 +177,11 @@ class _Model:
 
     def positive(self, windows: np.ndarray) -> np.ndarray:
         """Windows (N, 1, W, W) float32 -> positive (N,) bool, batch by batch."""
+        # sigmoid(logit) >= threshold, as the runtime decides (logit >= 0 at 0.5)
+        return self.probability(windows) >= self.classifier.threshold
+
+    def probability(self, windows: np.ndarray) -> np.ndarray:
+        """Windows (N, 1, W, W) float32 -> scratch probability (N,), batch by batch."""
         clf = self.classifier
         logits = np.empty(len(windows), np.float32)
         for start in range(0, len(windows), clf.batch):
@@ -179,8 +190,7 @@ class _Model:
             logits[start:start + len(chunk)] = clf.engine.infer(chunk)
         if not np.all(np.isfinite(logits)):
             raise WindowEvalError(f"{self.path}: the model gave non-finite logits")
-        # sigmoid(logit) >= threshold, as the runtime decides (logit >= 0 at 0.5)
-        return _sigmoid(logits) >= clf.threshold
+        return _sigmoid(logits)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -280,6 +290,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     "windows_seed": HELDOUT_SEED}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
+        scores = {}  # name -> (windows -> probability, threshold), for the networks
         for m in nets:
             t = time.perf_counter()
             pos = np.concatenate([m.positive(test.images(s, s + 256))
@@ -290,6 +301,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                "threshold": m.classifier.threshold,
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
             decide[m.name] = m.positive
+            scores[m.name] = (m.probability, m.classifier.threshold)
         if baselines:
             val = heldout_set(seeds.validation, frame_px, val_windows, cache)
             for name in dict.fromkeys(baselines):
@@ -306,7 +318,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                  "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
                 decide[name] = b.predict
         if images:
-            for name, rows in _image_level(decide, seeds.test[:images], cfg, progress).items():
+            for name, rows in _image_level(decide, seeds.test[:images], cfg, progress,
+                                           scores).items():
                 results[name]["images"] = rows
         log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
         return results
@@ -336,7 +349,11 @@ def _chunked(fn, ws: WindowSet, size: int = 256) -> np.ndarray:
 
 
 def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
-                 progress: bool) -> dict[str, dict]:
+                 progress: bool, scores: dict | None = None) -> dict[str, dict]:
+    """Image-level rates; for a network (``scores``) also its highest window probability per
+    image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`)."""
+    scores = scores or {}
+    top: dict[str, list[float]] = {name: [] for name in scores}
     renderers = [("as drawn", DarkfieldRenderer(cfg)),
                  ("scratch-free", DarkfieldRenderer(replace(cfg, scratch_share=0.0)))]
     flagged = {name: [] for name in decide}
@@ -354,7 +371,13 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
                          else False)
             grid_truth.append(labels)
             for name, fn in decide.items():
-                pos = np.asarray(fn(wins), bool)
+                if name in scores:  # one pass: probabilities, then the runtime's decision
+                    prob, threshold = scores[name]
+                    p = prob(wins)
+                    top[name].append(float(p.max()))
+                    pos = p >= threshold
+                else:
+                    pos = np.asarray(fn(wins), bool)
                 flagged[name].append(bool(pos.any()))
                 grid[name].append(pos)
             del frame, wins
@@ -367,6 +390,15 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
     for name in decide:
         row = image_metrics(np.array(flagged[name])[known], np.array(truth)[known].astype(bool))
         row["faint_only_images"] = int((~known).sum())
+        if name in top:
+            best = np.array(top[name])[known]
+            has = np.array(truth)[known].astype(bool)
+            row["max_probability"] = [round(v, 6) for v in top[name]]
+            row["by_threshold"] = [
+                {"threshold": t, **{k: v for k, v in image_metrics(best >= t, has).items()
+                                    if k in ("detection_rate", "false_alarm_rate",
+                                             "detected", "false_alarms")}}
+                for t in IMAGE_THRESHOLDS]
         row["test_seeds"] = list(test_seeds)
         row["clean_images"] = "the same test seeds rendered with scratch_share 0"
         pos = np.concatenate(grid[name])

@@ -232,6 +232,13 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
         # test frame 5 as drawn (it has scratches) and scratch-free
         assert (im["images"], im["with_scratch"], im["clean"]) == (2, 1, 1), name
         assert im["faint_only_images"] == 0
+        if name == "fusion_tiny":
+            assert len(im["max_probability"]) == 2
+            rows = im["by_threshold"]
+            assert [r["threshold"] for r in rows] == [0.5, 0.8, 0.9, 0.95, 0.99, 0.999]
+            assert rows[0]["false_alarms"] == int(im["false_alarms"])  # 0.5: the runtime's
+            counts = [r["false_alarms"] for r in rows]
+            assert counts == sorted(counts, reverse=True)
         assert im["test_seeds"] == [5]
         grid = im["grid_windows"]
         assert grid["windows"] + grid["faint_windows"] == 2 * 9  # 3 x 3 windows of 512 px
