@@ -109,8 +109,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "not recursive)")
     c.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
                    help=f"the classifier: an ONNX file (input N x 1 x {WINDOW} x {WINDOW}, one "
-                        f"logit per window) or 'shipped:NAME' in edge/models (default: "
-                        f"{DEFAULT_MODEL})")
+                        f"logit per window), a TensorRT engine built from one ('glass-inspect "
+                        f"export engine', on the device) or 'shipped:NAME' in edge/models "
+                        f"(default: {DEFAULT_MODEL})")
     c.add_argument("--overlay", metavar="DIR",
                    help="write DIR/NAME.png per image: the image stretched, positive windows "
                         "tinted red, region contours, the verdict")
