@@ -6,6 +6,7 @@ shows progress and prints.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from edge.classify import (
     DEFAULT_BATCH,
@@ -22,6 +23,8 @@ from edge.classify import (
 from edge.cli_common import UsageError, share
 from edge.engine.base import EngineError
 from edge.verdict import Status
+
+log = logging.getLogger("glass-inspect.classify")
 
 
 def mm_scale(text: str) -> tuple[float, float]:
@@ -58,9 +61,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     try:
         classifier = Classifier.open(args.model, threshold=args.threshold, batch=args.batch,
-                                     threads=args.threads)
-    except (ModelError, EngineError) as exc:
+                                     threads=args.threads,
+                                     region_threshold=args.region_threshold)
+    except (ModelError, EngineError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if classifier.region_threshold is None:
+        log.info("every region of positive windows fails an image (no region threshold: %s)",
+                 classifier.region_threshold_source)
+    else:
+        log.info("a region fails an image when a window of it reaches p %g (%s region "
+                 "threshold)", classifier.region_threshold, classifier.region_threshold_source)
     items = collect_inputs(args.images)
     results = []
     with classifier, logging_redirect_tqdm():
@@ -95,8 +105,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     f"dark-field images: {WINDOW} x {WINDOW} px windows every {STRIDE} px (the "
                     f"last one flush with the edge), one probability each. A window is positive "
                     f"when its probability reaches --threshold; positive windows that overlap or "
-                    f"share an edge merge into one region, outlined by its contour. Verdict per "
-                    f"image: FAIL when any region remains, else PASS; ERROR for an image that "
+                    f"share an edge merge into one region, outlined by its contour; a region "
+                    f"counts when a window of it reaches the region threshold. Verdict per "
+                    f"image: FAIL when any region counts, else PASS; ERROR for an image that "
                     f"cannot be classified (unreadable, wrong bit depth, smaller than "
                     f"{WINDOW} px on a side), which is reported and the rest go on. Images: "
                     f"TIFF (8, 12 or 16 bit), PNG, BMP; grey, RGB (converted to grey) or a Bayer "
@@ -122,6 +133,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--threshold", type=share, default=DEFAULT_THRESHOLD, metavar="P",
                    help=f"probability from which a window is positive (default "
                         f"{DEFAULT_THRESHOLD})")
+    c.add_argument("--region-threshold", type=share, metavar="P",
+                   help="probability one window of a region must reach for the region to fail "
+                        "the image (default: the model's own, chosen on validation images; "
+                        "else --threshold). Weak regions are reported, not failed")
     c.add_argument("--bayer", action="store_true",
                    help="the images are Bayer RAW mosaics: classify the raw sensor values as "
                         "one channel (no demosaicing); a multi-channel file is an error")

@@ -16,7 +16,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     try:
         r = export_onnx(args.checkpoint, args.out, tile=args.tile, all_scales=args.all_scales,
-                        raw_logit=args.raw_logit)
+                        raw_logit=args.raw_logit, region_threshold=args.region_threshold)
     except (CheckpointError, ExportError) as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, {r.parameters:,} parameters, outputs "
@@ -148,6 +148,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     eo.add_argument("--raw-logit", action="store_true",
                     help="a window classifier: export the network's own logit, not shifted to "
                          "the operating point its validation chose (best_threshold)")
+    eo.add_argument("--region-threshold", type=float, metavar="P",
+                    help="a window classifier: the probability one window of a region must "
+                         "reach to fail an image in 'glass-inspect classify' (choose it with "
+                         "'glass-inspect evaluate-windows --on validation'); kept in the model")
     eo.set_defaults(func=cmd_export_onnx)
 
     ee = esub.add_parser(

@@ -64,9 +64,8 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
         results = evaluate_windows(
             models, baselines, split=tuple(args.split), frame_px=args.frame_px,
             test_windows=args.windows, val_windows=args.val_windows,
-            images=args.images if args.images is not None else args.split[2],
-            cache=args.cache, threads=args.threads, batch=args.batch,
-            progress=not args.quiet)
+            images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
+            progress=not args.quiet, on=args.on)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -284,6 +283,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--images", type=int, metavar="N",
                    help="test frames for the image level, each also rendered scratch-free "
                         "(default: every test frame; 0 skips the image level)")
+    w.add_argument("--on", choices=("test", "validation"), default="test",
+                   help="the frames to evaluate on: the held-out test frames (default), or the "
+                        "validation frames, to choose a setting such as --region-threshold "
+                        "without looking at the test frames")
     w.add_argument("--split", type=_positive, nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "

@@ -24,16 +24,17 @@ configuration with ``scratch_share=0``: the same haze, vignetting and mottle, wh
 before the scratches, but other dust, because the scene's random stream then goes on
 differently). Every window of the runtime's grid (256 px every 128 px, the last flush:
 :func:`model.windows.image_windows`, the grid of :mod:`edge.classify`) is classified; an image
-is flagged when any window is positive (the runtime's FAIL). Truth per image: it has a scratch
-when any grid window is a scratch window by the labelling rule (4 mask pixels, visible:
+is flagged as the runtime fails it: when any window is positive, or, for a model that carries a
+region threshold (:mod:`edge.classify`), when any window reaches that. Truth per image: it has a
+scratch when any grid window is a scratch window by the labelling rule (4 mask pixels, visible:
 :mod:`model.windows`), so a scratch too short to label counts as none, as it does for the
-windows; an image whose only scratches are too faint to see is left out of the rates and
-counted (``faint_only_images``). Reported: detection rate (flagged scratched images /
-scratched images) and false-alarm rate (flagged clean images / clean images), with Wilson
-intervals, and the grid windows' own metrics. For a network also each image's highest window
-probability (``max_probability``, drawn then scratch-free per seed) and the two rates if an
-image were flagged only when that reaches a higher threshold (``by_threshold``): one window of
-225 decides an image, so the image-level false-alarm rate is far above the window-level one.
+windows; an image whose only scratches are too faint to see is left out of the rates and counted
+(``faint_only_images``). Reported: detection rate (flagged scratched images / scratched images)
+and false-alarm rate (flagged clean images / clean images), with Wilson intervals, and the grid
+windows' own metrics. For a network also each image's highest window probability
+(``max_probability``, drawn then scratch-free per seed) and the two rates if an image were
+flagged only when that reaches a higher threshold (``by_threshold``): one window of 225 decides
+an image, so the image-level false-alarm rate is far above the window-level one.
 
 **Faint windows** (:data:`model.windows.FAINT`, a groove whose light is below the Rose
 criterion) are left out of every precision, recall and F1 and reported beside them:
@@ -197,8 +198,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
 
 
-def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int]) -> None:
-    """Refuse a model whose own training or validation frames are among the test frames."""
+def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int],
+                 validation_ok: bool = False) -> None:
+    """Refuse a model whose own training (or, unless ``validation_ok``, validation) frames are
+    among the frames it is evaluated on."""
     try:
         settings = json.loads(metadata.get("settings", "{}"))
     except ValueError:
@@ -208,7 +211,8 @@ def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int]) -> None:
     n_train = int(settings.get("train_images", 80))
     used = image_split(0, n_train, int(settings.get("val_images", 12)))
     trained = train_seeds(n_train, int(settings.get("extra_train_images", 0)))
-    overlap = sorted(set(test_seeds) & (set(trained) | set(used.validation)))
+    overlap = sorted(set(test_seeds) & (set(trained) | (set() if validation_ok else
+                                                         set(used.validation))))
     if overlap:
         raise WindowEvalError(
             f"{path}: was trained or validated on frames {overlap[:5]}"
@@ -217,7 +221,7 @@ def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int]) -> None:
 
 
 def open_models(models: dict[str, str | Path], test_seeds: Sequence[int], threads: int = 0,
-                batch: int = DEFAULT_BATCH) -> list[_Model]:
+                batch: int = DEFAULT_BATCH, validation_ok: bool = False) -> list[_Model]:
     from edge.classify import Classifier, ModelError
     from edge.engine.base import EngineError, open_engine
 
@@ -233,7 +237,7 @@ def open_models(models: dict[str, str | Path], test_seeds: Sequence[int], thread
                 raise WindowEvalError(str(exc)) from None
             try:
                 clf = Classifier(engine, batch=batch)  # checks N x 1 x 256 x 256 -> N logits
-                _check_split(path, getattr(engine, "metadata", {}), test_seeds)
+                _check_split(path, getattr(engine, "metadata", {}), test_seeds, validation_ok)
             except (ModelError, WindowEvalError) as exc:
                 engine.close()
                 raise WindowEvalError(str(exc)) from None
@@ -251,10 +255,13 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      test_windows: int = HELDOUT_WINDOWS,
                      val_windows: int = VALIDATION_WINDOWS, images: int | None = None,
                      cache: str | os.PathLike | None = None, threads: int = 0,
-                     batch: int = DEFAULT_BATCH, progress: bool = True) -> dict:
+                     batch: int = DEFAULT_BATCH, progress: bool = True,
+                     on: str = "test") -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
-    0 skips it); each is rendered with and without scratches."""
+    0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
+    on the validation frames instead (the trainer's validation windows), to choose settings
+    such as an image threshold without looking at the test frames."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -269,28 +276,33 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         cfg = darkfield_config(frame_px)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
-    images = n_test if images is None else images
-    if not 0 <= images <= n_test:
-        raise WindowEvalError(f"images must be within 0..{n_test} (the test frames), got "
+    if on not in ("test", "validation"):
+        raise WindowEvalError(f"on must be 'test' or 'validation', got {on!r}")
+    frames = seeds.test if on == "test" else seeds.validation
+    images = len(frames) if images is None else images
+    if not 0 <= images <= len(frames):
+        raise WindowEvalError(f"images must be within 0..{len(frames)} (the {on} frames), got "
                               f"{images}")
     for name, value in (("test_windows", test_windows), ("val_windows", val_windows),
                         ("batch", batch)):
         if not isinstance(value, int) or value < 1:
             raise WindowEvalError(f"{name} must be a positive integer, got {value!r}")
     t0 = time.perf_counter()
-    nets = open_models(models, seeds.test, threads, batch)
+    nets = open_models(models, frames, threads, batch, validation_ok=on == "validation")
     try:
-        log.info("test windows: %d from frames %d..%d", test_windows, seeds.test[0],
-                 seeds.test[-1])
-        test = heldout_set(seeds.test, frame_px, test_windows, cache)
+        if on == "validation":
+            test_windows = val_windows  # the trainer's own validation set
+        log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
+        test = heldout_set(frames, frame_px, test_windows, cache)
         seen = test.labels != FAINT  # scored; faint windows are reported on their own
         truth = test.labels[seen].astype(bool)
-        set_info = {"frame_px": frame_px, "split": list(split), "test_seeds":
-                    [seeds.test[0], seeds.test[-1]], "window_file": str(test.path),
+        set_info = {"frame_px": frame_px, "split": list(split), "on": on, "test_seeds":
+                    [frames[0], frames[-1]], "window_file": str(test.path),
                     "windows_seed": HELDOUT_SEED}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
-        scores = {}  # name -> (windows -> probability, threshold), for the networks
+        # name -> (windows -> probability, threshold, region threshold), for the networks
+        scores = {}
         for m in nets:
             t = time.perf_counter()
             pos = np.concatenate([m.positive(test.images(s, s + 256))
@@ -301,7 +313,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                "threshold": m.classifier.threshold,
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
             decide[m.name] = m.positive
-            scores[m.name] = (m.probability, m.classifier.threshold)
+            scores[m.name] = (m.probability, m.classifier.threshold,
+                              m.classifier.region_threshold)
         if baselines:
             val = heldout_set(seeds.validation, frame_px, val_windows, cache)
             for name in dict.fromkeys(baselines):
@@ -318,7 +331,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                  "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
                 decide[name] = b.predict
         if images:
-            for name, rows in _image_level(decide, seeds.test[:images], cfg, progress,
+            for name, rows in _image_level(decide, frames[:images], cfg, progress,
                                            scores).items():
                 results[name]["images"] = rows
         log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
@@ -372,13 +385,17 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
             grid_truth.append(labels)
             for name, fn in decide.items():
                 if name in scores:  # one pass: probabilities, then the runtime's decision
-                    prob, threshold = scores[name]
+                    prob, threshold, region = scores[name]
                     p = prob(wins)
                     top[name].append(float(p.max()))
                     pos = p >= threshold
+                    # as classify decides: a region counts when a window reaches the region
+                    # threshold (the window threshold when the model has none)
+                    flagged[name].append(bool(p.max() >= (threshold if region is None
+                                                          else region)))
                 else:
                     pos = np.asarray(fn(wins), bool)
-                flagged[name].append(bool(pos.any()))
+                    flagged[name].append(bool(pos.any()))
                 grid[name].append(pos)
             del frame, wins
             bar.update()

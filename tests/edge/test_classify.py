@@ -406,3 +406,39 @@ def test_sixteen_bit_words_holding_twelve_bit_data_get_a_note(tmp_path):
     assert not read_image(path, bit_depth=12).notes
     tifffile.imwrite(path, _pattern(np.uint16, 65535))
     assert not read_image(path).notes
+
+
+def test_a_region_fails_the_image_only_when_a_window_reaches_the_region_threshold(model,
+                                                                                  tmp_path):
+    path = tmp_path / "dim.png"
+    Image.fromarray(_image(512, 512, cells=[(1, 1)], value=150)).save(path)
+    frame = read_image(path)
+    with Classifier.open(model, batch=4, threads=1) as clf:
+        assert clf.region_threshold is None  # the test model carries none: the paper's rule
+        base = clf.classify(frame)
+    assert base.verdict is Status.FAIL and len(base.regions) == 1 and base.weak_regions == 0
+    top = base.regions[0].max_probability
+    assert 0.5 <= top < 0.99
+    with Classifier.open(model, batch=4, threads=1, region_threshold=top + 0.005) as clf:
+        r = clf.classify(frame)
+    # the same positive windows, but the region is weak: reported, not failed
+    assert r.verdict is Status.PASS and r.regions == [] and r.weak_regions == 1
+    assert r.positives == base.positives
+    assert "1 weak region below p" in r.summary()
+    assert r.to_dict()["weak_regions"] == 1 and r.to_dict()["region_threshold"] == top + 0.005
+    with pytest.raises(ValueError, match="region threshold"):
+        Classifier.open(model, threshold=0.6, region_threshold=0.55, threads=1)
+
+
+def test_the_model_carries_its_region_threshold(tmp_path):
+    pytest.importorskip("onnx")
+    from export.onnx import ExportError, export_onnx
+
+    _brightness_network(tmp_path / "fusion.pt")
+    path = export_onnx(tmp_path / "fusion.pt", tmp_path / "rt.onnx", region_threshold=0.97).path
+    with Classifier.open(path, threads=1) as clf:
+        assert clf.region_threshold == 0.97 and clf.region_threshold_source == "the model's"
+    with Classifier.open(path, threads=1, region_threshold=0.6) as clf:
+        assert clf.region_threshold == 0.6  # the command line wins
+    with pytest.raises(ExportError, match="within \\[0.5, 1\\]"):
+        export_onnx(tmp_path / "fusion.pt", tmp_path / "bad.onnx", region_threshold=0.3)
