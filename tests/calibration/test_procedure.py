@@ -18,6 +18,9 @@ pytest.importorskip("onnxruntime")
 def odd_head() -> config.HeadConfig:
     d = small_head_data()
     d["camera"].update(frame_time_ms=30.0, grab_timeout_ms=3000.0)
+    # this test is about the analysis, not the watchdog (tests/edge/hardware test that): on a
+    # loaded machine a group could stay lit past 250 ms while the simulated camera renders
+    d["illumination"]["max_on_ms"] = 2000.0
     d["stage"]["settle_ms"] = 10.0
     sim = copy.deepcopy(d["simulation"])
     sim.update(head_seed=4242, led_balance=0.3, scale_error=0.01, rotation_deg=0.3,
