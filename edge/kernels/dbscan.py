@@ -72,7 +72,7 @@ def _cell_index(cx, cy, gx, gy, dense, keys):
     return -1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _bin(cx, cy, gx, gy, dense):
     """Sort the points by cell: the order, cell start offsets, and (sparse) the cell keys."""
     n = cx.shape[0]
@@ -108,7 +108,7 @@ def _bin(cx, cy, gx, gy, dense):
     return order, start, keys
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _core(px, py, cell_x, cell_y, start, keys, gx, gy, dense, eps2, min_samples):
     n = px.shape[0]
     core = np.zeros(n, np.bool_)
@@ -140,7 +140,7 @@ def _core(px, py, cell_x, cell_y, start, keys, gx, gy, dense, eps2, min_samples)
     return core
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _join(px, py, core, cell_x, cell_y, start, keys, gx, gy, dense, eps2):
     """Union-find over cells with core points; returns each cell's root (-1: no core point)."""
     n_cells = start.shape[0] - 1
@@ -185,7 +185,7 @@ def _join(px, py, core, cell_x, cell_y, start, keys, gx, gy, dense, eps2):
     return root
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _label(px, py, core, cell_x, cell_y, start, keys, gx, gy, dense, eps2, root):
     """Cluster root of each sorted point: its cell's for core points, a core neighbour's for
     border points, -1 for noise."""
@@ -290,7 +290,7 @@ def _cells(v: np.ndarray, side: float, eps: float) -> tuple[np.ndarray, int]:
     return squeezed[inverse].astype(np.int64), int(squeezed[-1]) + 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _renumber(labels, n_roots):
     """Cluster roots (cell indexes) -> 0, 1, ... in the order of each cluster's first point."""
     rank = np.full(n_roots, -1, np.int64)
@@ -348,7 +348,7 @@ def max_downscale(score: np.ndarray, factor: int) -> np.ndarray:
     return _max_pool(np.ascontiguousarray(score, dtype=np.float32), int(factor))
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _max_pool(score, factor):  # pragma: no cover - compiled
     # one pass over the map (numpy's reshape-and-max made three and cost 20-60 ms a full RoI)
     h, w = score.shape
@@ -371,7 +371,7 @@ def _max_pool(score, factor):  # pragma: no cover - compiled
     return out
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _above(score, t_low):
     """Row and column of every pixel >= t_low, row-major; and the first NaN's flat index or -1."""
     h, w = score.shape
@@ -402,7 +402,7 @@ def _above(score, t_low):
     return rows, cols, -1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _map_stats(score, rows, cols, lab, k):
     pixels = np.zeros(k, np.int64)
     max_score = np.full(k, -np.inf, np.float32)

@@ -147,7 +147,7 @@ def _repaired(frames, dark_map, gain_map, use_maps, f, sy, sx, off, mul, nb_dy, 
     return acc / np.float32(n)
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _s2d(frames, offset, scale, dark_map, gain_map, use_maps, ys, xs, th, tw, h2, w2, out32, out16,
          half):
     """out[n, k, i, j] = corrected S[ys[n//nx] + i, xs[n%nx] + j, k]; zero outside the map.
@@ -183,7 +183,7 @@ def _s2d(frames, offset, scale, dark_map, gain_map, use_maps, ys, xs, th, tw, h2
                 row32[jmax:] = 0
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _repair(frames, offset, scale, dark_map, gain_map, use_maps, ys, xs, th, tw, out32, out16,
             half, rows, cols, nb_dy, nb_dx, nb_n):
     """The defective pixels' values written over what :func:`_s2d` wrote, in every tile that holds

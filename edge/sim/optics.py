@@ -78,7 +78,7 @@ def _splitmix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _draw_polyline(scene, occ, mask, verts, amp, env, sigma, mask_r):
     """Add a line of Gaussian cross-section ``sigma`` (px) along ``verts`` (V x 2, x/y px).
 
@@ -120,7 +120,7 @@ def _draw_polyline(scene, occ, mask, verts, amp, env, sigma, mask_r):
                     mask[r, c] = True
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _draw_blob(scene, occ, cx, cy, sigma, amp):
     """Add an isotropic Gaussian spot centred at (cx, cy) px with per-state peaks ``amp``."""
     n_states, h, w = scene.shape
@@ -137,7 +137,7 @@ def _draw_blob(scene, occ, cx, cy, sigma, amp):
             occ[r >> BLOCK_SHIFT, c >> BLOCK_SHIFT] = 1
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def _expose(out, scene, occ, lit, field, chan, background, dark, read_var, shot_k, key, table,
             max_dn):
     """One RAW frame: light the scene with the states in ``lit`` and read it out.

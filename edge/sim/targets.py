@@ -38,7 +38,7 @@ from edge.config import N_STATES, HeadConfig
 from edge.sim.optics import BLOCK_SHIFT, CameraGeometry, OpticsRenderer, Scene
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _draw_discs(scene, occ, centres, radii_mm, amp, px_to_mm, px_mm):
     """Add flat discs of radius ``radii_mm`` centred at ``centres`` (N x 2, x/y px) with
     per-state radiance ``amp``; ``px_to_mm`` (2 x 2) maps a pixel step to sample mm, so a disc
