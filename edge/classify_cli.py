@@ -20,7 +20,7 @@ from edge.classify import (
     collect_inputs,
     write_json,
 )
-from edge.cli_common import UsageError, share
+from edge.cli_common import UsageError, share, whole
 from edge.engine.base import EngineError
 from edge.verdict import Status
 
@@ -39,20 +39,6 @@ def mm_scale(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected mm per px as S or SX,SY (positive numbers, "
                                          f"e.g. 0.0114), got {text!r}")
     return parts[0], parts[1]
-
-
-def _int_in(lo: int, hi: int | None):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = lo - 1
-        if v < lo or (hi is not None and v > hi):
-            span = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
-            raise argparse.ArgumentTypeError(f"expected a whole number {span}, got {text!r}")
-        return v
-
-    return parse
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -140,7 +126,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--bayer", action="store_true",
                    help="the images are Bayer RAW mosaics: classify the raw sensor values as "
                         "one channel (no demosaicing); a multi-channel file is an error")
-    c.add_argument("--bit-depth", type=_int_in(1, 16), metavar="BITS",
+    c.add_argument("--bit-depth", type=whole(1, 16), metavar="BITS",
                    help="bits of the data (default: the file's, 8 or 16): 12-bit camera data "
                         "stored in 16-bit words needs --bit-depth 12 (files with fewer bits, "
                         "such as 8-bit ones, keep theirs); pixels are divided by 2**BITS - 1, "
@@ -148,9 +134,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mm-per-px", type=mm_scale, metavar="S[,SY]",
                    help="scale of the image in mm per px (one value, or x,y): region boxes are "
                         "also given in mm")
-    c.add_argument("--batch", type=_int_in(1, None), default=DEFAULT_BATCH, metavar="N",
+    c.add_argument("--batch", type=whole(1, None), default=DEFAULT_BATCH, metavar="N",
                    help=f"windows per inference batch (default {DEFAULT_BATCH})")
-    c.add_argument("--threads", type=_int_in(0, None), default=0, metavar="N",
+    c.add_argument("--threads", type=whole(0, None), default=0, metavar="N",
                    help="ONNX Runtime threads (default 0: all cores)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_classify)

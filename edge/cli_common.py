@@ -55,6 +55,21 @@ def size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def whole(lo: int, hi: int | None = None):
+    """An argparse type: a whole number from ``lo`` (to ``hi``), else a message saying so."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if v < lo or (hi is not None and v > hi):
+            span = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}, got {text!r}")
+        return v
+
+    return parse
+
+
 def share(text: str) -> float:
     try:
         v = float(text)

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edge.cli_common import UsageError, head_option, load_head, require, share
+from edge.cli_common import UsageError, head_option, load_head, require, share, whole
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -75,16 +75,6 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"details: {out}")
     return 0
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -201,11 +191,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-ca", action="store_true", help="fusion: leave out channel attention")
     t.add_argument("--frame-px", type=int, default=2048,
                    help="darkfield: side of the simulated frames (default: 2048, the paper's)")
-    t.add_argument("--train-images", type=_positive, default=80,
+    t.add_argument("--train-images", type=whole(1), default=80,
                    help="darkfield: training frames, seeds 0.. (default: 80, the paper's)")
-    t.add_argument("--val-images", type=_positive, default=12,
+    t.add_argument("--val-images", type=whole(1), default=12,
                    help="darkfield: validation frames, the seeds after them (default: 12)")
-    t.add_argument("--val-windows", type=_positive, default=512,
+    t.add_argument("--val-windows", type=whole(1), default=512,
                    help="darkfield: windows of the fixed validation set (default: 512)")
     t.add_argument("--lr-drop-patience", type=int, default=0, metavar="EPOCHS",
                    help="divide the learning rate by 10 after this many epochs without a "
@@ -275,9 +265,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="also score a traditional detector (repeatable): Otsu's binarisation "
                         "with a line rule, or the Gabor filter bank (model.window_baselines)")
     w.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    w.add_argument("--windows", type=_positive, default=1024,
+    w.add_argument("--windows", type=whole(1), default=1024,
                    help="held-out test windows (default: 1024)")
-    w.add_argument("--val-windows", type=_positive, default=512,
+    w.add_argument("--val-windows", type=whole(1), default=512,
                    help="validation windows the baselines are tuned on (default: 512, the "
                         "trainer's validation set)")
     w.add_argument("--images", type=int, metavar="N",
@@ -287,7 +277,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="the frames to evaluate on: the held-out test frames (default), or the "
                         "validation frames, to choose a setting such as --region-threshold "
                         "without looking at the test frames")
-    w.add_argument("--split", type=_positive, nargs=3, default=[80, 12, 20],
+    w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "
                         "trainer's --train-images / --val-images must match)")
@@ -296,7 +286,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--cache", metavar="DIR",
                    help="where window sets are kept (default: $GLASS_INSPECT_CACHE/darkfield, "
                         "else ~/.cache/glass-inspect/darkfield)")
-    w.add_argument("--batch", type=_positive, default=16, help="windows per inference batch "
+    w.add_argument("--batch", type=whole(1), default=16, help="windows per inference batch "
                                                                "(default: 16)")
     w.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -8,7 +8,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from edge.cli_common import UsageError, head_option, load_head, share, size
+from edge.cli_common import UsageError, head_option, load_head, share, size, whole
 
 log = logging.getLogger("glass-inspect")
 
@@ -71,20 +71,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.info("overlays (brightest state, scratch score, kept boxes): %s",
              overlays / sample.sample_id)
     return 1 if v.status is Status.ERROR else 0
-
-
-def _whole(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = lo - 1
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected a whole number of at least {lo}, "
-                                             f"got {text!r}")
-        return v
-
-    return parse
 
 
 def _frame_side(text: str) -> int:
@@ -171,11 +157,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         epilog="Example: glass-inspect simulate-darkfield shots/ --count 4 --clean 2 --broken "
                "--size 1024, then glass-inspect classify shots/ --bit-depth 12")
     f.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (made if missing)")
-    f.add_argument("--count", type=_whole(1), default=4, metavar="N",
+    f.add_argument("--count", type=whole(1), default=4, metavar="N",
                    help="frames to write (default 4)")
-    f.add_argument("--seed", type=_whole(0), default=0, metavar="S",
+    f.add_argument("--seed", type=whole(0), default=0, metavar="S",
                    help="seed of the first frame; frame k uses S+k (default 0)")
-    f.add_argument("--clean", type=_whole(0), default=0, metavar="K",
+    f.add_argument("--clean", type=whole(0), default=0, metavar="K",
                    help="render the last K frames without scratches (clean glass; default 0)")
     f.add_argument("--size", type=_frame_side, default=2048, metavar="PX",
                    help="side of the square frames in px, even, at least 256; scratch lengths "
