@@ -303,12 +303,12 @@ class Trainer:
                                           bit_depth=bits)
 
     def _init_darkfield(self) -> None:
-        from model.window_eval import darkfield_config
+        from edge.sim.darkfield import frames_at
 
         s = self.s
         self.split = image_split(0, s.train_images, s.val_images, 1)
         seeds = train_seeds(s.train_images, s.extra_train_images)
-        self.darkfield = darkfield_config(s.frame_px)
+        self.darkfield = frames_at(s.frame_px)
         # every training frame stays rendered: each is rendered once per run, not per visit
         self.sampler = WindowSampler(seeds, self.darkfield, seed=s.seed,
                                      per_image=DARKFIELD_PER_IMAGE, cache_images=len(seeds))

@@ -91,11 +91,6 @@ class WindowEvalError(ValueError):
     """A model or setting the evaluation cannot use; the message says which and why."""
 
 
-def darkfield_config(frame_px: int = FRAME_PX) -> DarkfieldConfig:
-    """The default frames at a side of ``frame_px`` (:func:`edge.sim.darkfield.frames_at`)."""
-    return frames_at(frame_px)
-
-
 def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
                 count: int = HELDOUT_WINDOWS, cache: str | os.PathLike | None = None
                 ) -> WindowSet:
@@ -103,7 +98,7 @@ def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
     cached (:func:`model.windows.heldout_windows`); every frame gives about the same share."""
     seeds = list(image_seeds)
     return heldout_windows(Path(cache) if cache else DEFAULT_CACHE, seeds,
-                           darkfield_config(frame_px), count=count, seed=HELDOUT_SEED,
+                           frames_at(frame_px), count=count, seed=HELDOUT_SEED,
                            per_image=max(1, math.ceil(count / len(seeds))))
 
 
@@ -273,7 +268,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = darkfield_config(frame_px)
+        cfg = frames_at(frame_px)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     if on not in ("test", "validation"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from edge.sim.darkfield import DarkfieldConfig
+from edge.sim.darkfield import DarkfieldConfig, frames_at
 from model.evaluate import wilson
 from model.window_baselines import (
     GABOR_TAUS,
@@ -24,7 +24,6 @@ from model.window_baselines import (
 )
 from model.window_eval import (
     WindowEvalError,
-    darkfield_config,
     evaluate_windows,
     heldout_set,
     image_metrics,
@@ -200,11 +199,11 @@ def test_baselines_refuse_bad_windows_and_unknown_names():
 
 # -- sets and the evaluation ------------------------------------------------------------------
 def test_full_size_frames_are_the_simulators_defaults():
-    assert darkfield_config(2048) == DarkfieldConfig()
-    small = darkfield_config(512)
+    assert frames_at(2048) == DarkfieldConfig()
+    small = frames_at(512)
     assert small.shape == (512, 512) and small.scratch_length_px == (30.0, 375.0)
     with pytest.raises(ValueError, match="frame_px"):
-        darkfield_config(255)
+        frames_at(255)
 
 
 def test_heldout_sets_visit_every_frame_of_their_split(tmp_path):

@@ -35,7 +35,7 @@ def _cli(args, capsys) -> tuple[int, str, str]:
 
 
 def test_config_scales_scratch_lengths_with_the_frame_as_training_does():
-    from model.window_eval import darkfield_config as training
+    from edge.sim.darkfield import frames_at as training
 
     cfg = dff.darkfield_config(PX, 16, True)
     assert cfg.shape == (PX, PX) and cfg.bit_depth == 16 and cfg.bayer
