@@ -32,8 +32,9 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
   threshold; the others are reported as weak and do not fail the image. The threshold is
   ``--region-threshold``, else the model's own (``region_threshold`` in its metadata, chosen on
   the validation images and written by ``glass-inspect export onnx --region-threshold``), else
-  the window threshold (every region counts, the paper's rule). A TensorRT engine carries no
-  metadata: give it on the command line (the model card says which).
+  the window threshold (every region counts, the paper's rule). A TensorRT engine reads the
+  metadata its sidecar copied from the ONNX model at build time (engines built before that have
+  none: give the threshold on the command line, the model card says which).
 * **Regions** (the paper: "the contour of all sliding windows containing scratches is the
   localized defect area"): the union of the positive windows' footprints, cut into cells by all
   window edges (128 px cells, narrower next to a flush window), split into connected components
@@ -584,7 +585,9 @@ def _model_region_threshold(engine: Engine) -> tuple[float | None, str]:
     meta = getattr(engine, "metadata", None) or {}
     text = meta.get("region_threshold")
     if text in (None, "", "null"):
-        return None, "none in the model" if meta else "none (the engine carries no metadata)"
+        return None, ("none in the model" if meta else
+                      "none (the engine carries no metadata: rebuild it, or give "
+                      "--region-threshold)")
     try:
         value = float(text)
     except ValueError:

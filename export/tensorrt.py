@@ -55,7 +55,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -104,6 +104,9 @@ class ModelIO:
     side: int | None  # height = width when the model fixes them, None when they are dynamic
     output_name: str
     output_rank: int | None  # 4: N x C x H x W maps, 1: N logits; None when the file omits it
+    # the model's metadata_props, for the sidecar (edge.engine.base.Engine.metadata); not part
+    # of what makes two models' tensors alike
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def is_window_classifier(self) -> bool:
@@ -168,7 +171,8 @@ def read_model_io(onnx_path: str | Path) -> ModelIO:
         raise BuildError(f"output '{out.name}' of {onnx_path.name} has {rank} dimensions; "
                          "expected N x C x H x W scores or N logits")
     return ModelIO(input_name=inp.name, input_dtype=dtype, channels=channels, side=h,
-                   output_name=out.name, output_rank=rank)
+                   output_name=out.name, output_rank=rank,
+                   metadata={m.key: m.value for m in model.metadata_props})
 
 
 def default_tile(io: ModelIO, head_tile: int = DEFAULT_TILE) -> int:
@@ -512,7 +516,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
                  precision=precision, strongly_typed=strong, input_name=io.input_name,
                  input_dtype=io.input_dtype, output_name=io.output_name, tile=tile,
                  batch_sizes=tuple(sorted(set(batch_sizes))),
-                 built_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                 built_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 model_metadata=dict(io.metadata))
     sc.write(out)
     if calib_cache is not None:
         _remove_stale_calibration_tables(out, calib_cache)

@@ -48,6 +48,9 @@ class Engine(ABC):
     input: TensorSpec
     output: TensorSpec
     max_batch: int
+    # the exporter's key/value notes on the model (ONNX metadata_props, carried into a TensorRT
+    # engine's sidecar): what a runtime mode may read, e.g. the classifier's region threshold
+    metadata: dict[str, str] = {}
 
     @property
     @abstractmethod

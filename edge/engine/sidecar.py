@@ -4,17 +4,22 @@ A serialized engine only runs on the TensorRT version and the GPU model it was b
 only as good as the ONNX model it came from; none of that can be read back from the plan file
 cheaply. So the export stage writes ``<engine>.json`` beside it and the runtime refuses an engine
 whose sidecar does not match: the file's own hash (a corrupt or swapped file), the TensorRT
-version, the device and, when the head names one, the model.
+version, the device and, when the head names one, the model. The sidecar also carries the ONNX
+model's metadata (``model_metadata``), which the plan file has no room for.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 FORMAT = "glass-inspect-engine"
-VERSION = 1
+# 2: model_metadata, the ONNX model's metadata_props, so a runtime mode reads from an engine what
+# it reads from the model (the classifier's region threshold). Version 1 files are still read,
+# with no metadata: a plan does not change when its sidecar is rewritten, so no rebuild is owed.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -38,6 +43,7 @@ class Sidecar:
     tile: int
     batch_sizes: tuple[int, ...]
     built_utc: str
+    model_metadata: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 
@@ -75,9 +81,11 @@ class Sidecar:
         names = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise SidecarError(f"{p} is not a glass-inspect engine sidecar")
-        if d.get("version") != VERSION:
+        if d.get("version") not in READABLE_VERSIONS:
             raise SidecarError(f"{p} has sidecar version {d.get('version')!r}; this runtime "
-                               f"reads version {VERSION}")
+                               f"reads versions {list(READABLE_VERSIONS)}")
+        if d["version"] == 1:
+            d = {**d, "model_metadata": {}, "version": VERSION}
         missing, extra = names - d.keys(), d.keys() - names
         if missing or extra:
             raise SidecarError(f"{p}: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
@@ -86,6 +94,10 @@ class Sidecar:
             d["tile"] = int(d["tile"])
         except (TypeError, ValueError):
             raise SidecarError(f"{p}: batch_sizes and tile must be integers") from None
+        meta = d["model_metadata"]
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in meta.items()):
+            raise SidecarError(f"{p}: model_metadata must map names to strings")
         sc = cls(**d)
         if sc.precision not in PRECISIONS:
             raise SidecarError(f"{p}: precision {sc.precision!r} is not one of {PRECISIONS}")

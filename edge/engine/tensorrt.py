@@ -160,6 +160,7 @@ class TensorRTEngine(Engine):
         self._cuda = cuda
         try:
             self.sidecar = Sidecar.read(self.path)
+            self.metadata = dict(self.sidecar.model_metadata)
             self.device, self.compute_capability = device_name(cuda)
             self.sidecar.check(sha256_file(self.path), trt.__version__, self.device, model_sha256)
         except SidecarError as exc:

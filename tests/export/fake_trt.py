@@ -205,11 +205,12 @@ def install(monkeypatch, trt: FakeTRT, cuda: FakeCuda | None = None) -> FakeCuda
 
 
 def tiny_onnx(path, channels: int = 24, side: int | None = None, output: str = "scores",
-              tag: str = ""):
+              tag: str = "", metadata: dict[str, str] | None = None):
     """A small ONNX model with the product's tensors, for the build to read: input ``frames``
     ``N x channels x H x W`` (``H``, ``W`` fixed at ``side``, or dynamic), output ``scores``
     ``N x 1 x H x W`` (the channel mean, a U-Net's shape) or ``logit`` ``N`` (the window mean,
-    the classifier's). ``tag`` goes into the doc string: another tag, another file hash."""
+    the classifier's). ``tag`` goes into the doc string: another tag, another file hash;
+    ``metadata`` into its metadata_props, as the exporter writes them."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -225,6 +226,7 @@ def tiny_onnx(path, channels: int = 24, side: int | None = None, output: str = "
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               doc_string=tag)
     model.ir_version = 8
+    onnx.helper.set_model_props(model, dict(metadata or {}))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path

@@ -28,7 +28,8 @@ def onnx_file(tmp_path):
 def classifier_file(tmp_path):
     """The window classifier's tensors: frames N x 1 x 256 x 256 -> logit N."""
     pytest.importorskip("onnx")
-    return tiny_onnx(tmp_path / "c.onnx", channels=1, side=256, output="logit")
+    return tiny_onnx(tmp_path / "c.onnx", channels=1, side=256, output="logit",
+                     metadata={"region_threshold": "0.97", "network": "fusion"})
 
 
 def _batches(value: float, n: int = 2) -> list[np.ndarray]:
@@ -286,6 +287,8 @@ def test_classifier_build_takes_its_tensors_and_window_from_the_model(monkeypatc
     assert (sc.input_name, sc.output_name, sc.tile, sc.batch_sizes) == ("frames", "logit", 256,
                                                                         (1, 8))
     assert sc.onnx_name == "c.onnx"
+    # the model's metadata travels with the engine, for classify's region threshold
+    assert sc.model_metadata == {"region_threshold": "0.97", "network": "fusion"}
 
 
 def test_classifier_build_at_another_tile_is_refused_before_any_gpu_work(monkeypatch, tmp_path,

@@ -97,10 +97,28 @@ def _sidecar(**changes) -> Sidecar:
 
 
 def test_sidecar_round_trip(tmp_path):
-    sc = _sidecar()
+    sc = _sidecar(model_metadata={"region_threshold": "0.97"})
     sc.write(tmp_path / "m.engine")
     assert Sidecar.read(tmp_path / "m.engine") == sc
     assert sc.max_batch == 4
+
+
+def test_version_1_sidecar_is_read_with_no_model_metadata(tmp_path):
+    d = json.loads(_sidecar().to_json())
+    del d["model_metadata"]
+    d["version"] = 1
+    (tmp_path / "m.engine.json").write_text(json.dumps(d))
+    sc = Sidecar.read(tmp_path / "m.engine")
+    assert sc.model_metadata == {} and sc == _sidecar()
+
+
+@pytest.mark.parametrize("meta", [["region_threshold"], {"region_threshold": 0.97}])
+def test_sidecar_with_malformed_model_metadata_is_refused(tmp_path, meta):
+    d = json.loads(_sidecar().to_json())
+    d["model_metadata"] = meta
+    (tmp_path / "m.engine.json").write_text(json.dumps(d))
+    with pytest.raises(SidecarError, match="model_metadata must map names to strings"):
+        Sidecar.read(tmp_path / "m.engine")
 
 
 @pytest.mark.parametrize("args, what", [

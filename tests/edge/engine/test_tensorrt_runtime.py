@@ -163,7 +163,7 @@ def fake_trt(profile, gpu, dims=None, net=_unet):
 @pytest.fixture
 def open_fake(monkeypatch, tmp_path):
     def make(min_batch: int, max_batch: int, head_max_batch: int = 4, dims=None, net=_unet,
-             tile: int = TILE):
+             tile: int = TILE, metadata=None):
         dims = dims or UNET
         gpu = FakeCuda()
         row = tuple(tile if d == -1 else d for d in dims["frames"][1:])
@@ -177,7 +177,8 @@ def open_fake(monkeypatch, tmp_path):
                 precision="fp16", strongly_typed=False, input_name="frames",
                 input_dtype="float32", output_name=[n for n in dims if n != "frames"][0],
                 tile=tile, batch_sizes=(max_batch,),
-                built_utc="2026-01-01T00:00:00+00:00").write(path)
+                built_utc="2026-01-01T00:00:00+00:00",
+                model_metadata=metadata or {}).write(path)
         return rt.TensorRTEngine(path, max_batch=head_max_batch), gpu
     return make
 
@@ -307,7 +308,19 @@ def test_classifier_engine_is_what_edge_classify_takes(open_fake):
     dims = {"frames": (-1, 1, 256, 256), "logit": (-1,)}
     engine, _ = open_fake(1, 2, dims=dims, net=_classifier, tile=512)
     assert engine.input.shape == (None, 1, 256, 256)  # the fixed window, not the tile
-    Classifier(engine, batch=2)  # refuses any engine that is not N x 1 x 256 x 256 -> N
+    clf = Classifier(engine, batch=2)  # refuses any engine that is not N x 1 x 256 x 256 -> N
+    assert clf.region_threshold is None  # an engine built before sidecars carried metadata
+
+
+def test_classifier_engine_reads_the_region_threshold_its_sidecar_carries(open_fake):
+    from edge.classify import Classifier
+
+    dims = {"frames": (-1, 1, 256, 256), "logit": (-1,)}
+    engine, _ = open_fake(1, 2, dims=dims, net=_classifier, tile=256,
+                          metadata={"region_threshold": "0.97"})
+    assert engine.metadata == {"region_threshold": "0.97"}
+    clf = Classifier(engine, batch=2)
+    assert (clf.region_threshold, clf.region_threshold_source) == (0.97, "the model's")
 
 
 def test_engine_with_a_dynamic_channel_count_is_refused_naming_the_file(open_fake):
