@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             sa=not args.no_sa, ca=not args.no_ca, frame_px=args.frame_px,
             train_images=args.train_images, val_images=args.val_images,
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
-            extra_train_images=args.extra_train_images, init=args.init or "")
+            extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
+            init=args.init or "")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
@@ -203,6 +204,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--extra-train-images", type=int, default=0, metavar="N",
                    help="darkfield: N more training frames beyond the split's, from seed "
                         "100000 (validation and test frames stay put; default: 0)")
+    t.add_argument("--extra-peak-dn", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="darkfield: scratch peak range of the extra frames, DN (default: 3 300)")
     t.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same network and spec) with a "
                         "fresh optimiser: fine-tuning")

@@ -51,12 +51,16 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
 * More frames than the paper's: ``extra_train_images`` adds training frames from seed
   :data:`model.windows.EXTRA_TRAIN_SEED` on, so the validation and test frames stay where the
   paper's split puts them; ``init`` starts from another checkpoint's weights (same network and
-  spec) with a fresh optimiser, to fine-tune a run on them.
+  spec) with a fresh optimiser, to fine-tune a run on them. ``extra_peak_dn`` draws those extra
+  frames' scratches from another peak range (log-uniform, DN): the misses are scratches near the
+  visibility limit, which the test frames' 3-300 DN draws rarely. Only training frames change;
+  validation and test frames keep the simulator's own range.
 * ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -132,6 +136,9 @@ class TrainSettings:
     # darkfield: training frames beyond the paper's, seeds EXTRA_TRAIN_SEED.. (never a
     # validation or test seed): the simulator is not limited to 80 frames
     extra_train_images: int = 0
+    # darkfield: scratch peak range (DN) of those extra frames, when not the test frames' own:
+    # scratches near the visibility limit are the misses, and log-uniform 3-300 DN draws few
+    extra_peak_dn: tuple[float, float] | None = None
     init: str = ""  # a checkpoint of the same network whose weights start the run (fine-tuning)
     lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
 
@@ -148,6 +155,12 @@ class TrainSettings:
         if self.extra_train_images < 0 or (self.extra_train_images and self.data != "darkfield"):
             problems.append("extra_train_images adds single dark-field frames: a non-negative "
                             f"count with data 'darkfield', got {self.extra_train_images}")
+        if self.extra_peak_dn is not None:
+            lo, hi = (float(v) for v in self.extra_peak_dn)
+            if not self.extra_train_images or not 0 < lo < hi:
+                problems.append("extra_peak_dn is the scratch peak range LO < HI (DN, both "
+                                "positive) of the extra training frames: it needs "
+                                f"extra_train_images, got {list(self.extra_peak_dn)}")
         for name in ("train_images", "val_images", "val_windows"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -309,9 +322,15 @@ class Trainer:
         self.split = image_split(0, s.train_images, s.val_images, 1)
         seeds = train_seeds(s.train_images, s.extra_train_images)
         self.darkfield = frames_at(s.frame_px)
+        alt = {}
+        if s.extra_peak_dn is not None:
+            alt = {"alt_config": dataclasses.replace(
+                       self.darkfield, scratch_peak_dn=tuple(float(v) for v in s.extra_peak_dn)),
+                   "alt_seeds": seeds[s.train_images:]}
         # every training frame stays rendered: each is rendered once per run, not per visit
         self.sampler = WindowSampler(seeds, self.darkfield, seed=s.seed,
-                                     per_image=DARKFIELD_PER_IMAGE, cache_images=len(seeds))
+                                     per_image=DARKFIELD_PER_IMAGE, cache_images=len(seeds),
+                                     **alt)
         self._val_windows = None
 
     def _sources(self):

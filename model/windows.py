@@ -191,13 +191,24 @@ class WindowSampler:
 
     ``sample(index)`` gives a :class:`Window`; ``sampler[index]`` its (image, label); ``batch``
     stacks consecutive ones. ``sigma`` (px) is the Gaussian mode's spread, ``window / 4`` if None.
+    ``alt_config`` renders the frames of ``alt_seeds`` instead (training frames with another
+    scratch brightness range, :mod:`model.train`); it must keep the frame's shape, depth and
+    mosaic.
     """
 
     def __init__(self, image_seeds: Sequence[int], config: DarkfieldConfig | None = None, *,
                  seed: int = 0, window: int = WINDOW, mix: Sequence[float] = DEFAULT_MIX,
                  per_image: int = WINDOWS_PER_IMAGE, sigma: float | None = None,
-                 cache_images: int = CACHE_IMAGES):
+                 cache_images: int = CACHE_IMAGES, alt_config: DarkfieldConfig | None = None,
+                 alt_seeds: Sequence[int] = ()):
         self.config = config if config is not None else DarkfieldConfig()
+        self.alt_seeds = frozenset(int(x) for x in alt_seeds)
+        if self.alt_seeds and alt_config is None:
+            raise ValueError("alt_seeds need an alt_config to render them with")
+        if alt_config is not None and (alt_config.shape, alt_config.bit_depth, alt_config.bayer) \
+                != (self.config.shape, self.config.bit_depth, self.config.bayer):
+            raise ValueError("alt_config must keep the frame's shape, bit depth and mosaic")
+        self.alt_config = alt_config
         self.image_seeds = tuple(check_seed(s, "an image seed") for s in image_seeds)
         if not self.image_seeds:
             raise ValueError("image_seeds must name at least one frame")
@@ -223,12 +234,15 @@ class WindowSampler:
         self.per_image = per_image
         self.grid = (window_origins(h, window), window_origins(w, window))
         self._renderer = DarkfieldRenderer(self.config)
+        self._alt_renderer = DarkfieldRenderer(alt_config) if alt_config is not None else None
         self._cache: OrderedDict[int, tuple[np.ndarray, _Truth]] = OrderedDict()
         self._cache_size = cache_images
 
     def settings(self) -> dict:
         """Everything that fixes the windows, as plain JSON values."""
-        return {"image_seeds": list(self.image_seeds), "config": asdict(self.config),
+        alt = ({"alt_config": asdict(self.alt_config), "alt_seeds": sorted(self.alt_seeds)}
+               if self.alt_seeds else {})
+        return {"image_seeds": list(self.image_seeds), "config": asdict(self.config), **alt,
                 "seed": self.seed, "window": self.window, "mix": self.mix.tolist(),
                 "per_image": self.per_image, "sigma": self.sigma,
                 "darkfield_version": DARKFIELD_VERSION, "format": WINDOWS_FORMAT}
@@ -238,7 +252,8 @@ class WindowSampler:
         if hit is not None:
             self._cache.move_to_end(image_seed)
             return hit
-        f = self._renderer.render(image_seed)
+        renderer = self._alt_renderer if image_seed in self.alt_seeds else self._renderer
+        f = renderer.render(image_seed)
         entry = (f.image, _Truth(f))
         self._cache[image_seed] = entry
         while len(self._cache) > self._cache_size:

@@ -217,3 +217,19 @@ def test_extra_training_frames_come_from_far_seeds_and_init_starts_from_weights(
     with pytest.raises(CheckpointError, match="--init needs"):
         Trainer(tiny(tmp_path, width=0.25, init=str(first / "last.pt")), cfg,
                 tmp_path / "third", progress=False)
+
+
+def test_extra_frames_can_draw_fainter_scratches_and_only_they_do(cfg, tmp_path):
+    from model.windows import EXTRA_TRAIN_SEED
+
+    t = Trainer(tiny(tmp_path, extra_train_images=2, extra_peak_dn=(3.0, 6.0)), cfg,
+                tmp_path / "run", progress=False)
+    extra = (EXTRA_TRAIN_SEED, EXTRA_TRAIN_SEED + 1)
+    assert t.sampler.alt_seeds == frozenset(extra)
+    assert t.sampler.alt_config.scratch_peak_dn == (3.0, 6.0)
+    assert t.sampler.config.scratch_peak_dn == t.darkfield.scratch_peak_dn  # the split's frames
+    assert t.sampler.settings()["alt_seeds"] == list(extra)  # recorded in the checkpoint
+    for bad, match in [(dict(extra_peak_dn=(3.0, 6.0)), "needs extra_train_images"),
+                       (dict(extra_train_images=2, extra_peak_dn=(6.0, 3.0)), "LO < HI")]:
+        with pytest.raises(ValueError, match=match):
+            tiny(tmp_path, **bad)

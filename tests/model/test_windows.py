@@ -209,3 +209,16 @@ def test_a_scratch_too_faint_to_see_is_labelled_faint_and_a_bright_one_scratch()
             assert b.label == 1 and b.visibility >= ROSE_SNR
     assert sum(w.label == FAINT for w in dim) >= 4
     assert all(w.label != 1 or w.visibility >= ROSE_SNR for w in dim)
+
+
+def test_alt_seeds_are_rendered_with_the_alt_config_and_the_others_not():
+    faint = dataclasses.replace(SMALL, scratch_peak_dn=(3.0, 4.0))
+    sampler = WindowSampler([1, 2], SMALL, per_image=2, alt_config=faint, alt_seeds=[2])
+    for seed, cfg in [(1, SMALL), (2, faint)]:
+        image, _ = sampler._frame(seed)
+        np.testing.assert_array_equal(image, DarkfieldRenderer(cfg).render(seed).image)
+    with pytest.raises(ValueError, match="need an alt_config"):
+        WindowSampler([1, 2], SMALL, alt_seeds=[2])
+    with pytest.raises(ValueError, match="shape, bit depth and mosaic"):
+        WindowSampler([1, 2], SMALL, alt_config=dataclasses.replace(SMALL, bit_depth=8),
+                      alt_seeds=[2])
