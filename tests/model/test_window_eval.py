@@ -76,6 +76,28 @@ def test_window_metrics_count_and_give_wilson_intervals():
     json.dumps(m)
 
 
+def test_frame_intervals_see_a_frame_whose_windows_are_all_missed():
+    # 10 frames of 20 scratch windows each; every window of frame 0 missed, the rest found
+    frames = np.repeat(np.arange(10), 20)
+    labels = np.ones(200, int)
+    pred = frames != 0
+    m = window_metrics(pred, labels, frames=frames)
+    assert m["recall"] == 0.9
+    by_frame = m["by_frame_ci"]
+    assert by_frame["frames"] == 10 and by_frame["precision"] == [1.0, 1.0]
+    lo, hi = by_frame["recall"]
+    # the missed frame is in a resample 0, 1, 2... times: recall moves in steps of a frame,
+    # far wider than the windows' own interval, which counts 200 independent windows
+    assert lo <= 0.8 and hi == 1.0
+    assert hi - lo > m["recall_ci"][1] - m["recall_ci"][0]
+    # the same misses spread one per frame: resampling frames barely moves recall
+    spread = window_metrics(np.arange(200) % 20 != 0, labels, frames=frames)["by_frame_ci"]
+    assert spread["recall"] == [0.95, 0.95]
+    assert "by_frame_ci" not in window_metrics(pred, labels)
+    with pytest.raises(ValueError, match="one frame per window"):
+        window_metrics(pred, labels, frames=frames[:5])
+
+
 def test_metrics_without_positives_are_none_not_a_division_by_zero():
     m = window_metrics(np.zeros(4, bool), np.zeros(4, int))
     assert m["precision"] is None and m["recall"] is None and m["f1"] is None
