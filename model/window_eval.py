@@ -462,12 +462,16 @@ def describe(results: dict[str, dict]) -> str:
     def ci(v):
         return "" if not v else f" [{100 * v[0]:.1f}, {100 * v[1]:.1f}]"
 
-    rows = ["detector | precision | recall | F1 | accuracy | windows | image detection | "
-            "image false alarms", "--- | --- | --- | --- | --- | --- | --- | ---"]
+    rows = ["detector | precision | recall | F1 | recall, F1 (frames resampled) | accuracy | "
+            "windows | image detection | image false alarms",
+            "--- | --- | --- | --- | --- | --- | --- | --- | ---"]
     for name, r in results.items():
         im = r.get("images") or {}
+        frames = r.get("by_frame_ci") or {}
         rows.append(f"{name} | {pct(r['precision'])}{ci(r['precision_ci'])} | "
                     f"{pct(r['recall'])}{ci(r['recall_ci'])} | {pct(r['f1'])}{ci(r['f1_ci'])} | "
+                    f"{ci(frames.get('recall')).strip() or '-'}, "
+                    f"{ci(frames.get('f1')).strip() or '-'} | "
                     f"{pct(r['accuracy'])} | {r['windows']} | "
                     f"{pct(im.get('detection_rate'))} | {pct(im.get('false_alarm_rate'))}")
     return "\n".join(rows)

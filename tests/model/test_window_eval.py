@@ -94,6 +94,11 @@ def test_frame_intervals_see_a_frame_whose_windows_are_all_missed():
     spread = window_metrics(np.arange(200) % 20 != 0, labels, frames=frames)["by_frame_ci"]
     assert spread["recall"] == [0.95, 0.95]
     assert "by_frame_ci" not in window_metrics(pred, labels)
+    from model.window_eval import describe
+
+    row = describe({"net": m}).splitlines()[2]
+    assert f"[{100 * lo:.1f}, 100.0], " in row  # the printed table shows them too
+    assert "| -, - |" in describe({"net": window_metrics(pred, labels)})
     with pytest.raises(ValueError, match="one frame per window"):
         window_metrics(pred, labels, frames=frames[:5])
 
