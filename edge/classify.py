@@ -582,7 +582,7 @@ class ImageResult:
 def _model_region_threshold(engine: Engine) -> tuple[float | None, str]:
     """The region threshold the model file carries (``region_threshold`` in an ONNX model's
     metadata, :mod:`export.onnx`) and where it came from; (None, ...) when it has none."""
-    meta = getattr(engine, "metadata", None) or {}
+    meta = engine.metadata
     text = meta.get("region_threshold")
     if text in (None, "", "null"):
         return None, ("none in the model" if meta else

@@ -156,8 +156,8 @@ class TrainSettings:
             problems.append("extra_train_images adds single dark-field frames: a non-negative "
                             f"count with data 'darkfield', got {self.extra_train_images}")
         if self.extra_peak_dn is not None:
-            lo, hi = (float(v) for v in self.extra_peak_dn)
-            if not self.extra_train_images or not 0 < lo < hi:
+            peak = tuple(float(v) for v in self.extra_peak_dn)
+            if not self.extra_train_images or len(peak) != 2 or not 0 < peak[0] < peak[1]:
                 problems.append("extra_peak_dn is the scratch peak range LO < HI (DN, both "
                                 "positive) of the extra training frames: it needs "
                                 f"extra_train_images, got {list(self.extra_peak_dn)}")

@@ -263,7 +263,7 @@ def open_models(models: dict[str, str | Path], test_seeds: Sequence[int], thread
                 raise WindowEvalError(str(exc)) from None
             try:
                 clf = Classifier(engine, batch=batch)  # checks N x 1 x 256 x 256 -> N logits
-                _check_split(path, getattr(engine, "metadata", {}), test_seeds, validation_ok)
+                _check_split(path, engine.metadata, test_seeds, validation_ok)
             except (ModelError, WindowEvalError) as exc:
                 engine.close()
                 raise WindowEvalError(str(exc)) from None
@@ -446,7 +446,7 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
                                              "detected", "false_alarms")}}
                 for t in IMAGE_THRESHOLDS]
         row["test_seeds"] = list(test_seeds)
-        row["clean_images"] = "the same test seeds rendered with scratch_share 0"
+        row["clean_images"] = "the same seeds rendered with scratch_share 0"
         pos = np.concatenate(grid[name])
         row["grid_windows"] = {**window_metrics(pos[seen], labels[seen], bootstrap=0),
                                "faint_windows": int((~seen).sum()),

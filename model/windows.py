@@ -212,6 +212,9 @@ class WindowSampler:
         self.image_seeds = tuple(check_seed(s, "an image seed") for s in image_seeds)
         if not self.image_seeds:
             raise ValueError("image_seeds must name at least one frame")
+        if not self.alt_seeds <= set(self.image_seeds):
+            raise ValueError(f"alt_seeds must be among image_seeds, got "
+                             f"{sorted(self.alt_seeds - set(self.image_seeds))[:5]} outside them")
         if len(set(self.image_seeds)) != len(self.image_seeds):
             raise ValueError(f"image_seeds must be distinct, got {list(image_seeds)}")
         self.seed = check_seed(seed)

@@ -12,9 +12,10 @@ stitches it straight into the map).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -49,8 +50,9 @@ class Engine(ABC):
     output: TensorSpec
     max_batch: int
     # the exporter's key/value notes on the model (ONNX metadata_props, carried into a TensorRT
-    # engine's sidecar): what a runtime mode may read, e.g. the classifier's region threshold
-    metadata: dict[str, str] = {}
+    # engine's sidecar): what a runtime mode may read, e.g. the classifier's region threshold;
+    # read-only and empty unless the engine sets its own
+    metadata: Mapping[str, str] = MappingProxyType({})
 
     @property
     @abstractmethod

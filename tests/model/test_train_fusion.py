@@ -230,6 +230,7 @@ def test_extra_frames_can_draw_fainter_scratches_and_only_they_do(cfg, tmp_path)
     assert t.sampler.config.scratch_peak_dn == t.darkfield.scratch_peak_dn  # the split's frames
     assert t.sampler.settings()["alt_seeds"] == list(extra)  # recorded in the checkpoint
     for bad, match in [(dict(extra_peak_dn=(3.0, 6.0)), "needs extra_train_images"),
-                       (dict(extra_train_images=2, extra_peak_dn=(6.0, 3.0)), "LO < HI")]:
+                       (dict(extra_train_images=2, extra_peak_dn=(6.0, 3.0)), "LO < HI"),
+                       (dict(extra_train_images=2, extra_peak_dn=(3.0,)), "LO < HI")]:
         with pytest.raises(ValueError, match=match):
             tiny(tmp_path, **bad)

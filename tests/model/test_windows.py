@@ -219,6 +219,8 @@ def test_alt_seeds_are_rendered_with_the_alt_config_and_the_others_not():
         np.testing.assert_array_equal(image, DarkfieldRenderer(cfg).render(seed).image)
     with pytest.raises(ValueError, match="need an alt_config"):
         WindowSampler([1, 2], SMALL, alt_seeds=[2])
+    with pytest.raises(ValueError, match=r"among image_seeds, got \[3\]"):
+        WindowSampler([1, 2], SMALL, alt_config=faint, alt_seeds=[2, 3])
     with pytest.raises(ValueError, match="shape, bit depth and mosaic"):
         WindowSampler([1, 2], SMALL, alt_config=dataclasses.replace(SMALL, bit_depth=8),
                       alt_seeds=[2])
