@@ -51,11 +51,13 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
 * More frames than the paper's: ``extra_train_images`` adds training frames from seed
   :data:`model.windows.EXTRA_TRAIN_SEED` on, so the validation and test frames stay where the
   paper's split puts them; ``init`` starts from another checkpoint's weights (same network and
-  spec) with a fresh optimiser, to fine-tune a run on them. ``extra_peak_dn`` draws those extra
+  spec, or the same without the line stage, which then starts at zero) with a fresh optimiser,
+  to fine-tune a run on them. ``extra_peak_dn`` draws those extra
   frames' scratches from another peak range (log-uniform, DN): the misses are scratches near the
   visibility limit, which the test frames' 3-300 DN draws rarely. Only training frames change;
   validation and test frames keep the simulator's own range.
-* ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
+* ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`);
+  ``lines``: the fixed line-integral stage beside the stem (same place).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class TrainSettings:
     ba: bool = True  # fusion: brightness adjustment
     sa: bool = True  # fusion: scale attention
     ca: bool = True  # fusion: channel attention
+    lines: bool = False  # fusion on darkfield: the fixed line-integral stage (model.attention)
     frame_px: int = 2048  # darkfield: side of the simulated frames
     train_images: int = 80  # darkfield: training frames (seeds 0 ..)
     val_images: int = 12  # darkfield: validation frames (the seeds after the training ones)
@@ -149,6 +152,9 @@ class TrainSettings:
         elif self.data == "darkfield" and self.network != "fusion":
             problems.append(f"data 'darkfield' (single dark-field frames) trains the window "
                             f"classifier: network must be 'fusion', got {self.network!r}")
+        if self.lines and self.data != "darkfield":
+            problems.append("lines integrates whitened single dark-field windows: it needs "
+                            f"data 'darkfield', got {self.data!r}")
         if self.network != "fusion" and not (self.ba and self.sa and self.ca):
             problems.append("ba, sa and ca switch modules of the attention fusion network: "
                             f"they apply to network 'fusion' only, not {self.network!r}")
@@ -193,7 +199,8 @@ class TrainSettings:
         if self.network == "fusion":
             single = self.data == "darkfield"
             return FusionSpec(width=self.width, in_channels=1 if single else 24,
-                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single)
+                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single,
+                              lines=self.lines)
         if self.network == "hybrid":
             return HybridSpec(features=self.features,
                               activation="tanh" if self.loss == "autoencoder" else "sigmoid")
@@ -210,6 +217,15 @@ def build_network(network: str, spec: dict) -> torch.nn.Module:
     if network == "hybrid":
         return HybridNet(HybridSpec(**spec))
     raise CheckpointError(f"unknown network {network!r}")
+
+
+def _spec_dict(spec, ckpt: dict) -> dict:
+    """A checkpoint's spec with the defaults of switches added after it was written filled in,
+    so it compares with ``spec``; as stored when it does not fit ``spec``'s class."""
+    try:
+        return type(spec)(**ckpt["spec"]).to_dict()
+    except (TypeError, ValueError):
+        return ckpt["spec"]
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -289,11 +305,18 @@ class Trainer:
         self.model = build_network(settings.network, self.spec.to_dict())
         if settings.init:
             start = load_checkpoint(settings.init)
-            if start["network"] != settings.network or start["spec"] != self.spec.to_dict():
+            # a network without the line stage grows into one with it (model.attention)
+            grown = {**self.spec.to_dict(), "lines": False}
+            if start["network"] != settings.network or _spec_dict(self.spec, start) not in (
+                    self.spec.to_dict(), grown):
                 raise CheckpointError(f"{settings.init}: holds a {start['network']} network "
                                       f"{start['spec']}; --init needs this run's "
-                                      f"{settings.network} {self.spec.to_dict()}")
-            self.model.load_state_dict(start["model"])
+                                      f"{settings.network} {self.spec.to_dict()}, or the same "
+                                      "without lines")
+            missing, extra = self.model.load_state_dict(start["model"], strict=False)
+            if extra or any(not k.startswith("lines_in.") for k in missing):
+                raise CheckpointError(f"{settings.init}: its weights do not fit this network "
+                                      f"(missing {missing[:3]}, unexpected {extra[:3]})")
             log.info("starting from the weights of %s (epoch %s)", settings.init, start["epoch"])
         darkfield = settings.data == "darkfield"
         # the weak-scratch paper's Adam for its own data, the glass paper's for the six states
