@@ -223,6 +223,9 @@ def test_extra_training_frames_come_from_far_seeds_and_init_starts_from_weights(
     got = grown.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in start.items())
     assert torch.count_nonzero(got["lines_in.1.weight"]) == 0
+    fast = grown.opt.param_groups[1]
+    assert fast["lr"] == 10 * grown.opt.param_groups[0]["lr"]
+    assert {id(p) for p in fast["params"]} == {id(p) for p in grown.model.lines_in.parameters()}
     with pytest.raises(ValueError, match="lines integrates"):
         TrainSettings(lines=True)  # six-state windows are not whitened
 
