@@ -239,6 +239,13 @@ def test_extra_frames_can_draw_fainter_scratches_and_only_they_do(cfg, tmp_path)
     assert t.sampler.alt_seeds == frozenset(extra)
     assert t.sampler.alt_config.scratch_peak_dn == (3.0, 6.0)
     assert t.sampler.config.scratch_peak_dn == t.darkfield.scratch_peak_dn  # the split's frames
+    chained = Trainer(tiny(tmp_path, extra_train_images=2, extra_chain_share=0.75), cfg,
+                      tmp_path / "chained", progress=False)
+    assert chained.sampler.alt_config.chain_share == 0.75
+    assert chained.sampler.alt_config.scratch_peak_dn == t.darkfield.scratch_peak_dn
+    assert chained.sampler.config.chain_share == 0.25
+    with pytest.raises(ValueError, match="extra_chain_share"):
+        TrainSettings(data="darkfield", network="fusion", extra_chain_share=0.5)
     assert t.sampler.settings()["alt_seeds"] == list(extra)  # recorded in the checkpoint
     for bad, match in [(dict(extra_peak_dn=(3.0, 6.0)), "needs extra_train_images"),
                        (dict(extra_train_images=2, extra_peak_dn=(6.0, 3.0)), "LO < HI"),
