@@ -56,31 +56,6 @@ The whitened window is then the input BA stretches and concatenates, as the pape
 is. A Bayer mosaic would need the same per colour site; the shipped classifier is trained on
 grey frames (``model.windows``).
 
-Line stage (``FusionSpec.lines``, our addition, off by default and in every checkpoint written
-before it existed): a fixed bank of oriented line integrals of the whitened window, added to the
-stem's output. Why: the misses of the whitened network were scratches at a matched
-signal-to-noise of 5-20 over a whole window, below one noise sigma per pixel; they only show
-integrated along their length, and the stem's 7 x 7 convolution, its ReLU and its max-pooling
-threshold each pixel's neighbourhood before anything sums tens of pixels along a line. The stage:
-
-* ``z`` clipped to ``[-2, 3]`` (about -7 to +20 noise sigmas: a weak scratch stays linear,
-  saturated dust and dead pixels count as a moderate speck, so one of them does not light every
-  line through it), averaged over 4 x 4 blocks (the stem's output grid, 64 x 64 for a 256 px
-  window);
-* convolved (zero padding) with unit-norm line kernels: 12 headings over 9 block lengths
-  (36 px) and 16 over 17 (68 px), each a segment with a Gaussian cross-section of 0.6 blocks
-  (a scratch of 1.2-3 px lies within one), so a round blob gives nearly the same response at
-  every heading and a line peaks at its own. Times 8, the responses
-  are in noise units where the whitened noise is white (``z`` about ``u / 2``: 0.5, 0.125 after
-  the 4 x 4 mean);
-* a 1 x 1 convolution with batch normalisation to the stem's channels, added to the stem's
-  output. The normalisation's scale starts at zero, so a network grown from a checkpoint without
-  the stage (``model.train``'s ``init``) starts as that network and learns how much to use.
-
-Nothing else changes: BA, SA and CA see what they saw. Headings and lengths are a choice: 36 px
-is about the shortest scratch (30 px), and over 68 px the gentlest arcs (at most 45 degrees over
-their length, at least 30 px) stay within about a block of a chord.
-
 Ablations (Table III): ``FusionSpec`` switches ``ba``, ``sa`` and ``ca`` each remove one
 attention module; all three on is the proposed network, all off the plain ResNet18 baseline.
 Without BA the stem sees the raw input only (``in_channels`` instead of ``2 * in_channels``
@@ -93,10 +68,8 @@ keys) rebuilds as the full network it is.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,7 +89,6 @@ class FusionSpec:
     sa: bool = True  # scale attention after each stage (Res2Net-A, eq. 4)
     ca: bool = True  # channel attention after the last scale attention (eqs. 5-8)
     whiten: bool = False  # the fixed noise-unit stage in front (module docstring)
-    lines: bool = False  # the fixed line-integral stage beside the stem (module docstring)
     black_dn: float = 64.0  # camera noise model at 12 bits, for whiten
     read_noise_dn: float = 2.5
     conversion_gain: float = 0.08  # DN per electron
@@ -135,9 +107,7 @@ class FusionSpec:
             problems.append("the noise model needs read_noise_dn > 0, conversion_gain > 0 and "
                             f"black_dn >= 0, got {self.read_noise_dn}, {self.conversion_gain}, "
                             f"{self.black_dn}")
-        if self.lines and not self.whiten:
-            problems.append("lines integrates the whitened window: it needs whiten")
-        for name in ("ba", "sa", "ca", "whiten", "lines"):
+        for name in ("ba", "sa", "ca", "whiten"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
         if problems:
@@ -147,7 +117,7 @@ class FusionSpec:
     def variant(self) -> str:
         """The Table III name: ``ResNet18`` plus the modules that are on."""
         on = [n.upper() for n in ("ca", "sa", "ba") if getattr(self, n)]
-        return "+".join(["ResNet18", *on, *(["lines"] if self.lines else [])])
+        return "+".join(["ResNet18", *on])
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -216,53 +186,6 @@ class Whiten(nn.Module):
         reach = self.CLIP * self._sigma(b)
         b = self._mean(torch.minimum(torch.maximum(dn, b - reach), b + reach))
         return _asinh((dn - b) / (2.0 * self._sigma(b)))
-
-
-def line_kernels(headings: int, length: int, size: int, sigma: float = 0.6) -> torch.Tensor:
-    """``(headings, 1, size, size)`` unit-norm kernels, each a centred segment ``length`` px
-    long at heading ``pi * k / headings``: a Gaussian cross-section of ``sigma`` px times a
-    one-pixel ramp at each end. Drawn from distances, not splatted points, so every heading has
-    the same profile and a round blob answers all of them alike."""
-    if not 0 < length < size or size % 2 == 0:
-        raise ValueError(f"a line of {length} px needs an odd kernel side above it, got {size}")
-    sub = 8  # samples per pixel side: a 0.6 px Gaussian is too narrow to sample once
-    fine = (np.arange(size * sub) + 0.5) / sub - size / 2.0
-    yy, xx = np.meshgrid(fine, fine, indexing="ij")
-    out = np.empty((headings, size, size), np.float64)
-    for k in range(headings):
-        theta = math.pi * k / headings
-        along = xx * math.cos(theta) + yy * math.sin(theta)
-        across = -xx * math.sin(theta) + yy * math.cos(theta)
-        ends = np.clip(length / 2.0 + 0.5 - np.abs(along), 0.0, 1.0)
-        drawn = np.exp(-0.5 * (across / sigma) ** 2) * ends
-        out[k] = drawn.reshape(size, sub, size, sub).mean(axis=(1, 3))
-        out[k] /= np.sqrt(np.sum(out[k] ** 2))
-    return torch.from_numpy(out.astype(np.float32))[:, None]
-
-
-class LineBank(nn.Module):
-    """The fixed line-integral stage (module docstring): whitened ``(N, 1, H, W)`` ->
-    ``(N, 28, H / 4, W / 4)`` responses in noise units; nothing learned."""
-
-    BLOCK = 4
-    BANKS = ((12, 9), (16, 17))  # (headings, length in blocks)
-    CLIP = (-2.0, 3.0)
-    GAIN = 8.0  # 1 / (0.5 / BLOCK): unit noise for white whitened noise
-
-    def __init__(self):
-        super().__init__()
-        side = max(length for _, length in self.BANKS) + 2
-        kernels = torch.cat([line_kernels(h, n, side) for h, n in self.BANKS])
-        # rebuilt from the class, not stored: a checkpoint holds only what was learned
-        self.register_buffer("kernels", kernels * self.GAIN, persistent=False)
-
-    @property
-    def channels(self) -> int:
-        return int(self.kernels.shape[0])
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = F.avg_pool2d(z.clamp(*self.CLIP), self.BLOCK)
-        return F.conv2d(z, self.kernels, padding=self.kernels.shape[-1] // 2)
 
 
 def _asinh(u: torch.Tensor) -> torch.Tensor:
@@ -342,9 +265,6 @@ class AttentionFusionNet(nn.Module):
         stem_in = 2 * spec.in_channels if spec.ba else spec.in_channels
         self.stem = nn.Sequential(_conv_bn(stem_in, s[0], 7, stride=2), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
-        if spec.lines:
-            self.lines = LineBank()
-            self.lines_in = _conv_bn(self.lines.channels, s[0], 1)
         stages, c_in = [], s[0]
         for k, feats in enumerate(s):
             stride = 1 if k == 0 else 2
@@ -362,8 +282,6 @@ class AttentionFusionNet(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if spec.lines:
-            nn.init.zeros_(self.lines_in[1].weight)  # starts as the network without it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) and (
@@ -374,11 +292,7 @@ class AttentionFusionNet(nn.Module):
                              f"N x {self.spec.in_channels} x H x W, got "
                              f"{' x '.join(map(str, x.shape))}")
         x = self.whiten(x)
-        lines = self.lines_in(self.lines(x)) if self.spec.lines else None
         if self.spec.ba:
             x = torch.cat([x, brightness_adjust(x)], dim=1)
-        x = self.stem(x)
-        if lines is not None:
-            x = x + lines
-        x = self.channel_attention(self.body(x))
+        x = self.channel_attention(self.body(self.stem(x)))
         return self.fc(x.mean(dim=(2, 3)))[:, 0]

@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             input_compression=args.compress,
             samples=[str(p) for p in args.samples], window_cache=args.window_cache,
             window_pool=args.window_pool, data=args.data, ba=not args.no_ba,
-            sa=not args.no_sa, ca=not args.no_ca, lines=args.lines, frame_px=args.frame_px,
+            sa=not args.no_sa, ca=not args.no_ca, frame_px=args.frame_px,
             train_images=args.train_images, val_images=args.val_images,
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
             extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
@@ -191,9 +191,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="fusion: leave out brightness adjustment (Table III ablations)")
     t.add_argument("--no-sa", action="store_true", help="fusion: leave out scale attention")
     t.add_argument("--no-ca", action="store_true", help="fusion: leave out channel attention")
-    t.add_argument("--lines", action="store_true",
-                   help="fusion on darkfield: add the fixed line-integral stage; --init may "
-                        "then name a checkpoint without it")
     t.add_argument("--frame-px", type=int, default=2048,
                    help="darkfield: side of the simulated frames (default: 2048, the paper's)")
     t.add_argument("--train-images", type=whole(1), default=80,

@@ -51,16 +51,12 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
 * More frames than the paper's: ``extra_train_images`` adds training frames from seed
   :data:`model.windows.EXTRA_TRAIN_SEED` on, so the validation and test frames stay where the
   paper's split puts them; ``init`` starts from another checkpoint's weights (same network and
-  spec, or the same without the line stage, which then starts at zero) with a fresh optimiser,
-  to fine-tune a run on them. A grown stage's weights learn at :data:`GROWN_LR_FACTOR` times
-  the run's rate: at the rate alone, 10 epochs of fine-tuning left its scale at 1.4 % of the
-  stem's, so the run said nothing about the stage. ``extra_peak_dn`` draws those extra
+  spec) with a fresh optimiser, to fine-tune a run on them. ``extra_peak_dn`` draws those extra
   frames' scratches from another peak range (log-uniform, DN): the misses are scratches near the
   visibility limit, which the test frames' 3-300 DN draws rarely. Only training frames change;
   validation and test frames keep the simulator's own range. ``extra_chain_share`` likewise
   sets the share of their scratches broken into chains of points.
-* ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`);
-  ``lines``: the fixed line-integral stage beside the stem (same place).
+* ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
 """
 
 from __future__ import annotations
@@ -103,9 +99,6 @@ DARKFIELD_PER_IMAGE = 4  # consecutive training windows from one frame (module d
 DARKFIELD_VAL_BATCH = 32
 
 
-GROWN_LR_FACTOR = 10.0  # learning rate of a grown stage over the run's (module docstring)
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (missing, not ours, or from other settings)."""
 
@@ -137,7 +130,6 @@ class TrainSettings:
     ba: bool = True  # fusion: brightness adjustment
     sa: bool = True  # fusion: scale attention
     ca: bool = True  # fusion: channel attention
-    lines: bool = False  # fusion on darkfield: the fixed line-integral stage (model.attention)
     frame_px: int = 2048  # darkfield: side of the simulated frames
     train_images: int = 80  # darkfield: training frames (seeds 0 ..)
     val_images: int = 12  # darkfield: validation frames (the seeds after the training ones)
@@ -161,9 +153,6 @@ class TrainSettings:
         elif self.data == "darkfield" and self.network != "fusion":
             problems.append(f"data 'darkfield' (single dark-field frames) trains the window "
                             f"classifier: network must be 'fusion', got {self.network!r}")
-        if self.lines and self.data != "darkfield":
-            problems.append("lines integrates whitened single dark-field windows: it needs "
-                            f"data 'darkfield', got {self.data!r}")
         if self.network != "fusion" and not (self.ba and self.sa and self.ca):
             problems.append("ba, sa and ca switch modules of the attention fusion network: "
                             f"they apply to network 'fusion' only, not {self.network!r}")
@@ -213,8 +202,7 @@ class TrainSettings:
         if self.network == "fusion":
             single = self.data == "darkfield"
             return FusionSpec(width=self.width, in_channels=1 if single else 24,
-                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single,
-                              lines=self.lines)
+                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single)
         if self.network == "hybrid":
             return HybridSpec(features=self.features,
                               activation="tanh" if self.loss == "autoencoder" else "sigmoid")
@@ -231,15 +219,6 @@ def build_network(network: str, spec: dict) -> torch.nn.Module:
     if network == "hybrid":
         return HybridNet(HybridSpec(**spec))
     raise CheckpointError(f"unknown network {network!r}")
-
-
-def _spec_dict(spec, ckpt: dict) -> dict:
-    """A checkpoint's spec with the defaults of switches added after it was written filled in,
-    so it compares with ``spec``; as stored when it does not fit ``spec``'s class."""
-    try:
-        return type(spec)(**ckpt["spec"]).to_dict()
-    except (TypeError, ValueError):
-        return ckpt["spec"]
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -319,31 +298,17 @@ class Trainer:
         self.model = build_network(settings.network, self.spec.to_dict())
         if settings.init:
             start = load_checkpoint(settings.init)
-            # a network without the line stage grows into one with it (model.attention)
-            grown = {**self.spec.to_dict(), "lines": False}
-            if start["network"] != settings.network or _spec_dict(self.spec, start) not in (
-                    self.spec.to_dict(), grown):
+            if start["network"] != settings.network or start["spec"] != self.spec.to_dict():
                 raise CheckpointError(f"{settings.init}: holds a {start['network']} network "
                                       f"{start['spec']}; --init needs this run's "
-                                      f"{settings.network} {self.spec.to_dict()}, or the same "
-                                      "without lines")
-            missing, extra = self.model.load_state_dict(start["model"], strict=False)
-            if extra or any(not k.startswith("lines_in.") for k in missing):
-                raise CheckpointError(f"{settings.init}: its weights do not fit this network "
-                                      f"(missing {missing[:3]}, unexpected {extra[:3]})")
+                                      f"{settings.network} {self.spec.to_dict()}")
+            self.model.load_state_dict(start["model"])
             log.info("starting from the weights of %s (epoch %s)", settings.init, start["epoch"])
-        else:
-            missing = []
         darkfield = settings.data == "darkfield"
         # the weak-scratch paper's Adam for its own data, the glass paper's for the six states
         betas = (0.9, 0.999) if darkfield else (0.5, 0.9)
-        # a grown stage learns faster: it starts at zero beside weights trained for many epochs,
-        # and at the fine-tuning's rate it stayed near zero (module docstring)
-        new = [p for name, p in self.model.named_parameters() if name in set(missing)]
-        old = [p for name, p in self.model.named_parameters() if name not in set(missing)]
-        groups = [{"params": old}] + ([{"params": new, "lr": settings.lr * GROWN_LR_FACTOR}]
-                                      if new else [])
-        self.opt = torch.optim.Adam(groups, lr=settings.lr, betas=betas, eps=1e-8)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr, betas=betas,
+                                    eps=1e-8)
         self.epoch = 0
         self.history: list[dict] = []
         self.lr_drops: list[int] = []  # epochs after which the learning rate was divided by 10

@@ -7,11 +7,9 @@ from model.attention import (  # noqa: E402
     AttentionFusionNet,
     ChannelAttention,
     FusionSpec,
-    LineBank,
     ScaleAttention,
     Whiten,
     brightness_adjust,
-    line_kernels,
     window_origins,
 )
 
@@ -152,55 +150,3 @@ def test_whitening_is_for_single_frames_and_off_by_default():
     net = AttentionFusionNet(FusionSpec(width=0.125, in_channels=1, whiten=True))
     assert isinstance(net.whiten, Whiten)
     assert not any(True for _ in net.whiten.parameters())  # fixed: nothing to learn
-
-
-def test_line_kernels_have_unit_norm_and_each_heading_peaks_on_its_own_line():
-    k = line_kernels(12, 9, 19)
-    assert tuple(k.shape) == (12, 1, 19, 19)
-    assert torch.allclose(k.flatten(1).norm(dim=1), torch.ones(12), atol=1e-6)
-    for heading in (0, 3, 7):
-        # a long line through the centre at this heading, drawn by the same splatting
-        line = line_kernels(12, 17, 19)[heading:heading + 1]
-        response = torch.nn.functional.conv2d(line, k, padding=9)[0, :, 9, 9]
-        assert int(response.argmax()) == heading
-    # an isotropic blob answers every heading alike: no heading prefers a speck
-    yy, xx = torch.meshgrid(torch.arange(19.0), torch.arange(19.0), indexing="ij")
-    blob = torch.exp(-((yy - 9) ** 2 + (xx - 9) ** 2) / 8.0)[None, None]
-    r = torch.nn.functional.conv2d(blob, k, padding=9)[0, :, 9, 9]
-    assert float(r.max() / r.min()) < 1.03
-    with pytest.raises(ValueError, match="odd kernel side"):
-        line_kernels(4, 9, 10)
-
-
-def test_line_stage_puts_white_noise_in_noise_units_and_lifts_a_sub_sigma_line():
-    bank = LineBank()
-    g = torch.Generator().manual_seed(0)
-    z = 0.5 * torch.randn(2, 1, 256, 256, generator=g)  # whitened noise: asinh(u / 2)
-    r = bank(z)
-    assert tuple(r.shape) == (2, bank.channels, 64, 64) and bank.channels == 28
-    inner = r[..., 12:-12, 12:-12]
-    assert 0.9 < float(inner.std()) < 1.1 and abs(float(inner.mean())) < 0.05
-    # a vertical line at 0.7 noise sigmas per pixel, 3 px wide across two blocks: invisible
-    # pixel by pixel, several sigmas once integrated along it
-    z[0, 0, :, 126:129] += 0.35
-    r = bank(z)
-    vertical = 12 + 8  # the 68 px bank's heading pi / 2
-    along = r[0, :, 12:-12, 31:33].mean(dim=(1, 2))  # mean over the line's length
-    assert int(along.argmax()) == vertical and float(along[vertical]) > 5.0
-    assert float(r[1, :, 12:-12, 12:-12].amax()) < 4.5  # noise alone stays below it
-    assert not any(True for _ in bank.parameters()) and "kernels" not in bank.state_dict()
-
-
-def test_grown_line_stage_starts_as_the_network_without_it():
-    base = FusionSpec(width=0.125, in_channels=1, whiten=True)
-    old = AttentionFusionNet(base).eval()
-    grown = AttentionFusionNet(FusionSpec(**{**base.to_dict(), "lines": True})).eval()
-    missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("lines_in.") for k in missing)
-    x = torch.rand(2, 1, 256, 256) * 0.05 + 0.05
-    with torch.no_grad():
-        assert torch.allclose(grown(x), old(x), atol=1e-6)
-    assert grown.spec.variant == "ResNet18+CA+SA+BA+lines"
-    assert FusionSpec().lines is False
-    with pytest.raises(ValueError, match="needs whiten"):
-        FusionSpec(in_channels=1, lines=True)

@@ -217,17 +217,6 @@ def test_extra_training_frames_come_from_far_seeds_and_init_starts_from_weights(
     with pytest.raises(CheckpointError, match="--init needs"):
         Trainer(tiny(tmp_path, width=0.25, init=str(first / "last.pt")), cfg,
                 tmp_path / "third", progress=False)
-    # a network without the line stage grows into one with it, the stage starting at zero
-    grown = Trainer(tiny(tmp_path, lines=True, init=str(first / "last.pt")), cfg,
-                    tmp_path / "grown", progress=False)
-    got = grown.model.state_dict()
-    assert all(torch.equal(got[k], v) for k, v in start.items())
-    assert torch.count_nonzero(got["lines_in.1.weight"]) == 0
-    fast = grown.opt.param_groups[1]
-    assert fast["lr"] == 10 * grown.opt.param_groups[0]["lr"]
-    assert {id(p) for p in fast["params"]} == {id(p) for p in grown.model.lines_in.parameters()}
-    with pytest.raises(ValueError, match="lines integrates"):
-        TrainSettings(lines=True)  # six-state windows are not whitened
 
 
 def test_extra_frames_can_draw_fainter_scratches_and_only_they_do(cfg, tmp_path):
