@@ -43,7 +43,10 @@ an image, so the image-level false-alarm rate is far above the window-level one.
 criterion) are left out of every precision, recall and F1 and reported beside them:
 ``faint_windows`` and how many of them a detector flagged (``faint_flagged``). Recall is also
 given by the scratch's visibility (``recall_by_visibility``: matched signal-to-noise bands from
-5), the detection curve of a detector against how much light its scratch gives.
+5), the detection curve of a detector against how much light its scratch gives. For a network,
+``missed_scratches`` names the scratches its missed windows lie on (:func:`misses_by_scratch`):
+the Gaussian draw puts many windows on one scratch, so a few faint scratches can carry most of
+the misses, and this says which and how faint.
 
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
@@ -86,6 +89,7 @@ IMAGE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
 # matched signal-to-noise bands of scratch windows for recall (model.windows.ROSE_SNR first)
 VISIBILITY_BANDS = (5.0, 8.0, 12.0, 20.0, 50.0)
 DEFAULT_BATCH = 16
+MISSED_SCRATCHES = 10  # scratches listed by misses_by_scratch in the results
 DEFAULT_CACHE = Path(os.environ.get("GLASS_INSPECT_CACHE",
                                     Path.home() / ".cache" / "glass-inspect")) / "darkfield"
 
@@ -336,6 +340,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                   for s in range(0, len(test), 256)])
             results[m.name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
                                **_faint(pos, test),
+                               "missed_scratches": misses_by_scratch(pos, test, cfg),
                                "model": str(m.path),
                                "sha256": m.classifier.identity.get("sha256"),
                                "threshold": m.classifier.threshold,
@@ -382,6 +387,40 @@ def _faint(pos: np.ndarray, ws: WindowSet) -> dict:
                       "detected": k, "recall": _rate(k, n)})
     return {"faint_windows": int(faint.sum()), "faint_flagged": int(pos[faint].sum()),
             "recall_by_visibility": bands}
+
+
+def misses_by_scratch(pos: np.ndarray, ws: WindowSet, cfg: DarkfieldConfig,
+                      top: int = MISSED_SCRATCHES) -> list[dict]:
+    """The scratches a detector's missed windows lie on, most missed first (``top`` of them):
+    frame, scratch id, whether a chain of points, peak DN, length, width, and how many of the
+    windows on it were missed. Each frame with a miss is rendered again; a scratch window goes to
+    the scratch with most centre-line points within 3 px of its mask pixels (one window can hold
+    two; it counts for the one it holds most of)."""
+    missed = (ws.labels == 1) & ~np.asarray(pos, bool)
+    renderer = DarkfieldRenderer(cfg)
+    rows: dict[tuple[int, int], dict] = {}
+    for seed in np.unique(ws.image_seeds[missed]).tolist():
+        frame = renderer.render(seed)
+        for i in np.flatnonzero((ws.labels == 1) & (ws.image_seeds == seed)):
+            y0, x0 = (int(v) for v in ws.origins[i])
+            side = ws.raw.shape[-1]
+            ys, xs = np.nonzero(frame.mask[y0:y0 + side, x0:x0 + side])
+            near = [int(np.count_nonzero(np.min(
+                (sc.points_px[None, :, 0] - (xs + x0)[:, None]) ** 2
+                + (sc.points_px[None, :, 1] - (ys + y0)[:, None]) ** 2, axis=1) <= 9.0))
+                if len(xs) else 0 for sc in frame.scratches]
+            if not near or max(near) == 0:
+                continue
+            sc = frame.scratches[int(np.argmax(near))]
+            row = rows.setdefault((seed, sc.id), {
+                "frame": seed, "scratch": sc.id, "chain": sc.chain,
+                "peak_dn": round(float(sc.peak_dn), 1), "length_px": round(float(sc.length_px)),
+                "width_px": round(float(sc.width_px), 2), "windows": 0, "missed": 0})
+            row["windows"] += 1
+            row["missed"] += int(missed[i])
+    ranked = sorted((r for r in rows.values() if r["missed"]),
+                    key=lambda r: (-r["missed"], r["frame"], r["scratch"]))
+    return ranked[:top]
 
 
 def _chunked(fn, ws: WindowSet, size: int = 256) -> np.ndarray:
@@ -465,13 +504,22 @@ def describe(results: dict[str, dict]) -> str:
     rows = ["detector | precision | recall | F1 | recall, F1 (frames resampled) | accuracy | "
             "windows | image detection | image false alarms",
             "--- | --- | --- | --- | --- | --- | --- | --- | ---"]
+    notes = []
     for name, r in results.items():
         im = r.get("images") or {}
         frames = r.get("by_frame_ci") or {}
+        missed = r.get("missed_scratches") or []
+        if missed:
+            lost = sum(m["missed"] for m in missed[:3])
+            notes.append(f"{name}: {lost} of its {r['fn']} missed windows lie on "
+                         + "; ".join(f"frame {m['frame']} scratch {m['scratch']} "
+                                     f"({m['peak_dn']:g} DN peak, {m['length_px']} px, "
+                                     f"{'chain' if m['chain'] else 'continuous'}: "
+                                     f"{m['missed']} of {m['windows']})" for m in missed[:3]))
         rows.append(f"{name} | {pct(r['precision'])}{ci(r['precision_ci'])} | "
                     f"{pct(r['recall'])}{ci(r['recall_ci'])} | {pct(r['f1'])}{ci(r['f1_ci'])} | "
                     f"{ci(frames.get('recall')).strip() or '-'}, "
                     f"{ci(frames.get('f1')).strip() or '-'} | "
                     f"{pct(r['accuracy'])} | {r['windows']} | "
                     f"{pct(im.get('detection_rate'))} | {pct(im.get('false_alarm_rate'))}")
-    return "\n".join(rows)
+    return "\n".join(rows + ([""] + notes if notes else []))

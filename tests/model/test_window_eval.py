@@ -27,6 +27,7 @@ from model.window_eval import (
     evaluate_windows,
     heldout_set,
     image_metrics,
+    misses_by_scratch,
     window_metrics,
 )
 
@@ -240,6 +241,29 @@ def test_heldout_sets_visit_every_frame_of_their_split(tmp_path):
     assert again.path == ws.path and np.array_equal(again.raw, ws.raw)
 
 
+def test_missed_windows_are_traced_to_the_scratches_they_lie_on(tmp_path):
+    from edge.sim.darkfield import DarkfieldRenderer
+
+    ws = heldout_set([7, 8, 9, 10, 11], frame_px=512, count=20, cache=tmp_path)
+    scratch = ws.labels == 1
+    assert scratch.sum() >= 3
+    none = misses_by_scratch(scratch, ws, frames_at(512))  # every scratch window found
+    assert none == []
+    rows = misses_by_scratch(np.zeros(len(ws), bool), ws, frames_at(512), top=100)
+    # every scratch window is missed: each is counted once, on a scratch of its own frame
+    assert sum(r["missed"] for r in rows) == sum(r["windows"] for r in rows) == scratch.sum()
+    assert [r["missed"] for r in rows] == sorted((r["missed"] for r in rows), reverse=True)
+    for r in rows:
+        truth = DarkfieldRenderer(frames_at(512)).render(r["frame"]).scratches[r["scratch"]]
+        assert (r["chain"], r["length_px"]) == (truth.chain, round(truth.length_px))
+    # one window found: it leaves its scratch's count of missed windows, not its windows
+    found = np.zeros(len(ws), bool)
+    found[np.flatnonzero(scratch)[0]] = True
+    fewer = misses_by_scratch(found, ws, frames_at(512), top=100)
+    assert sum(r["missed"] for r in fewer) == scratch.sum() - 1
+    assert len(misses_by_scratch(np.zeros(len(ws), bool), ws, frames_at(512), top=1)) == 1
+
+
 def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
     r = evaluate_windows({"fusion_tiny": classifier_onnx}, ["otsu", "gabor"], cache=tmp_path,
                          **TINY)
@@ -259,6 +283,7 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
         assert (im["images"], im["with_scratch"], im["clean"]) == (2, 1, 1), name
         assert im["faint_only_images"] == 0
         if name == "fusion_tiny":
+            assert sum(x["missed"] for x in m["missed_scratches"]) <= m["fn"]
             assert len(im["max_probability"]) == 2
             rows = im["by_threshold"]
             assert [r["threshold"] for r in rows] == [0.5, 0.8, 0.9, 0.95, 0.99, 0.999]
