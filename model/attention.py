@@ -40,10 +40,15 @@ is or is not visible:
 * a local background ``b`` in two steps: a coarse one, the median of the 3 x 3 means of
   8 x 8 blocks around each block (a sorting network of Min and Max), bilinearly back to full
   resolution, which a speck, a shadow or a line touching one or two blocks barely moves; then
-  the 15 x 15 mean (separable, borders averaged over the pixels inside) of the window clipped
-  to that coarse background +- 3 noise sigmas, which follows the haze closely and which dust,
-  shadows and the scratch itself move by a fraction of a sigma. (A plain mean first, as we
-  had, is pulled up by 15 sigmas next to saturated dust, and a scratch there vanished.)
+  the ``background_px`` x ``background_px`` mean (separable, borders averaged over the pixels
+  inside) of the window clipped to that coarse background +- 3 noise sigmas, which follows the
+  haze closely and which dust, shadows and the scratch itself move by a fraction of a sigma.
+  (A plain mean first, as we had, is pulled up by 15 sigmas next to saturated dust, and a
+  scratch there vanished.) The side was 15 px; a faint scratch lies inside the clip, so the
+  mean takes in its own light and lowers its peak by about a fifth for a 3 px wide scratch
+  (its cross-section's integral over the side). 31 px halves that loss; the haze changes over
+  hundreds of pixels, so it is followed as well. Chosen on the validation windows (model card);
+  checkpoints written before the setting existed rebuild with 15.
   Windows must be a multiple of 8 px on each side (the runtime's are 256);
 * the noise sigma there from the camera's model, ``sqrt(read ** 2 + gain * (b - black))``
   (``read_noise_dn``, ``conversion_gain``, ``black_dn`` of the spec: the simulated camera's by
@@ -92,6 +97,7 @@ class FusionSpec:
     black_dn: float = 64.0  # camera noise model at 12 bits, for whiten
     read_noise_dn: float = 2.5
     conversion_gain: float = 0.08  # DN per electron
+    background_px: int = 15  # side of whiten's fine background mean (module docstring)
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,6 +113,10 @@ class FusionSpec:
             problems.append("the noise model needs read_noise_dn > 0, conversion_gain > 0 and "
                             f"black_dn >= 0, got {self.read_noise_dn}, {self.conversion_gain}, "
                             f"{self.black_dn}")
+        if isinstance(self.background_px, bool) or not isinstance(self.background_px, int) \
+                or self.background_px < 3 or self.background_px % 2 == 0:
+            problems.append("background_px is the odd side (3 or more) of the whitening's "
+                            f"background mean, got {self.background_px!r}")
         for name in ("ba", "sa", "ca", "whiten"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -155,15 +165,16 @@ class Whiten(nn.Module):
 
     FULL_SCALE = 4095.0  # 12-bit DN
     BLOCK = 8  # coarse background: median of 3 x 3 block means of this side
-    SIZE = 15  # fine background window, px
     CLIP = 3.0  # sigmas around the coarse background that enter the fine one
 
-    def __init__(self, black_dn: float, read_noise_dn: float, conversion_gain: float):
+    def __init__(self, black_dn: float, read_noise_dn: float, conversion_gain: float,
+                 size: int = 15):
         super().__init__()
         self.black, self.read2, self.gain = black_dn, read_noise_dn ** 2, conversion_gain
+        self.size = size  # fine background window, px
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
-        k, p = self.SIZE, self.SIZE // 2
+        k, p = self.size, self.size // 2
         x = F.avg_pool2d(x, (1, k), 1, (0, p), count_include_pad=False)
         return F.avg_pool2d(x, (k, 1), 1, (p, 0), count_include_pad=False)
 
@@ -260,8 +271,8 @@ class AttentionFusionNet(nn.Module):
         super().__init__()
         self.spec = spec = spec or FusionSpec()
         s = spec.stages
-        self.whiten = (Whiten(spec.black_dn, spec.read_noise_dn, spec.conversion_gain)
-                       if spec.whiten else nn.Identity())
+        self.whiten = (Whiten(spec.black_dn, spec.read_noise_dn, spec.conversion_gain,
+                              spec.background_px) if spec.whiten else nn.Identity())
         stem_in = 2 * spec.in_channels if spec.ba else spec.in_channels
         self.stem = nn.Sequential(_conv_bn(stem_in, s[0], 7, stride=2), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))

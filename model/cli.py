@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_images=args.train_images, val_images=args.val_images,
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
             extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
-            extra_chain_share=args.extra_chain_share,
+            extra_chain_share=args.extra_chain_share, background_px=args.background_px,
             init=args.init or "")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -210,6 +210,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--extra-chain-share", type=share, metavar="S",
                    help="darkfield: share of the extra frames' scratches that are chains of "
                         "points (default: 0.25)")
+    t.add_argument("--background-px", type=int, default=15, metavar="PX",
+                   help="darkfield: odd side of the whitening's background mean (default: 15)")
     t.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same network and spec) with a "
                         "fresh optimiser: fine-tuning")

@@ -51,7 +51,8 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
 * More frames than the paper's: ``extra_train_images`` adds training frames from seed
   :data:`model.windows.EXTRA_TRAIN_SEED` on, so the validation and test frames stay where the
   paper's split puts them; ``init`` starts from another checkpoint's weights (same network and
-  spec) with a fresh optimiser, to fine-tune a run on them. ``extra_peak_dn`` draws those extra
+  spec, up to the whitening's background side) with a fresh optimiser, to fine-tune a run on
+  them. ``extra_peak_dn`` draws those extra
   frames' scratches from another peak range (log-uniform, DN): the misses are scratches near the
   visibility limit, which the test frames' 3-300 DN draws rarely. Only training frames change;
   validation and test frames keep the simulator's own range. ``extra_chain_share`` likewise
@@ -143,6 +144,7 @@ class TrainSettings:
     # darkfield: share of the extra frames' scratches broken into chains of points, when not
     # the simulator's 25 %: chains were two thirds of the validation misses
     extra_chain_share: float | None = None
+    background_px: int = 15  # darkfield: side of the whitening's background mean (model.attention)
     init: str = ""  # a checkpoint of the same network whose weights start the run (fine-tuning)
     lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
 
@@ -153,6 +155,9 @@ class TrainSettings:
         elif self.data == "darkfield" and self.network != "fusion":
             problems.append(f"data 'darkfield' (single dark-field frames) trains the window "
                             f"classifier: network must be 'fusion', got {self.network!r}")
+        if self.background_px != 15 and self.data != "darkfield":
+            problems.append("background_px sets the whitening of single dark-field windows: it "
+                            f"needs data 'darkfield', got {self.data!r}")
         if self.network != "fusion" and not (self.ba and self.sa and self.ca):
             problems.append("ba, sa and ca switch modules of the attention fusion network: "
                             f"they apply to network 'fusion' only, not {self.network!r}")
@@ -202,7 +207,8 @@ class TrainSettings:
         if self.network == "fusion":
             single = self.data == "darkfield"
             return FusionSpec(width=self.width, in_channels=1 if single else 24,
-                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single)
+                              ba=self.ba, sa=self.sa, ca=self.ca, whiten=single,
+                              background_px=self.background_px)
         if self.network == "hybrid":
             return HybridSpec(features=self.features,
                               activation="tanh" if self.loss == "autoencoder" else "sigmoid")
@@ -219,6 +225,20 @@ def build_network(network: str, spec: dict) -> torch.nn.Module:
     if network == "hybrid":
         return HybridNet(HybridSpec(**spec))
     raise CheckpointError(f"unknown network {network!r}")
+
+
+def _same_weights(spec, ckpt: dict) -> bool:
+    """Whether a checkpoint's network has ``spec``'s weights: the same spec, the defaults of
+    settings added since filled in, up to the whitening's background side (a fixed stage,
+    nothing learned: fine-tuning adapts the weights to another)."""
+    try:
+        theirs = type(spec)(**ckpt["spec"]).to_dict()
+    except (TypeError, ValueError):
+        return False
+    ours = spec.to_dict()
+    if isinstance(spec, FusionSpec):
+        theirs.pop("background_px"), ours.pop("background_px")
+    return theirs == ours
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -298,7 +318,7 @@ class Trainer:
         self.model = build_network(settings.network, self.spec.to_dict())
         if settings.init:
             start = load_checkpoint(settings.init)
-            if start["network"] != settings.network or start["spec"] != self.spec.to_dict():
+            if start["network"] != settings.network or not _same_weights(self.spec, start):
                 raise CheckpointError(f"{settings.init}: holds a {start['network']} network "
                                       f"{start['spec']}; --init needs this run's "
                                       f"{settings.network} {self.spec.to_dict()}")

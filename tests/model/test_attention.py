@@ -150,3 +150,23 @@ def test_whitening_is_for_single_frames_and_off_by_default():
     net = AttentionFusionNet(FusionSpec(width=0.125, in_channels=1, whiten=True))
     assert isinstance(net.whiten, Whiten)
     assert not any(True for _ in net.whiten.parameters())  # fixed: nothing to learn
+
+
+def test_a_wider_background_takes_less_of_a_faint_scratchs_own_light():
+    spec = FusionSpec(width=0.125, in_channels=1, whiten=True)
+    x = torch.full((1, 1, 64, 64), 800.0 / 4095)  # noiseless haze
+    col = torch.arange(64.0)
+    line = 3.0 * torch.exp(-0.5 * ((col - 32) / 1.2) ** 2)  # 3 DN peak, 2.8 px FWHM
+    x = x + line / 4095
+    sigma = (spec.read_noise_dn ** 2 + spec.conversion_gain * (800.0 - spec.black_dn)) ** 0.5
+    peak = {}
+    for size in (15, 31):
+        z = Whiten(spec.black_dn, spec.read_noise_dn, spec.conversion_gain, size)(x)
+        # undo asinh(u / 2): the scratch's peak in DN over the background the stage found
+        peak[size] = float(2 * torch.sinh(z[0, 0, 32, 32])) * sigma
+    # the 15 px mean takes in about a fifth of the peak, the 31 px one about a tenth
+    assert 0.75 * 3.0 < peak[15] < 0.85 * 3.0 and 0.87 * 3.0 < peak[31] < 0.93 * 3.0
+    assert FusionSpec(**{"width": 0.125, "in_channels": 1, "whiten": True}).background_px == 15
+    for bad in (14, 1, True):
+        with pytest.raises(ValueError, match="background_px"):
+            FusionSpec(background_px=bad)

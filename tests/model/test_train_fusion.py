@@ -217,6 +217,13 @@ def test_extra_training_frames_come_from_far_seeds_and_init_starts_from_weights(
     with pytest.raises(CheckpointError, match="--init needs"):
         Trainer(tiny(tmp_path, width=0.25, init=str(first / "last.pt")), cfg,
                 tmp_path / "third", progress=False)
+    # the whitening is fixed: a run with another background side starts from the same weights
+    wider = Trainer(tiny(tmp_path, background_px=31, init=str(first / "last.pt")), cfg,
+                    tmp_path / "wider", progress=False)
+    assert wider.spec.background_px == 31 and wider.model.whiten.size == 31
+    assert all(torch.equal(v, start[k]) for k, v in wider.model.state_dict().items())
+    with pytest.raises(ValueError, match="background_px"):
+        TrainSettings(background_px=31)  # six-state windows are not whitened
 
 
 def test_extra_frames_can_draw_fainter_scratches_and_only_they_do(cfg, tmp_path):
