@@ -1,10 +1,10 @@
 """``glass-inspect``: the one command-line entry point, with a subcommand per job.
 
 This module holds the entry point and the head's own commands (run, inspect, preview, config);
-the other packages add theirs (``edge.sim.cli``, ``model.cli``, ``export.cli``,
-``firmware_bridge.cli``). A command parses, calls one library function and reports in words an
-operator understands; every error the library raises for bad input (head file, recording, a
-missing part, arguments) becomes one message on stderr and exit status 2.
+the other packages add theirs (``edge.sim.cli``, ``model.cli``, ``model.train_cli``,
+``export.cli``, ``firmware_bridge.cli``). A command parses, calls one library function and
+reports in words an operator understands; every error the library raises for bad input (head
+file, recording, a missing part, arguments) becomes one message on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -220,11 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     from export.cli import add_commands as export_commands
     from firmware_bridge.cli import add_commands as bridge_commands
     from model.cli import add_commands as model_commands
+    from model.train_cli import add_commands as train_commands
 
     add_commands(sub)
     classify_commands(sub)
     calibration_commands(sub)
     sim_commands(sub)
+    train_commands(sub)
     model_commands(sub)
     export_commands(sub)
     bridge_commands(sub)

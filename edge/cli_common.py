@@ -1,8 +1,8 @@
 """What every package's subcommands share: the head option, argument types, the usage error.
 
 Each package contributes its own subcommands to ``glass-inspect`` (``add_commands(sub)`` in
-``edge.cli``, ``edge.sim.cli``, ``model.cli``, ``export.cli``, ``firmware_bridge.cli``); each
-command parses its arguments and calls one library function.
+``edge.cli``, ``edge.sim.cli``, ``model.cli``, ``model.train_cli``, ``export.cli``,
+``firmware_bridge.cli``); each command parses its arguments and calls one library function.
 """
 
 from __future__ import annotations

@@ -1,0 +1,137 @@
+"""The ``train`` subcommand, for ``glass-inspect`` to register. The work is
+:class:`model.train.Trainer`'s; this parses the settings and reports the best checkpoint.
+
+torch is imported only when training runs, so ``--help`` works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from edge.cli_common import UsageError, head_option, load_head, require, share, whole
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    require("torch", "training", "train")
+    import torch
+
+    from model.train import CheckpointError, Trainer, TrainSettings
+
+    cfg = load_head(args)
+    try:
+        settings = TrainSettings(
+            network=args.network, loss=args.loss, alpha=args.alpha, width=args.width,
+            features=args.features,
+            levels=args.levels, nested=not args.no_nested, epochs=args.epochs,
+            steps_per_epoch=args.steps, batch_size=args.batch, scratch_per_batch=args.scratch,
+            val_patches=args.val_patches, lr=args.lr, seed=args.seed, patch=args.patch,
+            input_compression=args.compress,
+            samples=[str(p) for p in args.samples], window_cache=args.window_cache,
+            window_pool=args.window_pool, data=args.data, ba=not args.no_ba,
+            sa=not args.no_sa, ca=not args.no_ca, frame_px=args.frame_px,
+            train_images=args.train_images, val_images=args.val_images,
+            val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
+            extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
+            extra_chain_share=args.extra_chain_share, background_px=args.background_px,
+            init=args.init or "")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        best = Trainer(settings, cfg, args.out, progress=not args.quiet).run(resume=args.resume)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train", help="train the scratch network (or the window classifier) on simulated or "
+                      "recorded samples",
+        description="Train the glass paper's U-Net with the autoencoder loss (or cross-entropy), "
+                    "or the weak-scratch paper's attention fusion classifier, on 1024 x 1024 RAW "
+                    "patches simulated on the fly or cut from recorded samples, or the "
+                    "classifier on windows of simulated single dark-field frames (--data "
+                    "darkfield; --no-ba/--no-sa/--no-ca for the ablations). Writes last.pt, "
+                    "best.pt, history.json and loss.png into --out; --resume continues. Needs the "
+                    "'train' extra (torch).")
+    head_option(t)
+    t.add_argument("--out", default="runs/unet", metavar="DIR",
+                   help="run folder (default: runs/unet)")
+    t.add_argument("--samples", nargs="*", default=[], metavar="SAMPLE_DIR",
+                   help="recorded samples with masks (default: simulate samples on the fly)")
+    t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="unet",
+                   help="unet: the glass paper's segmentation network (default); fusion: the "
+                        "weak-scratch paper's classifier on 256 x 256 windows; hybrid: the ring "
+                        "light's physics as fixed layers and a small learned head (model.hybrid)")
+    t.add_argument("--loss", choices=("autoencoder", "bce"), default="autoencoder",
+                   help="U-Net and hybrid loss: the paper's autoencoder L2 (default) or "
+                        "cross-entropy")
+    t.add_argument("--alpha", type=share, default=0.7,
+                   help="weight of false positives in the autoencoder loss (default: 0.7)")
+    t.add_argument("--width", type=float, default=0.125,
+                   help="feature-count multiplier; 1 is the paper's network (default: 0.125)")
+    t.add_argument("--features", type=int, default=16,
+                   help="hybrid network: features of the learned head (default: 16)")
+    t.add_argument("--levels", type=int, default=6, choices=(4, 5, 6),
+                   help="encoder levels (default: 6, as in the paper)")
+    t.add_argument("--no-nested", action="store_true", help="own kernels for every convolution")
+    t.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    t.add_argument("--steps", type=int, default=50, help="batches per epoch (default: 50)")
+    t.add_argument("--batch", type=int, default=4, help="patches per batch (default: 4)")
+    t.add_argument("--scratch", type=int, default=1,
+                   help="scratch patches per batch (default: 1, as in the paper)")
+    t.add_argument("--val-patches", type=int, default=16,
+                   help="held-out validation patches, half with scratches (default: 16)")
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    t.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    t.add_argument("--patch", type=int, default=1024,
+                   help="RAW patch side in px (default: 1024, as in the paper)")
+    t.add_argument("--compress", type=float, default=0.0, metavar="K",
+                   help="U-Net input compression log1p(K x) / log1p(K); 0: none (default)")
+    t.add_argument("--window-cache", default="", metavar="DIR",
+                   help="keep the training windows here and cycle over a pool of them, so "
+                        "later epochs and resumed runs render nothing (default: render each)")
+    t.add_argument("--window-pool", type=int, default=2000, metavar="N",
+                   help="windows of each kind in the pool (default: 2000; 3.2 MB each at "
+                        "1024 px)")
+    t.add_argument("--data", choices=("sixstate", "darkfield"), default="sixstate",
+                   help="sixstate: 24-channel RAW stacks of the six LED states (default); "
+                        "darkfield: windows of simulated single dark-field frames, the "
+                        "weak-scratch paper's data (network fusion only; the classifier "
+                        "'glass-inspect classify' runs); --window-cache then keeps its fixed "
+                        "validation windows")
+    t.add_argument("--no-ba", action="store_true",
+                   help="fusion: leave out brightness adjustment (Table III ablations)")
+    t.add_argument("--no-sa", action="store_true", help="fusion: leave out scale attention")
+    t.add_argument("--no-ca", action="store_true", help="fusion: leave out channel attention")
+    t.add_argument("--frame-px", type=int, default=2048,
+                   help="darkfield: side of the simulated frames (default: 2048, the paper's)")
+    t.add_argument("--train-images", type=whole(1), default=80,
+                   help="darkfield: training frames, seeds 0.. (default: 80, the paper's)")
+    t.add_argument("--val-images", type=whole(1), default=12,
+                   help="darkfield: validation frames, the seeds after them (default: 12)")
+    t.add_argument("--val-windows", type=whole(1), default=512,
+                   help="darkfield: windows of the fixed validation set (default: 512)")
+    t.add_argument("--lr-drop-patience", type=int, default=0, metavar="EPOCHS",
+                   help="divide the learning rate by 10 after this many epochs without a "
+                        "lower validation loss (default: 0, never)")
+    t.add_argument("--extra-train-images", type=int, default=0, metavar="N",
+                   help="darkfield: N more training frames beyond the split's, from seed "
+                        "100000 (validation and test frames stay put; default: 0)")
+    t.add_argument("--extra-peak-dn", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="darkfield: scratch peak range of the extra frames, DN (default: 3 300)")
+    t.add_argument("--extra-chain-share", type=share, metavar="S",
+                   help="darkfield: share of the extra frames' scratches that are chains of "
+                        "points (default: 0.25)")
+    t.add_argument("--background-px", type=int, default=15, metavar="PX",
+                   help="darkfield: odd side of the whitening's background mean (default: 15)")
+    t.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (same network and spec) with a "
+                        "fresh optimiser: fine-tuning")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
