@@ -46,9 +46,10 @@ is or is not visible:
   (A plain mean first, as we had, is pulled up by 15 sigmas next to saturated dust, and a
   scratch there vanished.) The side was 15 px; a faint scratch lies inside the clip, so the
   mean takes in its own light and lowers its peak by about a fifth for a 3 px wide scratch
-  (its cross-section's integral over the side). 31 px halves that loss; the haze changes over
-  hundreds of pixels, so it is followed as well. Chosen on the validation windows (model card);
-  checkpoints written before the setting existed rebuild with 15.
+  (its cross-section's integral over the side); 31 px halves that loss, and the haze, which
+  changes over hundreds of pixels, is followed as well. On validation 31 px cut false alarms but
+  found no more scratches, so the shipped classifier keeps 15 (model card), the default, which
+  checkpoints written before the setting existed rebuild with.
   Windows must be a multiple of 8 px on each side (the runtime's are 256);
 * the noise sigma there from the camera's model, ``sqrt(read ** 2 + gain * (b - black))``
   (``read_noise_dn``, ``conversion_gain``, ``black_dn`` of the spec: the simulated camera's by
@@ -74,6 +75,7 @@ keys) rebuilds as the full network it is.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +90,11 @@ ATROUS_RATES = (1, 3, 5)
 
 @dataclass(frozen=True)
 class FusionSpec:
+    # settings of the fixed whitening stage: nothing learned depends on their values, so a
+    # checkpoint's weights can start a run that changes them (model.train's init)
+    FIXED_STAGE: ClassVar[tuple[str, ...]] = ("black_dn", "read_noise_dn", "conversion_gain",
+                                              "background_px")
+
     width: float = 1.0
     in_channels: int = 24
     ba: bool = True  # brightness adjustment (hard attention, eqs. 1-3)

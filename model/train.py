@@ -51,12 +51,12 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
 * More frames than the paper's: ``extra_train_images`` adds training frames from seed
   :data:`model.windows.EXTRA_TRAIN_SEED` on, so the validation and test frames stay where the
   paper's split puts them; ``init`` starts from another checkpoint's weights (same network and
-  spec, up to the whitening's background side) with a fresh optimiser, to fine-tune a run on
-  them. ``extra_peak_dn`` draws those extra
-  frames' scratches from another peak range (log-uniform, DN): the misses are scratches near the
-  visibility limit, which the test frames' 3-300 DN draws rarely. Only training frames change;
-  validation and test frames keep the simulator's own range. ``extra_chain_share`` likewise
-  sets the share of their scratches broken into chains of points.
+  spec, up to the settings of fixed stages such as the whitening's) with a fresh optimiser, to
+  fine-tune a run on them. ``extra_peak_dn`` draws those extra frames' scratches from another
+  peak range (log-uniform, DN): the misses are scratches near the visibility limit, which the
+  test frames' 3-300 DN draws rarely. Only training frames change; validation and test frames
+  keep the simulator's own range. ``extra_chain_share`` likewise sets the share of their
+  scratches broken into chains of points.
 * ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
 """
 
@@ -155,7 +155,7 @@ class TrainSettings:
         elif self.data == "darkfield" and self.network != "fusion":
             problems.append(f"data 'darkfield' (single dark-field frames) trains the window "
                             f"classifier: network must be 'fusion', got {self.network!r}")
-        if self.background_px != 15 and self.data != "darkfield":
+        if self.background_px != FusionSpec.background_px and self.data != "darkfield":
             problems.append("background_px sets the whitening of single dark-field windows: it "
                             f"needs data 'darkfield', got {self.data!r}")
         if self.network != "fusion" and not (self.ba and self.sa and self.ca):
@@ -228,17 +228,16 @@ def build_network(network: str, spec: dict) -> torch.nn.Module:
 
 
 def _same_weights(spec, ckpt: dict) -> bool:
-    """Whether a checkpoint's network has ``spec``'s weights: the same spec, the defaults of
-    settings added since filled in, up to the whitening's background side (a fixed stage,
-    nothing learned: fine-tuning adapts the weights to another)."""
+    """Whether a checkpoint's network has ``spec``'s weights: the same spec, with the defaults
+    of settings added since filled in, up to the settings of fixed stages (``FIXED_STAGE``:
+    nothing learned depends on them, and fine-tuning adapts the weights to new values)."""
     try:
         theirs = type(spec)(**ckpt["spec"]).to_dict()
     except (TypeError, ValueError):
         return False
+    fixed = getattr(spec, "FIXED_STAGE", ())
     ours = spec.to_dict()
-    if isinstance(spec, FusionSpec):
-        theirs.pop("background_px"), ours.pop("background_px")
-    return theirs == ours
+    return all(theirs[k] == ours[k] for k in ours if k not in fixed)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -129,8 +129,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--background-px", type=int, default=15, metavar="PX",
                    help="darkfield: odd side of the whitening's background mean (default: 15)")
     t.add_argument("--init", metavar="CHECKPOINT",
-                   help="start from this checkpoint's weights (same network and spec) with a "
-                        "fresh optimiser: fine-tuning")
+                   help="start from this checkpoint's weights (same network and spec, up to "
+                        "the whitening's settings) with a fresh optimiser: fine-tuning")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -398,12 +398,12 @@ def misses_by_scratch(pos: np.ndarray, ws: WindowSet, cfg: DarkfieldConfig,
     two; it counts for the one it holds most of)."""
     missed = (ws.labels == 1) & ~np.asarray(pos, bool)
     renderer = DarkfieldRenderer(cfg)
+    side = ws.raw.shape[-1]
     rows: dict[tuple[int, int], dict] = {}
     for seed in np.unique(ws.image_seeds[missed]).tolist():
         frame = renderer.render(seed)
         for i in np.flatnonzero((ws.labels == 1) & (ws.image_seeds == seed)):
             y0, x0 = (int(v) for v in ws.origins[i])
-            side = ws.raw.shape[-1]
             ys, xs = np.nonzero(frame.mask[y0:y0 + side, x0:x0 + side])
             near = [int(np.count_nonzero(np.min(
                 (sc.points_px[None, :, 0] - (xs + x0)[:, None]) ** 2

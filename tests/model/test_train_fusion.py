@@ -222,6 +222,12 @@ def test_extra_training_frames_come_from_far_seeds_and_init_starts_from_weights(
                     tmp_path / "wider", progress=False)
     assert wider.spec.background_px == 31 and wider.model.whiten.size == 31
     assert all(torch.equal(v, start[k]) for k, v in wider.model.state_dict().items())
+    # so does a checkpoint whitened with another camera's noise model (a fixed stage too)
+    other = load_checkpoint(first / "last.pt")
+    other["spec"]["read_noise_dn"] = 4.0
+    torch.save(other, tmp_path / "other-camera.pt")
+    Trainer(tiny(tmp_path, init=str(tmp_path / "other-camera.pt")), cfg, tmp_path / "fourth",
+            progress=False)
     with pytest.raises(ValueError, match="background_px"):
         TrainSettings(background_px=31)  # six-state windows are not whitened
 
