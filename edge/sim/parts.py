@@ -129,6 +129,11 @@ class SimGlass:
         """Put ``sample`` on the stage: glass (its ground truth), a calibration target such as
         ``DotGrid()`` or ``ReferencePlate()``, or None (an empty stage); returns it."""
         self.camera.load(sample)
+        if sample is not None and not isinstance(sample, Sample):
+            # a target paints with Numba kernels of its own (edge.sim.targets): render once now,
+            # LEDs dark, so they compile (or load) here and not in the camera's thread while the
+            # head keeps a group lit (a first compile there outlasted the LED watchdog)
+            self.camera.expose((0,), self.cfg.stage.roi_grid.origin_mm)
         return sample
 
     def random(self, seed: int, sample_id: str | None = None) -> Sample:

@@ -201,6 +201,21 @@ def test_the_camera_renders_the_target_at_the_stage_position():
         wiring.close()
 
 
+def test_placing_a_target_renders_it_once_before_any_trigger(cfg):
+    """A target's own kernels compile at placing, not in the camera's thread while the head
+    keeps an LED group lit (the watchdog darkened a group during a first compile); glass,
+    whose kernels the camera compiled when it was made, is not rendered twice."""
+    calls = []
+    fake = types.SimpleNamespace(load=lambda sample: None,
+                                 expose=lambda lit, pos: calls.append((lit, pos)))
+    glass = SimGlass(fake, cfg)
+    glass.place(DotGrid())
+    assert calls == [((0,), cfg.stage.roi_grid.origin_mm)]
+    glass.place(glass.random(3))
+    glass.place(None)
+    assert len(calls) == 1
+
+
 # -- targets ----------------------------------------------------------------------------------
 def test_the_plate_shows_each_groups_true_field():
     cfg = mounted(noise_free_hot=False, rotation_deg=2.0, hot_pixel_fraction=1e-4)
