@@ -57,6 +57,10 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
   test frames' 3-300 DN draws rarely. Only training frames change; validation and test frames
   keep the simulator's own range. ``extra_chain_share`` likewise sets the share of their
   scratches broken into chains of points.
+* ``faint_weight``: the loss weight of scratch windows whose visibility is below
+  :data:`FAINT_WEIGHT_BELOW` (15; the labels' limit is 5), 1 elsewhere. The misses are windows of
+  visibility 5-12; the fainter extra frames give them more examples, this more gradient each.
+  Only the training loss changes: validation and its operating point score every window alike.
 * ``ba``, ``sa``, ``ca``: the Table III ablations (:class:`~model.attention.FusionSpec`).
 """
 
@@ -98,6 +102,7 @@ VALIDATION_SEED_OFFSET = 1_000_003
 DATA = ("sixstate", "darkfield")
 DARKFIELD_PER_IMAGE = 4  # consecutive training windows from one frame (module docstring)
 DARKFIELD_VAL_BATCH = 32
+FAINT_WEIGHT_BELOW = 15.0  # visibility under which faint_weight applies (module docstring)
 
 
 class CheckpointError(ValueError):
@@ -144,6 +149,8 @@ class TrainSettings:
     # darkfield: share of the extra frames' scratches broken into chains of points, when not
     # the simulator's 25 %: chains were two thirds of the validation misses
     extra_chain_share: float | None = None
+    # darkfield: loss weight of scratch windows below FAINT_WEIGHT_BELOW visibility (1: none)
+    faint_weight: float = 1.0
     background_px: int = 15  # darkfield: side of the whitening's background mean (model.attention)
     init: str = ""  # a checkpoint of the same network whose weights start the run (fine-tuning)
     lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
@@ -175,6 +182,11 @@ class TrainSettings:
             problems.append("extra_chain_share is the share (0-1) of the extra training frames' "
                             "scratches broken into chains of points: it needs "
                             f"extra_train_images, got {self.extra_chain_share}")
+        if not (1.0 <= self.faint_weight <= 100.0) or (self.faint_weight != 1.0
+                                                       and self.data != "darkfield"):
+            problems.append("faint_weight weighs faint scratch windows of single dark-field "
+                            "frames in the loss: 1-100 with data 'darkfield', got "
+                            f"{self.faint_weight}")
         for name in ("train_images", "val_images", "val_windows"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -287,12 +299,23 @@ def _decisions(pred: np.ndarray, truth: np.ndarray) -> dict:
             "f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4)}
 
 
-def darkfield_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def darkfield_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over the windows of a batch that are not :data:`FAINT` (a scratch too weak
-    to see, :mod:`model.windows`); zero, with a gradient, for a batch of faint windows only."""
-    seen = labels != FAINT
+    to see, :mod:`model.windows`), each times its weight if given (a weighted mean); zero, with a
+    gradient, for a batch of faint windows only."""
+    seen = (labels != FAINT).to(logits.dtype)
+    if weights is not None:
+        seen = seen * weights
     per = F.binary_cross_entropy_with_logits(logits, labels.clamp_min(0), reduction="none")
-    return (per * seen).sum() / seen.sum().clamp_min(1)
+    return (per * seen).sum() / seen.sum().clamp_min(1)  # weights are at least 1
+
+
+def faint_weights(labels: np.ndarray, visibility: np.ndarray, weight: float) -> np.ndarray:
+    """Loss weights (float32): ``weight`` for a scratch window (label 1) whose visibility is
+    below :data:`FAINT_WEIGHT_BELOW`, 1 for every other window."""
+    faint = (labels == 1) & (visibility < FAINT_WEIGHT_BELOW)
+    return np.where(faint, np.float32(weight), np.float32(1.0)).astype(np.float32)
 
 
 def windows(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,11 +424,12 @@ class Trainer:
                                             self.s.val_windows, self.s.window_cache or None)
         return self._val_windows
 
-    def darkfield_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training batch ``step`` (global): windows and 0/1 labels, flipped (module
-        docstring); a pure function of (settings, step)."""
+    def darkfield_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training batch ``step`` (global): windows, labels (1, 0 or FAINT) and loss weights
+        (``faint_weight``), flipped (module docstring); a pure function of (settings, step)."""
         b = self.s.batch_size
-        x, y = self.sampler.batch(step * b, b)
+        x, y, vis = self.sampler.batch_visibility(step * b, b)
+        w = faint_weights(y, vis, self.s.faint_weight)
         if not self.darkfield.bayer:
             flips = np.random.default_rng([self.s.seed, step, 0xF11B]).random((b, 2)) < 0.5
             for k in range(b):
@@ -413,7 +437,8 @@ class Trainer:
                     x[k] = x[k, :, ::-1, :].copy()  # a copy: source and target share memory
                 if flips[k, 1]:
                     x[k] = x[k, :, :, ::-1].copy()
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.float32))
+        return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.float32)),
+                torch.from_numpy(w))
 
     @property
     def validation(self) -> list[D.Patch]:
@@ -501,8 +526,8 @@ class Trainer:
         for step in bar:
             index = self.epoch * s.steps_per_epoch + step
             if s.data == "darkfield":
-                x, y = self.darkfield_batch(index)
-                loss = darkfield_loss(self.model(x), y)
+                x, y, w = self.darkfield_batch(index)
+                loss = darkfield_loss(self.model(x), y, w)
             else:
                 loss, _ = self.loss(*_tensors(self.sampler.batch(index)))
             if not torch.isfinite(loss):

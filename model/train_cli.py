@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
             extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
             extra_chain_share=args.extra_chain_share, background_px=args.background_px,
-            init=args.init or "")
+            faint_weight=args.faint_weight, init=args.init or "")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
@@ -128,6 +128,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "points (default: 0.25)")
     t.add_argument("--background-px", type=int, default=15, metavar="PX",
                    help="darkfield: odd side of the whitening's background mean (default: 15)")
+    t.add_argument("--faint-weight", type=float, default=1.0, metavar="W",
+                   help="darkfield: loss weight of scratch windows of visibility below 15, the "
+                        "band the classifier misses (default: 1, every window alike)")
     t.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same network and spec, up to "
                         "the whitening's settings) with a fresh optimiser: fine-tuning")

@@ -309,11 +309,18 @@ class WindowSampler:
 
     def batch(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows ``start .. start + count - 1``: (count, 1, W, W) float32 and (count,) int64."""
+        images, labels, _ = self.batch_visibility(start, count)
+        return images, labels
+
+    def batch_visibility(self, start: int, count: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`batch` and the windows' visibility, (count,) float64 (0 for background)."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         items = [self.sample(start + i) for i in range(count)]
         return (np.stack([s.image for s in items]),
-                np.array([s.label for s in items], dtype=np.int64))
+                np.array([s.label for s in items], dtype=np.int64),
+                np.array([s.visibility for s in items], dtype=np.float64))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         index = 0

@@ -14,6 +14,7 @@ from model.train import (  # noqa: E402
     Trainer,
     TrainSettings,
     darkfield_loss,
+    faint_weights,
     load_checkpoint,
     model_from_checkpoint,
 )
@@ -99,10 +100,10 @@ def test_batches_are_a_pure_function_of_seed_and_step(cfg, tmp_path):
     a = Trainer(tiny(tmp_path), cfg, tmp_path / "a", progress=False)
     b = Trainer(tiny(tmp_path), cfg, tmp_path / "b", progress=False)
     c = Trainer(tiny(tmp_path, seed=1), cfg, tmp_path / "c", progress=False)
-    xa, ya = a.darkfield_batch(3)
+    xa, ya, wa = a.darkfield_batch(3)
     b.darkfield_batch(0)  # another access order changes nothing
-    xb, yb = b.darkfield_batch(3)
-    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    xb, yb, wb = b.darkfield_batch(3)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(wa, wb)
     assert xa.shape == (4, 1, 256, 256) and xa.dtype == torch.float32
     assert set(ya.tolist()) <= {0.0, 1.0}
     assert not torch.equal(xa, c.darkfield_batch(3)[0])
@@ -112,7 +113,7 @@ def test_batches_are_a_pure_function_of_seed_and_step(cfg, tmp_path):
 
 def test_flips_keep_the_window_and_its_label(cfg, tmp_path):
     t = Trainer(tiny(tmp_path), cfg, tmp_path, progress=False)
-    x, y = t.darkfield_batch(5)
+    x, y, _ = t.darkfield_batch(5)
     raw, labels = t.sampler.batch(5 * 4, 4)
     assert np.array_equal(y.numpy(), labels.astype(np.float32))
     for got, want in zip(x.numpy(), raw, strict=True):
@@ -169,6 +170,32 @@ def test_faint_windows_are_left_out_of_the_loss():
     loss = darkfield_loss(logits, torch.full((4,), -1.0))
     loss.backward()  # a batch of faint windows only: zero, and still a graph
     assert float(loss) == 0.0 and not logits.grad.any()
+
+
+def test_faint_weight_weighs_visible_scratch_windows_below_15_only():
+    labels = np.array([1, 1, 0, -1, 1])
+    visibility = np.array([6.0, 40.0, 3.0, 2.0, 14.9])
+    assert faint_weights(labels, visibility, 3.0).tolist() == [3.0, 1.0, 1.0, 1.0, 3.0]
+    assert faint_weights(labels, visibility, 1.0).tolist() == [1.0] * 5
+    logits = torch.tensor([-1.0, 2.0, 0.5, 3.0])
+    y = torch.tensor([1.0, 1.0, 0.0, -1.0])
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits[:3], y[:3],
+                                                               reduction="none")
+    w = torch.tensor([3.0, 1.0, 1.0, 1.0])
+    assert torch.allclose(darkfield_loss(logits, y, w), (3 * per[0] + per[1] + per[2]) / 5)
+    assert torch.allclose(darkfield_loss(logits, y, torch.ones(4)), darkfield_loss(logits, y))
+
+
+def test_training_batches_carry_the_faint_weight_of_each_window(cfg, tmp_path):
+    t = Trainer(tiny(tmp_path, faint_weight=4.0), cfg, tmp_path, progress=False)
+    _, y, w = t.darkfield_batch(2)
+    _, labels, vis = t.sampler.batch_visibility(2 * 4, 4)
+    assert np.array_equal(w.numpy(), faint_weights(labels, vis, 4.0))
+    assert np.array_equal(y.numpy(), labels.astype(np.float32))
+    with pytest.raises(ValueError, match="faint_weight"):
+        TrainSettings(faint_weight=2.0)  # six-state data: no visibility to weigh by
+    with pytest.raises(ValueError, match="faint_weight"):
+        tiny(tmp_path, faint_weight=0.5)
 
 
 def test_single_frame_networks_whiten_their_input():
