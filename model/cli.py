@@ -39,6 +39,10 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"details: {out}")
+    if args.plot:
+        from model.window_plot import plot_pr
+
+        print(f"precision-recall curves: {plot_pr(results, args.plot)}")
     return 0
 
 
@@ -148,6 +152,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="also score a traditional detector (repeatable): Otsu's binarisation "
                         "with a line rule, or the Gabor filter bank (model.window_baselines)")
     w.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    w.add_argument("--plot", metavar="FILE.png",
+                   help="also draw each network's precision-recall curve, its operating point "
+                        "and the baselines' points")
     w.add_argument("--windows", type=whole(1), default=1024,
                    help="held-out test windows (default: 1024)")
     w.add_argument("--val-windows", type=whole(1), default=512,

@@ -48,6 +48,12 @@ given by the scratch's visibility (``recall_by_visibility``: matched signal-to-n
 the Gaussian draw puts many windows on one scratch, so a few faint scratches can carry most of
 the misses, and this says which and how faint.
 
+**The curve**: for a network also ``curve``, precision, recall and F1 at window probabilities
+0.05-0.95 and at its operating point (:func:`pr_curve`), and ``glass-inspect evaluate-windows
+--plot`` draws them (:mod:`model.window_plot`). Two networks are compared by their curves: one
+that only weighs its examples differently can reach a better F1 at its own operating point by
+sliding along the same curve, trading recall for precision.
+
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
 """
@@ -88,6 +94,9 @@ BOOTSTRAP = 2000
 IMAGE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
 # matched signal-to-noise bands of scratch windows for recall (model.windows.ROSE_SNR first)
 VISIBILITY_BANDS = (5.0, 8.0, 12.0, 20.0, 50.0)
+# window probabilities of each network's precision-recall curve (``curve``), with its own
+# operating point added
+CURVE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 DEFAULT_BATCH = 16
 MISSED_SCRATCHES = 10  # scratches listed by misses_by_scratch in the results
 DEFAULT_CACHE = Path(os.environ.get("GLASS_INSPECT_CACHE",
@@ -185,6 +194,31 @@ def _frame_bootstrap(pred: np.ndarray, truth: np.ndarray, frames: np.ndarray, bo
         v = num[den > 0] / den[den > 0]
         out[name] = ([round(float(x), 4) for x in np.percentile(v, [2.5, 97.5])]
                      if v.size else None)
+    return out
+
+
+def pr_curve(probability: np.ndarray, labels: np.ndarray,
+             thresholds: Sequence[float] = CURVE_THRESHOLDS) -> list[dict]:
+    """Precision, recall and F1 of ``probability >= t`` for each threshold ``t``: the curve a
+    network's operating point is one point of. Fine-tunings that differ only in how they weigh
+    examples can move along one curve without moving it; their F1 at their own operating
+    points does not tell the two apart, the curve does."""
+    p = np.asarray(probability, np.float64)
+    truth = np.asarray(labels).astype(bool)
+    if p.shape != truth.shape or p.ndim != 1:
+        raise ValueError(f"probabilities and labels must be two vectors of one length, got "
+                         f"{p.shape} and {truth.shape}")
+    out = []
+    for t in sorted(set(float(t) for t in thresholds)):
+        pos = p >= t
+        tp = int((pos & truth).sum())
+        fp = int((pos & ~truth).sum())
+        fn = int((~pos & truth).sum())
+        f1 = _f1(tp, fp, fn)
+        out.append({"threshold": round(t, 4), "precision": _rate(tp, tp + fp),
+                    "recall": _rate(tp, tp + fn),
+                    "f1": None if np.isnan(f1) else round(float(f1), 4),
+                    "tp": tp, "fp": fp, "fn": fn})
     return out
 
 
@@ -336,14 +370,16 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         scores = {}
         for m in nets:
             t = time.perf_counter()
-            pos = np.concatenate([m.positive(test.images(s, s + 256))
-                                  for s in range(0, len(test), 256)])
+            prob = _chunked(m.probability, test)
+            pos = prob >= m.classifier.threshold  # as m.positive decides
             results[m.name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
                                **_faint(pos, test),
                                "missed_scratches": misses_by_scratch(pos, test, cfg),
                                "model": str(m.path),
                                "sha256": m.classifier.identity.get("sha256"),
                                "threshold": m.classifier.threshold,
+                               "curve": pr_curve(prob[seen], truth,
+                                                 (*CURVE_THRESHOLDS, m.classifier.threshold)),
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
             decide[m.name] = m.positive
             scores[m.name] = (m.probability, m.classifier.threshold,

@@ -28,6 +28,7 @@ from model.window_eval import (
     heldout_set,
     image_metrics,
     misses_by_scratch,
+    pr_curve,
     window_metrics,
 )
 
@@ -110,6 +111,18 @@ def test_metrics_without_positives_are_none_not_a_division_by_zero():
     assert m["accuracy"] == 1.0 and m["precision_ci"] is None
     with pytest.raises(ValueError, match="one length"):
         window_metrics(np.zeros(3), np.zeros(4))
+
+
+def test_pr_curve_counts_each_threshold_and_refuses_mismatched_vectors():
+    p = np.array([0.9, 0.6, 0.4, 0.2, 0.7])
+    y = np.array([1, 1, 1, 0, 0])
+    c = {r["threshold"]: r for r in pr_curve(p, y, (0.5, 0.3, 0.5, 0.95))}
+    assert list(c) == [0.3, 0.5, 0.95]  # sorted, each once
+    assert (c[0.3]["tp"], c[0.3]["fp"], c[0.3]["fn"]) == (3, 1, 0)
+    assert (c[0.5]["precision"], c[0.5]["recall"], c[0.5]["f1"]) == (0.6667, 0.6667, 0.6667)
+    assert c[0.95]["precision"] is None and c[0.95]["recall"] == 0.0 and c[0.95]["f1"] == 0.0
+    with pytest.raises(ValueError, match="one length"):
+        pr_curve(p, y[:3])
 
 
 def test_image_metrics():
@@ -284,6 +297,11 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
         assert im["faint_only_images"] == 0
         if name == "fusion_tiny":
             assert sum(x["missed"] for x in m["missed_scratches"]) <= m["fn"]
+            # the operating point is one point of the curve
+            at = [c for c in m["curve"] if c["threshold"] == m["threshold"]]
+            assert [(c["tp"], c["fp"], c["fn"]) for c in at] == [(m["tp"], m["fp"], m["fn"])]
+            found = [c["tp"] for c in m["curve"]]
+            assert found == sorted(found, reverse=True)
             assert len(im["max_probability"]) == 2
             rows = im["by_threshold"]
             assert [r["threshold"] for r in rows] == [0.5, 0.8, 0.9, 0.95, 0.99, 0.999]
@@ -330,8 +348,13 @@ def test_cli_writes_the_json_keyed_by_file_stem(classifier_onnx, tmp_path, capsy
     assert main(["evaluate-windows", str(classifier_onnx), "--baseline", "otsu",
                  "--split", "3", "2", "2", "--frame-px", "512", "--windows", "8",
                  "--val-windows", "8", "--images", "0", "--cache", str(tmp_path / "cache"),
-                 "--threads", "1", "--json", str(out), "-q"]) == 0
+                 "--threads", "1", "--json", str(out), "--plot",
+                 str(tmp_path / "pr.png"), "-q"]) == 0
     data = json.loads(out.read_text())
+    from PIL import Image
+
+    with Image.open(tmp_path / "pr.png") as im:  # a picture, not an empty file
+        assert im.size[0] > 300 and len(im.getcolors(1 << 16)) > 10
     assert list(data) == ["fusion_tiny", "otsu"]
     assert data["fusion_tiny"]["windows"] == 8 and "images" not in data["fusion_tiny"]
     assert "fusion_tiny |" in capsys.readouterr().out
