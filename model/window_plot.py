@@ -34,8 +34,10 @@ def plot_pr(results: dict[str, dict], path: str | Path, title: str = "") -> Path
                 line, = ax.plot([c["recall"] for c in pts], [c["precision"] for c in pts],
                                 "-", lw=1.5, label=name)
                 ax.plot(res["recall"], res["precision"], "o", color=line.get_color(), ms=7)
-            elif res.get("precision") is not None:
-                ax.plot(res["recall"], res["precision"], "s", ms=7, label=f"{name} (baseline)")
+            elif res.get("precision") is not None:  # a baseline, or a network without curve
+                base = bool(res.get("baseline"))
+                ax.plot(res["recall"], res["precision"], "s" if base else "o", ms=7,
+                        label=f"{name} (baseline)" if base else name)
         ax.set_xlabel("recall (scratch windows found)")
         ax.set_ylabel("precision (flagged windows that hold a scratch)")
         ax.set_xlim(0.5, 1.0)
