@@ -155,18 +155,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--plot", metavar="FILE.png",
                    help="also draw each network's precision-recall curve, its operating point "
                         "and the baselines' points")
-    w.add_argument("--windows", type=whole(1), default=1024,
-                   help="held-out test windows (default: 1024)")
+    w.add_argument("--windows", type=whole(1),
+                   help="held-out windows (default: 1024; 4096 with --on development)")
     w.add_argument("--val-windows", type=whole(1), default=512,
                    help="validation windows the baselines are tuned on (default: 512, the "
                         "trainer's validation set)")
     w.add_argument("--images", type=int, metavar="N",
                    help="test frames for the image level, each also rendered scratch-free "
                         "(default: every test frame; 0 skips the image level)")
-    w.add_argument("--on", choices=("test", "validation"), default="test",
-                   help="the frames to evaluate on: the held-out test frames (default), or the "
+    w.add_argument("--on", choices=("test", "validation", "development"), default="test",
+                   help="the frames to evaluate on: the held-out test frames (default); the "
                         "validation frames, to choose a setting such as --region-threshold "
-                        "without looking at the test frames")
+                        "without looking at the test frames; or the 100 development frames "
+                        "(seeds 300-399, no model's training, validation or test frames), to "
+                        "choose between classifiers by their curves")
     w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "

@@ -54,6 +54,12 @@ the misses, and this says which and how faint.
 that only weighs its examples differently can reach a better F1 at its own operating point by
 sliding along the same curve, trading recall for precision.
 
+**Development frames** (``on="development"``): 100 more frames, seeds 300-399
+(:data:`model.windows.DEVELOPMENT_SEEDS`), none a training, validation or test frame, with
+4,096 windows. Twelve validation frames are too few to tell two classifiers apart (a few
+scratches carry most of their misses), and the test frames must not choose; these do, by the
+curves.
+
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
 """
@@ -75,6 +81,8 @@ from tqdm import tqdm
 from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
 from model.evaluate import wilson
 from model.windows import (
+    DEVELOPMENT_SEEDS,
+    DEVELOPMENT_WINDOWS,
     FAINT,
     HELDOUT_WINDOWS,
     WindowSet,
@@ -316,7 +324,7 @@ def open_models(models: dict[str, str | Path], test_seeds: Sequence[int], thread
 # -- the evaluation -------------------------------------------------------------------------
 def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (), *,
                      split: tuple[int, int, int] = (80, 12, 20), frame_px: int = FRAME_PX,
-                     test_windows: int = HELDOUT_WINDOWS,
+                     test_windows: int | None = None,
                      val_windows: int = VALIDATION_WINDOWS, images: int | None = None,
                      cache: str | os.PathLike | None = None, threads: int = 0,
                      batch: int = DEFAULT_BATCH, progress: bool = True,
@@ -325,7 +333,10 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
     on the validation frames instead (the trainer's validation windows), to choose settings
-    such as an image threshold without looking at the test frames."""
+    such as an image threshold without looking at the test frames; ``on="development"`` on the
+    100 development frames (:data:`model.windows.DEVELOPMENT_SEEDS`), to choose between
+    classifiers. ``test_windows``: windows of the evaluated frames (default 1,024, and 4,096
+    on the development frames; on validation frames ``val_windows`` instead)."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -340,9 +351,12 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         cfg = frames_at(frame_px)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
-    if on not in ("test", "validation"):
-        raise WindowEvalError(f"on must be 'test' or 'validation', got {on!r}")
-    frames = seeds.test if on == "test" else seeds.validation
+    frames = {"test": seeds.test, "validation": seeds.validation,
+              "development": DEVELOPMENT_SEEDS}.get(on)
+    if frames is None:
+        raise WindowEvalError(f"on must be 'test', 'validation' or 'development', got {on!r}")
+    if test_windows is None:
+        test_windows = DEVELOPMENT_WINDOWS if on == "development" else HELDOUT_WINDOWS
     images = len(frames) if images is None else images
     if not 0 <= images <= len(frames):
         raise WindowEvalError(f"images must be within 0..{len(frames)} (the {on} frames), got "

@@ -111,6 +111,12 @@ def image_split(first_seed: int = 0, n_train: int = 80, n_validation: int = 12,
 
 
 EXTRA_TRAIN_SEED = 100_000  # far above any split's validation and test seeds
+# frames for choosing between classifiers (model.window_eval, on="development"): none is a
+# training frame, nor a validation or test frame of the paper's split or of the 200-frame test
+# set (seeds 92-291); 4,096 windows of them, since 12 validation frames are too few to tell
+# two classifiers apart
+DEVELOPMENT_SEEDS = tuple(range(300, 400))
+DEVELOPMENT_WINDOWS = 4096
 
 
 def train_seeds(train_images: int = 80, extra_train_images: int = 0) -> tuple[int, ...]:

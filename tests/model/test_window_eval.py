@@ -319,6 +319,20 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
     json.dumps(r)
 
 
+def test_development_frames_are_their_own_seeds(
+        classifier_onnx, tmp_path):
+    r = evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path,
+                         **{**TINY, "test_windows": 100, "images": 0}, on="development")
+    assert r["m"]["set"]["on"] == "development"
+    assert r["m"]["set"]["test_seeds"] == [300, 399]
+    assert r["m"]["windows"] + r["m"]["faint_windows"] == 100
+    with pytest.raises(WindowEvalError, match="images must be within 0..100"):
+        evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path, on="development",
+                         **{**TINY, "images": 101})
+    with pytest.raises(WindowEvalError, match="'development', got 'dev'"):
+        evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path, on="dev", **TINY)
+
+
 def test_a_model_that_saw_the_test_frames_is_refused(classifier_onnx, tmp_path):
     # the model trained on frames 0-2 and validated on 3-4: a 2 / 1 / 2 split tests on 3-4
     with pytest.raises(WindowEvalError, match="trained or validated on frames"):
