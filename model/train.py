@@ -151,7 +151,8 @@ class TrainSettings:
     extra_chain_share: float | None = None
     # darkfield: loss weight of scratch windows below FAINT_WEIGHT_BELOW visibility (1: none)
     faint_weight: float = 1.0
-    background_px: int = 15  # darkfield: side of the whitening's background mean (model.attention)
+    # darkfield: side of the whitening's background mean (model.attention)
+    background_px: int = FusionSpec.background_px
     init: str = ""  # a checkpoint of the same network whose weights start the run (fine-tuning)
     lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
 
@@ -315,7 +316,7 @@ def faint_weights(labels: np.ndarray, visibility: np.ndarray, weight: float) -> 
     """Loss weights (float32): ``weight`` for a scratch window (label 1) whose visibility is
     below :data:`FAINT_WEIGHT_BELOW`, 1 for every other window."""
     faint = (labels == 1) & (visibility < FAINT_WEIGHT_BELOW)
-    return np.where(faint, np.float32(weight), np.float32(1.0)).astype(np.float32)
+    return np.where(faint, weight, 1.0).astype(np.float32)
 
 
 def windows(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -320,7 +320,8 @@ class WindowSampler:
 
     def batch_visibility(self, start: int, count: int
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`batch` and the windows' visibility, (count,) float64 (0 for background)."""
+        """:meth:`batch` and each window's visibility, (count,) float64: the matched
+        signal-to-noise of its scratch-mask pixels, whatever its label."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         items = [self.sample(start + i) for i in range(count)]
