@@ -14,11 +14,12 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
   ``2**bits - 1`` to [0, 1].
 * **Colour.** An RGB image becomes grey by the ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B),
   logged; one whose three channels are equal is read as grey. Alpha is ignored. A Bayer RAW
-  mosaic (``bayer=True``) is classified as its raw values, one channel, not demosaiced: that is
-  what a dark-field camera gives and what the single-frame network sees; a multi-channel file
-  cannot be a mosaic and is refused, and so is one of odd width or height: on an even frame
-  every window origin is even, so every window starts on the same phase of the pattern (what
-  the classifier is trained on).
+  mosaic (``bayer=True``, or a TIFF that says CFA) is not demosaiced: its four colour sites are
+  balanced to one response, each scaled by a gain measured on the frame's own haze
+  (:mod:`edge.mosaic`, which says why), so the network trained on grey frames sees a grey frame
+  at full resolution; the gains go into the results. A multi-channel file cannot be a mosaic
+  and is refused, and so is one of odd width or height: on an even frame every window origin
+  is even, so every window starts on the same phase of the pattern.
 * **Windows.** 256 x 256 px every 128 px (the paper's "redundancy" of 128), the last window of
   each row and column flush with the image's edge, so every pixel is seen and no window is
   padded (:func:`window_origins`). An image needs 256 px on each side.
@@ -62,11 +63,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from edge import mosaic
 from edge.engine.base import Engine, EngineError, open_engine
 from edge.verdict import Status
 
@@ -516,6 +518,7 @@ class ImageResult:
     overlay: Path | None = None
     region_threshold: float | None = None  # None: the window threshold
     weak_regions: int = 0  # regions of positive windows none of which reached region_threshold
+    site_gains: np.ndarray | None = None  # a Bayer mosaic's 2 x 2 site gains (edge.mosaic)
 
     @property
     def windows(self) -> int:
@@ -567,6 +570,8 @@ class ImageResult:
             "threshold": self.threshold,
             "region_threshold": self.region_threshold,
             "weak_regions": self.weak_regions,
+            "site_gains": (None if self.site_gains is None
+                           else [[round(float(g), 4) for g in row] for row in self.site_gains]),
             "positive_windows": [],
             "regions": [g.to_dict(self.mm_per_px) for g in self.regions],
             "overlay": None if self.overlay is None else str(self.overlay),
@@ -644,6 +649,7 @@ class Classifier:
                 f"N x 1 x {WINDOW} x {WINDOW}, one logit per window (N)")
         self.engine = engine
         self.threshold = threshold
+        self.sensor = mosaic.Sensor.from_metadata(engine.metadata)  # Bayer; None: unsaid
         self.batch = min(batch, engine.max_batch)
         self._buf = np.empty((self.batch, 1, WINDOW, WINDOW), spec_in.dtype)
 
@@ -689,6 +695,9 @@ class Classifier:
     def classify(self, frame: Frame, mm_per_px: tuple[float, float] | None = None
                  ) -> ImageResult:
         t0 = time.perf_counter()
+        gains = None
+        if frame.kind == "bayer mosaic":
+            frame, gains = self.balanced(frame)
         ys, xs, logits = self.logits(frame.pixels)
         if not np.all(np.isfinite(logits)):
             raise _fail(frame.path, f"the model gave {int(np.sum(~np.isfinite(logits)))} "
@@ -703,7 +712,25 @@ class Classifier:
                            time.perf_counter() - t0, frame=frame, ys=ys, xs=xs,
                            probability=prob, threshold=self.threshold, regions=regions,
                            mm_per_px=mm_per_px, region_threshold=self.region_threshold,
-                           weak_regions=len(found) - len(regions))
+                           weak_regions=len(found) - len(regions), site_gains=gains)
+
+    def balanced(self, frame: Frame) -> tuple[Frame, np.ndarray]:
+        """A Bayer mosaic with its colour sites balanced to one response (:mod:`edge.mosaic`),
+        and the 2 x 2 gains measured on it."""
+        if self.sensor is None:
+            raise _fail(frame.path, f"is a Bayer mosaic, and the model {self.engine.path.name} "
+                                    "does not say the camera noise model it was trained with "
+                                    "(black_dn, read_noise_dn and conversion_gain in its spec "
+                                    "metadata), which balancing the colour sites needs; "
+                                    "expected a model exported by 'glass-inspect export onnx'")
+        try:
+            gains = mosaic.site_gains(frame.pixels, self.sensor.black)
+        except mosaic.MosaicError as exc:
+            raise _fail(frame.path, str(exc)) from None
+        log.info("%s: Bayer colour sites balanced, gains %s (row by row, brightest 1)",
+                 frame.path, " ".join(f"{g:.3f}" for g in gains.ravel()))
+        pixels = mosaic.balance(frame.pixels, gains, self.sensor)
+        return replace(frame, pixels=pixels, kind="bayer mosaic, colour sites balanced"), gains
 
 
 def classify_inputs(items: Sequence[Input], classifier: Classifier, *,

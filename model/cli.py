@@ -30,7 +30,7 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             models, baselines, split=tuple(args.split), frame_px=args.frame_px,
             test_windows=args.windows, val_windows=args.val_windows,
             images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
-            progress=not args.quiet, on=args.on)
+            progress=not args.quiet, on=args.on, bayer=args.bayer)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -169,6 +169,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "without looking at the test frames; or the 100 development frames "
                         "(seeds 300-399, no model's training, validation or test frames), to "
                         "choose between classifiers by their curves")
+    w.add_argument("--bayer", action="store_true",
+                   help="render every frame as a RAW GRBG Bayer mosaic (its own window sets) "
+                        "and balance its colour sites as 'classify --bayer' does before any "
+                        "detector sees it (default: grey frames)")
     w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "

@@ -60,6 +60,13 @@ sliding along the same curve, trading recall for precision.
 scratches carry most of their misses), and the test frames must not choose; these do, by the
 curves.
 
+**Bayer mosaics** (``bayer=True``, ``--bayer``): every frame rendered as a RAW GRBG mosaic
+(its own window sets: origins on even pixels, visibility from each site's own light) and
+balanced as ``glass-inspect classify`` balances a mosaic (:mod:`edge.mosaic`: gains measured on
+the whole frame, noise matched) before any detector, network or baseline, sees it. The
+simulated camera's noise figures stand in for the model's own (the shipped model was trained
+with them).
+
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
 """
@@ -78,6 +85,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge.mosaic import REFERENCE_FULL_SCALE, MosaicError, Sensor, balance, site_gains
 from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
 from model.evaluate import wilson
 from model.windows import (
@@ -116,14 +124,63 @@ class WindowEvalError(ValueError):
 
 
 def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
-                count: int = HELDOUT_WINDOWS, cache: str | os.PathLike | None = None
-                ) -> WindowSet:
+                count: int = HELDOUT_WINDOWS, cache: str | os.PathLike | None = None,
+                bayer: bool = False) -> WindowSet:
     """The fixed window set of held-out frames (validation or test seeds), rendered once and
-    cached (:func:`model.windows.heldout_windows`); every frame gives about the same share."""
+    cached (:func:`model.windows.heldout_windows`); every frame gives about the same share.
+    ``bayer``: of the frames rendered as RAW mosaics (a set of its own)."""
     seeds = list(image_seeds)
     return heldout_windows(Path(cache) if cache else DEFAULT_CACHE, seeds,
-                           frames_at(frame_px), count=count, seed=HELDOUT_SEED,
-                           per_image=max(1, math.ceil(count / len(seeds))))
+                           replace(frames_at(frame_px), bayer=bayer), count=count,
+                           seed=HELDOUT_SEED, per_image=max(1, math.ceil(count / len(seeds))))
+
+
+def camera_sensor(cfg: DarkfieldConfig) -> Sensor:
+    """The simulated camera's noise model as :mod:`edge.mosaic` takes it (fractions of full
+    scale; its figures are at 12 bits at any depth)."""
+    fs = REFERENCE_FULL_SCALE
+    return Sensor(cfg.dark_offset_dn / fs, cfg.read_noise_dn / fs, cfg.conversion_gain / fs)
+
+
+def balanced_frame(raw: np.ndarray, cfg: DarkfieldConfig) -> np.ndarray:
+    """A RAW Bayer frame as ``glass-inspect classify`` hands it to the network: scaled to
+    [0, 1], its colour sites balanced by gains measured on it (:mod:`edge.mosaic`)."""
+    pixels = raw.astype(np.float32) / np.float32(2 ** cfg.bit_depth - 1)
+    sensor = camera_sensor(cfg)
+    try:
+        return balance(pixels, site_gains(pixels, sensor.black), sensor)
+    except MosaicError as exc:
+        raise WindowEvalError(f"a simulated Bayer frame {exc}") from None
+
+
+class BalancedWindows:
+    """A window set of Bayer mosaics as the runtime sees its windows: each cut from its frame
+    after the whole frame's colour sites were balanced (:func:`balanced_frame`), so the local
+    levels near a window's edge are the frame's, not the window's. The frames are rendered
+    again, one at a time; a set's windows come frame by frame."""
+
+    def __init__(self, ws: WindowSet, cfg: DarkfieldConfig):
+        self.ws, self.cfg = ws, cfg
+        self._renderer = DarkfieldRenderer(cfg)
+        self._seed: int | None = None
+        self._frame: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ws)
+
+    def images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Windows ``start:stop`` as the classifier's input, (n, 1, W, W) float32."""
+        index = range(len(self.ws))[start:stop]
+        side = self.ws.raw.shape[-1]
+        out = np.empty((len(index), 1, side, side), np.float32)
+        for k, i in enumerate(index):
+            seed = int(self.ws.image_seeds[i])
+            if seed != self._seed:
+                self._seed, self._frame = seed, balanced_frame(
+                    self._renderer.render(seed).image, self.cfg)
+            r, c = (int(v) for v in self.ws.origins[i])
+            out[k, 0] = self._frame[r:r + side, c:c + side]
+        return out
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -328,7 +385,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      val_windows: int = VALIDATION_WINDOWS, images: int | None = None,
                      cache: str | os.PathLike | None = None, threads: int = 0,
                      batch: int = DEFAULT_BATCH, progress: bool = True,
-                     on: str = "test") -> dict:
+                     on: str = "test", bayer: bool = False) -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -336,7 +393,9 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     such as an image threshold without looking at the test frames; ``on="development"`` on the
     100 development frames (:data:`model.windows.DEVELOPMENT_SEEDS`), to choose between
     classifiers. ``test_windows``: windows of the evaluated frames (default 1,024, and 4,096
-    on the development frames; on validation frames ``val_windows`` instead)."""
+    on the development frames; on validation frames ``val_windows`` instead). ``bayer``: every
+    frame rendered as a RAW GRBG mosaic and balanced as ``classify`` balances one
+    (:class:`BalancedWindows`), for networks and baselines alike."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -348,7 +407,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = frames_at(frame_px)
+        cfg = replace(frames_at(frame_px), bayer=bool(bayer))
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     frames = {"test": seeds.test, "validation": seeds.validation,
@@ -371,20 +430,22 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         if on == "validation":
             test_windows = val_windows  # the trainer's own validation set
         log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
-        test = heldout_set(frames, frame_px, test_windows, cache)
+        test = heldout_set(frames, frame_px, test_windows, cache, bayer)
+        test_in = BalancedWindows(test, cfg) if bayer else test
         seen = test.labels != FAINT  # scored; faint windows are reported on their own
         truth = test.labels[seen].astype(bool)
         frames_seen = test.image_seeds[seen]
         set_info = {"frame_px": frame_px, "split": list(split), "on": on, "test_seeds":
                     [frames[0], frames[-1]], "window_file": str(test.path),
-                    "windows_seed": HELDOUT_SEED}
+                    "windows_seed": HELDOUT_SEED,
+                    "image": "Bayer mosaic, colour sites balanced" if bayer else "grey"}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
         scores = {}
         for m in nets:
             t = time.perf_counter()
-            prob = _chunked(m.probability, test)
+            prob = _chunked(m.probability, test_in)
             pos = prob >= m.classifier.threshold  # as m.positive decides
             results[m.name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
                                **_faint(pos, test),
@@ -399,13 +460,14 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             scores[m.name] = (m.probability, m.classifier.threshold,
                               m.classifier.region_threshold)
         if baselines:
-            val = heldout_set(seeds.validation, frame_px, val_windows, cache)
+            val = heldout_set(seeds.validation, frame_px, val_windows, cache, bayer)
+            val_in = BalancedWindows(val, cfg) if bayer else val
             for name in dict.fromkeys(baselines):
                 b = make_baseline(name)
                 t = time.perf_counter()
                 val_seen = val.labels != FAINT
-                b.fit_scores(_chunked(b.scores, val)[val_seen], val.labels[val_seen])
-                pos = b.decide(_chunked(b.scores, test))
+                b.fit_scores(_chunked(b.scores, val_in)[val_seen], val.labels[val_seen])
+                pos = b.decide(_chunked(b.scores, test_in))
                 results[name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
                                  **_faint(pos, test),
                                  "baseline": name,
@@ -473,7 +535,7 @@ def misses_by_scratch(pos: np.ndarray, ws: WindowSet, cfg: DarkfieldConfig,
     return ranked[:top]
 
 
-def _chunked(fn, ws: WindowSet, size: int = 256) -> np.ndarray:
+def _chunked(fn, ws: WindowSet | BalancedWindows, size: int = 256) -> np.ndarray:
     """``fn`` over a window set a few hundred windows at a time (float32 windows of a whole
     set would take 256 kB each at once)."""
     return np.concatenate([fn(ws.images(s, s + size)) for s in range(0, len(ws), size)])
@@ -495,7 +557,11 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
     for seed in test_seeds:
         for _, renderer in renderers:
             frame = renderer.render(seed)
-            _, wins, labels = image_windows(frame)
+            origins, wins, labels = image_windows(frame)
+            if cfg.bayer:  # as classify sees a mosaic: the whole frame balanced, then cut
+                pixels = balanced_frame(frame.image, cfg)
+                side = wins.shape[-1]
+                wins = np.stack([pixels[None, r:r + side, c:c + side] for r, c in origins])
             # scratched: a window of it is a visible scratch; None: its only scratches are
             # too faint to see (left out of the rates, counted)
             truth.append(True if (labels == 1).any() else None if (labels == FAINT).any()

@@ -32,9 +32,10 @@ from edge.classify import (
 )
 from edge.cli import main
 from edge.verdict import Status
-from tests.conftest import SHIPPED_MODEL
+from tests.conftest import ROOT, SHIPPED_MODEL
 
 CELL = 128
+FUSION = ROOT / "edge" / "models" / "attention_fusion.onnx"  # the shipped classifier
 
 
 # -- windows ------------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ def test_the_bit_depth_decides_the_scale(model, tmp_path):
     path = tmp_path / "raw12.tif"
     tifffile.imwrite(path, _image(512, 512, cells=[(0, 0)], value=4095, dtype=np.uint16))
     with Classifier.open(model, threads=1) as clf:
-        assert clf.classify(read_image(path, bit_depth=12, bayer=True)).positives == 1
+        assert clf.classify(read_image(path, bit_depth=12)).positives == 1
         # read as 16-bit, 4095 is 6 % of full scale: nothing is bright enough
         assert clf.classify(read_image(path)).positives == 0
         seen = []
@@ -305,6 +306,65 @@ def test_a_model_that_is_not_the_window_classifier_is_refused(tmp_path):
         Classifier.open(SHIPPED_MODEL, threads=1)
     with pytest.raises(ModelError, match=r"nothing.onnx does not exist.*export onnx"):
         resolve_model(tmp_path / "nothing.onnx")
+
+
+# -- Bayer mosaics (edge.mosaic), through the shipped classifier ----------------------------------
+def _sim_frames(folder, seeds, bayer, **over):
+    from dataclasses import replace
+
+    from edge.sim import darkfield_files as dff
+
+    cfg = replace(dff.darkfield_config(512, 12, bayer=bayer), **over)
+    return dff.write_darkfield_frames(folder, seeds, cfg, progress=False)
+
+
+def test_a_bayer_mosaic_is_balanced_and_classified_as_the_same_frame_in_grey(tmp_path):
+    pytest.importorskip("onnxruntime")
+    (grey,) = _sim_frames(tmp_path / "grey", [503], bayer=False)
+    (bayer,) = _sim_frames(tmp_path / "bayer", [503], bayer=True)
+    with Classifier.open(FUSION, threads=1) as clf:
+        g = clf.classify(read_image(grey, bit_depth=12))
+        b = clf.classify(read_image(bayer, bit_depth=12))
+        assert b.frame.kind == "bayer mosaic, colour sites balanced"
+        assert b.site_gains.ravel() == pytest.approx([1.0, 0.6, 0.75, 1.0], abs=0.01)
+        assert g.verdict is b.verdict is Status.FAIL and g.positives == b.positives == 4
+        assert np.abs(g.probability - b.probability).max() < 0.1
+        # the mosaic as it is, unbalanced, is another picture to the network
+        from dataclasses import replace
+
+        raw = clf.classify(replace(read_image(bayer, bit_depth=12), kind="grey"))
+        assert raw.site_gains is None and np.abs(raw.probability - g.probability).max() > 0.4
+
+
+def test_a_mosaic_too_dark_to_balance_is_an_error_and_the_others_go_on(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "shots"
+    (clean,) = _sim_frames(folder, [504], bayer=True, scratch_share=0.0)
+    tifffile.imwrite(folder / "dark.tif", np.full((512, 512), 70, np.uint16))  # 6 DN of haze
+    rc, out, _ = _run([clean, folder / "dark.tif", "--model", FUSION, "--bit-depth", "12",
+                       "--bayer", "--json", tmp_path / "r.json"], capsys)
+    assert rc == 1
+    entries = {e["path"].split("/")[-1]: e for e in json.loads(
+        (tmp_path / "r.json").read_text())["images"]}
+    ok, dark = entries[clean.name], entries["dark.tif"]
+    assert ok["verdict"] == "PASS" and ok["image"] == "bayer mosaic, colour sites balanced"
+    assert sum(ok["site_gains"], []) == pytest.approx([1.0, 0.6, 0.75, 1.0], abs=0.01)
+    assert dark["verdict"] == "ERROR" and dark["site_gains"] is None
+    assert "dark.tif: is too dark to balance its Bayer colour sites" in dark["error"]
+    assert "expected at least 20 DN on every site" in dark["error"]
+    assert "1 PASS, 0 FAIL, 1 ERROR" in out
+
+
+def test_a_mosaic_needs_a_model_that_says_its_camera(model, tmp_path):
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, np.full((256, 256), 900, np.uint16))
+    frame = read_image(path, bit_depth=12, bayer=True)
+    with Classifier.open(model, threads=1) as clf:
+        clf.sensor = None  # as a model exported without the spec's noise figures
+        with pytest.raises(ClassifyError, match=r"m.tif: is a Bayer mosaic, and the model "
+                                                r"fusion.onnx does not say the camera noise "
+                                                r"model it was trained with"):
+            clf.classify(frame)
 
 
 # -- the command line -----------------------------------------------------------------------------

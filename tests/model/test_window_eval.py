@@ -319,6 +319,43 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
     json.dumps(r)
 
 
+def test_bayer_windows_are_cut_from_the_frame_balanced_whole_as_classify_balances_it(tmp_path):
+    from dataclasses import replace
+
+    from edge.mosaic import Sensor, balance, site_gains
+    from edge.sim.darkfield import DarkfieldRenderer
+    from model.window_eval import BalancedWindows, camera_sensor
+
+    ws = heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path, bayer=True)
+    assert ws.path != heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path).path
+    assert np.all(ws.origins % 2 == 0)
+    cfg = replace(frames_at(512), bayer=True)
+    sensor = camera_sensor(cfg)
+    assert sensor == Sensor(64 / 4095, 2.5 / 4095, 0.08 / 4095)  # the shipped model's spec
+    view = BalancedWindows(ws, cfg)
+    got = view.images(1, 5)
+    assert got.shape == (4, 1, 256, 256) and len(view) == 6
+    for k, i in enumerate(range(1, 5)):
+        raw = DarkfieldRenderer(cfg).render(int(ws.image_seeds[i])).image
+        r, c = ws.origins[i]
+        assert np.array_equal(raw[r:r + 256, c:c + 256], ws.raw[i])  # the set's own window
+        pixels = raw.astype(np.float32) / 4095
+        whole = balance(pixels, site_gains(pixels, sensor.black), sensor)
+        assert np.array_equal(got[k, 0], whole[r:r + 256, c:c + 256])
+
+
+def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
+    r = evaluate_windows({"m": classifier_onnx}, ["gabor"], cache=tmp_path, bayer=True,
+                         **{**TINY, "test_windows": 8})
+    for m in r.values():
+        assert m["set"]["image"] == "Bayer mosaic, colour sites balanced"
+        assert m["windows"] + m["faint_windows"] == 8
+        assert m["images"]["grid_windows"]["windows"] + \
+            m["images"]["grid_windows"]["faint_windows"] == 2 * 9
+    assert evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path,
+                            **{**TINY, "images": 0})["m"]["set"]["image"] == "grey"
+
+
 def test_development_frames_are_their_own_seeds(
         classifier_onnx, tmp_path):
     r = evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path,
