@@ -7,11 +7,15 @@ is the engine alone on the same number of windows already cut (``infer_windows_p
 ``ratio`` = classify / engine-alone says what the reading, cutting and merging cost on top of
 the network.
 
+``--bayer``: the frames are RAW GRBG mosaics, and classify balances their colour sites first
+(:mod:`edge.mosaic`), which the ratio then includes.
+
 The network is ``--model`` (default: the shipped ``attention_fusion.onnx``); without one, an
 untrained classifier of ``--width`` is exported first (needs torch): throughput does not
 depend on the weights.
 
     python benchmarks/classify.py [--model FILE.onnx] [--images 4] [--threads 2] [--batch 8]
+                                  [--bayer]
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--bayer", action="store_true", help="Bayer mosaics instead of grey frames")
     ap.add_argument("--width", type=float, default=0.25,
                     help="width of the untrained stand-in, when no model is there")
     args = ap.parse_args()
@@ -67,13 +72,15 @@ def main() -> None:
         images.mkdir()
         for k in range(args.images):
             # the held-out test frames (seeds 92.., model.windows.image_split): never trained on
-            frame = render_darkfield(92 + k, DarkfieldConfig(shape=(2048, 2048), bit_depth=12))
+            frame = render_darkfield(92 + k, DarkfieldConfig(shape=(2048, 2048), bit_depth=12,
+                                                             bayer=args.bayer))
             tifffile.imwrite(images / f"frame{k}.tif", frame.image)
         with Classifier.open(model, batch=args.batch, threads=args.threads) as clf:
             # 12-bit data in 16-bit words, as a camera writes it: the depth must be said
-            list(classify_paths([images / "frame0.tif"], clf, bit_depth=12))  # warm
+            list(classify_paths([images / "frame0.tif"], clf, bit_depth=12,
+                                bayer=args.bayer))  # warm (and the balance kernel compiled)
             t = time.perf_counter()
-            results = list(classify_paths([images], clf, bit_depth=12))
+            results = list(classify_paths([images], clf, bit_depth=12, bayer=args.bayer))
             classify_s = time.perf_counter() - t
             windows = sum(r.windows for r in results)
             batch = np.random.default_rng(0).random((args.batch, 1, 256, 256), np.float32)
@@ -83,7 +90,8 @@ def main() -> None:
             infer_s = time.perf_counter() - t
     print(json.dumps({
         "model": "untrained stand-in" if stand_in else model.name,
-        "images": len(results), "windows": windows, "threads": args.threads,
+        "images": len(results), "bayer": args.bayer, "windows": windows,
+        "threads": args.threads,
         "batch": args.batch,
         "classify_windows_per_s": round(windows / classify_s, 1),
         "infer_windows_per_s": round(windows / infer_s, 1),

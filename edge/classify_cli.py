@@ -124,8 +124,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "the image (default: the model's own, chosen on validation images; "
                         "else --threshold). Weak regions are reported, not failed")
     c.add_argument("--bayer", action="store_true",
-                   help="the images are Bayer RAW mosaics: classify the raw sensor values as "
-                        "one channel (no demosaicing); a multi-channel file is an error")
+                   help="the images are Bayer RAW mosaics (a TIFF that says CFA is one "
+                        "anyway): not demosaiced; each of the four colour sites is scaled to "
+                        "one response by a gain measured on the frame's haze, its noise "
+                        "matched, as the grey-trained network expects (the gains go into the "
+                        "JSON); a frame too dark to measure them, or a multi-channel file, is "
+                        "an error")
     c.add_argument("--bit-depth", type=whole(1, 16), metavar="BITS",
                    help="bits of the data (default: the file's, 8 or 16): 12-bit camera data "
                         "stored in 16-bit words needs --bit-depth 12 (files with fewer bits, "

@@ -50,6 +50,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 REFERENCE_FULL_SCALE = 4095.0  # the model's DN figures are at 12 bits (model.attention)
@@ -105,7 +106,9 @@ def site_gains(pixels: np.ndarray, black: float) -> np.ndarray:
     if pixels.ndim != 2 or pixels.shape[0] % 2 or pixels.shape[1] % 2:
         raise MosaicError(f"a Bayer mosaic needs an even height and width, got "
                           f"{' x '.join(map(str, pixels.shape))}")
-    levels = np.array([float(np.median(s)) - black for s in sites(pixels)])
+    # every other row and column of each site: a quarter of its pixels, as good a median of a
+    # smooth haze, four times faster
+    levels = np.array([float(np.median(s[::2, ::2])) - black for s in sites(pixels)])
     low = MIN_LEVEL_DN / REFERENCE_FULL_SCALE
     if not np.all(np.isfinite(levels)) or levels.min() < low:
         dn = ", ".join(f"{v * REFERENCE_FULL_SCALE:.1f}" for v in levels)
@@ -136,18 +139,50 @@ def box_mean(plane: np.ndarray, size: int = LEVEL_PX) -> np.ndarray:
 
 def balance(pixels: np.ndarray, gains: np.ndarray, sensor: Sensor) -> np.ndarray:
     """``pixels`` (H x W, [0, 1]) with every site brought to gain 1, noise matched (module
-    docstring): a new float32 array of the same shape."""
-    out = np.array(pixels, dtype=np.float32, copy=True)
-    black = np.float32(sensor.black)
+    docstring): a new float32 array of the same shape. The local level is :func:`box_mean`'s,
+    computed by running sums in a Numba kernel."""
+    src = np.asarray(pixels, dtype=np.float32)
+    out = np.array(src, copy=True)
     for (r, c), g in np.ndenumerate(np.asarray(gains, np.float32)):
-        if g == 1.0:
-            continue
-        plane = out[r::2, c::2]
-        level = box_mean(plane)
-        above = level - black
-        ratio = sensor.sigma(above / g) / sensor.sigma(above)
-        saturated = plane >= 1.0
-        plane[...] = black + above / g + (plane - level) * ratio
-        plane[saturated] = 1.0
+        if g != 1.0:
+            _balance_plane(src[r::2, c::2], out[r::2, c::2], float(g), float(sensor.black),
+                           float(sensor.read ** 2), float(sensor.gain), LEVEL_PX // 2)
     np.minimum(out, np.float32(1.0), out=out)
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _balance_plane(src, dst, g, black, read2, k, half):  # pragma: no cover - compiled
+    """One site's plane ``src`` balanced into ``dst``: its level is the mean of the square of
+    side ``2 half + 1`` around each pixel (borders over the pixels inside), by running sums row
+    by row: a column sum per column, then a running sum along the row."""
+    h, w = src.shape
+    cols = np.zeros(w, np.float64)  # column sums over the rows of row i's square
+    for i in range(min(half + 1, h)):
+        for j in range(w):
+            cols[j] += src[i, j]
+    for i in range(h):
+        n_rows = min(i + half, h - 1) - max(i - half, 0) + 1
+        s = 0.0
+        for j in range(min(half + 1, w)):
+            s += cols[j]
+        for j in range(w):
+            n = n_rows * (min(j + half, w - 1) - max(j - half, 0) + 1)
+            level = s / n
+            if j + 1 + half < w:
+                s += cols[j + 1 + half]
+            if j - half >= 0:
+                s -= cols[j - half]
+            v = src[i, j]
+            if v >= 1.0:
+                continue  # saturated stays saturated (dst holds the copy)
+            above = level - black
+            ratio = (math.sqrt(read2 + k * max(above / g, 0.0))
+                     / math.sqrt(read2 + k * max(above, 0.0)))
+            dst[i, j] = black + above / g + (v - level) * ratio
+        if i + 1 + half < h:
+            for j in range(w):
+                cols[j] += src[i + 1 + half, j]
+        if i - half >= 0:
+            for j in range(w):
+                cols[j] -= src[i - half, j]

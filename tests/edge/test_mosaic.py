@@ -112,6 +112,30 @@ def test_box_mean_is_the_mean_of_the_pixels_inside_the_square(shape, size):
     assert box_mean(plane, size) == pytest.approx(expected, abs=1e-6)
 
 
+def _reference_balance(pixels, gains, sensor):
+    """The balance written plainly: numpy, box_mean, the module docstring's formula."""
+    out = pixels.astype(np.float64)
+    for (r, c), g in np.ndenumerate(gains):
+        plane = pixels[r::2, c::2].astype(np.float64)
+        level = box_mean(plane).astype(np.float64)
+        above = level - sensor.black
+        ratio = (np.sqrt(sensor.read ** 2 + sensor.gain * np.maximum(above / g, 0))
+                 / np.sqrt(sensor.read ** 2 + sensor.gain * np.maximum(above, 0)))
+        out[r::2, c::2] = np.where(plane >= 1.0, 1.0, sensor.black + above / g
+                                   + (plane - level) * ratio)
+    return np.minimum(out, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (30, 46), (8, 40), (2, 2)])
+def test_the_kernel_balances_as_the_plain_formula_does(shape):
+    pix = _flat_mosaic(300, shape=shape, seed=sum(shape))
+    pix[0, 1] = 1.0  # saturated
+    pix[-1, -2] = 0.95
+    gains = np.array([[0.98, 0.6], [0.75, 1.0]], np.float32)
+    got = balance(pix, gains, CAMERA)
+    assert got == pytest.approx(_reference_balance(pix, gains, CAMERA), abs=2e-6)
+
+
 def test_the_sensor_comes_from_a_models_spec_or_not_at_all():
     spec = {"black_dn": 64.0, "read_noise_dn": 2.5, "conversion_gain": 0.08, "width": 0.25}
     s = Sensor.from_metadata({"spec": json.dumps(spec)})
