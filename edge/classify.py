@@ -20,6 +20,11 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
   at full resolution; the gains go into the results. A multi-channel file cannot be a mosaic
   and is refused, and so is one of odd width or height: on an even frame every window origin
   is even, so every window starts on the same phase of the pattern.
+* **Noise.** The network works in the noise units of its camera model, and a frame a few per
+  cent noisier floods it with false windows (an 8-bit file's quantisation is such noise).
+  Each frame's noise is measured against the model's camera and, when off by more than 3.5 %
+  from the training frames', matched to them; far off (outside 0.5-2 times) the image is an
+  ERROR (:mod:`edge.noise`). The ratio goes into the results.
 * **Windows.** 256 x 256 px every 128 px (the paper's "redundancy" of 128), the last window of
   each row and column flush with the image's edge, so every pixel is seen and no window is
   padded (:func:`window_origins`). An image needs 256 px on each side.
@@ -68,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import mosaic
+from edge import mosaic, noise
 from edge.engine.base import Engine, EngineError, open_engine
 from edge.verdict import Status
 
@@ -519,6 +524,8 @@ class ImageResult:
     region_threshold: float | None = None  # None: the window threshold
     weak_regions: int = 0  # regions of positive windows none of which reached region_threshold
     site_gains: np.ndarray | None = None  # a Bayer mosaic's 2 x 2 site gains (edge.mosaic)
+    noise_ratio: float | None = None  # the frame's noise over the model's camera (edge.noise)
+    noise_matched: bool = False  # whether the frame's noise was matched to the model's
 
     @property
     def windows(self) -> int:
@@ -572,6 +579,8 @@ class ImageResult:
             "weak_regions": self.weak_regions,
             "site_gains": (None if self.site_gains is None
                            else [[round(float(g), 4) for g in row] for row in self.site_gains]),
+            "noise_ratio": None if self.noise_ratio is None else round(self.noise_ratio, 4),
+            "noise_matched": self.noise_matched,
             "positive_windows": [],
             "regions": [g.to_dict(self.mm_per_px) for g in self.regions],
             "overlay": None if self.overlay is None else str(self.overlay),
@@ -649,7 +658,8 @@ class Classifier:
                 f"N x 1 x {WINDOW} x {WINDOW}, one logit per window (N)")
         self.engine = engine
         self.threshold = threshold
-        self.sensor = mosaic.Sensor.from_metadata(engine.metadata)  # Bayer; None: unsaid
+        self.sensor = noise.Sensor.from_metadata(engine.metadata)  # None: unsaid
+        self.noise_units = noise.works_in_noise_units(engine.metadata)
         self.batch = min(batch, engine.max_batch)
         self._buf = np.empty((self.batch, 1, WINDOW, WINDOW), spec_in.dtype)
 
@@ -698,6 +708,7 @@ class Classifier:
         gains = None
         if frame.kind == "bayer mosaic":
             frame, gains = self.balanced(frame)
+        frame, ratio, matched = self.noise_matched(frame)
         ys, xs, logits = self.logits(frame.pixels)
         if not np.all(np.isfinite(logits)):
             raise _fail(frame.path, f"the model gave {int(np.sum(~np.isfinite(logits)))} "
@@ -712,7 +723,25 @@ class Classifier:
                            time.perf_counter() - t0, frame=frame, ys=ys, xs=xs,
                            probability=prob, threshold=self.threshold, regions=regions,
                            mm_per_px=mm_per_px, region_threshold=self.region_threshold,
-                           weak_regions=len(found) - len(regions), site_gains=gains)
+                           weak_regions=len(found) - len(regions), site_gains=gains,
+                           noise_ratio=ratio, noise_matched=matched)
+
+    def noise_matched(self, frame: Frame) -> tuple[Frame, float | None, bool]:
+        """The frame with its noise matched to the model's camera when it is off by more than
+        the tolerance (:mod:`edge.noise`), its noise ratio and whether it was matched; a model
+        that does not say its camera, or does not work in its noise units, leaves the frame as
+        it is (ratio None)."""
+        if self.sensor is None or not self.noise_units:
+            return frame, None, False
+        try:
+            ratio = noise.noise_ratio(frame.pixels, self.sensor)
+            if not noise.check(ratio):
+                return frame, ratio, False
+        except noise.NoiseError as exc:
+            raise _fail(frame.path, str(exc)) from None
+        log.info("%s: noise %.2f times the classifier's camera model: matched to it",
+                 frame.path, ratio)
+        return replace(frame, pixels=noise.match(frame.pixels, ratio, self.sensor)), ratio, True
 
     def balanced(self, frame: Frame) -> tuple[Frame, np.ndarray]:
         """A Bayer mosaic with its colour sites balanced to one response (:mod:`edge.mosaic`),

@@ -46,51 +46,17 @@ Choices:
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-
-import numba as nb
 import numpy as np
 
-REFERENCE_FULL_SCALE = 4095.0  # the model's DN figures are at 12 bits (model.attention)
+from edge.kernels.local_level import rescale_plane
+from edge.noise import REFERENCE_FULL_SCALE, Sensor
+
 MIN_LEVEL_DN = 20.0  # at 12 bits; see the module docstring
 LEVEL_PX = 15  # side of a site's local level, in pixels of its plane (30 px of the frame)
 
 
 class MosaicError(ValueError):
     """A mosaic whose colour sites cannot be balanced; the message says why."""
-
-
-@dataclass(frozen=True)
-class Sensor:
-    """The camera's noise model as fractions of full scale: ``black`` level, ``read`` noise
-    sigma, and ``gain``, the variance added per unit of signal above black (the conversion gain
-    in DN per electron, over full scale)."""
-
-    black: float
-    read: float
-    gain: float
-
-    @classmethod
-    def from_metadata(cls, metadata: dict) -> Sensor | None:
-        """The figures a classifier was trained with, from its ``spec`` metadata (``black_dn``,
-        ``read_noise_dn``, ``conversion_gain`` at 12 bits); None when it does not say them all."""
-        try:
-            spec = json.loads(metadata.get("spec") or "{}")
-            black, read, k = (float(spec[n]) for n in ("black_dn", "read_noise_dn",
-                                                        "conversion_gain"))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None
-        if not (math.isfinite(black) and 0.0 <= black < REFERENCE_FULL_SCALE
-                and math.isfinite(read) and read > 0 and math.isfinite(k) and k > 0):
-            return None
-        fs = REFERENCE_FULL_SCALE
-        return cls(black / fs, read / fs, k / fs)
-
-    def sigma(self, level: np.ndarray) -> np.ndarray:
-        """Noise sigma at ``level`` above black (clamped at 0), same scale."""
-        return np.sqrt(np.float32(self.read ** 2) + np.float32(self.gain) * np.maximum(level, 0))
 
 
 def sites(pixels: np.ndarray) -> list[np.ndarray]:
@@ -119,70 +85,14 @@ def site_gains(pixels: np.ndarray, black: float) -> np.ndarray:
     return (levels / levels.max()).reshape(2, 2).astype(np.float32)
 
 
-def box_mean(plane: np.ndarray, size: int = LEVEL_PX) -> np.ndarray:
-    """Mean over the ``size`` x ``size`` square around each pixel, near the borders over the
-    pixels inside (float32, the plane's shape)."""
-    out = plane.astype(np.float64)
-    half = size // 2
-    for axis in (0, 1):
-        n = out.shape[axis]
-        c = np.cumsum(out, axis=axis)
-        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-        hi = np.minimum(np.arange(n) + half + 1, n)
-        lo = np.maximum(np.arange(n) - half, 0)
-        count = (hi - lo).astype(np.float64)
-        shape = [1, 1]
-        shape[axis] = n
-        out = (np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis)) / count.reshape(shape)
-    return out.astype(np.float32)
-
-
 def balance(pixels: np.ndarray, gains: np.ndarray, sensor: Sensor) -> np.ndarray:
     """``pixels`` (H x W, [0, 1]) with every site brought to gain 1, noise matched (module
-    docstring): a new float32 array of the same shape. The local level is :func:`box_mean`'s,
-    computed by running sums in a Numba kernel."""
+    docstring): a new float32 array of the same shape."""
     src = np.asarray(pixels, dtype=np.float32)
     out = np.array(src, copy=True)
     for (r, c), g in np.ndenumerate(np.asarray(gains, np.float32)):
         if g != 1.0:
-            _balance_plane(src[r::2, c::2], out[r::2, c::2], float(g), float(sensor.black),
-                           float(sensor.read ** 2), float(sensor.gain), LEVEL_PX // 2)
+            rescale_plane(src[r::2, c::2], out[r::2, c::2], float(g), float(sensor.black),
+                          float(sensor.read ** 2), float(sensor.gain), LEVEL_PX // 2, 1.0)
     np.minimum(out, np.float32(1.0), out=out)
     return out
-
-
-@nb.njit(cache=True, nogil=True)
-def _balance_plane(src, dst, g, black, read2, k, half):  # pragma: no cover - compiled
-    """One site's plane ``src`` balanced into ``dst``: its level is the mean of the square of
-    side ``2 half + 1`` around each pixel (borders over the pixels inside), by running sums row
-    by row: a column sum per column, then a running sum along the row."""
-    h, w = src.shape
-    cols = np.zeros(w, np.float64)  # column sums over the rows of row i's square
-    for i in range(min(half + 1, h)):
-        for j in range(w):
-            cols[j] += src[i, j]
-    for i in range(h):
-        n_rows = min(i + half, h - 1) - max(i - half, 0) + 1
-        s = 0.0
-        for j in range(min(half + 1, w)):
-            s += cols[j]
-        for j in range(w):
-            n = n_rows * (min(j + half, w - 1) - max(j - half, 0) + 1)
-            level = s / n
-            if j + 1 + half < w:
-                s += cols[j + 1 + half]
-            if j - half >= 0:
-                s -= cols[j - half]
-            v = src[i, j]
-            if v >= 1.0:
-                continue  # saturated stays saturated (dst holds the copy)
-            above = level - black
-            ratio = (math.sqrt(read2 + k * max(above / g, 0.0))
-                     / math.sqrt(read2 + k * max(above, 0.0)))
-            dst[i, j] = black + above / g + (v - level) * ratio
-        if i + 1 + half < h:
-            for j in range(w):
-                cols[j] += src[i + 1 + half, j]
-        if i - half >= 0:
-            for j in range(w):
-                cols[j] -= src[i - half, j]

@@ -67,6 +67,10 @@ the whole frame, noise matched) before any detector, network or baseline, sees i
 simulated camera's noise figures stand in for the model's own (the shipped model was trained
 with them).
 
+**Noise**: ``classify`` matches a frame's noise to the model's camera when it is off
+(:mod:`edge.noise`); every simulated frame lies within that check's tolerance, so the windows
+go to the networks as they are.
+
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
 """
@@ -85,7 +89,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.mosaic import REFERENCE_FULL_SCALE, MosaicError, Sensor, balance, site_gains
+from edge.mosaic import MosaicError, balance, site_gains
+from edge.noise import REFERENCE_FULL_SCALE, Sensor
 from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
 from model.evaluate import wilson
 from model.windows import (

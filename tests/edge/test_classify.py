@@ -329,11 +329,30 @@ def test_a_bayer_mosaic_is_balanced_and_classified_as_the_same_frame_in_grey(tmp
         assert b.site_gains.ravel() == pytest.approx([1.0, 0.6, 0.75, 1.0], abs=0.01)
         assert g.verdict is b.verdict is Status.FAIL and g.positives == b.positives == 4
         assert np.abs(g.probability - b.probability).max() < 0.1
-        # the mosaic as it is, unbalanced, is another picture to the network
+        assert g.noise_ratio == pytest.approx(1.02, abs=0.02) and not g.noise_matched
+        assert b.noise_ratio == pytest.approx(1.02, abs=0.03) and not b.noise_matched
+        # the mosaic as it is, unbalanced, would be another picture to the network: its
+        # checkerboard reads as noise far above the camera's
         from dataclasses import replace
 
-        raw = clf.classify(replace(read_image(bayer, bit_depth=12), kind="grey"))
-        assert raw.site_gains is None and np.abs(raw.probability - g.probability).max() > 0.4
+        with pytest.raises(ClassifyError, match=r"has noise \d+\.\d+ times the camera model "
+                                                r".*a Bayer mosaic read as grey \(--bayer\)"):
+            clf.classify(replace(read_image(bayer, bit_depth=12), kind="grey"))
+
+
+def test_an_eight_bit_frame_is_matched_to_the_cameras_noise_and_passes_clean(tmp_path):
+    pytest.importorskip("onnxruntime")
+    (clean,) = _sim_frames(tmp_path, [503], bayer=False, scratch_share=0.0, bit_depth=8)
+    frame = read_image(clean)
+    assert frame.bit_depth == 8
+    with Classifier.open(FUSION, threads=1) as clf:
+        r = clf.classify(frame)
+        # 16 DN steps at 12 bits: about 15 % more noise than the camera the model knows
+        assert r.noise_matched and 1.1 < r.noise_ratio < 1.3
+        assert r.verdict is Status.PASS and r.to_dict()["noise_matched"] is True
+        clf.noise_units = False  # unmatched, the steps read as texture: windows everywhere
+        unmatched = clf.classify(frame)
+        assert unmatched.verdict is Status.FAIL and unmatched.positives > r.positives + 2
 
 
 def test_a_mosaic_too_dark_to_balance_is_an_error_and_the_others_go_on(tmp_path, capsys):

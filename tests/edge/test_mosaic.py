@@ -1,20 +1,17 @@
 """``edge.mosaic``: a Bayer mosaic's colour sites balanced to one response, noise matched."""
 
-import json
-
 import numpy as np
 import pytest
 
+from edge.kernels.local_level import box_mean
 from edge.mosaic import (
     MIN_LEVEL_DN,
-    REFERENCE_FULL_SCALE,
     MosaicError,
-    Sensor,
     balance,
-    box_mean,
     site_gains,
     sites,
 )
+from edge.noise import REFERENCE_FULL_SCALE, Sensor
 
 FS = REFERENCE_FULL_SCALE
 CAMERA = Sensor(64 / FS, 2.5 / FS, 0.08 / FS)  # the simulated camera's figures
@@ -134,14 +131,3 @@ def test_the_kernel_balances_as_the_plain_formula_does(shape):
     gains = np.array([[0.98, 0.6], [0.75, 1.0]], np.float32)
     got = balance(pix, gains, CAMERA)
     assert got == pytest.approx(_reference_balance(pix, gains, CAMERA), abs=2e-6)
-
-
-def test_the_sensor_comes_from_a_models_spec_or_not_at_all():
-    spec = {"black_dn": 64.0, "read_noise_dn": 2.5, "conversion_gain": 0.08, "width": 0.25}
-    s = Sensor.from_metadata({"spec": json.dumps(spec)})
-    assert (s.black, s.read, s.gain) == pytest.approx((64 / FS, 2.5 / FS, 0.08 / FS))
-    for meta in ({}, {"spec": "{"}, {"spec": "[]"}, {"spec": json.dumps({"black_dn": 64.0})},
-                 {"spec": json.dumps({**spec, "read_noise_dn": -1})},
-                 {"spec": json.dumps({**spec, "black_dn": "x"})},
-                 {"spec": json.dumps({**spec, "conversion_gain": float("nan")})}):
-        assert Sensor.from_metadata(meta) is None, meta

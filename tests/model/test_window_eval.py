@@ -322,7 +322,8 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
 def test_bayer_windows_are_cut_from_the_frame_balanced_whole_as_classify_balances_it(tmp_path):
     from dataclasses import replace
 
-    from edge.mosaic import Sensor, balance, site_gains
+    from edge.mosaic import balance, site_gains
+    from edge.noise import Sensor
     from edge.sim.darkfield import DarkfieldRenderer
     from model.window_eval import BalancedWindows, camera_sensor
 
