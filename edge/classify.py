@@ -73,8 +73,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import mosaic, noise
 from edge.engine.base import Engine, EngineError, open_engine
+from edge.frame_prep import FramePrep, PrepError
 from edge.verdict import Status
 
 log = logging.getLogger(__name__)
@@ -658,8 +658,7 @@ class Classifier:
                 f"N x 1 x {WINDOW} x {WINDOW}, one logit per window (N)")
         self.engine = engine
         self.threshold = threshold
-        self.sensor = noise.Sensor.from_metadata(engine.metadata)  # None: unsaid
-        self.noise_units = noise.works_in_noise_units(engine.metadata)
+        self.prep = FramePrep.for_model(engine.metadata, f"the model {engine.path.name}")
         self.batch = min(batch, engine.max_batch)
         self._buf = np.empty((self.batch, 1, WINDOW, WINDOW), spec_in.dtype)
 
@@ -705,10 +704,19 @@ class Classifier:
     def classify(self, frame: Frame, mm_per_px: tuple[float, float] | None = None
                  ) -> ImageResult:
         t0 = time.perf_counter()
-        gains = None
-        if frame.kind == "bayer mosaic":
-            frame, gains = self.balanced(frame)
-        frame, ratio, matched = self.noise_matched(frame)
+        bayer = frame.kind == "bayer mosaic"
+        try:
+            prep = self.prep(frame.pixels, bayer)
+        except PrepError as exc:
+            raise _fail(frame.path, str(exc)) from None
+        if bayer:
+            log.info("%s: Bayer colour sites balanced, gains %s (row by row, brightest 1)",
+                     frame.path, " ".join(f"{g:.3f}" for g in prep.site_gains.ravel()))
+            frame = replace(frame, kind="bayer mosaic, colour sites balanced")
+        if prep.noise_matched:
+            log.info("%s: noise %.2f times the classifier's camera model: matched to its "
+                     "training frames'", frame.path, prep.noise_ratio)
+        frame = replace(frame, pixels=prep.pixels)
         ys, xs, logits = self.logits(frame.pixels)
         if not np.all(np.isfinite(logits)):
             raise _fail(frame.path, f"the model gave {int(np.sum(~np.isfinite(logits)))} "
@@ -723,43 +731,9 @@ class Classifier:
                            time.perf_counter() - t0, frame=frame, ys=ys, xs=xs,
                            probability=prob, threshold=self.threshold, regions=regions,
                            mm_per_px=mm_per_px, region_threshold=self.region_threshold,
-                           weak_regions=len(found) - len(regions), site_gains=gains,
-                           noise_ratio=ratio, noise_matched=matched)
-
-    def noise_matched(self, frame: Frame) -> tuple[Frame, float | None, bool]:
-        """The frame with its noise matched to the model's camera when it is off by more than
-        the tolerance (:mod:`edge.noise`), its noise ratio and whether it was matched; a model
-        that does not say its camera, or does not work in its noise units, leaves the frame as
-        it is (ratio None)."""
-        if self.sensor is None or not self.noise_units:
-            return frame, None, False
-        try:
-            ratio = noise.noise_ratio(frame.pixels, self.sensor)
-            if not noise.check(ratio):
-                return frame, ratio, False
-        except noise.NoiseError as exc:
-            raise _fail(frame.path, str(exc)) from None
-        log.info("%s: noise %.2f times the classifier's camera model: matched to it",
-                 frame.path, ratio)
-        return replace(frame, pixels=noise.match(frame.pixels, ratio, self.sensor)), ratio, True
-
-    def balanced(self, frame: Frame) -> tuple[Frame, np.ndarray]:
-        """A Bayer mosaic with its colour sites balanced to one response (:mod:`edge.mosaic`),
-        and the 2 x 2 gains measured on it."""
-        if self.sensor is None:
-            raise _fail(frame.path, f"is a Bayer mosaic, and the model {self.engine.path.name} "
-                                    "does not say the camera noise model it was trained with "
-                                    "(black_dn, read_noise_dn and conversion_gain in its spec "
-                                    "metadata), which balancing the colour sites needs; "
-                                    "expected a model exported by 'glass-inspect export onnx'")
-        try:
-            gains = mosaic.site_gains(frame.pixels, self.sensor.black)
-        except mosaic.MosaicError as exc:
-            raise _fail(frame.path, str(exc)) from None
-        log.info("%s: Bayer colour sites balanced, gains %s (row by row, brightest 1)",
-                 frame.path, " ".join(f"{g:.3f}" for g in gains.ravel()))
-        pixels = mosaic.balance(frame.pixels, gains, self.sensor)
-        return replace(frame, pixels=pixels, kind="bayer mosaic, colour sites balanced"), gains
+                           weak_regions=len(found) - len(regions),
+                           site_gains=prep.site_gains, noise_ratio=prep.noise_ratio,
+                           noise_matched=prep.noise_matched)
 
 
 def classify_inputs(items: Sequence[Input], classifier: Classifier, *,

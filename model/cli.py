@@ -30,7 +30,7 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             models, baselines, split=tuple(args.split), frame_px=args.frame_px,
             test_windows=args.windows, val_windows=args.val_windows,
             images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
-            progress=not args.quiet, on=args.on, bayer=args.bayer)
+            progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -173,6 +173,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="render every frame as a RAW GRBG Bayer mosaic (its own window sets) "
                         "and balance its colour sites as 'classify --bayer' does before any "
                         "detector sees it (default: grey frames)")
+    w.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=12,
+                   help="bits of the simulated frames (default: 12, what the classifier was "
+                        "trained on); other depths are prepared as 'classify' prepares them, "
+                        "their noise matched to the camera model's when off")
     w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "

@@ -60,16 +60,17 @@ sliding along the same curve, trading recall for precision.
 scratches carry most of their misses), and the test frames must not choose; these do, by the
 curves.
 
-**Bayer mosaics** (``bayer=True``, ``--bayer``): every frame rendered as a RAW GRBG mosaic
-(its own window sets: origins on even pixels, visibility from each site's own light) and
-balanced as ``glass-inspect classify`` balances a mosaic (:mod:`edge.mosaic`: gains measured on
-the whole frame, noise matched) before any detector, network or baseline, sees it. The
-simulated camera's noise figures stand in for the model's own (the shipped model was trained
-with them).
+**Bayer mosaics and other bit depths** (``bayer=True``, ``--bayer``; ``bit_depth=8``,
+``--bit-depth 8``): every frame rendered as a RAW GRBG mosaic or at that depth (window sets
+of their own: a mosaic's origins on even pixels, visibility from each site's own light) and
+prepared as ``glass-inspect classify`` prepares an image (:mod:`edge.frame_prep`: a mosaic's
+sites balanced, the noise matched when off, on the whole frame) before any detector, network
+or baseline, sees it. The simulated camera's noise figures stand in for the model's own (the
+shipped model was trained with them).
 
 **Noise**: ``classify`` matches a frame's noise to the model's camera when it is off
-(:mod:`edge.noise`); every simulated frame lies within that check's tolerance, so the windows
-go to the networks as they are.
+(:mod:`edge.noise`); every simulated 12-bit grey frame lies within that check's tolerance, so
+its windows go to the networks as they are.
 
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
@@ -89,7 +90,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.mosaic import MosaicError, balance, site_gains
+from edge.frame_prep import FramePrep, PrepError
 from edge.noise import REFERENCE_FULL_SCALE, Sensor
 from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
 from model.evaluate import wilson
@@ -130,13 +131,15 @@ class WindowEvalError(ValueError):
 
 def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
                 count: int = HELDOUT_WINDOWS, cache: str | os.PathLike | None = None,
-                bayer: bool = False) -> WindowSet:
+                bayer: bool = False, bit_depth: int = 12) -> WindowSet:
     """The fixed window set of held-out frames (validation or test seeds), rendered once and
     cached (:func:`model.windows.heldout_windows`); every frame gives about the same share.
-    ``bayer``: of the frames rendered as RAW mosaics (a set of its own)."""
+    ``bayer``, ``bit_depth``: of the frames rendered as RAW mosaics or at another depth (a set
+    of its own)."""
     seeds = list(image_seeds)
     return heldout_windows(Path(cache) if cache else DEFAULT_CACHE, seeds,
-                           replace(frames_at(frame_px), bayer=bayer), count=count,
+                           replace(frames_at(frame_px), bayer=bayer, bit_depth=bit_depth),
+                           count=count,
                            seed=HELDOUT_SEED, per_image=max(1, math.ceil(count / len(seeds))))
 
 
@@ -147,22 +150,30 @@ def camera_sensor(cfg: DarkfieldConfig) -> Sensor:
     return Sensor(cfg.dark_offset_dn / fs, cfg.read_noise_dn / fs, cfg.conversion_gain / fs)
 
 
-def balanced_frame(raw: np.ndarray, cfg: DarkfieldConfig) -> np.ndarray:
-    """A RAW Bayer frame as ``glass-inspect classify`` hands it to the network: scaled to
-    [0, 1], its colour sites balanced by gains measured on it (:mod:`edge.mosaic`)."""
+def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig) -> np.ndarray:
+    """A simulated RAW frame as ``glass-inspect classify`` hands it to the network: scaled to
+    [0, 1], a mosaic's colour sites balanced, its noise matched when off
+    (:mod:`edge.frame_prep`, for a network of the simulated camera)."""
     pixels = raw.astype(np.float32) / np.float32(2 ** cfg.bit_depth - 1)
-    sensor = camera_sensor(cfg)
     try:
-        return balance(pixels, site_gains(pixels, sensor.black), sensor)
-    except MosaicError as exc:
-        raise WindowEvalError(f"a simulated Bayer frame {exc}") from None
+        return FramePrep(camera_sensor(cfg), True)(pixels, cfg.bayer).pixels
+    except PrepError as exc:
+        raise WindowEvalError(f"a simulated frame {exc}") from None
 
 
-class BalancedWindows:
-    """A window set of Bayer mosaics as the runtime sees its windows: each cut from its frame
-    after the whole frame's colour sites were balanced (:func:`balanced_frame`), so the local
-    levels near a window's edge are the frame's, not the window's. The frames are rendered
-    again, one at a time; a set's windows come frame by frame."""
+def needs_prep(cfg: DarkfieldConfig) -> bool:
+    """Whether frames of ``cfg`` need :func:`prepared_frame` (a mosaic, or another bit depth
+    than the 12 bits the classifier was trained on, whose noise is matched); 12-bit grey frames
+    lie within the noise check's tolerance and go as they are."""
+    return cfg.bayer or cfg.bit_depth != 12
+
+
+class PreparedWindows:
+    """A window set whose frames ``classify`` would prepare (:func:`needs_prep`), as the runtime
+    sees its windows: each cut from its frame after the whole frame was prepared
+    (:func:`prepared_frame`), so the levels near a window's edge are the frame's, not the
+    window's. The frames are rendered again, one at a time; a set's windows come frame by
+    frame."""
 
     def __init__(self, ws: WindowSet, cfg: DarkfieldConfig):
         self.ws, self.cfg = ws, cfg
@@ -181,7 +192,7 @@ class BalancedWindows:
         for k, i in enumerate(index):
             seed = int(self.ws.image_seeds[i])
             if seed != self._seed:
-                self._seed, self._frame = seed, balanced_frame(
+                self._seed, self._frame = seed, prepared_frame(
                     self._renderer.render(seed).image, self.cfg)
             r, c = (int(v) for v in self.ws.origins[i])
             out[k, 0] = self._frame[r:r + side, c:c + side]
@@ -390,7 +401,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      val_windows: int = VALIDATION_WINDOWS, images: int | None = None,
                      cache: str | os.PathLike | None = None, threads: int = 0,
                      batch: int = DEFAULT_BATCH, progress: bool = True,
-                     on: str = "test", bayer: bool = False) -> dict:
+                     on: str = "test", bayer: bool = False, bit_depth: int = 12) -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -398,9 +409,10 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     such as an image threshold without looking at the test frames; ``on="development"`` on the
     100 development frames (:data:`model.windows.DEVELOPMENT_SEEDS`), to choose between
     classifiers. ``test_windows``: windows of the evaluated frames (default 1,024, and 4,096
-    on the development frames; on validation frames ``val_windows`` instead). ``bayer``: every
-    frame rendered as a RAW GRBG mosaic and balanced as ``classify`` balances one
-    (:class:`BalancedWindows`), for networks and baselines alike."""
+    on the development frames; on validation frames ``val_windows`` instead). ``bayer``,
+    ``bit_depth``: every frame rendered as a RAW GRBG mosaic, or at 8 or 16 bits, and prepared
+    as ``classify`` prepares one (:class:`PreparedWindows`), for networks and baselines
+    alike."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -412,7 +424,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = replace(frames_at(frame_px), bayer=bool(bayer))
+        cfg = replace(frames_at(frame_px), bayer=bool(bayer), bit_depth=bit_depth)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     frames = {"test": seeds.test, "validation": seeds.validation,
@@ -435,15 +447,16 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         if on == "validation":
             test_windows = val_windows  # the trainer's own validation set
         log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
-        test = heldout_set(frames, frame_px, test_windows, cache, bayer)
-        test_in = BalancedWindows(test, cfg) if bayer else test
+        test = heldout_set(frames, frame_px, test_windows, cache, bayer, bit_depth)
+        test_in = PreparedWindows(test, cfg) if needs_prep(cfg) else test
         seen = test.labels != FAINT  # scored; faint windows are reported on their own
         truth = test.labels[seen].astype(bool)
         frames_seen = test.image_seeds[seen]
         set_info = {"frame_px": frame_px, "split": list(split), "on": on, "test_seeds":
                     [frames[0], frames[-1]], "window_file": str(test.path),
                     "windows_seed": HELDOUT_SEED,
-                    "image": "Bayer mosaic, colour sites balanced" if bayer else "grey"}
+                    "image": "Bayer mosaic, colour sites balanced" if bayer else "grey",
+                    "bit_depth": bit_depth}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -465,8 +478,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             scores[m.name] = (m.probability, m.classifier.threshold,
                               m.classifier.region_threshold)
         if baselines:
-            val = heldout_set(seeds.validation, frame_px, val_windows, cache, bayer)
-            val_in = BalancedWindows(val, cfg) if bayer else val
+            val = heldout_set(seeds.validation, frame_px, val_windows, cache, bayer, bit_depth)
+            val_in = PreparedWindows(val, cfg) if needs_prep(cfg) else val
             for name in dict.fromkeys(baselines):
                 b = make_baseline(name)
                 t = time.perf_counter()
@@ -540,7 +553,7 @@ def misses_by_scratch(pos: np.ndarray, ws: WindowSet, cfg: DarkfieldConfig,
     return ranked[:top]
 
 
-def _chunked(fn, ws: WindowSet | BalancedWindows, size: int = 256) -> np.ndarray:
+def _chunked(fn, ws: WindowSet | PreparedWindows, size: int = 256) -> np.ndarray:
     """``fn`` over a window set a few hundred windows at a time (float32 windows of a whole
     set would take 256 kB each at once)."""
     return np.concatenate([fn(ws.images(s, s + size)) for s in range(0, len(ws), size)])
@@ -563,8 +576,8 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
         for _, renderer in renderers:
             frame = renderer.render(seed)
             origins, wins, labels = image_windows(frame)
-            if cfg.bayer:  # as classify sees a mosaic: the whole frame balanced, then cut
-                pixels = balanced_frame(frame.image, cfg)
+            if needs_prep(cfg):  # as classify sees it: the whole frame prepared, then cut
+                pixels = prepared_frame(frame.image, cfg)
                 side = wins.shape[-1]
                 wins = np.stack([pixels[None, r:r + side, c:c + side] for r, c in origins])
             # scratched: a window of it is a visible scratch; None: its only scratches are

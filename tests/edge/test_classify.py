@@ -350,7 +350,7 @@ def test_an_eight_bit_frame_is_matched_to_the_cameras_noise_and_passes_clean(tmp
         # 16 DN steps at 12 bits: about 15 % more noise than the camera the model knows
         assert r.noise_matched and 1.1 < r.noise_ratio < 1.3
         assert r.verdict is Status.PASS and r.to_dict()["noise_matched"] is True
-        clf.noise_units = False  # unmatched, the steps read as texture: windows everywhere
+        clf.prep.noise_units = False  # unmatched, the steps read as texture: windows everywhere
         unmatched = clf.classify(frame)
         assert unmatched.verdict is Status.FAIL and unmatched.positives > r.positives + 2
 
@@ -379,7 +379,7 @@ def test_a_mosaic_needs_a_model_that_says_its_camera(model, tmp_path):
     tifffile.imwrite(path, np.full((256, 256), 900, np.uint16))
     frame = read_image(path, bit_depth=12, bayer=True)
     with Classifier.open(model, threads=1) as clf:
-        clf.sensor = None  # as a model exported without the spec's noise figures
+        clf.prep.sensor = None  # as a model exported without the spec's noise figures
         with pytest.raises(ClassifyError, match=r"m.tif: is a Bayer mosaic, and the model "
                                                 r"fusion.onnx does not say the camera noise "
                                                 r"model it was trained with"):

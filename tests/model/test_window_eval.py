@@ -319,30 +319,36 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
     json.dumps(r)
 
 
-def test_bayer_windows_are_cut_from_the_frame_balanced_whole_as_classify_balances_it(tmp_path):
+@pytest.mark.parametrize("bayer, bit_depth", [(True, 12), (False, 8)])
+def test_windows_are_cut_from_the_frame_prepared_whole_as_classify_prepares_it(tmp_path, bayer,
+                                                                               bit_depth):
     from dataclasses import replace
 
-    from edge.mosaic import balance, site_gains
+    from edge.frame_prep import FramePrep
     from edge.noise import Sensor
     from edge.sim.darkfield import DarkfieldRenderer
-    from model.window_eval import BalancedWindows, camera_sensor
+    from model.window_eval import PreparedWindows, camera_sensor, needs_prep
 
-    ws = heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path, bayer=True)
+    ws = heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path, bayer=bayer,
+                     bit_depth=bit_depth)
     assert ws.path != heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path).path
-    assert np.all(ws.origins % 2 == 0)
-    cfg = replace(frames_at(512), bayer=True)
+    if bayer:
+        assert np.all(ws.origins % 2 == 0)
+    cfg = replace(frames_at(512), bayer=bayer, bit_depth=bit_depth)
+    assert needs_prep(cfg) and not needs_prep(frames_at(512))
     sensor = camera_sensor(cfg)
     assert sensor == Sensor(64 / 4095, 2.5 / 4095, 0.08 / 4095)  # the shipped model's spec
-    view = BalancedWindows(ws, cfg)
+    view = PreparedWindows(ws, cfg)
     got = view.images(1, 5)
     assert got.shape == (4, 1, 256, 256) and len(view) == 6
+    full = 2 ** bit_depth - 1
     for k, i in enumerate(range(1, 5)):
         raw = DarkfieldRenderer(cfg).render(int(ws.image_seeds[i])).image
         r, c = ws.origins[i]
         assert np.array_equal(raw[r:r + 256, c:c + 256], ws.raw[i])  # the set's own window
-        pixels = raw.astype(np.float32) / 4095
-        whole = balance(pixels, site_gains(pixels, sensor.black), sensor)
-        assert np.array_equal(got[k, 0], whole[r:r + 256, c:c + 256])
+        prep = FramePrep(sensor, True)(raw.astype(np.float32) / full, bayer)
+        assert prep.noise_matched == (bit_depth == 8)  # 8-bit steps: matched; mosaics: not
+        assert np.array_equal(got[k, 0], prep.pixels[r:r + 256, c:c + 256])
 
 
 def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
@@ -350,6 +356,7 @@ def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
                          **{**TINY, "test_windows": 8})
     for m in r.values():
         assert m["set"]["image"] == "Bayer mosaic, colour sites balanced"
+        assert m["set"]["bit_depth"] == 12
         assert m["windows"] + m["faint_windows"] == 8
         assert m["images"]["grid_windows"]["windows"] + \
             m["images"]["grid_windows"]["faint_windows"] == 2 * 9
