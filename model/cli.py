@@ -30,7 +30,8 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             models, baselines, split=tuple(args.split), frame_px=args.frame_px,
             test_windows=args.windows, val_windows=args.val_windows,
             images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
-            progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth)
+            progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth,
+            noise_match=not args.no_noise_match)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -177,6 +178,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="bits of the simulated frames (default: 12, what the classifier was "
                         "trained on); other depths are prepared as 'classify' prepares them, "
                         "their noise matched to the camera model's when off")
+    w.add_argument("--no-noise-match", action="store_true",
+                   help="with --bayer or --bit-depth: hand the frames over without matching "
+                        "their noise, to measure what the match does ('classify' always "
+                        "matches)")
     w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "

@@ -150,13 +150,15 @@ def camera_sensor(cfg: DarkfieldConfig) -> Sensor:
     return Sensor(cfg.dark_offset_dn / fs, cfg.read_noise_dn / fs, cfg.conversion_gain / fs)
 
 
-def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig) -> np.ndarray:
+def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = True
+                   ) -> np.ndarray:
     """A simulated RAW frame as ``glass-inspect classify`` hands it to the network: scaled to
     [0, 1], a mosaic's colour sites balanced, its noise matched when off
-    (:mod:`edge.frame_prep`, for a network of the simulated camera)."""
+    (:mod:`edge.frame_prep`, for a network of the simulated camera); ``noise_match=False``
+    leaves the noise as it is (to measure what the match does)."""
     pixels = raw.astype(np.float32) / np.float32(2 ** cfg.bit_depth - 1)
     try:
-        return FramePrep(camera_sensor(cfg), True)(pixels, cfg.bayer).pixels
+        return FramePrep(camera_sensor(cfg), noise_match)(pixels, cfg.bayer).pixels
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
 
@@ -175,8 +177,8 @@ class PreparedWindows:
     window's. The frames are rendered again, one at a time; a set's windows come frame by
     frame."""
 
-    def __init__(self, ws: WindowSet, cfg: DarkfieldConfig):
-        self.ws, self.cfg = ws, cfg
+    def __init__(self, ws: WindowSet, cfg: DarkfieldConfig, noise_match: bool = True):
+        self.ws, self.cfg, self.noise_match = ws, cfg, noise_match
         self._renderer = DarkfieldRenderer(cfg)
         self._seed: int | None = None
         self._frame: np.ndarray | None = None
@@ -193,7 +195,7 @@ class PreparedWindows:
             seed = int(self.ws.image_seeds[i])
             if seed != self._seed:
                 self._seed, self._frame = seed, prepared_frame(
-                    self._renderer.render(seed).image, self.cfg)
+                    self._renderer.render(seed).image, self.cfg, self.noise_match)
             r, c = (int(v) for v in self.ws.origins[i])
             out[k, 0] = self._frame[r:r + side, c:c + side]
         return out
@@ -401,7 +403,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      val_windows: int = VALIDATION_WINDOWS, images: int | None = None,
                      cache: str | os.PathLike | None = None, threads: int = 0,
                      batch: int = DEFAULT_BATCH, progress: bool = True,
-                     on: str = "test", bayer: bool = False, bit_depth: int = 12) -> dict:
+                     on: str = "test", bayer: bool = False, bit_depth: int = 12,
+                     noise_match: bool = True) -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -412,7 +415,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     on the development frames; on validation frames ``val_windows`` instead). ``bayer``,
     ``bit_depth``: every frame rendered as a RAW GRBG mosaic, or at 8 or 16 bits, and prepared
     as ``classify`` prepares one (:class:`PreparedWindows`), for networks and baselines
-    alike."""
+    alike; ``noise_match=False`` hands them over without matching their noise, to measure
+    what the match does."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -448,7 +452,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             test_windows = val_windows  # the trainer's own validation set
         log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
         test = heldout_set(frames, frame_px, test_windows, cache, bayer, bit_depth)
-        test_in = PreparedWindows(test, cfg) if needs_prep(cfg) else test
+        test_in = PreparedWindows(test, cfg, noise_match) if needs_prep(cfg) else test
         seen = test.labels != FAINT  # scored; faint windows are reported on their own
         truth = test.labels[seen].astype(bool)
         frames_seen = test.image_seeds[seen]
@@ -456,7 +460,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     [frames[0], frames[-1]], "window_file": str(test.path),
                     "windows_seed": HELDOUT_SEED,
                     "image": "Bayer mosaic, colour sites balanced" if bayer else "grey",
-                    "bit_depth": bit_depth}
+                    "bit_depth": bit_depth, "noise_match": noise_match}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -479,7 +483,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                               m.classifier.region_threshold)
         if baselines:
             val = heldout_set(seeds.validation, frame_px, val_windows, cache, bayer, bit_depth)
-            val_in = PreparedWindows(val, cfg) if needs_prep(cfg) else val
+            val_in = PreparedWindows(val, cfg, noise_match) if needs_prep(cfg) else val
             for name in dict.fromkeys(baselines):
                 b = make_baseline(name)
                 t = time.perf_counter()
@@ -496,7 +500,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                 decide[name] = b.predict
         if images:
             for name, rows in _image_level(decide, frames[:images], cfg, progress,
-                                           scores).items():
+                                           scores, noise_match).items():
                 results[name]["images"] = rows
         log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
         return results
@@ -560,7 +564,8 @@ def _chunked(fn, ws: WindowSet | PreparedWindows, size: int = 256) -> np.ndarray
 
 
 def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
-                 progress: bool, scores: dict | None = None) -> dict[str, dict]:
+                 progress: bool, scores: dict | None = None, noise_match: bool = True
+                 ) -> dict[str, dict]:
     """Image-level rates; for a network (``scores``) also its highest window probability per
     image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`)."""
     scores = scores or {}
@@ -577,7 +582,7 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
             frame = renderer.render(seed)
             origins, wins, labels = image_windows(frame)
             if needs_prep(cfg):  # as classify sees it: the whole frame prepared, then cut
-                pixels = prepared_frame(frame.image, cfg)
+                pixels = prepared_frame(frame.image, cfg, noise_match)
                 side = wins.shape[-1]
                 wins = np.stack([pixels[None, r:r + side, c:c + side] for r, c in origins])
             # scratched: a window of it is a visible scratch; None: its only scratches are

@@ -356,7 +356,7 @@ def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
                          **{**TINY, "test_windows": 8})
     for m in r.values():
         assert m["set"]["image"] == "Bayer mosaic, colour sites balanced"
-        assert m["set"]["bit_depth"] == 12
+        assert m["set"]["bit_depth"] == 12 and m["set"]["noise_match"] is True
         assert m["windows"] + m["faint_windows"] == 8
         assert m["images"]["grid_windows"]["windows"] + \
             m["images"]["grid_windows"]["faint_windows"] == 2 * 9
