@@ -31,7 +31,7 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             test_windows=args.windows, val_windows=args.val_windows,
             images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
             progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth,
-            noise_match=not args.no_noise_match)
+            noise_scale=args.noise_scale, noise_match=not args.no_noise_match)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -178,8 +178,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="bits of the simulated frames (default: 12, what the classifier was "
                         "trained on); other depths are prepared as 'classify' prepares them, "
                         "their noise matched to the camera model's when off")
+    w.add_argument("--noise-scale", type=float, default=1.0, metavar="S",
+                   help="render the frames with a camera S times as noisy as the one the "
+                        "classifier was trained with (read noise x S, conversion gain x S^2; "
+                        "default: 1), prepared as 'classify' prepares them")
     w.add_argument("--no-noise-match", action="store_true",
-                   help="with --bayer or --bit-depth: hand the frames over without matching "
+                   help="with --bayer, --bit-depth or --noise-scale: hand the frames over "
+                        "without matching "
                         "their noise, to measure what the match does ('classify' always "
                         "matches)")
     w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],

@@ -129,23 +129,38 @@ class WindowEvalError(ValueError):
     """A model or setting the evaluation cannot use; the message says which and why."""
 
 
+def frame_config(frame_px: int = FRAME_PX, bayer: bool = False, bit_depth: int = 12,
+                 noise_scale: float = 1.0) -> DarkfieldConfig:
+    """The evaluated frames (:func:`edge.sim.darkfield.frames_at`): grey or a GRBG mosaic, at
+    ``bit_depth``, from a camera whose noise is ``noise_scale`` times the one the classifier
+    was trained with (read noise times it, conversion gain times its square: every level's
+    sigma scaled alike)."""
+    if not (math.isfinite(noise_scale) and 0.25 <= noise_scale <= 4.0):
+        raise WindowEvalError(f"noise_scale must be within 0.25-4, got {noise_scale}")
+    cfg = frames_at(frame_px)
+    return replace(cfg, bayer=bool(bayer), bit_depth=bit_depth,
+                   read_noise_dn=cfg.read_noise_dn * noise_scale,
+                   conversion_gain=cfg.conversion_gain * noise_scale ** 2)
+
+
 def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
                 count: int = HELDOUT_WINDOWS, cache: str | os.PathLike | None = None,
-                bayer: bool = False, bit_depth: int = 12) -> WindowSet:
+                config: DarkfieldConfig | None = None) -> WindowSet:
     """The fixed window set of held-out frames (validation or test seeds), rendered once and
     cached (:func:`model.windows.heldout_windows`); every frame gives about the same share.
-    ``bayer``, ``bit_depth``: of the frames rendered as RAW mosaics or at another depth (a set
-    of its own)."""
+    ``config``: other frames than the classifier's own (:func:`frame_config`; a set of their
+    own)."""
     seeds = list(image_seeds)
     return heldout_windows(Path(cache) if cache else DEFAULT_CACHE, seeds,
-                           replace(frames_at(frame_px), bayer=bayer, bit_depth=bit_depth),
-                           count=count,
+                           config or frames_at(frame_px), count=count,
                            seed=HELDOUT_SEED, per_image=max(1, math.ceil(count / len(seeds))))
 
 
-def camera_sensor(cfg: DarkfieldConfig) -> Sensor:
-    """The simulated camera's noise model as :mod:`edge.mosaic` takes it (fractions of full
-    scale; its figures are at 12 bits at any depth)."""
+def camera_sensor(cfg: DarkfieldConfig | None = None) -> Sensor:
+    """The simulated camera's noise model as :mod:`edge.noise` takes it (fractions of full
+    scale; its figures are at 12 bits at any depth); by default the camera the shipped
+    classifier was trained with, which is what its spec says."""
+    cfg = cfg or DarkfieldConfig()
     fs = REFERENCE_FULL_SCALE
     return Sensor(cfg.dark_offset_dn / fs, cfg.read_noise_dn / fs, cfg.conversion_gain / fs)
 
@@ -155,19 +170,20 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
     """A simulated RAW frame as ``glass-inspect classify`` hands it to the network: scaled to
     [0, 1], a mosaic's colour sites balanced, its noise matched when off
     (:mod:`edge.frame_prep`, for a network of the simulated camera); ``noise_match=False``
-    leaves the noise as it is (to measure what the match does)."""
+    leaves the noise as it is (to measure what the match does). The model's camera is the one
+    it was trained with, whatever camera rendered the frame."""
     pixels = raw.astype(np.float32) / np.float32(2 ** cfg.bit_depth - 1)
     try:
-        return FramePrep(camera_sensor(cfg), noise_match)(pixels, cfg.bayer).pixels
+        return FramePrep(camera_sensor(), noise_match)(pixels, cfg.bayer).pixels
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
 
 
 def needs_prep(cfg: DarkfieldConfig) -> bool:
-    """Whether frames of ``cfg`` need :func:`prepared_frame` (a mosaic, or another bit depth
-    than the 12 bits the classifier was trained on, whose noise is matched); 12-bit grey frames
-    lie within the noise check's tolerance and go as they are."""
-    return cfg.bayer or cfg.bit_depth != 12
+    """Whether frames of ``cfg`` need :func:`prepared_frame` (a mosaic, another bit depth than
+    the 12 bits the classifier was trained on, or another camera); the classifier's own 12-bit
+    grey frames lie within the noise check's tolerance and go as they are."""
+    return cfg.bayer or cfg.bit_depth != 12 or camera_sensor(cfg) != camera_sensor()
 
 
 class PreparedWindows:
@@ -404,7 +420,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      cache: str | os.PathLike | None = None, threads: int = 0,
                      batch: int = DEFAULT_BATCH, progress: bool = True,
                      on: str = "test", bayer: bool = False, bit_depth: int = 12,
-                     noise_match: bool = True) -> dict:
+                     noise_scale: float = 1.0, noise_match: bool = True) -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -415,8 +431,9 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     on the development frames; on validation frames ``val_windows`` instead). ``bayer``,
     ``bit_depth``: every frame rendered as a RAW GRBG mosaic, or at 8 or 16 bits, and prepared
     as ``classify`` prepares one (:class:`PreparedWindows`), for networks and baselines
-    alike; ``noise_match=False`` hands them over without matching their noise, to measure
-    what the match does."""
+    alike; ``noise_scale``: from a camera that much noisier (:func:`frame_config`);
+    ``noise_match=False`` hands them over without matching their noise, to measure what the
+    match does."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -428,7 +445,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = replace(frames_at(frame_px), bayer=bool(bayer), bit_depth=bit_depth)
+        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     frames = {"test": seeds.test, "validation": seeds.validation,
@@ -451,7 +468,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         if on == "validation":
             test_windows = val_windows  # the trainer's own validation set
         log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
-        test = heldout_set(frames, frame_px, test_windows, cache, bayer, bit_depth)
+        test = heldout_set(frames, frame_px, test_windows, cache, cfg)
         test_in = PreparedWindows(test, cfg, noise_match) if needs_prep(cfg) else test
         seen = test.labels != FAINT  # scored; faint windows are reported on their own
         truth = test.labels[seen].astype(bool)
@@ -460,7 +477,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     [frames[0], frames[-1]], "window_file": str(test.path),
                     "windows_seed": HELDOUT_SEED,
                     "image": "Bayer mosaic, colour sites balanced" if bayer else "grey",
-                    "bit_depth": bit_depth, "noise_match": noise_match}
+                    "bit_depth": bit_depth, "noise_scale": noise_scale,
+                    "noise_match": noise_match}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -482,7 +500,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             scores[m.name] = (m.probability, m.classifier.threshold,
                               m.classifier.region_threshold)
         if baselines:
-            val = heldout_set(seeds.validation, frame_px, val_windows, cache, bayer, bit_depth)
+            val = heldout_set(seeds.validation, frame_px, val_windows, cache, cfg)
             val_in = PreparedWindows(val, cfg, noise_match) if needs_prep(cfg) else val
             for name in dict.fromkeys(baselines):
                 b = make_baseline(name)

@@ -327,14 +327,14 @@ def test_windows_are_cut_from_the_frame_prepared_whole_as_classify_prepares_it(t
     from edge.frame_prep import FramePrep
     from edge.noise import Sensor
     from edge.sim.darkfield import DarkfieldRenderer
-    from model.window_eval import PreparedWindows, camera_sensor, needs_prep
+    from model.window_eval import PreparedWindows, camera_sensor, frame_config, needs_prep
 
-    ws = heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path, bayer=bayer,
-                     bit_depth=bit_depth)
+    cfg = frame_config(512, bayer, bit_depth)
+    assert cfg == replace(frames_at(512), bayer=bayer, bit_depth=bit_depth)
+    ws = heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path, config=cfg)
     assert ws.path != heldout_set([7, 8], frame_px=512, count=6, cache=tmp_path).path
     if bayer:
         assert np.all(ws.origins % 2 == 0)
-    cfg = replace(frames_at(512), bayer=bayer, bit_depth=bit_depth)
     assert needs_prep(cfg) and not needs_prep(frames_at(512))
     sensor = camera_sensor(cfg)
     assert sensor == Sensor(64 / 4095, 2.5 / 4095, 0.08 / 4095)  # the shipped model's spec
@@ -351,12 +351,31 @@ def test_windows_are_cut_from_the_frame_prepared_whole_as_classify_prepares_it(t
         assert np.array_equal(got[k, 0], prep.pixels[r:r + 256, c:c + 256])
 
 
+def test_a_noisier_camera_renders_every_level_noisier_and_its_frames_are_matched(tmp_path):
+    from edge.noise import noise_ratio
+    from edge.sim.darkfield import DarkfieldRenderer
+    from model.window_eval import camera_sensor, frame_config, needs_prep, prepared_frame
+
+    cfg = frame_config(512, noise_scale=1.2)
+    assert (cfg.read_noise_dn, cfg.conversion_gain) == pytest.approx((3.0, 0.08 * 1.44))
+    assert needs_prep(cfg) and camera_sensor() == camera_sensor(frames_at(512))
+    raw = DarkfieldRenderer(cfg).render(7).image
+    plain = raw.astype(np.float32) / 4095
+    assert noise_ratio(plain, camera_sensor()) == pytest.approx(1.2 * 1.02, rel=0.03)
+    matched = prepared_frame(raw, cfg)
+    assert noise_ratio(matched, camera_sensor()) == pytest.approx(1.02, rel=0.015)
+    assert np.array_equal(prepared_frame(raw, cfg, noise_match=False), plain)
+    with pytest.raises(WindowEvalError, match="noise_scale must be within 0.25-4, got 5"):
+        frame_config(512, noise_scale=5)
+
+
 def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
     r = evaluate_windows({"m": classifier_onnx}, ["gabor"], cache=tmp_path, bayer=True,
                          **{**TINY, "test_windows": 8})
     for m in r.values():
         assert m["set"]["image"] == "Bayer mosaic, colour sites balanced"
         assert m["set"]["bit_depth"] == 12 and m["set"]["noise_match"] is True
+        assert m["set"]["noise_scale"] == 1.0
         assert m["windows"] + m["faint_windows"] == 8
         assert m["images"]["grid_windows"]["windows"] + \
             m["images"]["grid_windows"]["faint_windows"] == 2 * 9
