@@ -355,6 +355,18 @@ def test_an_eight_bit_frame_is_matched_to_the_cameras_noise_and_passes_clean(tmp
         assert unmatched.verdict is Status.FAIL and unmatched.positives > r.positives + 2
 
 
+def test_twelve_bit_data_read_as_sixteen_bit_is_an_error_not_a_blind_pass(tmp_path):
+    pytest.importorskip("onnxruntime")
+    (path,) = _sim_frames(tmp_path, [503], bayer=False)  # 12-bit data in 16-bit words
+    with Classifier.open(FUSION, threads=1) as clf:
+        frame = read_image(path)  # the depth not said: read as 16-bit, 16 times too dark
+        assert frame.bit_depth == 16
+        with pytest.raises(ClassifyError, match=r"has noise 0\.\d\d times the camera model .* "
+                                                r"a wrong bit depth"):
+            clf.classify(frame)
+        assert clf.classify(read_image(path, bit_depth=12)).verdict is Status.FAIL
+
+
 def test_a_mosaic_too_dark_to_balance_is_an_error_and_the_others_go_on(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     folder = tmp_path / "shots"
