@@ -41,6 +41,22 @@ def mm_scale(text: str) -> tuple[float, float]:
     return parts[0], parts[1]
 
 
+def camera_options(args: argparse.Namespace) -> tuple[bool, int | None, tuple | None]:
+    """(bayer, bit depth, mm per px) of the images: the flags, and for what they leave open
+    the ``--head`` file's camera (a RAW Bayer sensor of its bit depth) and geometry."""
+    if not args.head:
+        return args.bayer, args.bit_depth, args.mm_per_px
+    from edge import config
+
+    cfg = config.load(args.head)  # a bad file: one ConfigError, said by the CLI
+    cam = cfg.camera
+    bit_depth = args.bit_depth or cam.bit_depth
+    mm = args.mm_per_px or cfg.mm_per_px
+    log.info("%s: %d-bit %s Bayer mosaics, %.4f x %.4f mm per px", cfg.source, bit_depth,
+             cam.bayer_pattern, *mm)
+    return True, bit_depth, mm
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -57,14 +73,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         log.info("a region fails an image when a window of it reaches p %g (%s region "
                  "threshold)", classifier.region_threshold, classifier.region_threshold_source)
+    bayer, bit_depth, mm_per_px = camera_options(args)
     items = collect_inputs(args.images)
     results = []
     with classifier, logging_redirect_tqdm():
         bar = tqdm(total=len(items), unit="image", dynamic_ncols=True,
                    disable=args.quiet or None, leave=False)
         try:
-            for r in classify_inputs(items, classifier, bit_depth=args.bit_depth,
-                                     bayer=args.bayer, mm_per_px=args.mm_per_px,
+            for r in classify_inputs(items, classifier, bit_depth=bit_depth,
+                                     bayer=bayer, mm_per_px=mm_per_px,
                                      overlay_dir=args.overlay):
                 results.append(r)
                 bar.write(r.summary())
@@ -79,7 +96,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.overlay:
         print(f"overlays: {args.overlay}")
     if args.json:
-        print(f"results: {write_json(args.json, results, classifier, args.mm_per_px)}")
+        print(f"results: {write_json(args.json, results, classifier, mm_per_px)}")
     return 1 if counts[Status.ERROR] else 0
 
 
@@ -130,6 +147,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "matched, as the grey-trained network expects (the gains go into the "
                         "JSON); a frame too dark to measure them, or a multi-channel file, is "
                         "an error")
+    c.add_argument("--head", metavar="HEAD.toml",
+                   help="the head whose camera took the images: they are its RAW Bayer "
+                        "mosaics at its bit depth, and its geometry gives the scale "
+                        "(--bit-depth and --mm-per-px, when given, win)")
     c.add_argument("--bit-depth", type=whole(1, 16), metavar="BITS",
                    help="bits of the data (default: the file's, 8 or 16): 12-bit camera data "
                         "stored in 16-bit words needs --bit-depth 12 (files with fewer bits, "

@@ -11,6 +11,7 @@ positive with p >= 0.98; a dark window, or one that only touches a bright cell, 
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from edge.classify import (
     window_origins,
 )
 from edge.cli import main
+from edge.sim.darkfield import frames_at
 from edge.verdict import Status
 from tests.conftest import ROOT, SHIPPED_MODEL
 
@@ -310,8 +312,6 @@ def test_a_model_that_is_not_the_window_classifier_is_refused(tmp_path):
 
 # -- Bayer mosaics (edge.mosaic), through the shipped classifier ----------------------------------
 def _sim_frames(folder, seeds, bayer, **over):
-    from dataclasses import replace
-
     from edge.sim import darkfield_files as dff
 
     cfg = replace(dff.darkfield_config(512, 12, bayer=bayer), **over)
@@ -333,8 +333,6 @@ def test_a_bayer_mosaic_is_balanced_and_classified_as_the_same_frame_in_grey(tmp
         assert b.noise_ratio == pytest.approx(1.02, abs=0.03) and not b.noise_matched
         # the mosaic as it is, unbalanced, would be another picture to the network: its
         # checkerboard reads as noise far above the camera's
-        from dataclasses import replace
-
         with pytest.raises(ClassifyError, match=r"has noise \d+\.\d+ times the camera model "
                                                 r".*a Bayer mosaic read as grey \(--bayer\)"):
             clf.classify(replace(read_image(bayer, bit_depth=12), kind="grey"))
@@ -365,6 +363,36 @@ def test_twelve_bit_data_read_as_sixteen_bit_is_an_error_not_a_blind_pass(tmp_pa
                                                 r"a wrong bit depth"):
             clf.classify(frame)
         assert clf.classify(read_image(path, bit_depth=12)).verdict is Status.FAIL
+
+
+def test_a_head_file_says_the_images_are_its_cameras_mosaics_and_gives_the_scale(tmp_path,
+                                                                                   capsys):
+    pytest.importorskip("onnxruntime")
+    from edge import config
+    from edge.sim.darkfield import DarkfieldRenderer
+
+    head = ROOT / "edge" / "default_head.toml"  # a 12-bit GRBG camera, 40 x 35 mm per RoI
+    cfg = config.load(head)
+    mosaic = DarkfieldRenderer(replace(frames_at(512), bayer=True)).render(503).image
+    tifffile.imwrite(tmp_path / "m.tif", mosaic)  # says nothing of its depth or mosaic
+    rc, _, _ = _run([tmp_path / "m.tif", "--model", FUSION, "--head", head, "--json",
+                     tmp_path / "r.json"], capsys)
+    (e,) = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert rc == 0 and e["verdict"] == "FAIL" and e["bit_depth"] == cfg.camera.bit_depth == 12
+    assert e["image"] == "bayer mosaic, colour sites balanced"
+    x0, y0, x1, y1 = e["regions"][0]["box_px"]
+    assert e["regions"][0]["box_mm"] == pytest.approx(
+        [x0 * cfg.mm_per_px[0], y0 * cfg.mm_per_px[1], x1 * cfg.mm_per_px[0],
+         y1 * cfg.mm_per_px[1]], rel=1e-3)
+    # a flag wins over the head
+    _run([tmp_path / "m.tif", "--model", FUSION, "--head", head, "--mm-per-px", "0.01",
+          "--json", tmp_path / "r2.json"], capsys)
+    (e,) = json.loads((tmp_path / "r2.json").read_text())["images"]
+    assert e["regions"][0]["box_mm"] == pytest.approx([x0 / 100, y0 / 100, x1 / 100, y1 / 100])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[camera]\nbit_depth = 'twelve'\n")
+    rc, _, err = _run([tmp_path / "m.tif", "--model", FUSION, "--head", bad], capsys)
+    assert rc == 2 and "bad.toml" in err
 
 
 def test_a_mosaic_too_dark_to_balance_is_an_error_and_the_others_go_on(tmp_path, capsys):
