@@ -122,7 +122,9 @@ class Frame:
     pixels: np.ndarray
     bit_depth: int
     file_format: str  # TIFF, PNG or BMP
-    kind: str  # "grey", "bayer mosaic" or "RGB converted to grey"
+    # "grey", "bayer mosaic" ("bayer mosaic, colour sites balanced" once classified) or "RGB
+    # converted to grey"
+    kind: str
     notes: tuple[str, ...] = ()
 
     @property
