@@ -103,24 +103,30 @@ class Sensor:
 
 def noise_ratio(pixels: np.ndarray, sensor: Sensor) -> float:
     """The frame's noise over the model's (module docstring); ``pixels`` H x W in [0, 1]."""
-    rows = np.asarray(pixels, np.float32)[::ROW_STEP].astype(np.float64)
+    rows = np.asarray(pixels, np.float32)[::ROW_STEP]
     a, b, c = rows[:, :-2], rows[:, 1:-1], rows[:, 2:]
-    ok = (a < 1.0) & (b < 1.0) & (c < 1.0) & np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
+    top = np.maximum(np.maximum(a, b), c)
+    ok = top < 1.0  # below full scale, and not NaN (a NaN compares False)
     if int(ok.sum()) < MIN_PAIRS:
         raise NoiseError(f"has {int(ok.sum())} runs of three neighbouring pixels below full "
                          f"scale on every {ROW_STEP}th row; expected at least {MIN_PAIRS} to "
                          "measure its noise")
     a, b, c = a[ok], b[ok], c[ok]
-    level = np.maximum((a + b + c) / 3.0 - sensor.black, 0.0)
-    u = (2.0 * b - a - c) / np.sqrt(6.0 * (sensor.read ** 2 + sensor.gain * level))
-    rms = 1.4826 * float(np.median(np.abs(u)))
-    if rms == 0.0:  # more than half the pairs equal: coarse data, start from the plain RMS
-        rms = float(np.sqrt(np.mean(np.square(u))))
-    for _ in range(6):
-        inside = u[np.abs(u) < CLIP * rms]
+    level = np.maximum((a + b + c) * np.float32(1 / 3) - np.float32(sensor.black), 0)
+    var = np.float32(6 * sensor.read ** 2) + np.float32(6 * sensor.gain) * level
+    u2 = np.square(2 * b - a - c) / var  # float32: differences of values in [0, 1] are exact
+    rms = 1.4826 * math.sqrt(float(np.median(u2)))
+    if rms == 0.0:  # more than half the runs flat: coarse data, start from the plain RMS
+        rms = math.sqrt(float(np.mean(u2, dtype=np.float64)))
+    for _ in range(8):
+        inside = u2[u2 < (CLIP * rms) ** 2]
         if inside.size == 0:
             break
-        rms = float(np.sqrt(np.mean(np.square(inside))))
+        new = math.sqrt(float(np.mean(inside, dtype=np.float64)))
+        converged = abs(new - rms) < 1e-4 * rms
+        rms = new
+        if converged:
+            break
     return rms / CLIP_BIAS
 
 
