@@ -39,7 +39,7 @@ Choices:
 * **Saturation stays full scale.** A pixel at full scale stays there, and a balanced value
   above it is clipped, as a grey sensor with the brightest site's response would have
   saturated there.
-* **The camera's figures are the model's** (:class:`Sensor`): black level, read noise and
+* **The camera's figures are the model's** (:class:`edge.noise.Sensor`): black level, read noise and
   conversion gain of the spec it was trained with (12-bit DN), as fractions of full scale,
   which is the same at any bit depth.
 """
@@ -71,7 +71,7 @@ def site_gains(pixels: np.ndarray, black: float) -> np.ndarray:
     (0, 0) site (H and W even); ``black`` on the same scale."""
     if pixels.ndim != 2 or pixels.shape[0] % 2 or pixels.shape[1] % 2:
         raise MosaicError(f"a Bayer mosaic needs an even height and width, got "
-                          f"{' x '.join(map(str, pixels.shape))}")
+                          f"{' x '.join(map(str, pixels.shape[::-1]))} px (width x height)")
     # every other row and column of each site: a quarter of its pixels, as good a median of a
     # smooth haze, four times faster
     levels = np.array([float(np.median(s[::2, ::2])) - black for s in sites(pixels)])

@@ -60,8 +60,8 @@ REFERENCE_RATIO = 1.02  # the training frames' ratio by this estimator (module d
 TOLERANCE = 0.035
 LIMITS = (0.5, 2.0)  # beyond these a frame is not from the model's camera
 LEVEL_PX = 15  # side of the local level the deviations are taken from
-ROW_STEP = 4  # every fourth row's neighbour pairs: about a million on a 2,048 px frame
-MIN_PAIRS = 1000
+ROW_STEP = 4  # every fourth row's runs of three pixels: about a million on a 2,048 px frame
+MIN_RUNS = 1000
 CLIP = 4.0  # the RMS is taken over |u| under this many of itself
 CLIP_BIAS = 0.99932  # a normal variable's RMS within +-4 sigma, in sigmas
 
@@ -96,10 +96,6 @@ class Sensor:
         fs = REFERENCE_FULL_SCALE
         return cls(black / fs, read / fs, k / fs)
 
-    def sigma(self, level: np.ndarray) -> np.ndarray:
-        """Noise sigma at ``level`` above black (clamped at 0), same scale."""
-        return np.sqrt(np.float32(self.read ** 2) + np.float32(self.gain) * np.maximum(level, 0))
-
 
 def noise_ratio(pixels: np.ndarray, sensor: Sensor) -> float:
     """The frame's noise over the model's (module docstring); ``pixels`` H x W in [0, 1]."""
@@ -107,9 +103,9 @@ def noise_ratio(pixels: np.ndarray, sensor: Sensor) -> float:
     a, b, c = rows[:, :-2], rows[:, 1:-1], rows[:, 2:]
     top = np.maximum(np.maximum(a, b), c)
     ok = top < 1.0  # below full scale, and not NaN (a NaN compares False)
-    if int(ok.sum()) < MIN_PAIRS:
+    if int(ok.sum()) < MIN_RUNS:
         raise NoiseError(f"has {int(ok.sum())} runs of three neighbouring pixels below full "
-                         f"scale on every {ROW_STEP}th row; expected at least {MIN_PAIRS} to "
+                         f"scale on every {ROW_STEP}th row; expected at least {MIN_RUNS} to "
                          "measure its noise")
     a, b, c = a[ok], b[ok], c[ok]
     level = np.maximum((a + b + c) * np.float32(1 / 3) - np.float32(sensor.black), 0)

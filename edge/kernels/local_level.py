@@ -1,7 +1,7 @@
 """A pixel's local level and its deviation from it: the shared step of balancing a Bayer
 mosaic's colour sites (:mod:`edge.mosaic`) and matching a frame's noise to the camera model
-(:mod:`edge.noise`). :func:`box_mean` is the plain numpy reference; :func:`rescale_plane` the
-Numba kernel the runtime uses (running sums, one pass, a 2,048 px frame in tens of ms)."""
+(:mod:`edge.noise`), as one Numba kernel (running sums, one pass, a 2,048 px frame in tens of
+ms); ``tests/edge/test_mosaic.py`` holds the plain numpy formula it is tested against."""
 
 from __future__ import annotations
 
@@ -11,29 +11,11 @@ import numba as nb
 import numpy as np
 
 
-def box_mean(plane: np.ndarray, size: int = 15) -> np.ndarray:
-    """Mean over the ``size`` x ``size`` square around each pixel, near the borders over the
-    pixels inside (float32, the plane's shape)."""
-    out = plane.astype(np.float64)
-    half = size // 2
-    for axis in (0, 1):
-        n = out.shape[axis]
-        c = np.cumsum(out, axis=axis)
-        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-        hi = np.minimum(np.arange(n) + half + 1, n)
-        lo = np.maximum(np.arange(n) - half, 0)
-        count = (hi - lo).astype(np.float64)
-        shape = [1, 1]
-        shape[axis] = n
-        out = (np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis)) / count.reshape(shape)
-    return out.astype(np.float32)
-
-
 @nb.njit(cache=True, nogil=True)
 def rescale_plane(src, dst, g, black, read2, k, half, extra):  # pragma: no cover - compiled
     """``src`` into ``dst`` (same shape; ``dst`` already holds a copy of ``src``): each pixel's
     local level (the mean of the square of side ``2 half + 1`` around it, near the borders over
-    the pixels inside: :func:`box_mean`) goes to ``black + (level - black) / g``, and its
+    the pixels inside) goes to ``black + (level - black) / g``, and its
     deviation from the level is scaled by the camera's noise sigma at the new level over the
     one at the old, times ``extra``. Pixels at full scale are left alone. Running sums row by
     row: a column sum per column, then a running sum along the row."""

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from edge.kernels.local_level import box_mean
 from edge.mosaic import (
     MIN_LEVEL_DN,
     MosaicError,
@@ -16,6 +15,24 @@ from edge.noise import REFERENCE_FULL_SCALE, Sensor
 FS = REFERENCE_FULL_SCALE
 CAMERA = Sensor(64 / FS, 2.5 / FS, 0.08 / FS)  # the simulated camera's figures
 GAINS = np.array([[1.0, 0.6], [0.75, 1.0]])  # GRBG under white light: G R / B G
+
+
+def box_mean(plane: np.ndarray, size: int = 15) -> np.ndarray:
+    """The reference local level: the mean over the ``size`` x ``size`` square around each
+    pixel, near the borders over the pixels inside (float32, the plane's shape)."""
+    out = plane.astype(np.float64)
+    half = size // 2
+    for axis in (0, 1):
+        n = out.shape[axis]
+        c = np.cumsum(out, axis=axis)
+        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+        hi = np.minimum(np.arange(n) + half + 1, n)
+        lo = np.maximum(np.arange(n) - half, 0)
+        count = (hi - lo).astype(np.float64)
+        shape = [1, 1]
+        shape[axis] = n
+        out = (np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis)) / count.reshape(shape)
+    return out.astype(np.float32)
 
 
 def _flat_mosaic(level_dn: float, shape=(512, 512), seed=0, gains=GAINS) -> np.ndarray:
@@ -48,7 +65,7 @@ def test_a_frame_too_dark_or_odd_is_refused_with_what_was_expected():
                                           r"median levels stand .* DN \(12-bit\) above black; "
                                           r"expected at least 20 DN on every site"):
         site_gains(dark, CAMERA.black)
-    with pytest.raises(MosaicError, match="even height and width, got 511 x 512"):
+    with pytest.raises(MosaicError, match=r"even height and width, got 512 x 511 px \(width x"):
         site_gains(_flat_mosaic(600)[:511], CAMERA.black)
     nan = _flat_mosaic(600)
     nan[::2, 1::2] = np.nan
