@@ -549,8 +549,10 @@ class ImageResult:
         n = len(self.regions)
         weak = (f", {self.weak_regions} weak region{'s' * (self.weak_regions != 1)} below p "
                 f"{self.region_threshold:g} ignored" if self.weak_regions else "")
+        noisy = (f", its noise matched ({self.noise_ratio:.2f} times the model camera's)"
+                 if self.noise_matched else "")
         return (f"{self.path}: {self.verdict.value}, {n} region{'s' * (n != 1)} "
-                f"({self.positives} of {self.windows} windows positive{weak}), "
+                f"({self.positives} of {self.windows} windows positive{weak}){noisy}, "
                 f"{self.seconds:.2f} s")
 
     def region_lines(self) -> list[str]:

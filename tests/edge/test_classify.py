@@ -348,6 +348,8 @@ def test_an_eight_bit_frame_is_matched_to_the_cameras_noise_and_passes_clean(tmp
         # 16 DN steps at 12 bits: about 15 % more noise than the camera the model knows
         assert r.noise_matched and 1.1 < r.noise_ratio < 1.3
         assert r.verdict is Status.PASS and r.to_dict()["noise_matched"] is True
+        assert re.search(r"PASS, 0 regions .*, its noise matched \(1\.\d\d times the model "
+                         r"camera's\), \d+\.\d\d s$", r.summary())
         clf.prep.noise_units = False  # unmatched, the steps read as texture: windows everywhere
         unmatched = clf.classify(frame)
         assert unmatched.verdict is Status.FAIL and unmatched.positives > r.positives + 2
