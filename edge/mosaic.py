@@ -20,7 +20,7 @@ Choices:
   (225 windows each): the raw mosaic gave 26 of 44 scratch windows (grey: 38); a plain
   ``1 / gain`` 433 false windows of 856 (grey: 37), every clean frame failed; the matched
   balance 38 of 44 and 38 false, as grey. So each site is split into its local level (the mean
-  of a :data:`LEVEL_PX` square of its own pixels) and the deviation from it. The level goes
+  of a 15 px square of its own pixels, 30 px of the frame) and the deviation from it. The level goes
   to the brightest site's response, ``black + (level - black) / gain``; the deviation is
   scaled by the ratio of the camera's noise sigma at the balanced level to the one at the
   site's own (``sqrt(read^2 + k (level - black))``, the noise figures the model was trained
@@ -48,11 +48,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.kernels.local_level import rescale_plane
+from edge.kernels.local_level import LEVEL_PX, rescale_plane
 from edge.noise import REFERENCE_FULL_SCALE, Sensor
 
 MIN_LEVEL_DN = 20.0  # at 12 bits; see the module docstring
-LEVEL_PX = 15  # side of a site's local level, in pixels of its plane (30 px of the frame)
 
 
 class MosaicError(ValueError):

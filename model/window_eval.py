@@ -103,6 +103,7 @@ from model.windows import (
     heldout_windows,
     image_split,
     image_windows,
+    scale,
     train_seeds,
 )
 
@@ -172,9 +173,9 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
     (:mod:`edge.frame_prep`, for a network of the simulated camera); ``noise_match=False``
     leaves the noise as it is (to measure what the match does). The model's camera is the one
     it was trained with, whatever camera rendered the frame."""
-    pixels = raw.astype(np.float32) / np.float32(2 ** cfg.bit_depth - 1)
     try:
-        return FramePrep(camera_sensor(), noise_match)(pixels, cfg.bayer).pixels
+        return FramePrep(camera_sensor(), noise_match)(scale(raw, cfg.bit_depth)[0],
+                                                       cfg.bayer).pixels
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
 
@@ -598,11 +599,9 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
     for seed in test_seeds:
         for _, renderer in renderers:
             frame = renderer.render(seed)
-            origins, wins, labels = image_windows(frame)
-            if needs_prep(cfg):  # as classify sees it: the whole frame prepared, then cut
-                pixels = prepared_frame(frame.image, cfg, noise_match)
-                side = wins.shape[-1]
-                wins = np.stack([pixels[None, r:r + side, c:c + side] for r, c in origins])
+            # as classify sees it: the whole frame prepared, then cut
+            pixels = prepared_frame(frame.image, cfg, noise_match) if needs_prep(cfg) else None
+            _, wins, labels = image_windows(frame, pixels=pixels)
             # scratched: a window of it is a visible scratch; None: its only scratches are
             # too faint to see (left out of the rates, counted)
             truth.append(True if (labels == 1).any() else None if (labels == FAINT).any()

@@ -169,19 +169,22 @@ class _Truth:
         return _label(int(np.count_nonzero(inside)), float(np.sqrt(self.snr2[inside].sum())))
 
 
-def image_windows(frame: DarkfieldFrame, window: int = WINDOW, stride: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_windows(frame: DarkfieldFrame, window: int = WINDOW, stride: int | None = None,
+                  pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every window of the sliding-window grid of one frame, for image-level evaluation:
     origins (K, 2) row/column, windows (K, 1, W, W) float32, labels (K,) int64 (1, 0 or
-    :data:`FAINT`)."""
+    :data:`FAINT`). ``pixels``: cut the windows from these (the frame as the runtime prepared
+    it, H x W in [0, 1]) instead of the frame's RAW image."""
     h, w = frame.image.shape
     rows, cols = window_origins(h, window, stride), window_origins(w, window, stride)
     origins = np.array([(r, c) for r in rows for c in cols], dtype=np.int64)
-    raw = np.stack([frame.image[r:r + window, c:c + window] for r, c in origins])
+    source = frame.image if pixels is None else pixels
+    cut = np.stack([source[r:r + window, c:c + window] for r, c in origins])
     truth = _Truth(frame)
     labels = np.array([truth.label(int(r), int(c), window)[0] for r, c in origins],
                       dtype=np.int64)
-    return origins, scale(raw, frame.config.bit_depth), labels
+    wins = scale(cut, frame.config.bit_depth) if pixels is None else cut[:, None]
+    return origins, wins, labels
 
 
 def _check_mix(mix: Sequence[float]) -> np.ndarray:

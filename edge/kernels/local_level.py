@@ -10,6 +10,10 @@ import math
 import numba as nb
 import numpy as np
 
+# side of the square a pixel's local level is the mean of: wide enough that its own noise and a
+# faint scratch's light barely move the mean (1/225 of it), narrow against the haze's changes
+LEVEL_PX = 15
+
 
 @nb.njit(cache=True, nogil=True)
 def rescale_plane(src, dst, g, black, read2, k, half, extra):  # pragma: no cover - compiled

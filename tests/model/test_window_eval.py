@@ -351,6 +351,30 @@ def test_windows_are_cut_from_the_frame_prepared_whole_as_classify_prepares_it(t
         assert np.array_equal(got[k, 0], prep.pixels[r:r + 256, c:c + 256])
 
 
+def test_the_classifiers_own_frames_go_as_they_are_which_is_what_classify_gives_them():
+    """evaluate-windows hands 12-bit grey frames over unprepared (needs_prep): it relies on
+    classify leaving them alone, which this checks on frames of both sizes."""
+    from edge.frame_prep import FramePrep
+    from edge.sim.darkfield import DarkfieldRenderer
+    from model.window_eval import camera_sensor, needs_prep, prepared_frame
+    from model.windows import image_windows
+
+    prep = FramePrep(camera_sensor(), True)
+    for px, seeds in ((512, range(10)), (2048, (92,))):
+        cfg = frames_at(px)
+        assert not needs_prep(cfg)
+        for seed in seeds:
+            frame = DarkfieldRenderer(cfg).render(seed)
+            got = prep(frame.image.astype(np.float32) / 4095)
+            assert not got.noise_matched, (px, seed, got.noise_ratio)
+    # the grid of a prepared frame is cut from its prepared pixels
+    pixels = prepared_frame(frame.image, cfg)
+    origins, wins, _ = image_windows(frame, pixels=pixels)
+    r, c = origins[7]
+    assert np.array_equal(wins[7, 0], pixels[r:r + 256, c:c + 256])
+    assert np.array_equal(image_windows(frame)[1], wins)  # left as it was, as said above
+
+
 def test_a_noisier_camera_renders_every_level_noisier_and_its_frames_are_matched(tmp_path):
     from edge.noise import noise_ratio
     from edge.sim.darkfield import DarkfieldRenderer
