@@ -55,8 +55,9 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
   ``(x0, y0, x1, y1)`` with ``x1 - x0`` its width. With a scale (mm per px) boxes are also given
   in mm, in the image's own frame (origin at its top-left corner).
 * **Verdict:** FAIL when any region remains, PASS when none; ERROR for an image that could not be
-  classified (unreadable, wrong depth, too small, the engine failed, a non-finite logit):
-  never PASS for an image the network did not see whole.
+  classified (unreadable, wrong depth, too small, too dark, overexposed or flat to judge:
+  :mod:`edge.exposure`; the engine failed, a non-finite logit): never PASS for an image the
+  network did not see whole or cannot judge.
 * **Overlay** (PNG, the image's size): the image under an asinh stretch above its median (the
   dark level; a faint scratch and saturated dust both visible), positive windows tinted red,
   region contours in yellow, the verdict written on it.

@@ -112,7 +112,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     f"counts when a window of it reaches the region threshold. Verdict per "
                     f"image: FAIL when any region counts, else PASS; ERROR for an image that "
                     f"cannot be classified (unreadable, wrong bit depth, smaller than "
-                    f"{WINDOW} px on a side), which is reported and the rest go on. Images: "
+                    f"{WINDOW} px on a side, too dark, overexposed or flat to judge, its noise "
+                    f"not the classifier's camera's), which is reported and the rest go on. "
+                    f"Images: "
                     f"TIFF (8, 12 or 16 bit), PNG, BMP; grey, RGB (converted to grey) or a Bayer "
                     f"RAW mosaic (--bayer). Exit status 1 when any image is ERROR, 2 when the "
                     f"model cannot be used.",

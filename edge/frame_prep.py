@@ -1,13 +1,15 @@
 """What the window classifier's network is given of a frame: a Bayer mosaic's colour sites
-balanced to one response (:mod:`edge.mosaic`), then the frame's noise matched to the camera
-model the network was trained with when it is off (:mod:`edge.noise`). ``glass-inspect
+balanced to one response (:mod:`edge.mosaic`), its exposure checked (:mod:`edge.exposure`: not
+flat, overexposed or too dark to judge), then the frame's noise matched to the camera model the
+network was trained with when it is off (:mod:`edge.noise`). ``glass-inspect
 classify`` prepares every image this way, and ``evaluate-windows`` prepares simulated frames
 the same way, so what is measured is what runs.
 
-Both steps need the model's camera figures (``black_dn``, ``read_noise_dn``,
+Every step needs the model's camera figures (``black_dn``, ``read_noise_dn``,
 ``conversion_gain`` of its spec). A model that does not say them can classify grey frames, which
-are then left as they are, but not mosaics. The noise step applies only to a network that
-works in its camera's noise units (``whiten`` in its spec).
+are then left as they are, but not mosaics. The exposure check and the noise step apply only to
+a network that works in its camera's noise units (``whiten`` in its spec): it was trained on
+that camera's dark-field frames, so it is known which frames it can judge.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge import mosaic, noise
+from edge import exposure, mosaic, noise
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,14 @@ class FramePrep:
     """The preparation for one model: ``prep(pixels, bayer)`` -> :class:`Prepared`."""
 
     def __init__(self, sensor: noise.Sensor | None, noise_units: bool,
-                 model_name: str = "the model"):
+                 model_name: str = "the model", haze_floor: float = exposure.MIN_HAZE):
         self.sensor, self.noise_units, self.model_name = sensor, noise_units, model_name
+        self.haze_floor = haze_floor
 
     @classmethod
     def for_model(cls, metadata: dict, model_name: str = "the model") -> FramePrep:
         return cls(noise.Sensor.from_metadata(metadata), noise.works_in_noise_units(metadata),
-                   model_name)
+                   model_name, exposure.haze_floor(metadata))
 
     def __call__(self, pixels: np.ndarray, bayer: bool = False) -> Prepared:
         gains = None
@@ -62,6 +65,10 @@ class FramePrep:
             pixels = mosaic.balance(pixels, gains, self.sensor)
         if self.sensor is None or not self.noise_units:
             return Prepared(pixels, gains, None, False)
+        try:
+            exposure.check(pixels, self.sensor.black, self.haze_floor)
+        except exposure.ExposureError as exc:
+            raise PrepError(str(exc)) from None
         try:
             ratio = noise.noise_ratio(pixels, self.sensor)
             matched = noise.check(ratio)

@@ -361,10 +361,40 @@ def test_twelve_bit_data_read_as_sixteen_bit_is_an_error_not_a_blind_pass(tmp_pa
     with Classifier.open(FUSION, threads=1) as clf:
         frame = read_image(path)  # the depth not said: read as 16-bit, 16 times too dark
         assert frame.bit_depth == 16
-        with pytest.raises(ClassifyError, match=r"has noise 0\.\d\d times the camera model .* "
-                                                r"a wrong bit depth"):
+        with pytest.raises(ClassifyError, match=r"is too dark: its haze \(median\) is -?\d\.\d % "
+                                                r".*12-bit data in 16-bit words needs "
+                                                r"--bit-depth 12"):
             clf.classify(frame)
         assert clf.classify(read_image(path, bit_depth=12)).verdict is Status.FAIL
+
+
+def test_a_frame_the_classifier_cannot_judge_is_an_error_never_a_pass(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "shots"
+    (dim,) = _sim_frames(folder, [505], bayer=False, scratch_share=0.0, haze=(0.04, 0.06))
+    (too_dim,) = _sim_frames(tmp_path / "x", [506], bayer=False, scratch_share=0.0,
+                             haze=(0.005, 0.01))
+    too_dim.rename(folder / "too_dim.tif")
+    rng = np.random.default_rng(0)  # the ring light off: black level and read noise only
+    off = np.clip(np.round(64 + rng.normal(0, 2.5, (512, 512))), 0, 4095).astype(np.uint16)
+    tifffile.imwrite(folder / "light_off.tif", off)
+    burnt = np.array(tifffile.imread(dim))
+    burnt[:, :40] = 4095  # 7.8 % of the frame saturated
+    tifffile.imwrite(folder / "burnt.tif", burnt)
+    tifffile.imwrite(folder / "flat.tif", np.full((512, 512), 900, np.uint16))
+    rc, out, _ = _run([folder, "--bit-depth", "12", "--model", FUSION, "--json",
+                       tmp_path / "r.json"], capsys)
+    assert rc == 1 and "1 PASS, 0 FAIL, 4 ERROR" in out
+    entries = {e["path"].split("/")[-1]: e for e in json.loads(
+        (tmp_path / "r.json").read_text())["images"]}
+    assert entries[dim.name]["verdict"] == "PASS"  # haze of 4-6 %: still judged
+    assert re.search(r"light_off.tif: is too dark: its haze \(median\) is 0\.0 % of full scale "
+                     r"above the black level; expected at least 3 %.*ring light on",
+                     entries["light_off.tif"]["error"])
+    assert "too_dim.tif: is too dark" in entries["too_dim.tif"]["error"]
+    assert "burnt.tif: is overexposed: 7.8 % of its pixels at full scale; expected at most 1 %" \
+        in entries["burnt.tif"]["error"]
+    assert "flat.tif: is flat: every pixel is 22.0 % of full scale" in entries["flat.tif"]["error"]
 
 
 def test_a_head_file_says_the_images_are_its_cameras_mosaics_and_gives_the_scale(tmp_path,
