@@ -18,7 +18,8 @@ camera model's):
   (2 of 8); at 1.7-2.7 % it failed all 8 clean frames (20-28 positive windows each, against 1-16
   in the trained range); at 0.5-1 % haze it passed some clean frames and failed others at
   random. So the floor is 3 %: below it the verdicts mean nothing. A model trained for a darker
-  light says its own floor in its ``haze_floor`` metadata (a fraction of full scale).
+  light says its own floor in its ``haze_floor`` metadata (a fraction of full scale; ``glass-inspect
+  export onnx --haze-floor``).
 
 The median needs no noise model; the black level is the camera model's (0 when the model does
 not say one, which only lowers the floor).

@@ -16,7 +16,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     try:
         r = export_onnx(args.checkpoint, args.out, tile=args.tile, all_scales=args.all_scales,
-                        raw_logit=args.raw_logit, region_threshold=args.region_threshold)
+                        raw_logit=args.raw_logit, region_threshold=args.region_threshold,
+                        haze_floor=args.haze_floor)
     except (CheckpointError, ExportError) as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, {r.parameters:,} parameters, outputs "
@@ -152,6 +153,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="a window classifier: the probability one window of a region must "
                          "reach to fail an image in 'glass-inspect classify' (choose it with "
                          "'glass-inspect evaluate-windows --on validation'); kept in the model")
+    eo.add_argument("--haze-floor", type=float, metavar="F",
+                    help="a whitening window classifier trained for a darker light: the haze "
+                         "(a frame's median above black, a fraction of full scale) under which "
+                         "'glass-inspect classify' refuses a frame as too dark to judge "
+                         "(default when not given: 0.03, the shipped classifier's); kept in "
+                         "the model")
     eo.set_defaults(func=cmd_export_onnx)
 
     ee = esub.add_parser(

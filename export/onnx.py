@@ -16,7 +16,8 @@
   and the offset (``raw_logit=True``, ``--raw-logit``: no offset).
 * A classifier's region threshold (``--region-threshold``, chosen on validation images with
   ``glass-inspect evaluate-windows --on validation``) goes into the metadata as
-  ``region_threshold``, which ``glass-inspect classify`` applies (:mod:`edge.classify`).
+  ``region_threshold``, which ``glass-inspect classify`` applies (:mod:`edge.classify`), and
+  ``haze_floor``, the darkest frame it judges (:mod:`edge.exposure`; empty: the default).
 * Nested weights stay nested: the exporter's constant folding is off, so the kernel pool is one
   initializer and each convolution slices it (``Slice`` on a constant, which ONNX Runtime and
   TensorRT fold when they load the model). The file is about the pool's size, not the sum of
@@ -99,7 +100,8 @@ def operating_point(ckpt: dict) -> float | None:
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int = 512,
                 all_scales: bool = False, opset: int = OPSET, parity_batch: int = 2,
                 seed: int = 0, raw_logit: bool = False,
-                region_threshold: float | None = None) -> ExportResult:
+                region_threshold: float | None = None,
+                haze_floor: float | None = None) -> ExportResult:
     import onnx
     import torch
 
@@ -114,6 +116,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
         raise ExportError(f"a region threshold is a window classifier's (network fusion) and "
                           f"within [0.5, 1] (the exported decision is at 0.5); got "
                           f"{region_threshold} for a {network} network")
+    if haze_floor is not None and (network != "fusion" or not ckpt["spec"].get("whiten")
+                                   or not 0.0 <= haze_floor < 1.0):
+        raise ExportError(f"a haze floor is a whitening window classifier's (network fusion, "
+                          f"whiten in its spec) and within [0, 1) of full scale; got "
+                          f"{haze_floor} for a {network} network")
     model = model_from_checkpoint(ckpt)
     divisor = getattr(model.spec, "divisor", 32)
     if network == "fusion":
@@ -160,6 +167,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, tile: int
                                                 "chosen_by": "best F1 on the validation "
                                                              "windows", "epoch": ckpt["epoch"]}),
             "region_threshold": "" if region_threshold is None else repr(region_threshold),
+            "haze_floor": "" if haze_floor is None else repr(haze_floor),
             "input_scale": ("one dark-field RAW frame, divided by 2**bit_depth - 1"
                             if model.spec.in_channels == 1 else
                             "space-to-depth of the 6 RAW frames, divided by 2**bit_depth - 1"),

@@ -593,3 +593,27 @@ def test_the_model_carries_its_region_threshold(tmp_path):
         assert clf.region_threshold == 0.6  # the command line wins
     with pytest.raises(ExportError, match="within \\[0.5, 1\\]"):
         export_onnx(tmp_path / "fusion.pt", tmp_path / "bad.onnx", region_threshold=0.3)
+
+
+def test_a_whitening_classifier_can_carry_its_own_haze_floor(tmp_path):
+    pytest.importorskip("onnx")
+    from export.onnx import ExportError, export_onnx
+    from model.attention import AttentionFusionNet, FusionSpec
+    from model.train import CHECKPOINT_FORMAT
+
+    torch = pytest.importorskip("torch")
+    spec = FusionSpec(width=0.125, in_channels=1, whiten=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "network": "fusion", "spec": spec.to_dict(),
+                "settings": {}, "model": AttentionFusionNet(spec).eval().state_dict(),
+                "epoch": 0, "history": [], "head_digest": "", "pipeline": {}},
+               tmp_path / "w.pt")
+    path = export_onnx(tmp_path / "w.pt", tmp_path / "w.onnx", haze_floor=0.005).path
+    with Classifier.open(path, threads=1) as clf:
+        assert clf.prep.haze_floor == 0.005
+    with Classifier.open(FUSION, threads=1) as clf:
+        assert clf.prep.haze_floor == 0.03  # the shipped model says none: the default
+    _brightness_network(tmp_path / "plain.pt")  # no whitening: its frames are not checked
+    with pytest.raises(ExportError, match="a haze floor is a whitening window classifier's"):
+        export_onnx(tmp_path / "plain.pt", tmp_path / "bad.onnx", haze_floor=0.01)
+    with pytest.raises(ExportError, match=r"within \[0, 1\)"):
+        export_onnx(tmp_path / "w.pt", tmp_path / "bad.onnx", haze_floor=1.5)
