@@ -10,6 +10,18 @@ from pathlib import Path
 from edge.cli_common import UsageError, head_option, load_head, require, share, whole
 
 
+def group_list(text: str) -> tuple[int, ...]:
+    """An argparse type: LED groups as ``0,1,2,3``; the simulator checks them against its ring."""
+    try:
+        groups = tuple(int(g) for g in text.split(","))
+    except ValueError:
+        groups = ()
+    if not groups or min(groups) < 0:
+        raise argparse.ArgumentTypeError(f"expected LED groups as whole numbers from 0 joined by "
+                                         f"commas, such as 0,1,2,3; got {text!r}")
+    return groups
+
+
 def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     require("onnxruntime", "evaluation", "cpu")
     from model.window_eval import WindowEvalError, describe, evaluate_windows
@@ -31,7 +43,8 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             test_windows=args.windows, val_windows=args.val_windows,
             images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
             progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth,
-            noise_scale=args.noise_scale, noise_match=not args.no_noise_match)
+            noise_scale=args.noise_scale, noise_match=not args.no_noise_match,
+            lit_groups=args.lit_groups, camera=args.camera)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -187,6 +200,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "without matching "
                         "their noise, to measure what the match does ('classify' always "
                         "matches)")
+    w.add_argument("--lit-groups", type=group_list, metavar="G,G,...",
+                   help="light the frames with these LED groups of the 8-group ring only "
+                        "(0-7, e.g. 0,1,2,3; default: all, as the classifier was trained): what "
+                        "a system "
+                        "with part of a ring sees, the haze that share and each scratch as "
+                        "bright as the light across it; the frames 'classify' would refuse as "
+                        "too dark are listed")
+    w.add_argument("--camera", choices=("area", "line"), default="area",
+                   help="an area camera (default, as trained) or a line-scan camera, whose "
+                        "lens falls off along the sensor line only")
     w.add_argument("--split", type=whole(1), nargs=3, default=[80, 12, 20],
                    metavar=("TRAIN", "VAL", "TEST"),
                    help="frames per part, seeds from 0 (default: 80 12 20, the paper's; the "

@@ -131,17 +131,24 @@ class WindowEvalError(ValueError):
 
 
 def frame_config(frame_px: int = FRAME_PX, bayer: bool = False, bit_depth: int = 12,
-                 noise_scale: float = 1.0) -> DarkfieldConfig:
+                 noise_scale: float = 1.0, lit_groups: Sequence[int] | None = None,
+                 camera: str = "area") -> DarkfieldConfig:
     """The evaluated frames (:func:`edge.sim.darkfield.frames_at`): grey or a GRBG mosaic, at
     ``bit_depth``, from a camera whose noise is ``noise_scale`` times the one the classifier
     was trained with (read noise times it, conversion gain times its square: every level's
-    sigma scaled alike)."""
+    sigma scaled alike); under the LED groups ``lit_groups`` of the ring only (None: all, as
+    the classifier was trained), taken by an ``area`` or a ``line``-scan camera."""
     if not (math.isfinite(noise_scale) and 0.25 <= noise_scale <= 4.0):
         raise WindowEvalError(f"noise_scale must be within 0.25-4, got {noise_scale}")
     cfg = frames_at(frame_px)
-    return replace(cfg, bayer=bool(bayer), bit_depth=bit_depth,
-                   read_noise_dn=cfg.read_noise_dn * noise_scale,
-                   conversion_gain=cfg.conversion_gain * noise_scale ** 2)
+    try:
+        return replace(cfg, bayer=bool(bayer), bit_depth=bit_depth,
+                       read_noise_dn=cfg.read_noise_dn * noise_scale,
+                       conversion_gain=cfg.conversion_gain * noise_scale ** 2,
+                       lit_groups=None if lit_groups is None else tuple(lit_groups),
+                       camera=camera)
+    except ValueError as exc:  # the simulator's own check: groups off the ring, a camera kind
+        raise WindowEvalError(str(exc)) from None
 
 
 def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
@@ -178,6 +185,23 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
                                                        cfg.bayer).pixels
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
+
+
+def frames_refused(seeds: Sequence[int], cfg: DarkfieldConfig, haze_floor: float
+                   ) -> list[dict]:
+    """The frames of ``seeds`` that ``glass-inspect classify`` would refuse (ERROR): prepared
+    as it prepares them (:mod:`edge.frame_prep`, the model's floor ``haze_floor``), each with
+    why. A classifier's windows are scored on every frame; this says on which ``classify``
+    would give no verdict (a part of the ring lights a frame with that share of the haze, which
+    can fall under the floor of :mod:`edge.exposure`)."""
+    prep = FramePrep(camera_sensor(), True, haze_floor=haze_floor)
+    renderer, out = DarkfieldRenderer(cfg), []
+    for seed in seeds:
+        try:
+            prep(scale(renderer.render(seed).image, cfg.bit_depth)[0], cfg.bayer)
+        except PrepError as exc:
+            out.append({"frame": int(seed), "why": str(exc)})
+    return out
 
 
 def needs_prep(cfg: DarkfieldConfig) -> bool:
@@ -421,7 +445,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      cache: str | os.PathLike | None = None, threads: int = 0,
                      batch: int = DEFAULT_BATCH, progress: bool = True,
                      on: str = "test", bayer: bool = False, bit_depth: int = 12,
-                     noise_scale: float = 1.0, noise_match: bool = True) -> dict:
+                     noise_scale: float = 1.0, noise_match: bool = True,
+                     lit_groups: Sequence[int] | None = None, camera: str = "area") -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -434,7 +459,9 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     as ``classify`` prepares one (:class:`PreparedWindows`), for networks and baselines
     alike; ``noise_scale``: from a camera that much noisier (:func:`frame_config`);
     ``noise_match=False`` hands them over without matching their noise, to measure what the
-    match does."""
+    match does. ``lit_groups``, ``camera``: frames under a part of the ring only, or from a
+    line-scan camera (:func:`frame_config`); a network's result then also lists the frames
+    ``classify`` would refuse (``frames_refused``, :func:`frames_refused`)."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -446,7 +473,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale)
+        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale, lit_groups, camera)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     frames = {"test": seeds.test, "validation": seeds.validation,
@@ -479,7 +506,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     "windows_seed": HELDOUT_SEED,
                     "image": "Bayer mosaic, colour sites balanced" if bayer else "grey",
                     "bit_depth": bit_depth, "noise_scale": noise_scale,
-                    "noise_match": noise_match}
+                    "noise_match": noise_match, "lit_groups": list(cfg.lit),
+                    "ring_groups": cfg.ring_groups, "camera": cfg.camera}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -497,6 +525,9 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                "curve": pr_curve(prob[seen], truth,
                                                  (*CURVE_THRESHOLDS, m.classifier.threshold)),
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
+            if cfg.lit_groups is not None or cfg.camera != "area":
+                results[m.name]["frames_refused"] = frames_refused(
+                    frames, cfg, m.classifier.prep.haze_floor)
             decide[m.name] = m.positive
             scores[m.name] = (m.probability, m.classifier.threshold,
                               m.classifier.region_threshold)
@@ -518,8 +549,10 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                  "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
                 decide[name] = b.predict
         if images:
+            refused = {name: {f["frame"] for f in r["frames_refused"]}
+                       for name, r in results.items() if "frames_refused" in r}
             for name, rows in _image_level(decide, frames[:images], cfg, progress,
-                                           scores, noise_match).items():
+                                           scores, noise_match, refused).items():
                 results[name]["images"] = rows
         log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
         return results
@@ -583,17 +616,20 @@ def _chunked(fn, ws: WindowSet | PreparedWindows, size: int = 256) -> np.ndarray
 
 
 def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
-                 progress: bool, scores: dict | None = None, noise_match: bool = True
-                 ) -> dict[str, dict]:
+                 progress: bool, scores: dict | None = None, noise_match: bool = True,
+                 refused: dict[str, set[int]] | None = None) -> dict[str, dict]:
     """Image-level rates; for a network (``scores``) also its highest window probability per
-    image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`)."""
+    image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`).
+    ``refused``: per detector, the seeds ``classify`` gives ERROR (:func:`frames_refused`);
+    both renderings of such a frame are left out of its rates and counted."""
     scores = scores or {}
+    refused = refused or {}
     top: dict[str, list[float]] = {name: [] for name in scores}
     renderers = [("as drawn", DarkfieldRenderer(cfg)),
                  ("scratch-free", DarkfieldRenderer(replace(cfg, scratch_share=0.0)))]
     flagged = {name: [] for name in decide}
     grid = {name: [] for name in decide}
-    truth, grid_truth = [], []
+    truth, grid_truth, image_seeds = [], [], []
     bar = tqdm(total=2 * len(test_seeds), desc="test images", unit="image",
                disable=not progress, leave=False)
     for seed in test_seeds:
@@ -607,6 +643,7 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
             truth.append(True if (labels == 1).any() else None if (labels == FAINT).any()
                          else False)
             grid_truth.append(labels)
+            image_seeds.append(seed)
             for name, fn in decide.items():
                 if name in scores:  # one pass: probabilities, then the runtime's decision
                     prob, threshold, region = scores[name]
@@ -629,11 +666,15 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
     known = np.array([t is not None for t in truth])
     out = {}
     for name in decide:
-        row = image_metrics(np.array(flagged[name])[known], np.array(truth)[known].astype(bool))
-        row["faint_only_images"] = int((~known).sum())
+        judged = ~np.isin(image_seeds, sorted(refused.get(name, ())))
+        keep = known & judged
+        row = image_metrics(np.array(flagged[name])[keep], np.array(truth)[keep].astype(bool))
+        row["faint_only_images"] = int((~known & judged).sum())
+        if not judged.all():
+            row["refused_images"] = int((~judged).sum())
         if name in top:
-            best = np.array(top[name])[known]
-            has = np.array(truth)[known].astype(bool)
+            best = np.array(top[name])[keep]
+            has = np.array(truth)[keep].astype(bool)
             row["max_probability"] = [round(v, 6) for v in top[name]]
             row["by_threshold"] = [
                 {"threshold": t, **{k: v for k, v in image_metrics(best >= t, has).items()
@@ -665,6 +706,11 @@ def describe(results: dict[str, dict]) -> str:
         im = r.get("images") or {}
         frames = r.get("by_frame_ci") or {}
         missed = r.get("missed_scratches") or []
+        refused = r.get("frames_refused")
+        if refused:
+            notes.append(f"{name}: classify would refuse {len(refused)} of the frames (ERROR; "
+                         f"their windows are scored above, their images left out of the "
+                         f"image rates): frame {refused[0]['frame']} {refused[0]['why']}")
         if missed:
             lost = sum(m["missed"] for m in missed[:3])
             notes.append(f"{name}: {lost} of its {r['fn']} missed windows lie on "

@@ -24,6 +24,7 @@ from model.window_baselines import (
 )
 from model.window_eval import (
     WindowEvalError,
+    describe,
     evaluate_windows,
     heldout_set,
     image_metrics,
@@ -407,6 +408,37 @@ def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
                             **{**TINY, "images": 0})["m"]["set"]["image"] == "grey"
 
 
+def test_frames_under_part_of_the_ring_and_the_ones_classify_would_refuse():
+    from model.window_eval import frame_config, frames_refused
+
+    cfg = frame_config(512, lit_groups=[0], camera="line")
+    assert cfg.lit == (0,) and cfg.camera == "line" and frame_config(512).lit == tuple(range(8))
+    # one group of eight: an eighth of the haze, under the 3 % floor on these frames
+    refused = frames_refused([5, 6], cfg, haze_floor=0.03)
+    assert [r["frame"] for r in refused] == [5, 6]
+    assert all(r["why"].startswith("is too dark: its haze (median) is") for r in refused)
+    assert frames_refused([5, 6], cfg, haze_floor=0.001) == []
+    assert frames_refused([5, 6], frame_config(512), haze_floor=0.03) == []
+    with pytest.raises(WindowEvalError, match="lit_groups must be distinct groups"):
+        frame_config(512, lit_groups=[9])
+
+
+def test_evaluation_under_part_of_the_ring_says_so_and_lists_refused_frames(classifier_onnx,
+                                                                              tmp_path):
+    r = evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path, lit_groups=[0, 4],
+                         **{**TINY, "test_windows": 8, "images": 0})["m"]
+    assert r["set"]["lit_groups"] == [0, 4] and r["set"]["camera"] == "area"
+    assert isinstance(r["frames_refused"], list)
+    # one group: every test frame too dark for classify, so no image is judged
+    r = evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path, lit_groups=[0],
+                         **{**TINY, "test_windows": 8})["m"]
+    assert [f["frame"] for f in r["frames_refused"]] == [5, 6]
+    assert r["images"]["refused_images"] == 2 and r["images"]["images"] == 0
+    assert "classify would refuse 2 of the frames" in describe({"m": r})
+    assert "frames_refused" not in evaluate_windows(
+        {"m": classifier_onnx}, [], cache=tmp_path, **{**TINY, "images": 0})["m"]
+
+
 def test_development_frames_are_their_own_seeds(
         classifier_onnx, tmp_path):
     r = evaluate_windows({"m": classifier_onnx}, [], cache=tmp_path,
@@ -460,3 +492,12 @@ def test_cli_writes_the_json_keyed_by_file_stem(classifier_onnx, tmp_path, capsy
     assert list(data) == ["fusion_tiny", "otsu"]
     assert data["fusion_tiny"]["windows"] == 8 and "images" not in data["fusion_tiny"]
     assert "fusion_tiny |" in capsys.readouterr().out
+    assert main(["evaluate-windows", str(classifier_onnx), "--split", "3", "2", "2",
+                 "--frame-px", "512", "--windows", "8", "--images", "0", "--cache",
+                 str(tmp_path / "cache"), "--threads", "1", "--lit-groups", "0,4", "--camera",
+                 "line", "--json", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["fusion_tiny"]["set"]["lit_groups"] == [0, 4]
+    with pytest.raises(SystemExit):
+        main(["evaluate-windows", str(classifier_onnx), "--lit-groups", "0,x"])
+    assert "expected LED groups as whole numbers from 0 joined by commas" in \
+        capsys.readouterr().err
