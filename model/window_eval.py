@@ -181,8 +181,10 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
     leaves the noise as it is (to measure what the match does). The model's camera is the one
     it was trained with, whatever camera rendered the frame."""
     try:
-        return FramePrep(camera_sensor(), noise_match)(scale(raw, cfg.bit_depth)[0],
-                                                       cfg.bayer).pixels
+        # no haze floor: a frame classify would refuse as too dark is still measured, and
+        # listed apart (frames_refused)
+        return FramePrep(camera_sensor(), noise_match, haze_floor=0.0)(
+            scale(raw, cfg.bit_depth)[0], cfg.bayer).pixels
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
 

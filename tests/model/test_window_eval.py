@@ -409,7 +409,8 @@ def test_evaluation_on_bayer_frames_says_so(classifier_onnx, tmp_path):
 
 
 def test_frames_under_part_of_the_ring_and_the_ones_classify_would_refuse():
-    from model.window_eval import frame_config, frames_refused
+    from edge.sim.darkfield import DarkfieldRenderer
+    from model.window_eval import frame_config, frames_refused, prepared_frame
 
     cfg = frame_config(512, lit_groups=[0], camera="line")
     assert cfg.lit == (0,) and cfg.camera == "line" and frame_config(512).lit == tuple(range(8))
@@ -421,6 +422,11 @@ def test_frames_under_part_of_the_ring_and_the_ones_classify_would_refuse():
     assert frames_refused([5, 6], frame_config(512), haze_floor=0.03) == []
     with pytest.raises(WindowEvalError, match="lit_groups must be distinct groups"):
         frame_config(512, lit_groups=[9])
+    # a frame too dark for classify is still prepared for measuring (and listed apart)
+    mosaic = frame_config(512, bayer=True, lit_groups=[0])
+    assert frames_refused([5], mosaic, haze_floor=0.03)[0]["why"].startswith("is too dark")
+    raw = DarkfieldRenderer(mosaic).render(5).image
+    assert prepared_frame(raw, mosaic).shape == (512, 512)
 
 
 def test_evaluation_under_part_of_the_ring_says_so_and_lists_refused_frames(classifier_onnx,
