@@ -60,7 +60,8 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
   network did not see whole or cannot judge.
 * **Overlay** (PNG, the image's size): the image under an asinh stretch above its median (the
   dark level; a faint scratch and saturated dust both visible), positive windows tinted red,
-  region contours in yellow, the verdict written on it.
+  region contours in yellow (weak regions are tinted and not outlined), the verdict written on
+  it.
 """
 
 from __future__ import annotations
@@ -875,15 +876,26 @@ def render_overlay(result: ImageResult):
         x0, y0 = px(g.box_px[:2])
         draw.text((x0 + 2 * line, y0 + 2 * line), f"{k}: p {g.max_probability:.2f}",
                   fill=CONTOUR, font=font)
-    n = len(result.regions)
-    text = (f"{result.verdict.value}  {n} region{'s' * (n != 1)}, {result.positives} of "
-            f"{result.windows} windows >= {result.threshold:g}")
+    text = overlay_caption(result)
     box = draw.textbbox((0, 0), text, font=font)
     pad = line * 2
     draw.rectangle((0, 0, box[2] + 2 * pad, box[3] + 2 * pad), fill=(0, 0, 0))
     colour = (255, 80, 80) if result.verdict is Status.FAIL else (90, 230, 90)
     draw.text((pad, pad), text, fill=colour, font=font)
     return im
+
+
+def overlay_caption(result: ImageResult) -> str:
+    """The line written on an overlay: the verdict, and why some tinted windows have no
+    outline (weak regions, which do not fail the image)."""
+    n = len(result.regions)
+    text = (f"{result.verdict.value}  {n} region{'s' * (n != 1)}, {result.positives} of "
+            f"{result.windows} windows >= {result.threshold:g}")
+    if result.weak_regions:
+        k = result.weak_regions
+        text += (f"; {k} weak region{'s' * (k != 1)} under p {result.region_threshold:g} "
+                 "(tinted, not outlined)")
+    return text
 
 
 def write_overlay(path: str | Path, result: ImageResult) -> Path:

@@ -27,6 +27,7 @@ from edge.classify import (
     Region,
     classify_paths,
     merge_windows,
+    overlay_caption,
     read_image,
     resolve_model,
     window_origins,
@@ -577,6 +578,9 @@ def test_a_region_fails_the_image_only_when_a_window_reaches_the_region_threshol
     assert r.positives == base.positives
     assert "1 weak region below p" in r.summary()
     assert r.to_dict()["weak_regions"] == 1 and r.to_dict()["region_threshold"] == top + 0.005
+    assert overlay_caption(r).endswith(f"; 1 weak region under p {top + 0.005:g} (tinted, not "
+                                       "outlined)")
+    assert "weak" not in overlay_caption(base)
     with pytest.raises(ValueError, match="region threshold"):
         Classifier.open(model, threshold=0.6, region_threshold=0.55, threads=1)
 
