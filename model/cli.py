@@ -22,6 +22,19 @@ def group_list(text: str) -> tuple[int, ...]:
     return groups
 
 
+def haze_range(text: str) -> tuple[float, float]:
+    """An argparse type: a range of shares of full scale as ``LO,HI``, such as 0.03,0.06."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = -1.0
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a haze range as LO,HI, shares of full scale "
+                                         f"with 0 <= LO <= HI <= 1, such as 0.03,0.06; got "
+                                         f"{text!r}")
+    return lo, hi
+
+
 def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     require("onnxruntime", "evaluation", "cpu")
     from model.window_eval import WindowEvalError, describe, evaluate_windows
@@ -44,7 +57,7 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
             progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth,
             noise_scale=args.noise_scale, noise_match=not args.no_noise_match,
-            lit_groups=args.lit_groups, camera=args.camera)
+            lit_groups=args.lit_groups, camera=args.camera, haze=args.haze)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -207,6 +220,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "with part of a ring sees, the haze that share and each scratch as "
                         "bright as the light across it; the frames 'classify' would refuse as "
                         "too dark are listed")
+    w.add_argument("--haze", type=haze_range, metavar="LO,HI",
+                   help="draw each frame's haze at the optical centre from LO-HI of full scale "
+                        "(default: 0.1,0.3, as the classifier was trained); the frames "
+                        "'classify' would refuse as too dark are listed")
     w.add_argument("--camera", choices=("area", "line"), default="area",
                    help="an area camera (default, as trained) or a line-scan camera, whose "
                         "lens falls off along the sensor line only")

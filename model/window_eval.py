@@ -132,12 +132,15 @@ class WindowEvalError(ValueError):
 
 def frame_config(frame_px: int = FRAME_PX, bayer: bool = False, bit_depth: int = 12,
                  noise_scale: float = 1.0, lit_groups: Sequence[int] | None = None,
-                 camera: str = "area") -> DarkfieldConfig:
+                 camera: str = "area", haze: tuple[float, float] | None = None
+                 ) -> DarkfieldConfig:
     """The evaluated frames (:func:`edge.sim.darkfield.frames_at`): grey or a GRBG mosaic, at
     ``bit_depth``, from a camera whose noise is ``noise_scale`` times the one the classifier
     was trained with (read noise times it, conversion gain times its square: every level's
     sigma scaled alike); under the LED groups ``lit_groups`` of the ring only (None: all, as
-    the classifier was trained), taken by an ``area`` or a ``line``-scan camera."""
+    the classifier was trained), taken by an ``area`` or a ``line``-scan camera, with a haze
+    at the optical centre drawn from ``haze`` (shares of full scale; None: the trained 10-30
+    %)."""
     if not (math.isfinite(noise_scale) and 0.25 <= noise_scale <= 4.0):
         raise WindowEvalError(f"noise_scale must be within 0.25-4, got {noise_scale}")
     cfg = frames_at(frame_px)
@@ -146,7 +149,7 @@ def frame_config(frame_px: int = FRAME_PX, bayer: bool = False, bit_depth: int =
                        read_noise_dn=cfg.read_noise_dn * noise_scale,
                        conversion_gain=cfg.conversion_gain * noise_scale ** 2,
                        lit_groups=None if lit_groups is None else tuple(lit_groups),
-                       camera=camera)
+                       camera=camera, haze=cfg.haze if haze is None else tuple(haze))
     except ValueError as exc:  # the simulator's own check: groups off the ring, a camera kind
         raise WindowEvalError(str(exc)) from None
 
@@ -448,7 +451,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      batch: int = DEFAULT_BATCH, progress: bool = True,
                      on: str = "test", bayer: bool = False, bit_depth: int = 12,
                      noise_scale: float = 1.0, noise_match: bool = True,
-                     lit_groups: Sequence[int] | None = None, camera: str = "area") -> dict:
+                     lit_groups: Sequence[int] | None = None, camera: str = "area",
+                     haze: tuple[float, float] | None = None) -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -461,9 +465,10 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     as ``classify`` prepares one (:class:`PreparedWindows`), for networks and baselines
     alike; ``noise_scale``: from a camera that much noisier (:func:`frame_config`);
     ``noise_match=False`` hands them over without matching their noise, to measure what the
-    match does. ``lit_groups``, ``camera``: frames under a part of the ring only, or from a
-    line-scan camera (:func:`frame_config`); a network's result then also lists the frames
-    ``classify`` would refuse (``frames_refused``, :func:`frames_refused`)."""
+    match does. ``lit_groups``, ``camera``, ``haze``: frames under a part of the ring only,
+    from a line-scan camera, or under another haze (:func:`frame_config`); a network's result
+    then also lists the frames ``classify`` would refuse (``frames_refused``,
+    :func:`frames_refused`)."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -475,7 +480,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale, lit_groups, camera)
+        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale, lit_groups, camera, haze)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     frames = {"test": seeds.test, "validation": seeds.validation,
@@ -509,7 +514,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     "image": "Bayer mosaic, colour sites balanced" if bayer else "grey",
                     "bit_depth": bit_depth, "noise_scale": noise_scale,
                     "noise_match": noise_match, "lit_groups": list(cfg.lit),
-                    "ring_groups": cfg.ring_groups, "camera": cfg.camera}
+                    "ring_groups": cfg.ring_groups, "camera": cfg.camera,
+                    "haze": list(cfg.haze)}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -527,7 +533,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                "curve": pr_curve(prob[seen], truth,
                                                  (*CURVE_THRESHOLDS, m.classifier.threshold)),
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
-            if cfg.lit_groups is not None or cfg.camera != "area":
+            trained = frames_at(frame_px)
+            if (cfg.lit_groups, cfg.camera, cfg.haze) != (None, "area", trained.haze):
                 results[m.name]["frames_refused"] = frames_refused(
                     frames, cfg, m.classifier.prep.haze_floor)
             decide[m.name] = m.positive

@@ -503,6 +503,15 @@ def test_cli_writes_the_json_keyed_by_file_stem(classifier_onnx, tmp_path, capsy
                  str(tmp_path / "cache"), "--threads", "1", "--lit-groups", "0,4", "--camera",
                  "line", "--json", str(out), "-q"]) == 0
     assert json.loads(out.read_text())["fusion_tiny"]["set"]["lit_groups"] == [0, 4]
+    assert main(["evaluate-windows", str(classifier_onnx), "--split", "3", "2", "2",
+                 "--frame-px", "512", "--windows", "8", "--images", "0", "--cache",
+                 str(tmp_path / "cache"), "--threads", "1", "--haze", "0.01,0.02", "--json",
+                 str(out), "-q"]) == 0
+    r = json.loads(out.read_text())["fusion_tiny"]
+    assert r["set"]["haze"] == [0.01, 0.02] and len(r["frames_refused"]) == 2
+    with pytest.raises(SystemExit):
+        main(["evaluate-windows", str(classifier_onnx), "--haze", "0.3,0.1"])
+    assert "expected a haze range as LO,HI" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate-windows", str(classifier_onnx), "--lit-groups", "0,x"])
     assert "expected LED groups as whole numbers from 0 joined by commas" in \
