@@ -630,7 +630,8 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
     """Image-level rates; for a network (``scores``) also its highest window probability per
     image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`).
     ``refused``: per detector, the seeds ``classify`` gives ERROR (:func:`frames_refused`);
-    both renderings of such a frame are left out of its rates and counted."""
+    both renderings of such a frame are left out of its rates and counted, and the rates it
+    would have had are given apart (``refused_if_judged``: the evidence for the refusal)."""
     scores = scores or {}
     refused = refused or {}
     top: dict[str, list[float]] = {name: [] for name in scores}
@@ -681,6 +682,13 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
         row["faint_only_images"] = int((~known & judged).sum())
         if not judged.all():
             row["refused_images"] = int((~judged).sum())
+            # what the refusal spares: the same rule on the refused frames, as if judged
+            spared = known & ~judged
+            row["refused_if_judged"] = {
+                k: v for k, v in image_metrics(np.array(flagged[name])[spared],
+                                               np.array(truth)[spared].astype(bool)).items()
+                if k in ("with_scratch", "clean", "detected", "false_alarms", "detection_rate",
+                         "false_alarm_rate")}
         if name in top:
             best = np.array(top[name])[keep]
             has = np.array(truth)[keep].astype(bool)

@@ -440,6 +440,8 @@ def test_evaluation_under_part_of_the_ring_says_so_and_lists_refused_frames(clas
                          **{**TINY, "test_windows": 8})["m"]
     assert [f["frame"] for f in r["frames_refused"]] == [5, 6]
     assert r["images"]["refused_images"] == 2 and r["images"]["images"] == 0
+    spared = r["images"]["refused_if_judged"]
+    assert spared["clean"] == 1 and spared["with_scratch"] + spared["clean"] <= 2
     assert "classify would refuse 2 of the frames" in describe({"m": r})
     assert "frames_refused" not in evaluate_windows(
         {"m": classifier_onnx}, [], cache=tmp_path, **{**TINY, "images": 0})["m"]
