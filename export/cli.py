@@ -157,7 +157,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="a whitening window classifier trained for a darker light: the haze "
                          "(a frame's median above black, a fraction of full scale) under which "
                          "'glass-inspect classify' refuses a frame as too dark to judge "
-                         "(default when not given: 0.03, the shipped classifier's); kept in "
+                         "(default when not given: 0.04, the shipped classifier's); kept in "
                          "the model")
     eo.set_defaults(func=cmd_export_onnx)
 

@@ -38,7 +38,7 @@ def test_an_overexposed_frame_is_refused_above_the_saturated_share():
 def test_a_frame_under_the_floor_is_too_dark_whatever_its_noise():
     with pytest.raises(ExposureError, match=r"^is too dark: its haze \(median\) is 1\.0 % of "
                                             r"full scale above the black level; expected at "
-                                            r"least 3 %"):
+                                            r"least 4 %"):
         exposure.check(_frame(0.01), BLACK)
     assert exposure.check(_frame(0.01), BLACK, floor=0.005) == pytest.approx(0.01, abs=1e-3)
 

@@ -414,7 +414,7 @@ def test_frames_under_part_of_the_ring_and_the_ones_classify_would_refuse():
 
     cfg = frame_config(512, lit_groups=[0], camera="line")
     assert cfg.lit == (0,) and cfg.camera == "line" and frame_config(512).lit == tuple(range(8))
-    # one group of eight: an eighth of the haze, under the 3 % floor on these frames
+    # one group of eight: an eighth of the haze, under a 3 % floor on these frames
     refused = frames_refused([5, 6], cfg, haze_floor=0.03)
     assert [r["frame"] for r in refused] == [5, 6]
     assert all(r["why"].startswith("is too dark: its haze (median) is") for r in refused)
