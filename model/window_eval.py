@@ -68,6 +68,13 @@ sites balanced, the noise matched when off, on the whole frame) before any detec
 or baseline, sees it. The simulated camera's noise figures stand in for the model's own (the
 shipped model was trained with them).
 
+**Other light, another camera** (``lit_groups``, ``--lit-groups 0,1,2,3``; ``haze``,
+``--haze 0.03,0.06``; ``camera="line"``): frames under a part of the ring, a dimmer or brighter
+haze, or from a line-scan camera. Their windows are scored on every frame; a network's result
+also lists the frames ``classify`` would refuse as too dark to judge (``frames_refused``,
+:mod:`edge.exposure`), leaves them out of the image rates and gives the rates they would have
+had apart (``refused_if_judged``).
+
 **Noise**: ``classify`` matches a frame's noise to the model's camera when it is off
 (:mod:`edge.noise`); every simulated 12-bit grey frame lies within that check's tolerance, so
 its windows go to the networks as they are.
@@ -516,6 +523,9 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     "noise_match": noise_match, "lit_groups": list(cfg.lit),
                     "ring_groups": cfg.ring_groups, "camera": cfg.camera,
                     "haze": list(cfg.haze)}
+        # light or a camera the classifier was not trained under: some frames may be too dark
+        unlike_training = (cfg.lit_groups, cfg.camera, cfg.haze) != (
+            None, "area", frames_at(frame_px).haze)
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -533,8 +543,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                "curve": pr_curve(prob[seen], truth,
                                                  (*CURVE_THRESHOLDS, m.classifier.threshold)),
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
-            trained = frames_at(frame_px)
-            if (cfg.lit_groups, cfg.camera, cfg.haze) != (None, "area", trained.haze):
+            if unlike_training:
                 results[m.name]["frames_refused"] = frames_refused(
                     frames, cfg, m.classifier.prep.haze_floor)
             decide[m.name] = m.positive
