@@ -75,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import exposure
 from edge.engine.base import Engine, EngineError, open_engine
 from edge.frame_prep import FramePrep, PrepError
 from edge.verdict import Status
@@ -530,6 +531,7 @@ class ImageResult:
     site_gains: np.ndarray | None = None  # a Bayer mosaic's 2 x 2 site gains (edge.mosaic)
     noise_ratio: float | None = None  # the frame's noise over the model's camera (edge.noise)
     noise_matched: bool = False  # whether the frame's noise was matched to the model's
+    haze: float | None = None  # its median above black, of full scale (edge.exposure)
 
     @property
     def windows(self) -> int:
@@ -587,6 +589,7 @@ class ImageResult:
                            else [[round(float(g), 4) for g in row] for row in self.site_gains]),
             "noise_ratio": None if self.noise_ratio is None else round(self.noise_ratio, 4),
             "noise_matched": self.noise_matched,
+            "haze": None if self.haze is None else round(self.haze, 4),
             "positive_windows": [],
             "regions": [g.to_dict(self.mm_per_px) for g in self.regions],
             "overlay": None if self.overlay is None else str(self.overlay),
@@ -722,6 +725,11 @@ class Classifier:
         if prep.noise_matched:
             log.info("%s: noise %.2f times the classifier's camera model: matched to its "
                      "training frames'", frame.path, prep.noise_ratio)
+        if prep.haze is not None and prep.haze > exposure.BRIGHT_HAZE:
+            log.warning("%s: haze %.0f %% of full scale, brighter than %.0f %%: the classifier "
+                        "fails about three times as many clean parts in such light (model card); "
+                        "check the region threshold on clean parts", frame.path,
+                        100 * prep.haze, 100 * exposure.BRIGHT_HAZE)
         frame = replace(frame, pixels=prep.pixels)
         ys, xs, logits = self.logits(frame.pixels)
         if not np.all(np.isfinite(logits)):
@@ -739,6 +747,7 @@ class Classifier:
                            mm_per_px=mm_per_px, region_threshold=self.region_threshold,
                            weak_regions=len(found) - len(regions),
                            site_gains=prep.site_gains, noise_ratio=prep.noise_ratio,
+                           haze=prep.haze,
                            noise_matched=prep.noise_matched)
 
 

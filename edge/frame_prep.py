@@ -34,6 +34,7 @@ class Prepared:
     site_gains: np.ndarray | None  # a mosaic's 2 x 2 gains; None for a grey frame
     noise_ratio: float | None  # its noise over the model's camera's; None: not measured
     noise_matched: bool
+    haze: float | None = None  # the frame's median above black (edge.exposure); None: not checked
 
 
 class FramePrep:
@@ -66,7 +67,7 @@ class FramePrep:
         if self.sensor is None or not self.noise_units:
             return Prepared(pixels, gains, None, False)
         try:
-            exposure.check(pixels, self.sensor.black, self.haze_floor)
+            haze = exposure.check(pixels, self.sensor.black, self.haze_floor)
         except exposure.ExposureError as exc:
             raise PrepError(str(exc)) from None
         try:
@@ -76,4 +77,4 @@ class FramePrep:
             raise PrepError(str(exc)) from None
         if matched:
             pixels = noise.match(pixels, ratio, self.sensor)
-        return Prepared(pixels, gains, ratio, matched)
+        return Prepared(pixels, gains, ratio, matched, haze)

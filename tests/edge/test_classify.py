@@ -10,6 +10,7 @@ positive with p >= 0.98; a dark window, or one that only touches a bright cell, 
 """
 
 import json
+import logging
 import re
 from dataclasses import replace
 
@@ -396,6 +397,23 @@ def test_a_frame_the_classifier_cannot_judge_is_an_error_never_a_pass(tmp_path, 
     assert "burnt.tif: is overexposed: 7.8 % of its pixels at full scale; expected at most 1 %" \
         in entries["burnt.tif"]["error"]
     assert "flat.tif: is flat: every pixel is 22.0 % of full scale" in entries["flat.tif"]["error"]
+
+
+def test_a_bright_frame_is_judged_with_a_warning_and_every_frame_gives_its_haze(tmp_path,
+                                                                               caplog):
+    pytest.importorskip("onnxruntime")
+    (bright,) = _sim_frames(tmp_path / "b", [507], bayer=False, scratch_share=0.0,
+                            haze=(0.7, 0.75))
+    (usual,) = _sim_frames(tmp_path / "u", [507], bayer=False, scratch_share=0.0)
+    with Classifier.open(FUSION, threads=1) as clf, caplog.at_level(logging.INFO):
+        b = clf.classify(read_image(bright, bit_depth=12))
+        assert b.verdict in (Status.PASS, Status.FAIL) and b.haze > 0.4
+        assert re.search(r"haze \d\d % of full scale, brighter than 40 %: the classifier fails "
+                         r"about three times as many clean parts", caplog.text)
+        caplog.clear()
+        u = clf.classify(read_image(usual, bit_depth=12))
+        assert 0.04 < u.haze < 0.3 and "brighter than" not in caplog.text
+        assert u.to_dict()["haze"] == round(u.haze, 4)
 
 
 def test_a_head_file_says_the_images_are_its_cameras_mosaics_and_gives_the_scale(tmp_path,
