@@ -30,8 +30,8 @@ Three times as many false rejects is worse, not meaningless, so a frame above
 :data:`BRIGHT_HAZE` is classified and its line says so (its region threshold should be checked on
 the line's clean parts).
 
-The median needs no noise model; the black level is the camera model's (0 when the model does
-not say one, which only lowers the floor).
+The median needs no noise model, only the camera model's black level; a model that does not say
+its camera is not checked (:mod:`edge.frame_prep`).
 """
 
 from __future__ import annotations

@@ -216,10 +216,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--lit-groups", type=group_list, metavar="G,G,...",
                    help="light the frames with these LED groups of the 8-group ring only "
                         "(0-7, e.g. 0,1,2,3; default: all, as the classifier was trained): what "
-                        "a system "
-                        "with part of a ring sees, the haze that share and each scratch as "
-                        "bright as the light across it; the frames 'classify' would refuse as "
-                        "too dark are listed")
+                        "a system with part of a ring sees, the haze that share and each "
+                        "scratch as bright as the light across it; the frames 'classify' would "
+                        "refuse as too dark are listed")
     w.add_argument("--haze", type=haze_range, metavar="LO,HI",
                    help="draw each frame's haze at the optical centre from LO-HI of full scale "
                         "(default: 0.1,0.3, as the classifier was trained); the frames "

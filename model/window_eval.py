@@ -526,6 +526,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         # light or a camera the classifier was not trained under: some frames may be too dark
         unlike_training = (cfg.lit_groups, cfg.camera, cfg.haze) != (
             None, "area", frames_at(frame_px).haze)
+        refusals: dict[float, list[dict]] = {}  # by haze floor: each frame rendered once
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
@@ -544,8 +545,10 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                                  (*CURVE_THRESHOLDS, m.classifier.threshold)),
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
             if unlike_training:
-                results[m.name]["frames_refused"] = frames_refused(
-                    frames, cfg, m.classifier.prep.haze_floor)
+                floor = m.classifier.prep.haze_floor
+                if floor not in refusals:
+                    refusals[floor] = frames_refused(frames, cfg, floor)
+                results[m.name]["frames_refused"] = refusals[floor]
             decide[m.name] = m.positive
             scores[m.name] = (m.probability, m.classifier.threshold,
                               m.classifier.region_threshold)
