@@ -1,14 +1,14 @@
 """Throughput of `glass-inspect classify`: windows per second on single dark-field images.
 
 A folder of simulated 2048 x 2048 single dark-field frames (``edge.sim.darkfield``, 12-bit TIFF)
-goes through :func:`edge.classify.classify_paths` as the command runs it (read, cut 225 windows
-of 256 px every 128 px, batches through the engine, regions); the anchor, timed in the same run,
-is the engine alone on the same number of windows already cut (``infer_windows_per_s``), so
+goes through :func:`edge.darkfield.classify.classify_paths` as the command runs it (read, cut 225
+windows of 256 px every 128 px, batches through the engine, regions); the anchor, timed in the same
+run, is the engine alone on the same number of windows already cut (``infer_windows_per_s``), so
 ``ratio`` = classify / engine-alone says what the reading, cutting and merging cost on top of
 the network.
 
 ``--bayer``: the frames are RAW GRBG mosaics, and classify balances their colour sites first
-(:mod:`edge.mosaic`), which the ratio then includes.
+(:mod:`edge.darkfield.mosaic`), which the ratio then includes.
 
 The network is ``--model`` (default: the shipped ``attention_fusion.onnx``); without one, an
 untrained classifier of ``--width`` is exported first (needs torch): throughput does not
@@ -30,7 +30,7 @@ import numpy as np
 import tifffile
 
 from edge import config
-from edge.classify import Classifier, classify_paths
+from edge.darkfield import Classifier, classify_paths
 from edge.sim.darkfield import DarkfieldConfig, render_darkfield
 
 

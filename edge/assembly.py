@@ -25,7 +25,6 @@ already open and raises :class:`AssemblyError` naming the part.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 from edge import calibration as calib
 from edge.config import REPLAY, SIM, HeadConfig
 from edge.engine import Engine
+from edge.errors import UserError
 from edge.hardware.camera import Camera
 from edge.hardware.light import Light
 from edge.hardware.stage import Stage
@@ -41,7 +41,7 @@ from edge.inspection import load_calibration, load_engine, reason_of
 from edge.truth import Sample
 
 
-class AssemblyError(ValueError):
+class AssemblyError(UserError, ValueError):
     """A head that cannot be built from its head file: one line per part that is missing."""
 
     def __init__(self, source: str, problems: list[str]):
@@ -244,9 +244,3 @@ def _glass(cfg: HeadConfig, camera: Camera, sim):
     if cfg.camera.kind == "replay":
         return ReplayGlass(camera, cfg.resolve(cfg.camera.device[len(REPLAY):]))
     return SimGlass(camera, cfg, sim.options.scratch_share)
-
-
-def default_head_path() -> str | None:
-    """The head file named by ``GLASS_INSPECT_HEAD`` (how a device image says which head it
-    is), or None."""
-    return os.environ.get("GLASS_INSPECT_HEAD") or None

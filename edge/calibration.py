@@ -46,6 +46,7 @@ from pydantic import ValidationError
 
 from edge import __version__
 from edge.config import N_STATES, HeadConfig
+from edge.errors import UserError
 from edge.hashing import sha256_file
 from edge.kernels.space_to_depth import DefectTable, ShapeError, defect_table
 
@@ -70,7 +71,7 @@ _GEOMETRY_KEYS = {"mm_per_px", "rotation_deg", "stage_origin_mm"}
 _DEFECT_ARRAYS = ("defect_rows", "defect_cols", "defect_kinds")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """A calibration file that cannot be used; the message names the file and the problem."""
 
 

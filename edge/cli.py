@@ -1,10 +1,12 @@
 """``glass-inspect``: the one command-line entry point, with a subcommand per job.
 
-This module holds the entry point and the head's own commands (run, inspect, preview, config);
-the other packages add theirs (``edge.sim.cli``, ``model.cli``, ``model.train_cli``,
-``export.cli``, ``firmware_bridge.cli``). A command parses, calls one library function and
-reports in words an operator understands; every error the library raises for bad input (head
-file, recording, a missing part, arguments) becomes one message on stderr and exit status 2.
+This module holds the entry point and the head's own commands (run, inspect, preview, config).
+Every package adds its own commands through the ``glass_inspect.commands`` entry-point group
+(:data:`COMMAND_GROUP`), this module's included, so ``edge`` imports none of the packages above
+it; a package whose commands fail to load shows as one command that says why. A command parses,
+calls one library function and reports in words an operator understands; every error the
+library raises for bad input (:class:`edge.errors.UserError`: head file, recording, a missing
+part, arguments) becomes one message on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import sys
 from pathlib import Path
 
 from edge import __version__, config
-from edge.assembly import AssemblyError
-from edge.cli_common import UsageError, head_for, head_option, load_head, share
+from edge.cli_common import head_for, head_option, load_head, share
+from edge.errors import UserError
 
 log = logging.getLogger("glass-inspect")
 
@@ -205,6 +207,42 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_config)
 
 
+#: The entry-point group through which each package adds its subcommands to ``glass-inspect``
+#: (``pyproject.toml``: ``[project.entry-points."glass_inspect.commands"]``, one
+#: ``NAME = "module:add_commands"`` line per package), as gpiozero finds its pin factories.
+COMMAND_GROUP = "glass_inspect.commands"
+#: The order in which ``--help`` lists the hooks' commands: the head's own first, then by what a
+#: person does next. Hooks not named here (a third party's) follow, by name.
+HOOK_ORDER = ("head", "check", "classify", "calibration", "simulation", "training", "models",
+              "export", "bridge")
+
+
+def command_hooks() -> list:
+    """The entry points of :data:`COMMAND_GROUP`, in :data:`HOOK_ORDER`."""
+    from importlib.metadata import entry_points
+
+    rank = {name: k for k, name in enumerate(HOOK_ORDER)}
+    found = {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+    return [found[n] for n in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))]
+
+
+def _unavailable(sub: argparse._SubParsersAction, hook, exc: BaseException) -> None:
+    """A hook that cannot be loaded becomes one command that says why, instead of taking every
+    other command down with it (Polygraphy's tool registry does the same)."""
+    reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    p = sub.add_parser(hook.name, help=f"(unavailable: {reason})",
+                       description=f"The commands of {hook.value} could not be loaded: {reason}")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def fail(args: argparse.Namespace) -> int:
+        print(f"glass-inspect: the commands of {hook.value} are unavailable: {reason} "
+              "(is the package installed with its extras? 'pip install -e .[...]')",
+              file=sys.stderr)
+        return 2
+
+    p.set_defaults(func=fail)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="glass-inspect",
@@ -214,36 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from calibration.cli import add_commands as calibration_commands
-    from edge.classify_cli import add_commands as classify_commands
-    from edge.sim.cli import add_commands as sim_commands
-    from export.cli import add_commands as export_commands
-    from firmware_bridge.cli import add_commands as bridge_commands
-    from model.cli import add_commands as model_commands
-    from model.train_cli import add_commands as train_commands
-
-    add_commands(sub)
-    classify_commands(sub)
-    calibration_commands(sub)
-    sim_commands(sub)
-    train_commands(sub)
-    model_commands(sub)
-    export_commands(sub)
-    bridge_commands(sub)
+    hooks = command_hooks()
+    if not hooks:  # run from a source tree that was never installed: its own commands at least
+        log.warning("no %s entry points are installed (pip install -e .): only the head's own "
+                    "commands are listed", COMMAND_GROUP)
+        add_commands(sub)
+    for hook in hooks:
+        try:
+            hook.load()(sub)
+        except Exception as exc:  # noqa: BLE001 - any failure of a hook is that hook's alone
+            _unavailable(sub, hook, exc)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.calibration import CalibrationError
-    from edge.recording import RecordingError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
     try:
         return args.func(args)
-    except (config.ConfigError, RecordingError, UsageError, AssemblyError,
-            CalibrationError) as exc:
+    except UserError as exc:
         print(f"glass-inspect {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,10 +11,11 @@ import argparse
 import importlib.util
 
 from edge import config
-from edge.assembly import default_head_path
+from edge.config import default_head_path
+from edge.errors import UserError
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Arguments that do not fit together, or a missing optional part of the installation."""
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -44,6 +45,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from edge.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,7 +66,7 @@ N_STATES = 6
 _NOT_GPIO = {1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A head configuration that cannot be used; the message names the file and key."""
 
 
@@ -492,3 +495,9 @@ def load(path: str | Path | None = None) -> HeadConfig:
 def default_text() -> str:
     """The embedded default file, as a starting point for a real head."""
     return resources.files("edge").joinpath("default_head.toml").read_text()
+
+
+def default_head_path() -> str | None:
+    """The head file named by ``GLASS_INSPECT_HEAD`` (how a device image says which head it
+    is), or None."""
+    return os.environ.get("GLASS_INSPECT_HEAD") or None

@@ -32,6 +32,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.config import N_STATES, HeadConfig, Pair, describe_errors
+from edge.errors import UserError
 from edge.hashing import sha256_file
 from edge.truth import Sample
 from edge.verdict import SAMPLE_ID
@@ -41,7 +42,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class RecordingError(ValueError):
+class RecordingError(UserError, ValueError):
     """A recorded sample that cannot be read as it claims to be; names the file and the problem."""
 
 

@@ -2,8 +2,8 @@
 
 * Opset 17, one input named ``frames`` (``N x 24 x H x W``, the space-to-depth stack scaled to
   ``[0, 1]``; ``N x 1 x 256 x 256`` for the classifier trained on single dark-field windows,
-  which :mod:`edge.classify` runs), named outputs: ``scores`` (``N x 1 x H x W``, the finest
-  of the U-Net's three maps; ``scores_half`` and ``scores_quarter`` too with ``all_scales``)
+  which :mod:`edge.darkfield.classify` runs), named outputs: ``scores`` (``N x 1 x H x W``, the
+  finest of the U-Net's three maps; ``scores_half`` and ``scores_quarter`` too with ``all_scales``)
   or ``logit`` (``N``) for the attention fusion classifier.
 * Batch, height and width are dynamic (height and width multiples of the network's divisor);
   the runtime fixes them to its tile size and the TensorRT profile to the configured batches.
@@ -16,8 +16,9 @@
   and the offset (``raw_logit=True``, ``--raw-logit``: no offset).
 * A classifier's region threshold (``--region-threshold``, chosen on validation images with
   ``glass-inspect evaluate-windows --on validation``) goes into the metadata as
-  ``region_threshold``, which ``glass-inspect classify`` applies (:mod:`edge.classify`), and
-  ``haze_floor``, the darkest frame it judges (:mod:`edge.exposure`; empty: the default).
+  ``region_threshold``, which ``glass-inspect classify`` applies (:mod:`edge.darkfield.classify`),
+  and ``haze_floor``, the darkest frame it judges (:mod:`edge.darkfield.exposure`; empty: the
+  default).
 * Nested weights stay nested: the exporter's constant folding is off, so the kernel pool is one
   initializer and each convolution slices it (``Slice`` on a constant, which ONNX Runtime and
   TensorRT fold when they load the model). The file is about the pool's size, not the sum of

@@ -110,7 +110,7 @@ class ModelIO:
 
     @property
     def is_window_classifier(self) -> bool:
-        """One logit per row: the window classifier of :mod:`edge.classify`."""
+        """One logit per row: the window classifier of :mod:`edge.darkfield.classify`."""
         return self.output_rank == 1
 
 
@@ -177,12 +177,12 @@ def read_model_io(onnx_path: str | Path) -> ModelIO:
 
 def default_tile(io: ModelIO, head_tile: int = DEFAULT_TILE) -> int:
     """The side to build at when none is asked for: the model's own where it fixes one; the
-    classifier's window (:data:`edge.classify.WINDOW`) for a window classifier exported with a
-    dynamic height and width; else ``head_tile`` (the head's ``pipeline.tile_size``)."""
+    classifier's window (:data:`edge.darkfield.classify.WINDOW`) for a window classifier exported
+    with a dynamic height and width; else ``head_tile`` (the head's ``pipeline.tile_size``)."""
     if io.side is not None:
         return io.side
     if io.is_window_classifier:
-        from edge.classify import WINDOW
+        from edge.darkfield import WINDOW
 
         return WINDOW
     return head_tile

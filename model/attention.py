@@ -21,8 +21,8 @@
 
 Inputs (``FusionSpec.in_channels``): 1, the paper's own single dark-field window (``1 x 256 x
 256``, the RAW frame divided by ``2 ** bit_depth - 1``; :mod:`model.windows`, the runtime
-:mod:`edge.classify`), or 24, a window of the six-state space-to-depth map, where the paper's
-single frame becomes our six RAW frames. Used with stride 128 (:func:`window_origins`).
+:mod:`edge.darkfield.classify`), or 24, a window of the six-state space-to-depth map, where the
+paper's single frame becomes our six RAW frames. Used with stride 128 (:func:`window_origins`).
 
 Whitening (``FusionSpec.whiten``, our addition for the single-frame data; off for the
 24-channel six-state windows and for checkpoints written before it existed): a fixed stage,
@@ -81,9 +81,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# the sliding window lives with the runtime that classifies whole images (edge.classify), so
-# training and inference cut the same windows; re-exported here for model.train
-from edge.classify import STRIDE, WINDOW, window_origins  # noqa: F401
+# the sliding window lives with the runtime that classifies whole images (edge.darkfield.classify),
+# so training and inference cut the same windows; re-exported here for model.train
+from edge.darkfield import STRIDE, WINDOW, window_origins  # noqa: F401
 
 ATROUS_RATES = (1, 3, 5)
 

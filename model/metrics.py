@@ -11,20 +11,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from edge.config import Pipeline
-from edge.kernels.dbscan import dbscan
 from edge.postprocess import Scratches, find_scratches
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:
-    """8-connected components of a boolean map, each as an ``(n, 2)`` array of (row, col)."""
-    pts = np.argwhere(mask)
-    if not len(pts):
+    """8-connected components of a boolean map, each as an ``(n, 2)`` array of (row, col), in
+    raster order of their first pixel."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if not count:
         return []
-    labels, _ = dbscan(pts.astype(np.float64), eps=1.5, min_samples=1)
-    order = np.argsort(labels, kind="stable")
-    splits = np.flatnonzero(np.diff(labels[order])) + 1
+    pts = np.argwhere(labels)
+    order = np.argsort(labels[labels > 0], kind="stable")
+    splits = np.flatnonzero(np.diff(labels[labels > 0][order])) + 1
     return np.split(pts[order], splits)
 
 

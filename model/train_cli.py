@@ -50,25 +50,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train", help="train the scratch network (or the window classifier) on simulated or "
                       "recorded samples",
-        description="Train the glass paper's U-Net with the autoencoder loss (or cross-entropy), "
-                    "or the weak-scratch paper's attention fusion classifier, on 1024 x 1024 RAW "
-                    "patches simulated on the fly or cut from recorded samples, or the "
+        description="Train the shipped six-state network (the hybrid: the ring light's physics "
+                    "as fixed layers and a small learned head, cross-entropy; the defaults are "
+                    "the recipe of edge/models/scratch_hybrid.onnx, its model card says so), the "
+                    "glass paper's U-Net with its autoencoder loss (--network unet --loss "
+                    "autoencoder), or the weak-scratch paper's attention fusion classifier, on "
+                    "RAW patches simulated on the fly or cut from recorded samples, or the "
                     "classifier on windows of simulated single dark-field frames (--data "
                     "darkfield; --no-ba/--no-sa/--no-ca for the ablations). Writes last.pt, "
                     "best.pt, history.json and loss.png into --out; --resume continues. Needs the "
                     "'train' extra (torch).")
     head_option(t)
-    t.add_argument("--out", default="runs/unet", metavar="DIR",
-                   help="run folder (default: runs/unet)")
+    t.add_argument("--out", default="runs/hybrid", metavar="DIR",
+                   help="run folder (default: runs/hybrid)")
     t.add_argument("--samples", nargs="*", default=[], metavar="SAMPLE_DIR",
                    help="recorded samples with masks (default: simulate samples on the fly)")
-    t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="unet",
-                   help="unet: the glass paper's segmentation network (default); fusion: the "
-                        "weak-scratch paper's classifier on 256 x 256 windows; hybrid: the ring "
-                        "light's physics as fixed layers and a small learned head (model.hybrid)")
-    t.add_argument("--loss", choices=("autoencoder", "bce"), default="autoencoder",
-                   help="U-Net and hybrid loss: the paper's autoencoder L2 (default) or "
-                        "cross-entropy")
+    t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="hybrid",
+                   help="hybrid: the ring light's physics as fixed layers and a small learned "
+                        "head (model.hybrid), the shipped network (default); unet: the glass "
+                        "paper's segmentation network; fusion: the weak-scratch paper's "
+                        "classifier on 256 x 256 windows")
+    t.add_argument("--loss", choices=("autoencoder", "bce"), default="bce",
+                   help="U-Net and hybrid loss: cross-entropy (default, the shipped network's) "
+                        "or the glass paper's autoencoder L2")
     t.add_argument("--alpha", type=share, default=0.7,
                    help="weight of false positives in the autoencoder loss (default: 0.7)")
     t.add_argument("--width", type=float, default=0.125,
@@ -78,17 +82,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--levels", type=int, default=6, choices=(4, 5, 6),
                    help="encoder levels (default: 6, as in the paper)")
     t.add_argument("--no-nested", action="store_true", help="own kernels for every convolution")
-    t.add_argument("--epochs", type=int, default=10, help="(default: 10)")
-    t.add_argument("--steps", type=int, default=50, help="batches per epoch (default: 50)")
-    t.add_argument("--batch", type=int, default=4, help="patches per batch (default: 4)")
-    t.add_argument("--scratch", type=int, default=1,
-                   help="scratch patches per batch (default: 1, as in the paper)")
-    t.add_argument("--val-patches", type=int, default=16,
-                   help="held-out validation patches, half with scratches (default: 16)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
-    t.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    t.add_argument("--patch", type=int, default=1024,
-                   help="RAW patch side in px (default: 1024, as in the paper)")
+    t.add_argument("--epochs", type=int, default=30, help="(default: 30)")
+    t.add_argument("--steps", type=int, default=100, help="batches per epoch (default: 100)")
+    t.add_argument("--batch", type=int, default=8, help="patches per batch (default: 8)")
+    t.add_argument("--scratch", type=int, default=4,
+                   help="scratch patches per batch (default: 4; the glass paper: 1)")
+    t.add_argument("--val-patches", type=int, default=32,
+                   help="held-out validation patches, half with scratches (default: 32)")
+    t.add_argument("--lr", type=float, default=2e-3,
+                   help="Adam learning rate (default: 2e-3; the U-Net trained with 1e-4)")
+    t.add_argument("--seed", type=int, default=7, help="(default: 7)")
+    t.add_argument("--patch", type=int, default=512,
+                   help="RAW patch side in px (default: 512; the glass paper: 1024)")
     t.add_argument("--compress", type=float, default=0.0, metavar="K",
                    help="U-Net input compression log1p(K x) / log1p(K); 0: none (default)")
     t.add_argument("--window-cache", default="", metavar="DIR",

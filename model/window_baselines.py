@@ -58,8 +58,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numba as nb
 import numpy as np
+from scipy import ndimage
 
 from model.baselines import otsu_threshold
 
@@ -109,52 +109,17 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float
 
 
 # -- Otsu -----------------------------------------------------------------------------------
-@nb.njit(cache=True)
-def largest_component(fg: np.ndarray) -> tuple[int, float, float, float]:  # pragma: no cover
+def largest_component(fg: np.ndarray) -> tuple[int, float, float, float]:
     """The largest 8-connected component of a boolean image: (pixels, var_row, var_col,
-    cov_row_col) of its pixel coordinates; (0, 0, 0, 0) when nothing is foreground."""
-    h, w = fg.shape
-    seen = np.zeros((h, w), np.bool_)
-    stack = np.empty(h * w, np.int64)
-    best_n, best_vr, best_vc, best_cv = 0, 0.0, 0.0, 0.0
-    for r0 in range(h):
-        for c0 in range(w):
-            if not fg[r0, c0] or seen[r0, c0]:
-                continue
-            seen[r0, c0] = True
-            top = 0
-            stack[top] = r0 * w + c0
-            top += 1
-            n = 0
-            sr = sc = srr = scc = src = 0.0
-            while top > 0:
-                top -= 1
-                r = stack[top] // w
-                c = stack[top] - r * w
-                n += 1
-                sr += r
-                sc += c
-                srr += r * r
-                scc += c * c
-                src += r * c
-                for dr in (-1, 0, 1):
-                    rr = r + dr
-                    if rr < 0 or rr >= h:
-                        continue
-                    for dc in (-1, 0, 1):
-                        cc = c + dc
-                        if cc < 0 or cc >= w or seen[rr, cc] or not fg[rr, cc]:
-                            continue
-                        seen[rr, cc] = True
-                        stack[top] = rr * w + cc
-                        top += 1
-            if n > best_n:
-                mr, mc = sr / n, sc / n
-                best_n = n
-                best_vr = srr / n - mr * mr
-                best_vc = scc / n - mc * mc
-                best_cv = src / n - mr * mc
-    return best_n, best_vr, best_vc, best_cv
+    cov_row_col) of its pixel coordinates; (0, 0, 0, 0) when nothing is foreground. Of equal
+    ones, the first in raster order."""
+    labels, count = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return 0, 0.0, 0.0, 0.0
+    k = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    r, c = np.nonzero(labels == k)
+    dr, dc = r - r.mean(), c - c.mean()
+    return len(r), float(np.mean(dr * dr)), float(np.mean(dc * dc)), float(np.mean(dr * dc))
 
 
 def line_shape(var_r: float, var_c: float, cov: float) -> tuple[float, float]:

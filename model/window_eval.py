@@ -10,8 +10,8 @@ thresholds on that same validation set, and only this module touches the test fr
 windows, near the paper's 1461; the paper's three sampling modes, so about half of them hold a
 scratch). A network (ONNX, through :func:`edge.engine.open_engine` on ONNX Runtime, batched)
 calls a window positive when ``sigmoid(logit) >= 0.5`` (``logit >= 0``), the runtime's default
-(:data:`edge.classify.DEFAULT_THRESHOLD`); a baseline (:mod:`model.window_baselines`) by its
-rule, tuned on the validation windows. Per detector: precision, recall, F1, accuracy and the
+(:data:`edge.darkfield.windows.DEFAULT_THRESHOLD`); a baseline (:mod:`model.window_baselines`) by
+its rule, tuned on the validation windows. Per detector: precision, recall, F1, accuracy and the
 window count, with the confusion counts. Precision, recall and accuracy are binomial
 proportions and get 95 % Wilson intervals (:func:`model.evaluate.wilson`); F1 is not a
 proportion of anything, so its interval is a percentile bootstrap over the windows (2000
@@ -26,11 +26,11 @@ therefore also gives precision, recall and F1 intervals from resampling whole fr
 configuration with ``scratch_share=0``: the same haze, vignetting and mottle, which are drawn
 before the scratches, but other dust, because the scene's random stream then goes on
 differently). Every window of the runtime's grid (256 px every 128 px, the last flush:
-:func:`model.windows.image_windows`, the grid of :mod:`edge.classify`) is classified; an image
-is flagged as the runtime fails it: when any window is positive, or, for a model that carries a
-region threshold (:mod:`edge.classify`), when any window reaches that. Truth per image: it has a
-scratch when any grid window is a scratch window by the labelling rule (4 mask pixels, visible:
-:mod:`model.windows`), so a scratch too short to label counts as none, as it does for the
+:func:`model.windows.image_windows`, the grid of :mod:`edge.darkfield.classify`) is classified; an
+image is flagged as the runtime fails it: when any window is positive, or, for a model that carries
+a region threshold (:mod:`edge.darkfield.classify`), when any window reaches that. Truth per image:
+it has a scratch when any grid window is a scratch window by the labelling rule (4 mask pixels,
+visible: :mod:`model.windows`), so a scratch too short to label counts as none, as it does for the
 windows; an image whose only scratches are too faint to see is left out of the rates and counted
 (``faint_only_images``). Reported: detection rate (flagged scratched images / scratched images)
 and false-alarm rate (flagged clean images / clean images), with Wilson intervals, and the grid
@@ -63,21 +63,21 @@ curves.
 **Bayer mosaics and other bit depths** (``bayer=True``, ``--bayer``; ``bit_depth=8``,
 ``--bit-depth 8``): every frame rendered as a RAW GRBG mosaic or at that depth (window sets
 of their own: a mosaic's origins on even pixels, visibility from each site's own light) and
-prepared as ``glass-inspect classify`` prepares an image (:mod:`edge.frame_prep`: a mosaic's
-sites balanced, the noise matched when off, on the whole frame) before any detector, network
-or baseline, sees it. The simulated camera's noise figures stand in for the model's own (the
+prepared as ``glass-inspect classify`` prepares an image (:mod:`edge.darkfield.frame_prep`: a
+mosaic's sites balanced, the noise matched when off, on the whole frame) before any detector,
+network or baseline, sees it. The simulated camera's noise figures stand in for the model's own (the
 shipped model was trained with them).
 
 **Other light, another camera** (``lit_groups``, ``--lit-groups 0,1,2,3``; ``haze``,
 ``--haze 0.03,0.06``; ``camera="line"``): frames under a part of the ring, a dimmer or brighter
 haze, or from a line-scan camera. Their windows are scored on every frame; a network's result
 also lists the frames ``classify`` would refuse as too dark to judge (``frames_refused``,
-:mod:`edge.exposure`), leaves them out of the image rates and gives the rates they would have
-had apart (``refused_if_judged``).
+:mod:`edge.darkfield.exposure`), leaves them out of the image rates and gives the rates they would
+have had apart (``refused_if_judged``).
 
 **Noise**: ``classify`` matches a frame's noise to the model's camera when it is off
-(:mod:`edge.noise`); every simulated 12-bit grey frame lies within that check's tolerance, so
-its windows go to the networks as they are.
+(:mod:`edge.darkfield.noise`); every simulated 12-bit grey frame lies within that check's tolerance,
+so its windows go to the networks as they are.
 
 Choice: the held-out window sets spread over every frame of their split (``per_image`` =
 ``ceil(count / frames)``), so that no test frame is left out and none dominates.
@@ -97,8 +97,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.frame_prep import FramePrep, PrepError
-from edge.noise import REFERENCE_FULL_SCALE, Sensor
+from edge.darkfield.frame_prep import FramePrep, PrepError
+from edge.darkfield.noise import REFERENCE_FULL_SCALE, Sensor
 from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
 from model.evaluate import wilson
 from model.windows import (
@@ -175,7 +175,7 @@ def heldout_set(image_seeds: Sequence[int], frame_px: int = FRAME_PX,
 
 
 def camera_sensor(cfg: DarkfieldConfig | None = None) -> Sensor:
-    """The simulated camera's noise model as :mod:`edge.noise` takes it (fractions of full
+    """The simulated camera's noise model as :mod:`edge.darkfield.noise` takes it (fractions of full
     scale; its figures are at 12 bits at any depth); by default the camera the shipped
     classifier was trained with, which is what its spec says."""
     cfg = cfg or DarkfieldConfig()
@@ -187,7 +187,7 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
                    ) -> np.ndarray:
     """A simulated RAW frame as ``glass-inspect classify`` hands it to the network: scaled to
     [0, 1], a mosaic's colour sites balanced, its noise matched when off
-    (:mod:`edge.frame_prep`, for a network of the simulated camera); ``noise_match=False``
+    (:mod:`edge.darkfield.frame_prep`, for a network of the simulated camera); ``noise_match=False``
     leaves the noise as it is (to measure what the match does). The model's camera is the one
     it was trained with, whatever camera rendered the frame."""
     try:
@@ -202,10 +202,10 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
 def frames_refused(seeds: Sequence[int], cfg: DarkfieldConfig, haze_floor: float
                    ) -> list[dict]:
     """The frames of ``seeds`` that ``glass-inspect classify`` would refuse (ERROR): prepared
-    as it prepares them (:mod:`edge.frame_prep`, the model's floor ``haze_floor``), each with
-    why. A classifier's windows are scored on every frame; this says on which ``classify``
+    as it prepares them (:mod:`edge.darkfield.frame_prep`, the model's floor ``haze_floor``), each
+    with why. A classifier's windows are scored on every frame; this says on which ``classify``
     would give no verdict (a part of the ring lights a frame with that share of the haze, which
-    can fall under the floor of :mod:`edge.exposure`)."""
+    can fall under the floor of :mod:`edge.darkfield.exposure`)."""
     prep = FramePrep(camera_sensor(), True, haze_floor=haze_floor)
     renderer, out = DarkfieldRenderer(cfg), []
     for seed in seeds:
@@ -374,7 +374,7 @@ def image_metrics(flagged: np.ndarray, has_scratch: np.ndarray) -> dict:
 class _Model:
     name: str
     path: Path
-    classifier: object  # edge.classify.Classifier
+    classifier: object  # edge.darkfield.classify.Classifier
 
     def positive(self, windows: np.ndarray) -> np.ndarray:
         """Windows (N, 1, W, W) float32 -> positive (N,) bool, batch by batch."""
@@ -422,7 +422,7 @@ def _check_split(path: Path, metadata: dict, test_seeds: Sequence[int],
 
 def open_models(models: dict[str, str | Path], test_seeds: Sequence[int], threads: int = 0,
                 batch: int = DEFAULT_BATCH, validation_ok: bool = False) -> list[_Model]:
-    from edge.classify import Classifier, ModelError
+    from edge.darkfield import Classifier, ModelError
     from edge.engine.base import EngineError, open_engine
 
     out = []

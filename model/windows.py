@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classify import window_origins  # the runtime's grid: training sees the same
+from edge.darkfield import window_origins  # the runtime's grid: training sees the same
 from edge.sim.darkfield import (
     DARKFIELD_VERSION,
     DarkfieldConfig,

@@ -104,6 +104,12 @@ def test_train_writes_a_checkpoint_through_the_cli(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--epochs", "1", "--steps", "1", "--batch", "1",
-                 "--val-patches", "1", "--patch", "512", "--levels", "4", "-q"]) == 0
+                 "--scratch", "1", "--val-patches", "1", "--patch", "512", "--levels", "4",
+                 "-q"]) == 0
     assert (out / "best.pt").is_file() and "best checkpoint" in capsys.readouterr().out
+    import torch
+
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    # the command's defaults train the shipped network: the hybrid with cross-entropy
+    assert ckpt["network"] == "hybrid" and ckpt["settings"]["loss"] == "bce"
     assert main(["train", "--out", str(out), "--batch", "2", "--scratch", "3"]) == 2

@@ -60,3 +60,14 @@ def test_only_the_assembly_and_the_cli_name_the_simulator():
             offenders += [f"{rel}: {n}" for n in names if n == "edge.sim" or
                           n.startswith("edge.sim.")]
     assert offenders == []
+
+
+def test_the_command_line_parser_loads_no_runtime():
+    # --help and every command's parser: no Numba, ONNX Runtime, image libraries or the
+    # assembly; a command imports what it runs when it runs (Polygraphy's lazy imports)
+    code = ("import sys\nfrom edge.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('numba', 'llvmlite', 'onnxruntime', 'tifffile', 'PIL', "
+            "'scipy', 'torch', 'edge.assembly', 'edge.darkfield.classify', 'edge.sim.optics') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -2,8 +2,8 @@
 
 An engine takes a batch ``N x 24 x H x W`` (the corrected space-to-depth tiles) and returns the
 scratch scores ``N x 1 x H x W`` float32; a window classifier (the attention fusion network of
-:mod:`edge.classify`, ``N x 1 x 256 x 256`` single frames) returns one logit per window, ``N``.
-The input's channel count is the model's own where it fixes one. The returned array may be a
+:mod:`edge.darkfield.classify`, ``N x 1 x 256 x 256`` single frames) returns one logit per window,
+``N``. The input's channel count is the model's own where it fixes one. The returned array may be a
 buffer the engine reuses:
 it is valid until the next call, so a caller keeps what it needs by copying (the pipeline
 stitches it straight into the map).

@@ -1,7 +1,7 @@
 """A pixel's local level and its deviation from it: the shared step of balancing a Bayer
-mosaic's colour sites (:mod:`edge.mosaic`) and matching a frame's noise to the camera model
-(:mod:`edge.noise`), as one Numba kernel (running sums, one pass, a 2,048 px frame in tens of
-ms); ``tests/edge/test_mosaic.py`` holds the plain numpy formula it is tested against."""
+mosaic's colour sites (:mod:`edge.darkfield.mosaic`) and matching a frame's noise to the camera
+model (:mod:`edge.darkfield.noise`), as one Numba kernel (running sums, one pass, a 2,048 px frame
+in tens of ms); ``tests/edge/test_mosaic.py`` holds the plain numpy formula it is tested against."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``edge.classify`` and ``glass-inspect classify``: windows, regions, reading, errors, the CLI.
+"""``edge.darkfield.classify`` and ``glass-inspect classify``: windows, regions, reading, errors,
+the CLI.
 
 The network tests run a real exported attention fusion network whose weights are set so that its
 logit follows the window's brightness: the stem passes the raw frame through (centre tap 1),
@@ -19,21 +20,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from edge.classify import (
-    STRIDE,
-    WINDOW,
-    Classifier,
-    ClassifyError,
-    ModelError,
-    Region,
-    classify_paths,
-    merge_windows,
-    overlay_caption,
-    read_image,
-    resolve_model,
-    window_origins,
-)
 from edge.cli import main
+from edge.darkfield.classify import Classifier, ModelError, classify_paths, resolve_model
+from edge.darkfield.overlay import overlay_caption
+from edge.darkfield.reading import ClassifyError, read_image
+from edge.darkfield.regions import Region, merge_windows
+from edge.darkfield.windows import STRIDE, WINDOW, window_origins
 from edge.sim.darkfield import frames_at
 from edge.verdict import Status
 from tests.conftest import ROOT, SHIPPED_MODEL
@@ -312,7 +304,7 @@ def test_a_model_that_is_not_the_window_classifier_is_refused(tmp_path):
         resolve_model(tmp_path / "nothing.onnx")
 
 
-# -- Bayer mosaics (edge.mosaic), through the shipped classifier ----------------------------------
+# -- Bayer mosaics (edge.darkfield.mosaic), through the shipped classifier -------------------------
 def _sim_frames(folder, seeds, bayer, **over):
     from edge.sim import darkfield_files as dff
 

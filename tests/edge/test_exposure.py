@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from edge import exposure
-from edge.exposure import MAX_SATURATED, MIN_HAZE, ExposureError
+from edge.darkfield import exposure
+from edge.darkfield.exposure import MAX_SATURATED, MIN_HAZE, ExposureError
 
 BLACK = 64 / 4095
 

@@ -1,16 +1,17 @@
-"""``edge.mosaic``: a Bayer mosaic's colour sites balanced to one response, noise matched."""
+"""``edge.darkfield.mosaic``: a Bayer mosaic's colour sites balanced to one response, noise
+matched."""
 
 import numpy as np
 import pytest
 
-from edge.mosaic import (
+from edge.darkfield.mosaic import (
     MIN_LEVEL_DN,
     MosaicError,
     balance,
     site_gains,
     sites,
 )
-from edge.noise import REFERENCE_FULL_SCALE, Sensor
+from edge.darkfield.noise import REFERENCE_FULL_SCALE, Sensor
 
 FS = REFERENCE_FULL_SCALE
 CAMERA = Sensor(64 / FS, 2.5 / FS, 0.08 / FS)  # the simulated camera's figures

@@ -1,11 +1,12 @@
-"""``edge.noise``: a frame's noise measured against the classifier's camera model, and matched."""
+"""``edge.darkfield.noise``: a frame's noise measured against the classifier's camera model, and
+matched."""
 
 import json
 
 import numpy as np
 import pytest
 
-from edge.noise import (
+from edge.darkfield.noise import (
     LIMITS,
     REFERENCE_FULL_SCALE,
     REFERENCE_RATIO,

@@ -325,8 +325,8 @@ def test_windows_are_cut_from_the_frame_prepared_whole_as_classify_prepares_it(t
                                                                                bit_depth):
     from dataclasses import replace
 
-    from edge.frame_prep import FramePrep
-    from edge.noise import Sensor
+    from edge.darkfield.frame_prep import FramePrep
+    from edge.darkfield.noise import Sensor
     from edge.sim.darkfield import DarkfieldRenderer
     from model.window_eval import PreparedWindows, camera_sensor, frame_config, needs_prep
 
@@ -355,7 +355,7 @@ def test_windows_are_cut_from_the_frame_prepared_whole_as_classify_prepares_it(t
 def test_the_classifiers_own_frames_go_as_they_are_which_is_what_classify_gives_them():
     """evaluate-windows hands 12-bit grey frames over unprepared (needs_prep): it relies on
     classify leaving them alone, which this checks on frames of both sizes."""
-    from edge.frame_prep import FramePrep
+    from edge.darkfield.frame_prep import FramePrep
     from edge.sim.darkfield import DarkfieldRenderer
     from model.window_eval import camera_sensor, needs_prep, prepared_frame
     from model.windows import image_windows
@@ -377,7 +377,7 @@ def test_the_classifiers_own_frames_go_as_they_are_which_is_what_classify_gives_
 
 
 def test_a_noisier_camera_renders_every_level_noisier_and_its_frames_are_matched(tmp_path):
-    from edge.noise import noise_ratio
+    from edge.darkfield.noise import noise_ratio
     from edge.sim.darkfield import DarkfieldRenderer
     from model.window_eval import camera_sensor, frame_config, needs_prep, prepared_frame
 

@@ -303,7 +303,7 @@ def test_classifier_engine_short_batch_is_padded_and_cut(open_fake):
 
 
 def test_classifier_engine_is_what_edge_classify_takes(open_fake):
-    from edge.classify import Classifier
+    from edge.darkfield.classify import Classifier
 
     dims = {"frames": (-1, 1, 256, 256), "logit": (-1,)}
     engine, _ = open_fake(1, 2, dims=dims, net=_classifier, tile=512)
@@ -313,7 +313,7 @@ def test_classifier_engine_is_what_edge_classify_takes(open_fake):
 
 
 def test_classifier_engine_reads_the_region_threshold_its_sidecar_carries(open_fake):
-    from edge.classify import Classifier
+    from edge.darkfield.classify import Classifier
 
     dims = {"frames": (-1, 1, 256, 256), "logit": (-1,)}
     engine, _ = open_fake(1, 2, dims=dims, net=_classifier, tile=256,

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from edge.classify import ClassifyError, collect_inputs, read_image
 from edge.cli import main
+from edge.darkfield.reading import ClassifyError, collect_inputs, read_image
 from edge.sim import darkfield_files as dff
 from edge.sim.darkfield import DarkfieldRenderer
 

@@ -1,9 +1,9 @@
 """What the window classifier's network is given of a frame: a Bayer mosaic's colour sites
-balanced to one response (:mod:`edge.mosaic`), its exposure checked (:mod:`edge.exposure`: not
-flat, overexposed or too dark to judge), then the frame's noise matched to the camera model the
-network was trained with when it is off (:mod:`edge.noise`). ``glass-inspect
-classify`` prepares every image this way, and ``evaluate-windows`` prepares simulated frames
-the same way, so what is measured is what runs.
+balanced to one response (:mod:`edge.darkfield.mosaic`), its exposure checked
+(:mod:`edge.darkfield.exposure`: not flat, overexposed or too dark to judge), then the frame's noise
+matched to the camera model the network was trained with when it is off
+(:mod:`edge.darkfield.noise`). ``glass-inspect classify`` prepares every image this way, and
+``evaluate-windows`` prepares simulated frames the same way, so what is measured is what runs.
 
 Every step needs the model's camera figures (``black_dn``, ``read_noise_dn``,
 ``conversion_gain`` of its spec). A model that does not say them can classify grey frames, which
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge import exposure, mosaic, noise
+from edge.darkfield import exposure, mosaic, noise
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Prepared:
     site_gains: np.ndarray | None  # a mosaic's 2 x 2 gains; None for a grey frame
     noise_ratio: float | None  # its noise over the model's camera's; None: not measured
     noise_matched: bool
-    haze: float | None = None  # the frame's median above black (edge.exposure); None: not checked
+    haze: float | None = None  # the frame's median above black (exposure); None: not checked
 
 
 class FramePrep:

@@ -1,6 +1,6 @@
 """The ``classify`` subcommand, for ``glass-inspect`` to register: single dark-field images through
-the weak-scratch paper's window classifier. The work is :mod:`edge.classify`'s; this parses,
-shows progress and prints.
+the weak-scratch paper's window classifier. The work is :mod:`edge.darkfield.classify`'s; this
+parses, shows progress and prints.
 """
 
 from __future__ import annotations
@@ -8,21 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from edge.classify import (
-    DEFAULT_BATCH,
-    DEFAULT_MODEL,
-    DEFAULT_THRESHOLD,
-    STRIDE,
-    WINDOW,
-    Classifier,
-    ModelError,
-    classify_inputs,
-    collect_inputs,
-    write_json,
-)
 from edge.cli_common import UsageError, share, whole
-from edge.engine.base import EngineError
-from edge.verdict import Status
+from edge.darkfield.windows import DEFAULT_BATCH, DEFAULT_MODEL, DEFAULT_THRESHOLD, STRIDE, WINDOW
 
 log = logging.getLogger("glass-inspect.classify")
 
@@ -60,6 +47,12 @@ def camera_options(args: argparse.Namespace) -> tuple[bool, int | None, tuple | 
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # the classifier loads the engine, Numba kernels and image libraries: only when it runs
+    from edge.darkfield.classify import Classifier, ModelError, classify_inputs, write_json
+    from edge.darkfield.reading import collect_inputs
+    from edge.engine.base import EngineError
+    from edge.verdict import Status
 
     try:
         classifier = Classifier.open(args.model, threshold=args.threshold, batch=args.batch,

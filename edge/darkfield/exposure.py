@@ -31,7 +31,7 @@ Three times as many false rejects is worse, not meaningless, so a frame above
 the line's clean parts).
 
 The median needs no noise model, only the camera model's black level; a model that does not say
-its camera is not checked (:mod:`edge.frame_prep`).
+its camera is not checked (:mod:`edge.darkfield.frame_prep`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A Bayer RAW mosaic made grey for the single-frame classifier, without demosaicing.
 
-The attention fusion classifier (:mod:`edge.classify`) was trained on grey frames: every pixel
-the same response to the ring's white light. On a colour sensor each site of the 2 x 2 cell
+The attention fusion classifier (:mod:`edge.darkfield.classify`) was trained on grey frames: every
+pixel the same response to the ring's white light. On a colour sensor each site of the 2 x 2 cell
 sees that light through its own filter (the simulated camera: R 0.6, G 1.0, B 0.75 of G), so a
 raw mosaic carries a checkerboard of tens of noise sigmas on a bright haze, which the network's
 whitening reads as texture: on four test frames the shipped classifier found 26 of 44 scratch
@@ -39,7 +39,8 @@ Choices:
 * **Saturation stays full scale.** A pixel at full scale stays there, and a balanced value
   above it is clipped, as a grey sensor with the brightest site's response would have
   saturated there.
-* **The camera's figures are the model's** (:class:`edge.noise.Sensor`): black level, read noise and
+* **The camera's figures are the model's** (:class:`edge.darkfield.noise.Sensor`): black level, read
+  noise and
   conversion gain of the spec it was trained with (12-bit DN), as fractions of full scale,
   which is the same at any bit depth.
 """
@@ -48,8 +49,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge.darkfield.noise import REFERENCE_FULL_SCALE, Sensor
 from edge.kernels.local_level import LEVEL_PX, rescale_plane
-from edge.noise import REFERENCE_FULL_SCALE, Sensor
 
 MIN_LEVEL_DN = 20.0  # at 12 bits; see the module docstring
 
