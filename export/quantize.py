@@ -16,9 +16,12 @@ streaming statistics and drops it before the next tile:
 
 * per tensor, the running minimum and maximum;
 * for ``entropy`` and ``percentile``, a histogram of ``|x|`` with :data:`HIST_BINS` equal bins
-  over ``[0, top]``, ``top`` the smallest power of two above the largest ``|x|`` seen so far.
-  When a tile raises ``top``, it doubles and adjacent bins merge pairwise, which is exact, so the
-  merged histogram is the one all tiles together would give, in any order.
+  over ``[0, top)``, ``top`` the smallest power of two strictly above the largest ``|x|`` seen so
+  far (so a value equal to a power of two opens the next one: it belongs to the bin that starts
+  there, not to the last bin below it). When a tile raises ``top``, it doubles and adjacent bins
+  merge pairwise, which is exact (a bin ``[k w, (k + 1) w)`` lies whole in bin ``k // 2`` of
+  width ``2 w``), so the merged histogram is the one all tiles together would give, in any
+  order.
 
 Memory is therefore one tile's activations (plus ONNX Runtime's working memory for one tile)
 and :class:`RangeCollector`'s fixed state, 16 KiB per tensor: it does not grow with the number
@@ -39,8 +42,15 @@ defects.
 
 The ranges reach ONNX Runtime's quantizer as a calibration cache
 (``quantize_static(calibration_cache_path=...)``) where the installed version has one; older
-versions get them as per-tensor ``rmin``/``rmax`` overrides and calibrate one tile of their own,
-whose ranges the overrides replace. Both give the same file.
+versions (the Jetson image's pinned 1.23) get them as per-tensor ``rmin``/``rmax`` overrides and
+calibrate one tile of their own, whose ranges the overrides replace. ONNX Runtime adjusts the
+ranges it calibrated before it quantizes (``adjust_tensor_ranges``: the input of a Relu or Clip
+takes the range of its output, where that node is its only reader; a Softmax output is
+``[0, 1]``), but an override replaces the adjusted range, so on that path
+:func:`adjust_ranges` makes the same adjustment first. Both paths give the same file. (Without
+it, a Conv feeding a Relu was quantized over the Conv's whole output, negative side included,
+which the Relu then discards: a coarser scale, 0.147 against 0.123 on the Conv-Relu model of
+the tests.)
 
 The last layers stay in float (:func:`float_tail`): each graph output's producer, and back from
 it through activations and reshapes up to and including the first other node (for the shipped
@@ -61,6 +71,7 @@ from __future__ import annotations
 import inspect
 import math
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,8 +98,11 @@ _FLOAT_TYPES = (1, 10)  # TensorProto.FLOAT, FLOAT16
 
 
 class _AbsHistogram:
-    """Counts of ``|x|`` in ``bins`` equal bins over ``[0, top]``; ``top`` is 0 while every value
-    seen is 0 (counted in bin 0), else a power of two, doubled as needed."""
+    """Counts of ``|x|`` in ``bins`` equal bins over ``[0, top)``; ``top`` is 0 while every value
+    seen is 0 (counted in bin 0), else the smallest power of two above every value seen,
+    doubled as needed. Strictly above: with ``top`` equal to a value, that value would be
+    clamped into the last bin, and after a doubling it would sit in the bin below the one
+    binning everything at the new ``top`` gives."""
 
     __slots__ = ("counts", "top")
 
@@ -97,8 +111,8 @@ class _AbsHistogram:
         self.top = 0.0
 
     def _grow(self, amax: float) -> None:
-        mant, exp = math.frexp(amax)  # amax = mant * 2**exp, 0.5 <= mant < 1
-        top = math.ldexp(1.0, exp - 1 if mant == 0.5 else exp)
+        _, exp = math.frexp(amax)  # amax = mant * 2**exp, 0.5 <= mant < 1: amax < 2**exp
+        top = math.ldexp(1.0, exp)
         if self.top > 0:
             bins = self.counts.size
             f = int(top / self.top)
@@ -123,8 +137,8 @@ class _AbsHistogram:
         scale = dtype(bins / self.top)
         for s in range(0, flat.size, _CHUNK):
             c = np.abs(flat[s:s + _CHUNK], dtype=dtype)
-            c *= scale
-            np.minimum(c, bins - 1, out=c)
+            c *= scale  # < bins: |x| < top, and the product is exact
+            np.minimum(c, bins - 1, out=c)  # a float64 |x| just below top may round up to it
             self.counts += np.bincount(c.astype(np.intp), minlength=bins)
 
     @property
@@ -278,6 +292,29 @@ def float_tail(model) -> tuple[list[str], list[str]]:
     return nodes, tensors
 
 
+def adjust_ranges(model, ranges: dict[str, tuple[float, float]], exclude: Iterable[str] = ()
+                  ) -> dict[str, tuple[float, float]]:
+    """``ranges`` as ONNX Runtime's quantizer adjusts its calibrated ranges before quantizing
+    (``BaseQuantizer.adjust_tensor_ranges``, onnxruntime/quantization/base_quantizer.py), in
+    node order as it does: the input of a Relu or Clip takes its output's range where that node
+    is the input's only reader and both are measured; a Softmax's output is ``[0, 1]``. Nodes
+    named in ``exclude`` (left in float) are not adjusted, as ONNX Runtime skips the nodes it
+    does not quantize. A new dict; ``ranges`` is left as it is."""
+    out = dict(ranges)
+    readers = Counter(name for node in model.graph.node for name in node.input if name)
+    skip = set(exclude)
+    for node in model.graph.node:
+        if node.name in skip:
+            continue
+        if node.op_type in ("Clip", "Relu"):
+            src, dst = node.input[0], node.output[0]
+            if readers[src] == 1 and src in out and dst in out:
+                out[src] = out[dst]
+        elif node.op_type == "Softmax":
+            out[node.output[0]] = (0.0, 1.0)
+    return out
+
+
 def _name_nodes(model) -> bool:
     """Give unnamed nodes unique names (``nodes_to_exclude`` goes by name); True if any."""
     taken = {n.name for n in model.graph.node}
@@ -388,10 +425,13 @@ def quantize_qdq(onnx_path: str | Path, out: str | Path, batches: Iterable[np.nd
         input_name = model_input(model)
         stats = RangeCollector(names, histogram=method != "minmax")
         first = collect_ranges(model, batches, stats, keep_first=not _has_calibration_cache())
+        ranges = stats.ranges(method)
+        if first is not None:  # overrides: they replace what ONNX Runtime would adjust
+            ranges = adjust_ranges(model, ranges, tail_nodes)
         del model
         partial = out.with_name(out.name + ".partial")
-        _write_qdq(folded, partial, stats.ranges(method), methods[method], tail_nodes,
-                   Path(tmp), input_name, first)
+        _write_qdq(folded, partial, ranges, methods[method], tail_nodes, Path(tmp), input_name,
+                   first)
         bad = float_tail_violations(onnx.load(str(partial)))
         if bad:
             partial.unlink()
