@@ -35,7 +35,9 @@ give each device and TensorRT version its own file (the default, ``timing.cache`
 folder, is per machine).
 
 The engine gets a sidecar (:mod:`edge.engine.sidecar`) and is kept in an engine cache keyed by
-model hash, TensorRT version, device, precision, strong or weak typing, tile and batch sizes, for
+model hash, TensorRT version, GPU (name, compute capability, SM count and memory class, as
+:class:`edge.engine.sidecar.Gpu` compares them: CUDA names every Orin module's GPU "Orin"),
+precision, strong or weak typing, tile and batch sizes, for
 INT8 the hash of the calibration batches, and the format of this build (:data:`CACHE_FORMAT`),
 so asking again for the same engine copies it instead of building.
 
@@ -61,8 +63,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.engine.sidecar import PRECISIONS, Sidecar, SidecarError
-from edge.engine.tensorrt import device_name, import_pycuda, import_tensorrt
+from edge.engine.sidecar import PRECISIONS, Gpu, Sidecar, SidecarError
+from edge.engine.tensorrt import gpu_of, import_pycuda, import_tensorrt
 from edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ SCORES = "scores"  # the output served where a model has several (as ONNX Runtim
 CALIBRATION_CHANNELS = 24
 # Part of every engine cache key: raise it when the build changes what it makes of the same
 # inputs, so engines built before are not served from the cache. 2: the profile starts at batch
-# 1, fp32 without TF32, typing and INT8 calibration data in the key.
+# 1, fp32 without TF32, typing and INT8 calibration data in the key. (The GPU's SMs and memory
+# came into the key with the sidecar's version 3: a key of another form, so no bump was owed.)
 CACHE_FORMAT = 2
 # From this TensorRT on, every network is strongly typed and NetworkDefinitionCreationFlag.
 # STRONGLY_TYPED is deprecated and ignored (TensorRT 11.0 Python API reference).
@@ -231,17 +234,19 @@ def batches_sha256(batches: Sequence[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def cache_key(onnx_sha256: str, tensorrt_version: str, device: str, precision: str, tile: int,
+def cache_key(onnx_sha256: str, tensorrt_version: str, gpu: Gpu, precision: str, tile: int,
               batch_sizes: Sequence[int], strongly_typed: bool = False,
               calibration_sha256: str = "") -> str:
-    """The engine cache's name for an engine. ``calibration_sha256`` (:func:`batches_sha256`)
-    counts for INT8 only: FP32 and FP16 builds do not read calibration data."""
+    """The engine cache's name for an engine. ``gpu`` counts as the sidecar check compares it
+    (:meth:`Gpu.key`: name, compute capability, SM count, memory class). ``calibration_sha256``
+    (:func:`batches_sha256`) counts for INT8 only: FP32 and FP16 builds do not read calibration
+    data."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     batches = "-".join(str(b) for b in sorted(set(batch_sizes)))
     typing_ = "strong" if strongly_typed else "weak"
     data = f"_q{calibration_sha256[:16]}" if precision == "int8" and calibration_sha256 else ""
-    return (f"{onnx_sha256[:16]}_trt{_slug(tensorrt_version)}_{_slug(device)}_{precision}-"
+    return (f"{onnx_sha256[:16]}_trt{_slug(tensorrt_version)}_{_slug(gpu.key())}_{precision}-"
             f"{typing_}_t{tile}_b{batches}{data}_k{CACHE_FORMAT}")
 
 
@@ -351,8 +356,31 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _make_calibrator(trt, cuda, batches: Sequence[np.ndarray], cache_file: Path):
-    """An IInt8EntropyCalibrator2 over host batches, its table cached in ``cache_file``."""
+def check_calibration_batch_size(batches: Sequence[np.ndarray], batch_sizes: Sequence[int]
+                                 ) -> None:
+    """A weakly typed INT8 build calibrates a network with a dynamic batch at its calibration
+    profile's optimum shape (kOPT; Polygraphy says so as it calibrates: "Will use `opt` shapes
+    from profile 0 for calibration ... calibration will use fixed input shapes"), and the
+    calibrator answers ``get_batch_size`` once, for every batch. The optimum here is the largest
+    configured batch (:func:`profile_shapes`), so every calibration batch must hold exactly that
+    many tiles: a batch of another size would be read from device memory as if it had them."""
+    opt = max(batch_sizes)
+    for i, b in enumerate(batches):
+        n = int(np.shape(b)[0])
+        if n != opt:
+            raise BuildError(
+                f"INT8 calibration batch {i} holds {n} tile(s); TensorRT calibrates at the "
+                f"optimization profile's optimum, batch {opt} (the largest of the batch sizes "
+                f"{sorted(set(batch_sizes))}), so every calibration batch must hold {opt} tiles "
+                "(export.quantization_data.quantization_batches(..., batch=max(batch sizes)) "
+                "cuts them so)")
+
+
+def _make_calibrator(trt, cuda, batches: Sequence[np.ndarray], cache_file: Path,
+                     batch_sizes: Sequence[int]):
+    """An IInt8EntropyCalibrator2 over host batches, its table cached in ``cache_file``; the
+    batches must be the profile's optimum (:func:`check_calibration_batch_size`)."""
+    check_calibration_batch_size(batches, batch_sizes)
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -429,7 +457,8 @@ def _build(trt, cuda, onnx_path: Path, precision: str, strong: bool, batch_sizes
             config.set_flag(trt.BuilderFlag.INT8)
             if batches is None or calib_cache is None:
                 raise BuildError("an INT8 build needs calibration samples")
-            config.int8_calibrator = _make_calibrator(trt, cuda, batches, calib_cache)
+            config.int8_calibrator = _make_calibrator(trt, cuda, batches, calib_cache,
+                                                      batch_sizes)
             config.set_calibration_profile(profile)
     _attach_timing_cache(trt, config, timing_cache, device)
     plan = builder.build_serialized_network(network, config)
@@ -473,16 +502,18 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
     trt = import_tensorrt()
     cuda = import_pycuda()
     onnx_sha = sha256_file(onnx_path)
-    device, cc = device_name(cuda)
+    gpu = gpu_of(cuda)
     strong = choose_strong(trt, strongly_typed)
+    if precision == "int8" and not strong:  # before any GPU work
+        check_calibration_batch_size(quantization_batches, batch_sizes)
     data_sha = batches_sha256(quantization_batches) if precision == "int8" else ""
-    key = cache_key(onnx_sha, trt.__version__, device, precision, tile, batch_sizes,
+    key = cache_key(onnx_sha, trt.__version__, gpu, precision, tile, batch_sizes,
                     strongly_typed=strong, calibration_sha256=data_sha)
     cached = Path(cache_dir) / f"{key}.engine" if cache_dir else None
     if cached is not None and cached.is_file():
         try:
             sc = Sidecar.read(cached)
-            sc.check(sha256_file(cached), trt.__version__, device, onnx_sha)
+            sc.check(sha256_file(cached), trt.__version__, gpu, onnx_sha)
             _copy_with_sidecar(cached, out)
             return BuildResult(out, sc, True, time.perf_counter() - t0)
         except SidecarError:
@@ -507,12 +538,14 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
                 source = quantize_qdq(onnx_path, Path(tmp) / "qdq.onnx", quantization_batches)
             plan = _build(trt, cuda, source, precision, strong, batch_sizes, tile, io, workspace_mb,
                           Path(timing_cache) if timing_cache else None, quantization_batches,
-                          calib_cache, device)
+                          calib_cache, gpu.describe())
     finally:
         cuda.Context.pop()
     _atomic_write(out, plan)
     sc = Sidecar(engine_sha256=sha256_file(out), onnx_sha256=onnx_sha, onnx_name=onnx_path.name,
-                 tensorrt_version=trt.__version__, device=device, compute_capability=cc,
+                 tensorrt_version=trt.__version__, device=gpu.name,
+                 compute_capability=gpu.compute_capability, sm_count=gpu.sm_count,
+                 memory_mib=gpu.memory_mib,
                  precision=precision, strongly_typed=strong, input_name=io.input_name,
                  input_dtype=io.input_dtype, output_name=io.output_name, tile=tile,
                  batch_sizes=tuple(sorted(set(batch_sizes))),

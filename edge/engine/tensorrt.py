@@ -1,7 +1,8 @@
 """TensorRT on the Jetson's GPU, through the TensorRT >= 10 tensor API and pycuda.
 
 * The sidecar (:mod:`edge.engine.sidecar`) is checked before the plan is deserialized: the
-  file's hash, the TensorRT version, the GPU and, when the head names one, the model.
+  file's hash, the TensorRT version, the GPU (its name, compute capability, SM count and memory
+  class: every Orin module's GPU is named "Orin") and, when the head names one, the model.
 * Any batch from 1 to ``max_batch`` is taken (the pipeline's last batch of a RoI is whatever is
   left). Engines are built with an optimization profile from batch 1; one built with a higher
   minimum (before the profile started at 1) gets a shorter batch padded with zeros up to that
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.engine.base import Engine, EngineError, TensorSpec
-from edge.engine.sidecar import Sidecar, SidecarError
+from edge.engine.sidecar import Gpu, Sidecar, SidecarError
 from edge.hashing import sha256_file
 
 
@@ -63,12 +64,15 @@ def import_pycuda():
     return cuda
 
 
-def device_name(cuda) -> tuple[str, str]:
-    """(name, compute capability) of GPU 0, as the sidecar records them."""
+def gpu_of(cuda) -> Gpu:
+    """GPU 0 as the sidecar records it: name, compute capability, multiprocessor count and
+    total memory (``cuDeviceTotalMem``; on a Jetson the memory CUDA may use, shared with the
+    CPU)."""
     cuda.init()
     dev = cuda.Device(0)
     major, minor = dev.compute_capability()
-    return dev.name(), f"{major}.{minor}"
+    sms = dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+    return Gpu(dev.name(), f"{major}.{minor}", int(sms), int(dev.total_memory()) >> 20)
 
 
 def _dims(dims) -> tuple[int, ...]:
@@ -161,8 +165,9 @@ class TensorRTEngine(Engine):
         try:
             self.sidecar = Sidecar.read(self.path)
             self.metadata = dict(self.sidecar.model_metadata)
-            self.device, self.compute_capability = device_name(cuda)
-            self.sidecar.check(sha256_file(self.path), trt.__version__, self.device, model_sha256)
+            self.gpu = gpu_of(cuda)
+            self.device, self.compute_capability = self.gpu.name, self.gpu.compute_capability
+            self.sidecar.check(sha256_file(self.path), trt.__version__, self.gpu, model_sha256)
         except SidecarError as exc:
             raise EngineError(str(exc)) from None
         self._ctx = cuda.Device(0).retain_primary_context()
@@ -225,6 +230,7 @@ class TensorRTEngine(Engine):
         return {"backend": self.backend, "artifact": self.path.name,
                 "sha256": sc.engine_sha256, "model_sha256": sc.onnx_sha256,
                 "precision": sc.precision, "device": self.device,
+                "sm_count": self.gpu.sm_count, "memory_mib": self.gpu.memory_mib,
                 "tensorrt": sc.tensorrt_version}
 
     def _enqueue(self, slot: _Slot, batch: np.ndarray) -> tuple[int, ...]:

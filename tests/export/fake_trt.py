@@ -161,6 +161,13 @@ class FakeDevice:
     def compute_capability(self):
         return (8, 7)
 
+    def get_attribute(self, attr):
+        assert attr == self.cuda.device_attribute.MULTIPROCESSOR_COUNT, attr
+        return self.cuda.sm_count
+
+    def total_memory(self):
+        return self.cuda.memory_mib << 20
+
     def retain_primary_context(self):
         return SimpleNamespace(push=lambda: self.cuda.pushes.append(1))
 
@@ -173,11 +180,20 @@ class _DeviceMemory:
         return 1
 
 
-class FakeCuda:
-    """``import pycuda.driver as cuda`` for the build code (the calibrator's device buffer)."""
+# (SMs, MiB CUDA reports) of Orin modules, all named "Orin": AGX Orin 64 GB and Orin Nano 8 GB
+AGX_ORIN_64 = (16, 62841)
+ORIN_NANO_8 = (8, 7620)
 
-    def __init__(self, device: str = "Orin"):
+
+class FakeCuda:
+    """``import pycuda.driver as cuda`` for the build code (the calibrator's device buffer). The
+    GPU is an AGX Orin 64 GB unless ``module`` says otherwise (:data:`ORIN_NANO_8`)."""
+
+    device_attribute = SimpleNamespace(MULTIPROCESSOR_COUNT=16)  # pycuda's enum member
+
+    def __init__(self, device: str = "Orin", module: tuple[int, int] = AGX_ORIN_64):
         self.device = device
+        self.sm_count, self.memory_mib = module
         self.pushes = []
         self.Context = SimpleNamespace(pop=lambda: None)
 

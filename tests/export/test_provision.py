@@ -65,7 +65,8 @@ class StandInBuilder:
         shutil.copyfile(onnx_path, served)
         sc = Sidecar(engine_sha256=sha256_file(served), onnx_sha256=onnx_sha,
                      onnx_name=Path(onnx_path).name, tensorrt_version=self.trt_version,
-                     device=self.device, compute_capability="8.7", precision=precision,
+                     device=self.device, compute_capability="8.7", sm_count=16,
+                     memory_mib=62841, precision=precision,
                      strongly_typed=False, input_name="frames", input_dtype="float32",
                      output_name="scores", tile=tile, batch_sizes=tuple(sorted(set(batch_sizes))),
                      built_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from edge.engine.sidecar import Gpu
 from export.tensorrt import (
     BuildError,
     ModelIO,
@@ -19,24 +20,44 @@ from export.tensorrt import (
 from tests.conftest import SHIPPED_MODEL, UNET_MODEL
 from tests.export.fake_trt import tiny_onnx
 
+AGX = Gpu("Orin", "8.7", 16, 62841)  # the AGX Orin 64 GB as CUDA describes it
+
 TRT_10_3 = SimpleNamespace(__version__="10.3.0", IInt8EntropyCalibrator2=object,
                            BuilderFlag=SimpleNamespace(FP16=1, INT8=2))
 TRT_11 = SimpleNamespace(__version__="11.0.0", BuilderFlag=SimpleNamespace(GPU_FALLBACK=1))
 
 
 def test_cache_key_changes_with_each_part():
-    base = ("a" * 64, "10.3.0", "Orin (nvgpu)", "int8", 512, (1, 4), False, "c" * 64)
+    base = ("a" * 64, "10.3.0", Gpu("Orin (nvgpu)", "8.7", 16, 62841), "int8", 512, (1, 4),
+            False, "c" * 64)
     key = cache_key(*base)
-    assert key == "aaaaaaaaaaaaaaaa_trt10.3.0_orin-nvgpu_int8-weak_t512_b1-4_qcccccccccccccccc_k2"
-    for i, other in enumerate(("b" * 64, "10.4.0", "H100", "fp16", 256, (1, 8), True, "d" * 64)):
+    assert key == ("aaaaaaaaaaaaaaaa_trt10.3.0_orin-nvgpu-cc8.7-sm16-64g_int8-weak_t512_b1-4_"
+                   "qcccccccccccccccc_k2")
+    for i, other in enumerate(("b" * 64, "10.4.0", Gpu("H100", "9.0", 132, 81080), "fp16", 256,
+                               (1, 8), True, "d" * 64)):
         changed = list(base)
         changed[i] = other
         assert cache_key(*changed) != key
     # FP32 and FP16 builds read no calibration data: it does not split their cache entries
-    fp16 = ("a" * 64, "10.3.0", "Orin", "fp16", 512, (1, 4))
+    fp16 = ("a" * 64, "10.3.0", AGX, "fp16", 512, (1, 4))
     assert cache_key(*fp16, calibration_sha256="c" * 64) == cache_key(*fp16)
     with pytest.raises(ValueError, match="precision"):
-        cache_key("a" * 64, "10.3.0", "Orin", "int4", 512, (1,))
+        cache_key("a" * 64, "10.3.0", AGX, "int4", 512, (1,))
+
+
+@pytest.mark.parametrize("module", [Gpu("Orin", "8.7", 14, 30593),   # AGX Orin 32 GB
+                                    Gpu("Orin", "8.7", 8, 15388),    # Orin NX 16 GB
+                                    Gpu("Orin", "8.7", 8, 7620),     # Orin Nano 8 GB
+                                    Gpu("Orin", "8.7", 4, 3448)])    # Orin Nano 4 GB
+def test_cache_key_tells_the_orin_modules_apart(module):
+    """CUDA names every Orin's GPU 'Orin': an AGX's engine must not be a Nano's cache hit."""
+    args = ("a" * 64, "10.3.0")
+    assert cache_key(*args, module, "fp16", 512, (1, 4)) != cache_key(*args, AGX, "fp16", 512,
+                                                                         (1, 4))
+    # a JetPack update moving the carveouts by some MiB keeps the key (the memory class)
+    moved = Gpu("Orin", "8.7", module.sm_count, module.memory_mib - 40)
+    assert cache_key(*args, moved, "fp16", 512, (1, 4)) == cache_key(*args, module, "fp16", 512,
+                                                                       (1, 4))
 
 
 def test_profile_covers_the_configured_batches():
@@ -114,12 +135,12 @@ def test_int8_is_refused_for_a_model_the_six_state_calibration_data_cannot_feed(
 
 
 def test_cache_key_separates_the_unet_and_the_classifier():
-    unet = cache_key("a" * 64, "10.3.0", "Orin", "fp16", 512, (1, 4))
-    classifier = cache_key("b" * 64, "10.3.0", "Orin", "fp16", 256, (1, 4))
-    assert unet == "aaaaaaaaaaaaaaaa_trt10.3.0_orin_fp16-weak_t512_b1-4_k2"  # as before
+    unet = cache_key("a" * 64, "10.3.0", AGX, "fp16", 512, (1, 4))
+    classifier = cache_key("b" * 64, "10.3.0", AGX, "fp16", 256, (1, 4))
+    assert unet == "aaaaaaaaaaaaaaaa_trt10.3.0_orin-cc8.7-sm16-64g_fp16-weak_t512_b1-4_k2"
     assert classifier != unet
     # the model's hash alone separates two models even at the same tile
-    assert cache_key("b" * 64, "10.3.0", "Orin", "fp16", 512, (1, 4)) != unet
+    assert cache_key("b" * 64, "10.3.0", AGX, "fp16", 512, (1, 4)) != unet
 
 
 def test_typing_follows_the_installed_tensorrt():

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from edge.engine import Sidecar
+from edge.engine.sidecar import Gpu
 from export.tensorrt import BuildError, build_engine, cache_key, network_flags, profile_shapes
-from tests.export.fake_trt import FakeTRT, install, tiny_onnx
+from tests.export.fake_trt import AGX_ORIN_64, ORIN_NANO_8, FakeCuda, FakeTRT, install, tiny_onnx
+
+AGX = Gpu("Orin", "8.7", *AGX_ORIN_64)
 
 LOG = "export.tensorrt"
 
@@ -32,8 +35,9 @@ def classifier_file(tmp_path):
                      metadata={"region_threshold": "0.97", "network": "fusion"})
 
 
-def _batches(value: float, n: int = 2) -> list[np.ndarray]:
-    return [np.full((2, 24, 8, 8), value + i, np.float32) for i in range(n)]
+def _batches(value: float, n: int = 2, batch: int = 4) -> list[np.ndarray]:
+    """Calibration batches of ``batch`` tiles: 4, the optimum of the default batch sizes."""
+    return [np.full((batch, 24, 8, 8), value + i, np.float32) for i in range(n)]
 
 
 def _build(onnx_file, out, **kw):
@@ -112,7 +116,7 @@ def test_strongly_typed_build_on_11_creates_the_network_without_the_deprecated_f
 
 # -- 2: the engine cache key ------------------------------------------------------------------
 def test_cache_key_separates_typing_and_calibration_data():
-    base = ("a" * 64, "10.12.0", "Orin", "int8", 512, (1, 4))
+    base = ("a" * 64, "10.12.0", AGX, "int8", 512, (1, 4))
     weak = cache_key(*base, strongly_typed=False, calibration_sha256="c" * 64)
     assert weak != cache_key(*base, strongly_typed=True, calibration_sha256="c" * 64)
     assert weak != cache_key(*base, strongly_typed=False, calibration_sha256="d" * 64)
@@ -264,8 +268,26 @@ def test_unet_build_keeps_its_profile_sidecar_and_cache_key(monkeypatch, tmp_pat
     assert (sc.input_name, sc.input_dtype, sc.output_name, sc.tile) == ("frames", "float32",
                                                                         "scores", 512)
     (cached,) = (tmp_path / "cache").glob("*.engine")
-    assert cached.name == cache_key(sc.onnx_sha256, "10.3.0", "Orin", "fp16", 512, (1, 4)) + \
+    assert cached.name == cache_key(sc.onnx_sha256, "10.3.0", AGX, "fp16", 512, (1, 4)) + \
         ".engine"
+    assert (sc.device, sc.compute_capability, sc.sm_count, sc.memory_mib) == ("Orin", "8.7",
+                                                                              *AGX_ORIN_64)
+
+
+def test_an_agx_orins_engine_in_the_cache_is_not_served_on_an_orin_nano(monkeypatch, tmp_path,
+                                                                         onnx_file):
+    """Both GPUs are named 'Orin': the SM count and memory keep their cache entries apart, and
+    a Nano's build does not copy the AGX's engine."""
+    kw = dict(precision="fp16", batch_sizes=(1, 4), tile=512, cache_dir=tmp_path / "cache")
+    install(monkeypatch, FakeTRT("10.3.0"), FakeCuda(module=AGX_ORIN_64))
+    agx = _build(onnx_file, tmp_path / "agx.engine", **kw)
+    install(monkeypatch, FakeTRT("10.3.0"), FakeCuda(module=ORIN_NANO_8))
+    nano = _build(onnx_file, tmp_path / "nano.engine", **kw)
+    assert not agx.from_cache and not nano.from_cache
+    assert (nano.sidecar.sm_count, nano.sidecar.memory_mib) == ORIN_NANO_8
+    assert len(list((tmp_path / "cache").glob("*.engine"))) == 2
+    again = _build(onnx_file, tmp_path / "nano2.engine", **kw)
+    assert again.from_cache and again.sidecar.sm_count == 8
 
 
 def test_unet_build_without_a_tile_is_built_at_512_as_before(monkeypatch, tmp_path, onnx_file):
@@ -318,11 +340,54 @@ def test_classifier_int8_is_refused_the_calibration_data_is_six_state(monkeypatc
 def test_int8_calibration_batches_of_another_tile_are_refused(monkeypatch, tmp_path, onnx_file):
     trt = FakeTRT("10.3.0")
     install(monkeypatch, trt)
-    with pytest.raises(BuildError, match=r"calibration batch 0 is \[2, 24, 8, 8\]; the engine "
+    with pytest.raises(BuildError, match=r"calibration batch 0 is \[4, 24, 8, 8\]; the engine "
                                          "takes N x 24 x 16 x 16"):
         _build(onnx_file, tmp_path / "m.engine", precision="int8", tile=16,
                quantization_batches=_batches(0.1))
     assert not trt.calibrations
+
+
+@pytest.mark.parametrize("tiles, batch_sizes", [(2, (1, 4)), (4, (2, 8)), (1, (1,))])
+def test_int8_calibration_batches_not_at_the_profiles_optimum_are_refused(
+        monkeypatch, tmp_path, onnx_file, tiles, batch_sizes):
+    """TensorRT calibrates at the profile's optimum (the largest batch size); the calibrator
+    says one batch size for every batch. A batch of another size is refused before any GPU
+    work, naming the size wanted."""
+    trt = FakeTRT("10.3.0")
+    cuda = install(monkeypatch, trt)
+    opt = max(batch_sizes)
+    batches = _batches(0.1, n=2, batch=opt)
+    batches[1] = batches[1][:tiles] if tiles < opt else np.concatenate([batches[1]] * 2)
+    with pytest.raises(BuildError, match=rf"INT8 calibration batch 1 holds {len(batches[1])} "
+                                         rf"tile\(s\).*optimum, batch {opt}.*hold {opt} tiles"):
+        _build(onnx_file, tmp_path / "m.engine", precision="int8", batch_sizes=batch_sizes,
+               quantization_batches=batches)
+    assert not cuda.pushes and not trt.configs and not trt.calibrations
+    # at the optimum it calibrates
+    _build(onnx_file, tmp_path / "m.engine", precision="int8", batch_sizes=batch_sizes,
+           quantization_batches=_batches(0.1, n=2, batch=opt))
+    assert trt.calibrations == [2]
+
+
+def test_the_calibrator_itself_refuses_a_batch_off_the_optimum():
+    from export.tensorrt import _make_calibrator
+
+    with pytest.raises(BuildError, match="batch 0 holds 2 tile"):
+        _make_calibrator(FakeTRT("10.3.0"), None, _batches(0.1, batch=2), None, (1, 4))
+
+
+def test_strongly_typed_int8_takes_calibration_tiles_in_any_batching(monkeypatch, tmp_path,
+                                                                     onnx_file):
+    """The Q/DQ quantizer reads the batches tile by tile: no profile optimum to match."""
+    pytest.importorskip("onnxruntime")
+    import export.quantize
+
+    monkeypatch.setattr(export.quantize, "quantize_qdq",
+                        lambda src, out, batches: out.write_bytes(b"qdq") and out)
+    install(monkeypatch, FakeTRT("11.1.0"))
+    r = _build(onnx_file, tmp_path / "m.engine", precision="int8",
+               quantization_batches=_batches(0.1, batch=3))
+    assert r.sidecar.strongly_typed
 
 
 def test_engine_cache_keeps_the_unet_and_the_classifier_apart(monkeypatch, tmp_path, onnx_file,

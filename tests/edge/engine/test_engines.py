@@ -6,6 +6,7 @@ import pytest
 
 from edge.engine import EngineError, Sidecar, SidecarError, open_engine
 from edge.engine.base import backend_for
+from edge.engine.sidecar import Gpu
 from tests.conftest import SHIPPED_MODEL
 
 onnx = pytest.importorskip("onnx")
@@ -89,9 +90,9 @@ def test_missing_pycuda_names_the_extra():
 def _sidecar(**changes) -> Sidecar:
     base = dict(engine_sha256="e" * 64, onnx_sha256="a" * 64, onnx_name="m.onnx",
                 tensorrt_version="10.3.0", device="Orin", compute_capability="8.7",
-                precision="fp16", strongly_typed=False, input_name="frames",
-                input_dtype="float32", output_name="scores", tile=512, batch_sizes=(1, 4),
-                built_utc="2026-11-21T00:00:00+00:00")
+                sm_count=16, memory_mib=62841, precision="fp16", strongly_typed=False,
+                input_name="frames", input_dtype="float32", output_name="scores", tile=512,
+                batch_sizes=(1, 4), built_utc="2026-11-21T00:00:00+00:00")
     base.update(changes)
     return Sidecar(**base)
 
@@ -105,11 +106,26 @@ def test_sidecar_round_trip(tmp_path):
 
 def test_version_1_sidecar_is_read_with_no_model_metadata(tmp_path):
     d = json.loads(_sidecar().to_json())
-    del d["model_metadata"]
+    del d["model_metadata"], d["sm_count"], d["memory_mib"]
     d["version"] = 1
     (tmp_path / "m.engine.json").write_text(json.dumps(d))
     sc = Sidecar.read(tmp_path / "m.engine")
-    assert sc.model_metadata == {} and sc == _sidecar()
+    assert sc.model_metadata == {} and sc == _sidecar(sm_count=0, memory_mib=0)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_engine_whose_sidecar_predates_the_gpu_identity_is_refused(tmp_path, version):
+    """Before version 3 only the GPU's name was recorded, "Orin" on every Orin module: such an
+    engine may be an AGX's on a Nano, so it is refused with a rebuild asked for."""
+    d = json.loads(_sidecar().to_json())
+    del d["sm_count"], d["memory_mib"]
+    d["version"] = version
+    (tmp_path / "m.engine.json").write_text(json.dumps(d))
+    sc = Sidecar.read(tmp_path / "m.engine")
+    assert not sc.gpu.known
+    with pytest.raises(SidecarError, match=r"before version 3.*SM count and memory.*this device "
+                                           r"has 'Orin' \(compute 8.7, 16 SMs.*Rebuild it"):
+        sc.check("e" * 64, "10.3.0", AGX)
 
 
 @pytest.mark.parametrize("meta", [["region_threshold"], {"region_threshold": 0.97}])
@@ -121,16 +137,26 @@ def test_sidecar_with_malformed_model_metadata_is_refused(tmp_path, meta):
         Sidecar.read(tmp_path / "m.engine")
 
 
+AGX = Gpu("Orin", "8.7", 16, 62841)  # the AGX Orin 64 GB, as CUDA describes it
+
+
 @pytest.mark.parametrize("args, what", [
-    (("x" * 64, "10.3.0", "Orin", ""), "SHA-256"),
-    (("e" * 64, "10.4.0", "Orin", ""), "TensorRT 10.3.0, this device runs TensorRT 10.4.0"),
-    (("e" * 64, "10.3.0", "NVIDIA H100", ""), "built for GPU 'Orin'"),
-    (("e" * 64, "10.3.0", "Orin", "b" * 64), "qualified with model"),
+    (("x" * 64, "10.3.0", AGX, ""), "SHA-256"),
+    (("e" * 64, "10.4.0", AGX, ""), "TensorRT 10.3.0, this device runs TensorRT 10.4.0"),
+    (("e" * 64, "10.3.0", Gpu("NVIDIA H100", "9.0", 132, 81080), ""), "built for GPU 'Orin'"),
+    (("e" * 64, "10.3.0", Gpu("Orin", "8.7", 8, 7620), ""),  # an Orin Nano 8 GB
+     r"built for GPU 'Orin' \(compute 8.7, 16 SMs, 62841 MiB: a 64 GiB class\), this device "
+     r"has 'Orin' \(compute 8.7, 8 SMs, 7620 MiB: a 8 GiB class\) \(another module"),
+    (("e" * 64, "10.3.0", Gpu("Orin", "8.7", 14, 30593), ""), "14 SMs"),  # AGX Orin 32 GB
+    (("e" * 64, "10.3.0", Gpu("Orin", "8.7", 16, 30593), ""), "a 32 GiB class"),
+    (("e" * 64, "10.3.0", AGX, "b" * 64), "qualified with model"),
 ])
 def test_sidecar_refuses_another_engine_runtime_device_or_model(args, what):
     with pytest.raises(SidecarError, match=what):
         _sidecar().check(*args)
-    _sidecar().check("e" * 64, "10.3.0", "Orin", "a" * 64)
+    _sidecar().check("e" * 64, "10.3.0", AGX, "a" * 64)
+    # the same module after an update that moved the kernel's carveouts by some MiB
+    _sidecar().check("e" * 64, "10.3.0", Gpu("Orin", "8.7", 16, 62841 - 64), "a" * 64)
 
 
 def test_sidecar_missing_or_damaged(tmp_path):

@@ -68,8 +68,14 @@ class FakeCuda:
     def init(self):
         pass
 
+    device_attribute = SimpleNamespace(MULTIPROCESSOR_COUNT=16)
+    module = (16, 62841)  # an AGX Orin 64 GB: SMs, MiB
+
     def Device(self, i):  # noqa: N802
+        attrs = {self.device_attribute.MULTIPROCESSOR_COUNT: self.module[0]}
         return SimpleNamespace(name=lambda: "Orin", compute_capability=lambda: (8, 7),
+                               get_attribute=attrs.__getitem__,
+                               total_memory=lambda: self.module[1] << 20,
                                retain_primary_context=lambda: SimpleNamespace(push=lambda: None))
 
     def pagelocked_empty(self, n, dtype):
@@ -163,9 +169,11 @@ def fake_trt(profile, gpu, dims=None, net=_unet):
 @pytest.fixture
 def open_fake(monkeypatch, tmp_path):
     def make(min_batch: int, max_batch: int, head_max_batch: int = 4, dims=None, net=_unet,
-             tile: int = TILE, metadata=None):
+             tile: int = TILE, metadata=None, module=None):
         dims = dims or UNET
         gpu = FakeCuda()
+        if module is not None:  # this device; the engine was built on an AGX Orin 64 GB
+            gpu.module = module
         row = tuple(tile if d == -1 else d for d in dims["frames"][1:])
         shapes = tuple((b, *row) for b in (min_batch, max_batch, max_batch))
         monkeypatch.setattr(rt, "import_tensorrt", lambda: fake_trt(shapes, gpu, dims, net))
@@ -174,7 +182,8 @@ def open_fake(monkeypatch, tmp_path):
         path.write_bytes(b"plan")
         Sidecar(engine_sha256=sha256_file(path), onnx_sha256="a" * 64, onnx_name="m.onnx",
                 tensorrt_version="10.3.0", device="Orin", compute_capability="8.7",
-                precision="fp16", strongly_typed=False, input_name="frames",
+                sm_count=16, memory_mib=62841, precision="fp16", strongly_typed=False,
+                input_name="frames",
                 input_dtype="float32", output_name=[n for n in dims if n != "frames"][0],
                 tile=tile, batch_sizes=(max_batch,),
                 built_utc="2026-01-01T00:00:00+00:00",
@@ -327,3 +336,12 @@ def test_engine_with_a_dynamic_channel_count_is_refused_naming_the_file(open_fak
     dims = {"frames": (-1, -1, -1, -1), "scores": (-1, 1, -1, -1)}
     with pytest.raises(EngineError, match=r"m\.engine: input 'frames' .*dynamic channel count"):
         open_fake(1, 4, dims=dims)
+
+
+def test_an_engine_built_on_an_agx_orin_is_refused_on_an_orin_nano(open_fake):
+    """Both GPUs are 'Orin' to CUDA: the SM count and memory in the sidecar tell them apart."""
+    with pytest.raises(EngineError, match=r"built for GPU 'Orin' \(compute 8.7, 16 SMs.*this "
+                                          r"device has 'Orin' \(compute 8.7, 8 SMs, 7620 MiB"):
+        open_fake(1, 4, module=(8, 7620))
+    engine, _ = open_fake(1, 4)
+    assert engine.identity["sm_count"] == 16 and engine.identity["memory_mib"] == 62841
