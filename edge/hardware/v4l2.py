@@ -39,6 +39,7 @@ import glob
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 
@@ -66,10 +67,16 @@ from edge.hardware.v4l2_device import (
 log = logging.getLogger(__name__)
 
 
-def serial_of(device: str, by_id: str = "/dev/v4l/by-id") -> str:
-    """The camera's identity as udev names it (its ID_SERIAL: ``Vendor_Model_SERIAL`` of the
-    ``usb-...-video-index0`` links in ``/dev/v4l/by-id``), or "" where none names this device
-    (CSI sensors have none): a calibration is bound to it, so a swapped camera is noticed."""
+def serial_of(device: str, by_id: str = "/dev/v4l/by-id", sysfs: str = "/sys") -> str:
+    """The camera's identity as udev names it, its ID_SERIAL (``Vendor_Model_SERIAL``), or ""
+    where it has none (a CSI sensor): a calibration is bound to it, so a swapped camera is
+    noticed.
+
+    First from the ``usb-...-video-index0`` links in ``by_id``, which udev makes on the host.
+    A container has no ``/dev/v4l`` (Docker passes the device node alone), so then from sysfs
+    (:func:`usb_serial_from_sysfs`), composed as udev's usb_id composes it, so that a
+    calibration made on the host and a head started in the container name the camera alike.
+    Where neither gives one, a warning says the calibration's camera check is skipped."""
     try:
         target = os.path.realpath(device)
         for link in sorted(glob.glob(os.path.join(by_id, "*"))):
@@ -81,6 +88,96 @@ def serial_of(device: str, by_id: str = "/dev/v4l/by-id") -> str:
                 return m.group(1)
     except OSError:
         pass
+    serial = usb_serial_from_sysfs(device, sysfs)
+    if not serial:
+        log.warning("camera %s: no serial number found (no link in %s, no USB device above its "
+                    "node in %s: a CSI sensor has none), so a calibration's check that it was "
+                    "made with this camera is skipped; the dark frame at start still compares "
+                    "the sensor's hot pixels", device, by_id, sysfs)
+    return serial
+
+
+# udev keeps these besides letters and digits (whitelisted_char_for_devnode)
+_UDEV_KEEP = frozenset("#+-.:=@_")
+
+
+def _udev_clean(text: str) -> str:
+    """udev's ``udev_replace_whitespace`` then ``udev_replace_chars(str, NULL)``, as usb_id
+    applies them: outer whitespace dropped, each inner run of it one ``_``, and every other
+    ASCII character that is not a letter, digit or one of ``#+-.:=@_`` a ``_`` (``\\x``
+    escapes and non-ASCII characters are kept)."""
+    chars = list("_".join(re.split(r"[ \t\n\v\f\r]+", text.strip(" \t\n\v\f\r"))))
+    i = 0
+    while i < len(chars):
+        c = chars[i]
+        if c == "\\" and i + 1 < len(chars) and chars[i + 1] == "x":
+            i += 2
+            continue
+        if c.isascii() and not (c.isalnum() or c in _UDEV_KEEP):
+            chars[i] = "_"
+        i += 1
+    return "".join(chars)
+
+
+def _read_attr(folder: str, name: str) -> str | None:
+    try:
+        with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def _device_number(device: str) -> tuple[int, int] | None:
+    """(major, minor) of a character device node, else None."""
+    try:
+        st = os.stat(device)
+    except OSError:
+        return None
+    if not stat.S_ISCHR(st.st_mode):
+        return None
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def _sysfs_node(device: str, sysfs: str) -> str | None:
+    """The device's folder in sysfs: by its device number (``dev/char/MAJOR:MINOR``), which is
+    right whatever name the node has (compose maps the host's camera to ``/dev/video0`` in the
+    container, and sysfs there is the host's); for a path that is not a device node, by its
+    name under ``class/video4linux``."""
+    number = _device_number(device)
+    if number is not None:
+        path = os.path.join(sysfs, "dev", "char", f"{number[0]}:{number[1]}")
+    else:
+        path = os.path.join(sysfs, "class", "video4linux", os.path.basename(
+            os.path.realpath(device)))
+    return os.path.realpath(path) if os.path.isdir(path) else None
+
+
+def usb_serial_from_sysfs(device: str, sysfs: str = "/sys") -> str:
+    """ID_SERIAL of a USB camera from sysfs, or "" (a CSI sensor: no USB device above it).
+
+    From the video node's folder up its ``device`` parents to the first USB device (the folder
+    with ``idVendor``), then as udev's usb_id builtin: the ``manufacturer`` (else ``idVendor``),
+    ``_``, the ``product`` (else ``idProduct``), and ``_`` and the ``serial`` where there is one
+    whose characters are all printable ASCII other than ``,`` (usb_id ignores any other), each
+    cleaned as udev cleans them (:func:`_udev_clean`)."""
+    node = _sysfs_node(device, sysfs)
+    if node is None:
+        return ""
+    top = os.path.realpath(os.path.join(sysfs, "devices"))
+    here = os.path.realpath(os.path.join(node, "device"))
+    while here.startswith(top + os.sep):
+        vendor_id = _read_attr(here, "idVendor")
+        if vendor_id is not None:
+            vendor = _read_attr(here, "manufacturer")
+            model = _read_attr(here, "product")
+            parts = [_udev_clean(vendor if vendor is not None else vendor_id),
+                     _udev_clean(model if model is not None else
+                                 _read_attr(here, "idProduct") or "")]
+            serial = (_read_attr(here, "serial") or "").rstrip()
+            if serial and all(0x20 <= ord(c) <= 0x7F and c != "," for c in serial):
+                parts.append(_udev_clean(serial))
+            return "_".join(parts)
+        here = os.path.dirname(here)
     return ""
 
 

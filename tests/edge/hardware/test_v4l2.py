@@ -5,6 +5,7 @@ import ctypes
 import errno
 import glob
 import grp
+import logging
 import os
 import re
 import time
@@ -577,4 +578,85 @@ def test_the_serial_comes_from_udevs_by_id_link(tmp_path):
     (by_id / "usb-Acme_RAW12_Cam_A1B2C3-video-index0").symlink_to(node)
     (by_id / "usb-Other_Cam_ZZZ-video-index0").symlink_to(tmp_path / "video9")
     assert serial_of(str(node), str(by_id)) == "Acme_RAW12_Cam_A1B2C3"
-    assert serial_of(str(tmp_path / "video5"), str(by_id)) == ""  # a CSI sensor: none
+    no_sysfs = str(tmp_path / "sys")
+    assert serial_of(str(tmp_path / "video5"), str(by_id), no_sysfs) == ""  # a CSI sensor: none
+
+
+def _sysfs(root, usb: dict[str, str] | None = None):
+    """A sysfs tree as the kernel lays it out on an Orin: video0, the tegra VI's CSI sensor (a
+    platform device), and video2, a UVC camera whose USB device 1-2 carries ``usb``'s
+    attributes (its interface 1-2:1.0 is the video node's parent). /sys/class/video4linux and
+    /sys/dev/char link to the nodes' folders."""
+    devices = root / "devices"
+    csi = devices / "platform" / "tegra-capture-vi"
+    usb_dev = devices / "platform" / "3610000.usb" / "usb1" / "1-2"
+    nodes = {"video0": (csi, "81:0"), "video2": (usb_dev / "1-2:1.0", "81:2")}
+    usb_dev.mkdir(parents=True)
+    (usb_dev.parent / "idVendor").write_text("1d6b\n")  # the root hub: not the camera
+    for name, text in (usb or {}).items():
+        (usb_dev / name).write_text(text + "\n")
+    (usb_dev / "1-2:1.0" / "bInterfaceClass").parent.mkdir()
+    (usb_dev / "1-2:1.0" / "bInterfaceClass").write_text("0e\n")
+    for name, (parent, number) in nodes.items():
+        node = parent / "video4linux" / name
+        node.mkdir(parents=True)
+        (node / "device").symlink_to(os.path.relpath(parent, node))
+        for link in (root / "class" / "video4linux" / name, root / "dev" / "char" / number):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(node, link.parent))
+    return root
+
+
+UVC = {"idVendor": "2bdf", "idProduct": "0281", "manufacturer": "Acme Vision ",
+       "product": "RAW12 Cam/USB3", "serial": "A1B2C3"}
+
+
+@pytest.mark.parametrize("attrs, expected", [
+    (UVC, "Acme_Vision_RAW12_Cam_USB3_A1B2C3"),  # as udev's usb_id: spaces and '/' become '_'
+    ({k: v for k, v in UVC.items() if k not in ("manufacturer", "product")}, "2bdf_0281_A1B2C3"),
+    ({**UVC, "serial": "A1,B2"}, "Acme_Vision_RAW12_Cam_USB3"),  # usb_id ignores such a serial
+    ({k: v for k, v in UVC.items() if k != "serial"}, "Acme_Vision_RAW12_Cam_USB3"),
+])
+def test_in_a_container_the_serial_comes_from_sysfs_as_udev_composes_it(tmp_path, attrs,
+                                                                        expected):
+    """No /dev/v4l/by-id in a container: the USB device above the node in sysfs gives the same
+    ID_SERIAL udev's link names on the host."""
+    from edge.hardware.v4l2 import serial_of
+
+    sysfs = _sysfs(tmp_path / "sys", attrs)
+    node = tmp_path / "dev" / "video2"
+    node.parent.mkdir()
+    node.touch()
+    assert serial_of(str(node), str(tmp_path / "no-by-id"), str(sysfs)) == expected
+
+
+def test_the_sysfs_serial_goes_by_the_device_number_not_the_name_in_the_container(
+        tmp_path, monkeypatch):
+    """compose maps the host's /dev/video2 to /dev/video0 in the container: the node's device
+    number (81:2) finds the USB camera, where its name would find the host's CSI video0."""
+    from edge.hardware import v4l2
+    from edge.hardware.v4l2 import serial_of
+
+    sysfs = _sysfs(tmp_path / "sys", UVC)
+    node = tmp_path / "dev" / "video0"
+    node.parent.mkdir()
+    node.touch()
+    assert serial_of(str(node), str(tmp_path / "none"), str(sysfs)) == ""  # by name: the CSI
+    monkeypatch.setattr(v4l2, "_device_number", lambda device: (81, 2))
+    assert serial_of(str(node), str(tmp_path / "none"), str(sysfs)) == \
+        "Acme_Vision_RAW12_Cam_USB3_A1B2C3"
+
+
+def test_a_csi_sensor_has_no_serial_and_the_skipped_check_is_said(tmp_path, caplog):
+    from edge.hardware.v4l2 import serial_of
+
+    sysfs = _sysfs(tmp_path / "sys", UVC)
+    node = tmp_path / "dev" / "video0"
+    node.parent.mkdir()
+    node.touch()
+    with caplog.at_level(logging.WARNING, logger="edge.hardware.v4l2"):
+        assert serial_of(str(node), str(tmp_path / "none"), str(sysfs)) == ""
+    (record,) = caplog.records
+    assert str(node) in record.getMessage()
+    assert "made with this camera is skipped" in record.getMessage()
+
