@@ -29,17 +29,30 @@ sources; the simulator :mod:`edge.sim.grbl` behaves the same):
   repeat every 10 to 30 reports).
 * **Ready**: a controller in Alarm (after power-up with homing required, after a limit or a
   reset while moving) is homed (``$H``) or, when the head is configured not to home, unlocked
-  (``$X``). One that is Idle is trusted (it was homed or unlocked since power-up and a soft
-  reset keeps the position), unless grblHAL reports it not homed (``H:0``). After a limit alarm
-  (``ALARM:1``/``ALARM:2``) classic grbl answers nothing, not even ``?``, until a reset, and
-  grblHAL refuses ``$H`` and ``$X`` with ``error:79``: the driver resets first.
+  (``$X``). One that is Idle is homed when grblHAL says it is not: ``H:0`` in a report, or the
+  ``[HOME:x,y,z:mask]`` line of ``$#`` without X and Y in its mask. grblHAL with homing enabled
+  but not required (``$22=1``) boots Idle with no alarm and no ``H:`` field (it sends ``H:``
+  only after ``$H``, ``$G`` or a ``$13x`` change), so ``$#`` is what tells. Classic grbl keeps
+  no such flag: an Idle grbl is trusted (its homing init lock makes it boot in Alarm; a soft
+  reset keeps the position). After a limit alarm (``ALARM:1``/``ALARM:2``) classic grbl answers
+  nothing, not even ``?``, until a reset, and grblHAL refuses ``$H`` and ``$X`` with
+  ``error:79``: the driver resets first.
 * **Moves** are absolute (``G90 G1 X.. Y.. F..``) in work coordinates. The target is checked
   against the soft limits *before* anything is sent; the controller's own soft limits stay on as
   a second line of defence (they raise ``ALARM:2``).
 * **Completion**: the driver waits the time the move needs (trapezoidal profile from the feed
-  and acceleration), then polls the real-time status (``?``) at ``POLL_HZ`` (GRBL's interface
-  guide: no more than 5 Hz) until ``Idle``. A stalled or silent controller is noticed at the
-  move's time limit.
+  and acceleration), then polls the real-time status (``?``) until ``Idle``: every
+  ``FAST_POLL_S`` (20 ms) for ``FAST_WINDOW_S`` after the planned end, since real motion ends
+  30-60 ms after the plan (stepper segments, the last deceleration steps), then at ``POLL_HZ``
+  (GRBL's interface guide: no more than 5 Hz). At 5 Hz alone the first poll sees ``Run`` and
+  the next comes 0.2 s later; the bounded window costs the firmware at most a dozen reports
+  per move. A stalled or silent controller is noticed at the move's time limit.
+* **Alarms that reset the firmware**: a failed homing cycle (``ALARM:6``-``ALARM:9``) makes both
+  firmwares reset themselves (``mc_reset()``) after the alarm's pause (grbl 0.5 s, grblHAL
+  0.1 s): the driver reads that banner (and grbl's stale ``ok`` before it) before it reports the
+  alarm, so the next status query does not take it for an unexpected reset. A Ctrl-X in that
+  pause is lost (grbl clears it before a limit alarm's lock), so :meth:`GrblStage.reset` waits
+  out the pause after an alarm it saw, and sends Ctrl-X again every ``RESET_RETRY_S`` anyway.
 * **Errors**: ``error:N`` becomes :class:`GrblError`, ``ALARM:N`` :class:`GrblAlarm`, both
   carrying the firmware's meaning of the code (grblHAL's tables where they differ). grblHAL
   rejects every later G-code line with the same error until an empty line or a ``$`` command,
@@ -74,11 +87,18 @@ SOFT_RESET = b"\x18"
 
 BANNER_QUIET_S = 0.1
 RESET_RETRY_S = 0.3  # a Ctrl-X the firmware dropped while booting is sent again after this
-POLL_HZ = 5.0  # status queries per second at most while waiting (GRBL's interface guide)
+POLL_HZ = 5.0  # status queries per second while waiting (GRBL's interface guide)
+FAST_POLL_S = 0.02  # near a move's planned end: real motion ends 30-60 ms after the plan
+FAST_WINDOW_S = 0.25  # how long after the planned end the driver polls fast
+# after printing ALARM:n the firmware sleeps (report_alarm_message); a Ctrl-X meanwhile is lost
+ALARM_PAUSE_S = {"grbl": 0.5, "grblhal": 0.1}
+SELF_RESET_ALARMS = {6, 7, 8, 9}  # homing failures: limits_go_home() calls mc_reset()
 BANNER = re.compile(r"^(Grbl|GrblHAL)\s+(\S+)\s*\[.*\]\s*$", re.IGNORECASE)
 STATUS = re.compile(r"^<([^|>]+)(.*)>$")
 SETTING = re.compile(r"^\$(\d+)=(-?[0-9.]+)")
 OFFSET = re.compile(r"^\[(G54|G92):(-?[0-9.]+),(-?[0-9.]+)")
+HOME = re.compile(r"^\[HOME:[^:\]]*:(\d+)\]")  # grblHAL's home position and homed axes mask
+XY_MASK = 0b011
 
 # GRBL 1.1's documented meanings, worded for an operator; grblHAL shares 1-38.
 ERRORS = {
@@ -249,6 +269,9 @@ def move_time(dist: float, feed_mm_s: float, accel: float) -> float:
 class GrblStage(Stage):
     """One GRBL controller on a serial port.
 
+    ``_clock`` and ``_sleep`` are what :meth:`wait_idle` measures and waits with (a test can
+    drive the poll schedule with a simulated clock).
+
     ``limits`` are ``((xmin, xmax), (ymin, ymax))`` in the head's stage coordinates (mm),
     ``feed_mm_min`` the feed of every move; ``home`` says whether the controller has homing
     switches (``$H``) or is unlocked; ``machine_origin`` is where the controller's machine
@@ -256,6 +279,9 @@ class GrblStage(Stage):
     homing toward + ends; for grblHAL with hard limits, ``$27`` beyond them, since it keeps the
     pull-off clear of each end).
     """
+
+    _clock = staticmethod(time.monotonic)
+    _sleep = staticmethod(time.sleep)
 
     def __init__(self, url: str, baud: int, limits: tuple[tuple[float, float], ...],
                  feed_mm_min: float, home: bool = True, timeout_s: float = 2.0,
@@ -277,6 +303,9 @@ class GrblStage(Stage):
         self.homed = False
         self.critical = False  # a limit alarm: the firmware waits for a reset
         self.accel = 0.0  # mm/s^2 along a move, 0: unknown
+        self.polls = 0  # status queries sent while waiting for moves, for the log and tests
+        self._resync = False  # the firmware reset itself and its banner was not seen: reset
+        self._alarm_at = -math.inf  # when the driver last saw an ALARM line (monotonic)
         self._buf = b""
         self._lock = threading.RLock()
         try:
@@ -322,8 +351,11 @@ class GrblStage(Stage):
         """Lines that can arrive at any time; True when consumed."""
         if line.startswith("ALARM:"):
             code = _code(line)
+            self._alarm_at = time.monotonic()
             self.homed = self.homed and code == 2
             self.critical = self.critical or code in CRITICAL_ALARMS
+            if code in SELF_RESET_ALARMS:
+                self._await_self_reset()
             raise GrblAlarm(code, during, self.flavor)
         if BANNER.match(line):
             raise StageError(f"stage controller reset itself during {during} ({line})")
@@ -353,7 +385,8 @@ class GrblStage(Stage):
 
     # -- commands -----------------------------------------------------------------------------
     def command(self, line: str, timeout_s: float | None = None) -> list[str]:
-        """Send one line and wait for its ``ok``; the lines it printed before (``$$``, ``$#``)."""
+        """Send one line and wait for its ``ok``; the lines it printed before (``$$``, ``$#``,
+        ``$G``), messages left out."""
         with self._lock:
             deadline = time.monotonic() + (timeout_s or self.timeout_s)
             self._write(line.encode("ascii") + b"\n")
@@ -365,7 +398,10 @@ class GrblStage(Stage):
                 if reply.startswith("error:"):
                     self._clear_error()
                     raise GrblError(_code(reply), line, self.flavor)
-                if reply.startswith("$") or reply.startswith("[G"):
+                # what the command prints: settings, [G54:..], [HOME:..], [GC:..], [VER:..];
+                # a [MSG:..] may come at any time and is not part of it
+                if reply.startswith("$") or (reply.startswith("[")
+                                             and not reply.startswith("[MSG:")):
                     out.append(reply)
                     continue
                 if not self._handle_async(reply, repr(line)):
@@ -380,6 +416,24 @@ class GrblStage(Stage):
             if reply == "ok" or reply.startswith("error:"):
                 return
             self._handle_async(reply, "error recovery")
+
+    def _await_self_reset(self) -> None:
+        """The firmware resets itself after this alarm: read up to its banner (classic grbl's
+        stale ``ok`` of the cut-short line comes first) and what follows it."""
+        pause = max(ALARM_PAUSE_S.values())
+        deadline = time.monotonic() + pause + self.timeout_s
+        while True:
+            try:
+                line = self._readline(deadline, "")
+            except StageTimeout:
+                self._resync = True  # no banner seen: the next ready() resets first
+                return
+            if BANNER.match(line):
+                self._settle(line)
+                return
+            st = StatusReport.parse(line)
+            if st is not None:
+                self._note(st)
 
     def status(self) -> StatusReport:
         with self._lock:
@@ -397,10 +451,13 @@ class GrblStage(Stage):
     def reset(self) -> None:
         """Soft reset until the banner comes (a Ctrl-X during boot is dropped: sent again)."""
         with self._lock:
-            self._buf = b""
-            with contextlib.suppress(self._serial_errors):
-                self.port.reset_input_buffer()
-            deadline = time.monotonic() + max(self.timeout_s, 2 * RESET_RETRY_S)
+            self._discard_input()
+            # a Ctrl-X within the pause after ALARM:n is lost: wait it out
+            wait = self._alarm_at + ALARM_PAUSE_S[self.flavor] + 0.02 - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            pause = max(ALARM_PAUSE_S.values())  # an alarm the driver did not see
+            deadline = time.monotonic() + max(self.timeout_s, pause + 2 * RESET_RETRY_S)
             while True:
                 self._write(SOFT_RESET)
                 retry = min(time.monotonic() + RESET_RETRY_S, deadline)
@@ -412,6 +469,13 @@ class GrblStage(Stage):
                     raise StageTimeout(f"stage controller on {self.url} sent no banner after "
                                        "repeated resets (is it powered, and is this its port "
                                        "and baud rate?)")
+            self._settle(self.banner)
+
+    def _settle(self, banner: str) -> None:
+        """After a banner: what the firmware prints at once (``ALARM:11``, messages), and any
+        later banner of an earlier reset; then the controller is known afresh."""
+        with self._lock:
+            self.banner = banner
             # a banner of an earlier reset (power-up, a previous session) may still be in
             # transit: take the last one, so none arrives later as a surprise reset
             quiet = time.monotonic() + BANNER_QUIET_S
@@ -425,9 +489,21 @@ class GrblStage(Stage):
                 elif line.startswith("ALARM:"):
                     self.homed = False
             self.flavor = "grblhal" if self.banner.lower().startswith("grblhal") else "grbl"
-            self.critical = False
+            self.critical = self._resync = False
             self.wco = None  # reports repeat it; ready() sets it
             log.debug("stage: %s on %s", self.banner, self.url)
+
+    def _discard_input(self) -> None:
+        """Drop what the controller sent and nobody read, noting an alarm among it (the pause
+        after it swallows a Ctrl-X)."""
+        pending = self._buf
+        with contextlib.suppress(self._serial_errors):
+            pending += self.port.read(self.port.in_waiting)
+        if b"ALARM:" in pending:
+            self._alarm_at = time.monotonic()
+        self._buf = b""
+        with contextlib.suppress(self._serial_errors):
+            self.port.reset_input_buffer()
 
     def _await_banner(self, deadline: float) -> str | None:
         while True:
@@ -439,6 +515,7 @@ class GrblStage(Stage):
                 return line
             if line.startswith("ALARM:"):
                 self.homed = False
+                self._alarm_at = time.monotonic()
             # anything else ("ok" of a line the alarm cut short, messages) belongs to before
 
     # -- the controller's settings ------------------------------------------------------------
@@ -485,11 +562,12 @@ class GrblStage(Stage):
                     f"[{env[0]:g}, {env[1]:g}] (${key}={s[key]:g}); check the head file's "
                     "limits and machine origin, or the controller's travel and homing")
 
-    def _work_coordinates(self) -> None:
-        """G54 so that work coordinates are the head's; G92 cleared (grblHAL keeps it)."""
+    def _work_coordinates(self, offsets: list[str]) -> None:
+        """G54 so that work coordinates are the head's; G92 cleared (grblHAL keeps it).
+        ``offsets``: the lines of ``$#``."""
         want = (-self.origin[0], -self.origin[1])
         g54 = g92 = None
-        for line in self.command("$#"):
+        for line in offsets:
             m = OFFSET.match(line)
             if m:
                 xy = (float(m.group(2)), float(m.group(3)))
@@ -504,16 +582,22 @@ class GrblStage(Stage):
 
     # -- the stage's jobs ---------------------------------------------------------------------
     def ready(self) -> None:
-        """Reset after a limit alarm; home (or unlock) when the controller is in Alarm or says
-        it is not homed; set up the work coordinates."""
-        if self.critical:
+        """Reset after a limit alarm (or a reset whose banner was missed); home (or unlock)
+        when the controller is in Alarm or says it is not homed (a report's ``H:0``, or
+        grblHAL's ``$#`` mask); set up the work coordinates."""
+        if self.critical or self._resync:
             self.reset()
         try:
             st = self.status()
         except StageTimeout:  # classic grbl answers nothing in a limit alarm until a reset
             self.reset()
             st = self.status()
-        needs = st.name == "Alarm" or (self.home_enabled and st.homed is False)
+        # $# says what the report may not: grblHAL's homed axes (and the offsets set below)
+        offsets = self.command("$#")
+        mask = next((int(m.group(1)) for m in map(HOME.match, offsets) if m), None)
+        unhomed = st.homed is False or (st.homed is None and mask is not None
+                                        and mask & XY_MASK != XY_MASK)
+        needs = st.name == "Alarm" or (self.home_enabled and unhomed)
         if needs:
             if self.home_enabled:
                 log.info("homing the stage")
@@ -523,10 +607,11 @@ class GrblStage(Stage):
                 self.command("$X")
             st = self.status()
         elif st.name == "Idle":
+            # grbl keeps no homed flag: Idle means homed or unlocked since power-up
             self.homed = self.homed or self.home_enabled
         if st.name != "Idle":
             raise StageError(f"stage controller is {st.state}, not Idle, after homing/unlock")
-        self._work_coordinates()
+        self._work_coordinates(offsets)  # homing changes neither G54 nor G92
         self.status()  # the position in work coordinates
 
     def check_target(self, x: float, y: float) -> None:
@@ -551,26 +636,31 @@ class GrblStage(Stage):
 
     def wait_idle(self, timeout_s: float, what: str,
                   cancel: Callable[[], bool] | None = None, expected_s: float = 0.0) -> None:
-        """Wait ``expected_s`` without asking, then poll at ``POLL_HZ`` until Idle."""
-        start = time.monotonic()
+        """Wait ``expected_s`` without asking, then poll until Idle: every ``FAST_POLL_S`` for
+        ``FAST_WINDOW_S`` after the planned end, at ``POLL_HZ`` after that."""
+        clock = self._clock
+        start = clock()
         deadline = start + timeout_s
-        next_poll = start + expected_s
+        planned_end = start + expected_s
+        next_poll = planned_end
         while True:
-            now = time.monotonic()
+            now = clock()
             if cancel is not None and cancel():
                 raise MoveCancelled(f"{what} was cancelled")
             if now < next_poll:
-                time.sleep(min(0.02, next_poll - now))  # cancel stays responsive
+                self._sleep(min(0.02, next_poll - now))  # cancel stays responsive
                 continue
+            self.polls += 1
             st = self.status()
             if st.name == "Idle":
                 return
             if st.name == "Alarm":
                 raise StageError(f"stage controller went into Alarm during {what}")
-            if time.monotonic() > deadline:
+            now = clock()
+            if now > deadline:
                 raise StageTimeout(f"stage did not reach Idle within {timeout_s:.1f} s during "
                                    f"{what} (last state {st.state})")
-            next_poll = time.monotonic() + 1.0 / POLL_HZ
+            next_poll = now + poll_interval(now - planned_end)
 
     def abort(self) -> None:
         """Stop now: feed hold, wait for the axes to stop, soft reset. Never raises."""
@@ -602,6 +692,12 @@ class GrblStage(Stage):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def poll_interval(since_planned_end: float) -> float:
+    """Seconds to the next status query, ``since_planned_end`` seconds after a move's planned
+    end (negative: before it): fast while the real end is due, slow after."""
+    return FAST_POLL_S if since_planned_end < FAST_WINDOW_S else 1.0 / POLL_HZ
 
 
 def _code(line: str) -> int:

@@ -22,14 +22,22 @@ Both flavours
   commands 24, repeated word 25, no axis words 26, missing P/L 28, coordinate system 29, unused
   words 36, line overflow 11;
 * motion: trapezoidal profiles from rest to rest, the feed capped silently at the axes' maximum
-  rates ``$110``/``$111`` (``G0`` runs at them), the acceleration at ``$120``/``$121``; ``ok`` when
-  a line enters the planner (16 blocks, 15 usable); lines wait in a receive buffer while the
-  planner is full (bytes beyond it are lost, as a UART's are);
+  rates ``$110``/``$111`` (``G0`` runs at them), the acceleration at ``$120``/``$121``; each
+  move ends a random 0-``late_s`` (60 ms) after its profile, as real firmware's do (its stepper
+  segments and the last deceleration steps take longer than the plan; seeded with ``seed``);
+  positions on the step grid (``$100``-``$102`` steps/mm: ``MPos`` is whole steps, a target is
+  rounded to the nearest step as grbl's planner does); ``ok`` when a line enters the planner
+  (grbl 15 usable blocks, grblHAL 100); lines wait in a receive buffer while the planner is
+  full (bytes beyond it are lost, as a UART's are);
 * soft limits (``$20``) in machine coordinates, raising ``ALARM:2`` after a controlled stop;
   ``trip_limit()`` (a hard limit switch, ``$21``) ``ALARM:1``; Ctrl-X while moving ``ALARM:3``,
   during homing ``ALARM:6``; ``homing_fails`` ``ALARM:9`` after the whole search distance;
 * feed hold ``!`` (``Hold:1`` while decelerating, ``Hold:0`` stopped) and resume ``~``; a reset
   after a completed hold keeps the position (no alarm);
+* every ``ALARM:n`` is followed by the firmware's pause (grbl 0.5 s, grblHAL 0.1 s) in which a
+  Ctrl-X is lost: before a limit alarm's ``[MSG:Reset to continue]`` it is cleared, and after
+  any other alarm the firmware resets itself once the pause is over (homing failures 6-9:
+  ``mc_reset()``), stale ``ok`` (grbl) and banner included;
 * ``$$`` (settings as the firmware prints them), ``$n=value``, ``$I``, ``$G``, ``$#``, ``$N``,
   ``$``, ``$X``, ``$H``; status reports ``<State|MPos:..|FS:..>`` (``WPos`` with ``$10`` bit 0
   clear), ``Pn:X`` while a limit switch is held, ``WCO:`` and ``Ov:`` on the firmware's refresh
@@ -51,8 +59,16 @@ Classic grbl 1.1h
 
 grblHAL
 
-* ``$22`` bit 2 (homing on start-up required): ``ALARM:11`` + ``[MSG:Homing cycle required]`` at
-  power-up and after every reset until homed; ``$X`` is refused with ``error:46`` meanwhile;
+* ``$22`` bit 2 (homing on start-up required, ``$22=5``, the default here): ``ALARM:11`` +
+  ``[MSG:Homing cycle required]`` at power-up and after every reset until homed; ``$X`` is
+  refused with ``error:46`` meanwhile. Without it (``$22=1``, ``homing_required=False``) it
+  boots Idle, not homed, with no alarm and no ``H:`` field: only ``$#``'s ``[HOME:x,y,z:0]``
+  says so (its last field is the homed axes' mask);
+* ``$$``: 83 settings in grblHAL's number format (:data:`HAL_SETTINGS`); ``$G`` with ``G40``,
+  ``G92`` right after the coordinate system when an offset is set; ``$#`` with
+  ``[TLO:x,y,z]`` (every axis: ``TOOL_LENGTH_OFFSET_AXIS`` is -1 at compatibility level 0);
+* reports: ``Bf:100,1023`` when idle; ``|A:`` (accessories: no spindle, no coolant) after the
+  parser ran ``M5``/``M9``; ``|TLR:0`` after ``$TLR`` (no probe result: no reference);
 * ``ALARM:1``/``ALARM:2``: ``[MSG:Reset to continue]`` 0.1 s later; ``?`` is still answered,
   G-code gets ``error:9``, ``$X``/``$H`` ``error:79``, other ``$`` commands work, until Ctrl-X;
   no stale ``ok``; a reset or hard limit while moving loses the homed state;
@@ -78,6 +94,7 @@ import fcntl
 import math
 import os
 import pty
+import random
 import re
 import select
 import threading
@@ -92,10 +109,17 @@ BANNERS = {"grbl": "Grbl 1.1h ['$' for help]",
            "grblhal": "GrblHAL 1.1f ['$' or '$HELP' for help]"}
 HELP = {"grbl": "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H ~ ! ? ctrl-x]",
         "grblhal": "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H $B ~ ! ? ctrl-x]"}
-PLANNER_BLOCKS = 16  # grbl's ring buffer: one slot stays empty, 15 blocks are usable
+# planner ring buffers, one slot stays empty: grbl 15 usable blocks, grblHAL 100 ($398)
+PLANNER_BLOCKS = {"grbl": 16, "grblhal": 101}
 RX_BUFFER = {"grbl": 128, "grblhal": 1024}  # serial receive buffer, bytes
+# Bf's second number when the buffer is empty: grbl counts 128 free, grblHAL's ring 1023
+RX_FREE_EMPTY = {"grbl": 128, "grblhal": 1023}
 LINE_BUFFER = {"grbl": 80, "grblhal": 257}  # a longer line is error:11
-ALARM_MSG_DELAY_S = {"grbl": 0.5, "grblhal": 0.1}  # before [MSG:Reset to continue]
+# report_alarm_message() sleeps after printing ALARM:n (grbl delay_ms(500), grblHAL 100 ms);
+# a Ctrl-X in that pause is lost: cleared before a limit alarm's lock, merged into the reset
+# that follows any other alarm
+ALARM_PAUSE_S = {"grbl": 0.5, "grblhal": 0.1}
+LATE_S = 0.06  # real motion ends up to this much after the planned profile (stepper segments)
 HAL_HOMING_PAUSE_S = 0.1  # grblHAL's wait after its unsolicited <Home|..> report
 AXES = "XYZ"
 HOMED_AXES = (0, 1)  # the stage's homing cycle: X and Y; Z has no switch
@@ -110,6 +134,28 @@ SETTING_ORDER = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 20, 21, 22, 23, 24, 25, 26
                  32, 100, 101, 102, 110, 111, 112, 120, 121, 122, 130, 131, 132)
 FLOAT_SETTINGS = frozenset({11, 12, 24, 25, 27, 100, 101, 102, 110, 111, 112, 120, 121, 122,
                             130, 131, 132})
+# grblHAL's $$ (settings.c, a 3-axis build with a PWM spindle, safety door and manual tool
+# change, no networking or plugins): 83 settings, id -> (decimals, default). A decimal setting
+# prints with as many decimals as its format string has ("#0.0" -> 10.0, "#####0.000##" ->
+# 250.00000, and 1 without a point); None: an integer. Defaults are grblHAL's (defaults.h) for
+# what the stage does not use; the stage's own ($0-$32, $100-$132) come from the simulator.
+HAL_SETTINGS: dict[int, tuple[int | None, float]] = {
+    0: (1, 10.0), 1: (None, 25), 2: (None, 0), 3: (None, 0), 4: (None, 0), 5: (None, 0),
+    6: (None, 0), 9: (None, 1), 10: (None, 511), 11: (3, 0.01), 12: (3, 0.002), 13: (None, 0),
+    14: (None, 0), 15: (None, 0), 16: (None, 0), 17: (None, 0), 18: (None, 0), 19: (None, 0),
+    20: (None, 0), 21: (None, 0), 22: (None, 0), 23: (None, 0), 24: (1, 25.0), 25: (1, 500.0),
+    26: (None, 250), 27: (3, 1.0), 28: (3, 0.1), 29: (1, 0.0), 30: (3, 1000.0), 31: (3, 0.0),
+    32: (None, 0), 33: (1, 5000.0), 34: (1, 0.0), 35: (1, 0.0), 36: (1, 100.0), 37: (None, 0),
+    39: (None, 1), 40: (None, 0), 41: (None, 0), 42: (None, 2), 43: (None, 1), 44: (None, 4),
+    45: (None, 3), 46: (None, 0), 56: (1, 5.0), 57: (1, 100.0), 58: (1, -5.0), 59: (1, 500.0),
+    60: (None, 1), 61: (None, 0), 62: (None, 0), 63: (None, 2), 64: (None, 0), 65: (None, 0),
+    100: (5, 250.0), 101: (5, 250.0), 102: (5, 250.0), 110: (3, 500.0), 111: (3, 500.0),
+    112: (3, 500.0), 120: (3, 10.0), 121: (3, 10.0), 122: (3, 10.0), 130: (3, 200.0),
+    131: (3, 200.0), 132: (3, 200.0), 340: (1, 0.0), 341: (None, 0), 342: (1, 30.0),
+    343: (1, 25.0), 344: (1, 200.0), 345: (1, 100.0), 346: (None, 1), 384: (None, 0),
+    392: (1, 4.0), 393: (1, 1.0), 394: (1, 0.0), 395: (None, 0), 398: (None, 100),
+    481: (None, 0), 484: (None, 1), 486: (None, 0), 539: (1, 0.0),
+}
 
 # G codes the simulator runs, by modal group (two of one group in a line: error:21)
 G_GROUPS = {0: "motion", 1: "motion", 4: "nonmodal", 10: "nonmodal", 53: "nonmodal",
@@ -153,23 +199,33 @@ class _Move:
     speed: float  # mm/s, after the max-rate cap
     accel: float  # mm/s^2 along the line, after the per-axis cap
     t0: float = 0.0
-    duration: float = 0.0
+    duration: float = 0.0  # the profile's time and the late end
     checked: bool = False  # against the soft limits, as it was about to enter the planner
+    late: float = 0.0  # seconds the real motion takes beyond its profile
 
     @property
     def length(self) -> float:
         return math.dist(self.start, self.end)
 
     def plan(self, t0: float) -> None:
-        self.t0, self.duration = t0, move_time(self.length, self.speed, self.accel)
+        self.t0 = t0
+        self.duration = move_time(self.length, self.speed, self.accel) + self.late
 
     def travelled(self, t: float) -> tuple[float, float]:
-        """Distance along the move and speed, ``t`` seconds after it started."""
-        d, a, T = self.length, self.accel, self.duration
-        if d == 0 or t >= T:
+        """Distance along the move and speed, ``t`` seconds after it started: the profile,
+        stretched over its late end (the carriage runs a little slower than planned)."""
+        d = self.length
+        if d == 0 or t >= self.duration:
             return d, 0.0
         if t <= 0:
             return 0.0, 0.0
+        T = self.duration - self.late
+        stretch = T / self.duration
+        s, v = self._profile(t * stretch, T)
+        return s, v * stretch
+
+    def _profile(self, t: float, T: float) -> tuple[float, float]:
+        d, a = self.length, self.accel
         ta = min(self.speed / a, T / 2.0)
         vpk = a * ta
         if t < ta:
@@ -214,7 +270,9 @@ class GrblSimulator:
     ``start_mm`` is where the carriage physically stands at power-up, in the machine
     coordinates of a homed machine (default: where homing leaves it); ``g54_mm`` the stored G54
     offset. ``homing_required`` (default: ``homing``) is grbl's init lock at power-up and
-    grblHAL's ``$22`` bit 2. ``home_s`` adds a fixed time to every homing cycle.
+    grblHAL's ``$22`` bit 2 (``$22=5``; False: ``$22=1``). ``home_s`` adds a fixed time to every
+    homing cycle. ``late_s`` is the most a move ends after its profile (0: on time), ``seed``
+    seeds those delays.
     """
 
     def __init__(self, travel_mm: tuple[tuple[float, float], tuple[float, float]] = ((0, 200),
@@ -223,16 +281,20 @@ class GrblSimulator:
                  boot_s: float = 0.05, reset_s: float = 0.005,
                  settings: dict[int, float] | None = None,
                  start_mm: tuple[float, float] | None = None,
-                 g54_mm: tuple[float, float] = (0.0, 0.0), planner_blocks: int = PLANNER_BLOCKS):
+                 g54_mm: tuple[float, float] = (0.0, 0.0), planner_blocks: int | None = None,
+                 late_s: float = LATE_S, seed: int | None = None):
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {sorted(FLAVORS)}, got {flavor!r}")
         self.flavor = flavor
         self.hal = flavor == "grblhal"
         self.home_s, self.boot_s, self.reset_s = home_s, boot_s, reset_s
-        self.planner_blocks = planner_blocks
+        self.planner_blocks = planner_blocks or PLANNER_BLOCKS[flavor]
+        self.late_s = late_s
+        self._rng = random.Random(seed)  # the moves' late ends; seeded: the same every run
         self.silent = False
         self.homing_fails = False
         self.received: list[str] = []  # every line that reached the receive buffer, for tests
+        self.late_ends: list[float] = []  # how late each planned move ends, for tests
         required = homing if homing_required is None else homing_required
         self._init_lock = homing and required  # grbl's HOMING_INIT_LOCK; grblHAL: $22 bit 2
         self._mins = (float(travel_mm[0][0]), float(travel_mm[1][0]))
@@ -270,6 +332,9 @@ class GrblSimulator:
              112: 1000.0, 120: accel, 121: accel, 122: accel,
              130: float(travel_mm[0][1] - travel_mm[0][0]),
              131: float(travel_mm[1][1] - travel_mm[1][0]), 132: 200.0}
+        if hal:
+            s = {**{k: v for k, (_, v) in HAL_SETTINGS.items()}, **s, 398: PLANNER_BLOCKS[
+                "grblhal"] - 1}
         return {k: float(v) for k, v in s.items()}
 
     @property
@@ -502,6 +567,8 @@ class GrblSimulator:
         self._position_lost = False
         self._report_pending = False
         self._report_homed = False
+        self._report_acc = self._report_tlr = False
+        self._stale_ok = False
         self._wco_counter = self._ovr_counter = 0
         self._hal_wco = self._hal_ovr = False
         self._last_error = 0
@@ -539,6 +606,9 @@ class GrblSimulator:
         return False
 
     def _after_boot(self) -> None:
+        if self._stale_ok:
+            self._stale_ok = False
+            self._send("ok")
         self._send("")
         self._send(BANNERS[self.flavor])
         if not self.hal:
@@ -598,16 +668,22 @@ class GrblSimulator:
         speed = rapid if feed_mm_s is None else min(feed_mm_s, rapid)
         return speed, accel
 
+    def _steps(self, p: Sequence[float]) -> Vec:
+        """``p`` on the step grid: grbl counts whole steps (``$100``-``$102`` per mm) and
+        reports them divided by steps/mm."""
+        s = self.settings
+        return tuple(round(v * s[100 + i]) / s[100 + i] for i, v in enumerate(p))
+
     def _where(self, now: float) -> Vec:
         if self._homing is not None:
             phys = self._homing.where(now)
-            return tuple(p - o for p, o in zip(phys, self._homing.offset, strict=True))
+            return self._steps([p - o for p, o in zip(phys, self._homing.offset, strict=True)])
         if not self._queue:
             return self._mpos
         m = self._queue[0]
         if self._hold is not None:
-            return m.point(self._hold_travel(now)[0])
-        return m.point(m.travelled(now - m.t0)[0])
+            return self._steps(m.point(self._hold_travel(now)[0]))
+        return self._steps(m.point(m.travelled(now - m.t0)[0]))
 
     def _hold_travel(self, now: float) -> tuple[float, float]:
         """Distance along the head block and speed while a feed hold decelerates it."""
@@ -697,25 +773,23 @@ class GrblSimulator:
         if self._job is not None:
             self._job = deque([("stalled",)])  # the line it cut short never finishes
         self._raise_alarm(code)
-        self._critical, self._critical_msg, self._reset_after_msg = True, False, False
+        self._critical, self._critical_msg = True, False
         if self.hal:
             self._rx.clear()  # grblHAL flushes its input; classic grbl just stops reading it
             self._partial.clear()
-        self._later(now + ALARM_MSG_DELAY_S[self.flavor], self._critical_message)
+        self._later(now + ALARM_PAUSE_S[self.flavor], self._critical_message)
 
     def _critical_message(self, now: float) -> None:
         self._send("[MSG:Reset to continue]")
         self._critical_msg = True
-        if self._reset_after_msg:  # the Ctrl-X came during the firmware's delay
-            self._reset(now)
 
     def _ctrl_x(self, now: float) -> None:
         self._advance(now)
         if self._critical:
+            # a Ctrl-X in the pause after ALARM:n is cleared before the lock ("Disable any
+            # existing reset"): only one after [MSG:Reset to continue] resets
             if self._critical_msg:
                 self._reset(now)
-            else:
-                self._reset_after_msg = True
         elif self._homing is not None:
             self._reset(now, alarm=6)
         elif self._in_motion(now):
@@ -729,9 +803,9 @@ class GrblSimulator:
         self._freeze(now)
         if alarm is not None:
             self._raise_alarm(alarm)
-        if not self.hal and self._job is not None:
-            # the cut-short line returns to grbl's main loop, which still prints its status
-            self._send("ok")
+        # the cut-short line returns to grbl's main loop, which still prints its status once
+        # the alarm's pause is over, before the banner
+        self._stale_ok = not self.hal and self._job is not None
         if self.hal and self._position_lost:
             self._homed = [False, False, False]
         self._position_lost = False
@@ -740,16 +814,17 @@ class GrblSimulator:
         self._partial.clear()
         self._epoch += 1
         self._timers.clear()
-        self._critical = self._critical_msg = self._reset_after_msg = False
+        self._critical = self._critical_msg = False
         self._report_pending = False
         self._last_error = 0
         if self.hal:
             self._alarm = None  # sys.alarm is cleared; the state stays Alarm
-            self._report_homed = self._hal_wco = False
+            self._report_homed = self._hal_wco = self._report_acc = self._report_tlr = False
         else:
             self._wco_counter = self._ovr_counter = 0  # WCO in the first report after reset
         self._gc_init()
-        self._boot(now, self.reset_s)
+        # after ALARM:n the firmware sleeps, then resets: everything received meanwhile is lost
+        self._boot(now, self.reset_s + (ALARM_PAUSE_S[self.flavor] if alarm is not None else 0))
 
     # -- homing -------------------------------------------------------------------------------
     def _start_homing(self, now: float) -> int | None:
@@ -819,7 +894,7 @@ class GrblSimulator:
         home = list(h.legs[-1][4])
         for i in HOMED_AXES:
             home[i] = self._home_position(i)
-        self._mpos = self._gc_pos = tuple(home)
+        self._mpos = self._gc_pos = self._steps(home)
         self._homing = None
         if self._report_pending:  # the ? that waited through the cycle, still in state Home
             self._report_pending = False
@@ -872,6 +947,10 @@ class GrblSimulator:
         self._advance(now)
         if len(self._queue) >= self.planner_blocks - 1:
             return False
+        # the planner's target in whole steps (lround(target * steps/mm)); the parser keeps mm
+        m.end = self._steps(m.end)
+        m.late = self._rng.uniform(0.0, self.late_s) if self.late_s > 0 else 0.0
+        self.late_ends.append(m.late)
         self._queue.append(m)
         if len(self._queue) == 1:
             m.start = self._mpos
@@ -1004,6 +1083,10 @@ class GrblSimulator:
         if cmd == "I":
             self._print_build_info()
             return 0
+        if cmd == "TLR" and self.hal:
+            # $TLR without a probe result clears the reference, and says so in the next report
+            self._report_tlr = True
+            return 0
         if cmd == "N":
             self._send("$N0=")
             self._send("$N1=")
@@ -1027,9 +1110,9 @@ class GrblSimulator:
         value = float(value_text)
         if num not in self.settings:
             return 3
-        if value < 0:
+        if value < 0 and not (self.hal and num == 58):  # the parking target is negative
             return 4
-        if num not in FLOAT_SETTINGS:
+        if not self._is_float(num):
             value = float(int(value))
         if num == 20 and value and not int(self.settings[22]) & 1:
             return 10  # soft limits need homing
@@ -1041,18 +1124,29 @@ class GrblSimulator:
             self._report_homed = True
         return 0
 
+    def _is_float(self, num: int) -> bool:
+        if self.hal:
+            return HAL_SETTINGS[num][0] is not None
+        return num in FLOAT_SETTINGS
+
     def _print_settings(self) -> None:
+        if self.hal:
+            for n, (decimals, _) in HAL_SETTINGS.items():
+                v = self.settings[n]
+                # ftoa(): always a point, rounded half up, then the decimals
+                self._send(f"${n}={int(v)}" if decimals is None else f"${n}={v:.{decimals}f}")
+            return
         for n in SETTING_ORDER:
             v = self.settings[n]
             self._send(f"${n}={v:.3f}" if n in FLOAT_SETTINGS else f"${n}={int(v)}")
 
     def _print_modes(self) -> None:
-        words = [f"G{self._motion}", f"G{54 + self._coord}", "G17", "G21",
-                 "G90" if self._absolute else "G91", "G94"]
+        words = [f"G{self._motion}", f"G{54 + self._coord}"]
+        if self.hal and any(self._g92):
+            words.append("G92")  # report.c: right after the coordinate system
+        words += ["G17", "G21", "G90" if self._absolute else "G91", "G94"]
         if self.hal:
-            words += ["G49", "G98", "G50"]
-            if any(self._g92):
-                words.append("G92")
+            words += ["G40", "G49", "G98", "G50"]
         words += ["M5", "M9", f"T{self._tool}", f"F{self._feed:.0f}", f"S{self._spindle:.0f}"]
         self._send(f"[GC:{' '.join(words)}]")
 
@@ -1070,7 +1164,8 @@ class GrblSimulator:
         if self.hal and self.homing:
             mask = sum(1 << i for i in range(3) if self._homed[i])
             self._send(f"[HOME:{_axes(self._home_pos)}:{mask}]")
-        self._send("[TLO:0.000]")
+        # grblHAL reports the tool length offset of every axis (TOOL_LENGTH_OFFSET_AXIS -1)
+        self._send(f"[TLO:{_axes((0.0, 0.0, 0.0))}]" if self.hal else "[TLO:0.000]")
         self._send(f"[PRB:{_axes((0.0, 0.0, 0.0))}:0]")
 
     def _print_build_info(self) -> None:
@@ -1106,7 +1201,7 @@ class GrblSimulator:
         pos = mpos if mask & 1 else tuple(a - b for a, b in zip(mpos, wco, strict=True))
         parts = [st, f"{'MPos' if mask & 1 else 'WPos'}:{_axes(pos)}"]
         free_blocks = self.planner_blocks - 1 - len(self._queue)
-        free_rx = RX_BUFFER[self.flavor] - self._rx_used()
+        free_rx = RX_FREE_EMPTY[self.flavor] - self._rx_used()
         speed = f"FS:{self._speed(now) * 60.0:.0f},{self._spindle:.0f}"
         pins = "".join(a for a in AXES if a in self._pins)
         if not self.hal:
@@ -1155,9 +1250,13 @@ class GrblSimulator:
                 parts.append(f"WCO:{_axes(wco)}")
             if self._hal_ovr:
                 parts.append("Ov:100,100,100")
+            if self._report_acc:
+                parts.append("A:")  # neither spindle nor coolant: the field is empty
             if self._report_homed and self.homing:
                 parts.append(f"H:{int(all(self._homed[i] for i in HOMED_AXES))}")
-            self._report_homed = self._hal_ovr = False
+            if self._report_tlr:
+                parts.append("TLR:0")
+            self._report_homed = self._hal_ovr = self._report_acc = self._report_tlr = False
             self._hal_wco = bool(mask & 32) and self._wco_counter == 0
         self._send(f"<{'|'.join(parts)}>")
 
@@ -1251,6 +1350,8 @@ class GrblSimulator:
         self._feed = feed
         self._spindle = values.get("S", self._spindle)
         self._tool = int(values.get("T", self._tool))
+        if self.hal and ("spindle" in groups or "coolant" in groups):
+            self._report_acc = True
         if nonmodal == 4:
             steps += [("sync",), ("dwell", values["P"])]
         if "coord" in groups and groups["coord"] - 54 != self._coord:

@@ -1,15 +1,19 @@
 """The GRBL driver against the GRBL simulator (both firmware flavours, as real firmware behaves)
 on a real pseudo-terminal, and over TCP."""
 
+import math
 import socket
 import threading
 import time
 
 import pytest
 
+import edge.hardware.grbl as grbl_driver
 from edge.hardware.grbl import (
     ALARMS,
     ERRORS,
+    FAST_POLL_S,
+    FAST_WINDOW_S,
     HAL_ERRORS,
     POLL_HZ,
     GrblAlarm,
@@ -44,15 +48,27 @@ def rig(request):
     sim.close()
 
 
-@pytest.mark.parametrize("flavor", FLAVORS)
-def test_the_whole_life_cycle(flavor):
+# grbl; grblHAL with homing required ($22=5: boots in ALARM:11) and without ($22=1: boots
+# Idle, not homed, no H: field)
+MODES = [("grbl", True), ("grblhal", True), ("grblhal", False)]
+
+
+@pytest.mark.parametrize(("flavor", "required"), MODES,
+                         ids=["grbl", "grblhal-22=5", "grblhal-22=1"])
+def test_the_whole_life_cycle(flavor, required):
     """Connect, home, 10 RoIs, a bad line, an abort, a limit alarm and its recovery, and a
     reconnect: as the head lives it, against firmware that behaves as the real one."""
-    with GrblSimulator(TRAVEL, flavor=flavor) as sim:
+    with GrblSimulator(TRAVEL, flavor=flavor, homing_required=required) as sim:
         stage = stage_for(sim)
         assert stage.flavor == flavor and stage.settings[110] > 0
-        assert stage.status().name == "Alarm"  # homing switches: locked until homed
+        assert stage.settings[22] == (1 if not required else (5 if flavor == "grblhal" else 1))
+        first = stage.status()
+        if required:
+            assert first.name == "Alarm"  # homing switches: locked until homed
+        else:  # Idle, and nothing in the report says it is not homed
+            assert first.name == "Idle" and first.homed is None
         stage.ready()
+        assert sim.received.count("$H") == 1
         # homed at the + end (machine -$27); work coordinates = the head's: G54 = -origin
         assert sim.homed and sim.machine_position[0] == pytest.approx(-sim.settings[27])
         pull = sim.settings[27] if flavor == "grblhal" else 0.0  # grblHAL: $27 off each end
@@ -184,14 +200,42 @@ def test_silent_controller_times_out(rig):
     assert time.monotonic() - t0 < 10.0
 
 
-def test_homing_failure_is_an_alarm():
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_homing_failure_is_an_alarm_and_the_next_ready_homes(flavor):
+    """ALARM:9, then the firmware resets itself: the driver reads that banner, so the next
+    bare ready() does not take it for a surprise reset."""
     limits = ((0.0, 20.0), (0.0, 20.0))
-    with GrblSimulator(limits, settings={25: 6000.0}) as sim:
+    with GrblSimulator(((0.0, 22.0), (0.0, 22.0)), flavor=flavor, settings={25: 6000.0}) as sim:
         stage = stage_for(sim, limits=limits, feed=3000.0)
         sim.homing_fails = True
         with pytest.raises(GrblAlarm) as e:
             stage.ready()
-        assert e.value.code == 9
+        assert e.value.code == 9 and not stage.homed
+        sim.homing_fails = False
+        stage.ready()
+        assert stage.status().name == "Idle" and sim.homed
+        assert sim.received.count("$H") == 2
+        stage.move_to(5.0, 5.0)
+        stage.close()
+
+
+def test_grbl_reset_waits_out_the_pause_after_an_alarm():
+    """Classic grbl loses a Ctrl-X sent within 0.5 s of ALARM:n (cleared before a limit
+    alarm's lock): the driver waits the pause out and one Ctrl-X does (a driver that resets at
+    once needs a second one, RESET_RETRY_S later, and one too early for that loses it again)."""
+    with GrblSimulator(TRAVEL) as sim:
+        stage = stage_for(sim)
+        stage.ready()
+        sent = []
+        write = stage._write
+        stage._write = lambda data: (sent.append(data), write(data))[1]
+        sim.trip_limit()
+        with pytest.raises(GrblAlarm) as e:
+            stage.status()
+        assert e.value.code == 1 and stage.critical
+        stage.reset()  # at once: the driver waits until the pause is over
+        assert sent.count(grbl_driver.SOFT_RESET) == 1
+        assert stage.status().name == "Alarm" and not stage.critical
         stage.close()
 
 
@@ -215,16 +259,83 @@ def test_an_early_reset_is_sent_again_until_the_banner():
         stage.close()
 
 
-def test_status_is_polled_no_faster_than_the_interface_guide_says(rig):
+def test_status_is_polled_from_the_planned_end_fast_then_slow(rig):
+    """Against the simulator's late-ending moves: nothing before the planned end, then no
+    faster than every FAST_POLL_S, and the slow rate past the fast window."""
     sim, stage = rig
     stage.ready()
     polls = []
     status = stage.status
     stage.status = lambda: (polls.append(time.monotonic()), status())[1]
+    t0 = time.monotonic()
     stage.move_to(100.0, 150.0)
+    assert sim.position == pytest.approx((100.0, 150.0), abs=1e-3)
+    planned = grbl_driver.move_time(math.dist((199.0, 199.0), (100.0, 150.0)), FEED / 60.0,
+                                    stage.accel)
+    assert polls and polls[0] - t0 >= planned  # the driver waits out the planned move first
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
-    assert all(g >= 1.0 / POLL_HZ - 0.01 for g in gaps)
-    assert len(polls) <= 3  # the driver waits out the planned move first
+    assert all(g >= FAST_POLL_S for g in gaps)
+    late = [b - a for a, b in zip(polls, polls[1:], strict=False)
+            if a - t0 - planned >= FAST_WINDOW_S]
+    assert all(g >= 1.0 / POLL_HZ for g in late)
+
+
+class SimClock:
+    """Simulated time for the poll schedule: sleeping advances it, nothing else does."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+@pytest.mark.parametrize("late_s", [0.0, 0.004, 0.021, 0.038, 0.055, 0.06])
+def test_a_late_end_is_noticed_within_one_fast_poll(rig, late_s):
+    """Real motion ends up to 60 ms after the plan: the driver notices within one fast poll
+    (at 5 Hz alone it noticed up to 0.2 s late)."""
+    _, stage = rig
+    clock = SimClock()
+    stage._clock, stage._sleep = clock.now, clock.sleep
+    planned, answer = 0.84, 0.003  # a ? and its report take 3 ms on the wire
+    start = clock.t
+    end = start + planned + late_s
+    polls = []
+
+    def status():
+        polls.append(clock.t)
+        clock.t += answer
+        return StatusReport("Idle" if clock.t >= end else "Run", (0.0, 0.0, 0.0))
+
+    stage.status = status
+    stage.wait_idle(5.0, "a move", expected_s=planned)
+    assert polls[0] == pytest.approx(start + planned)
+    assert clock.t - end <= FAST_POLL_S + answer + 1e-9
+    assert len(polls) <= late_s / FAST_POLL_S + 2
+
+
+def test_a_stalled_move_falls_back_to_the_slow_rate(rig):
+    _, stage = rig
+    clock = SimClock()
+    stage._clock, stage._sleep = clock.now, clock.sleep
+    planned = 0.5
+    polls = []
+
+    def status():
+        polls.append(clock.t - 100.0)
+        return StatusReport("Run", (0.0, 0.0, 0.0))
+
+    stage.status = status
+    with pytest.raises(StageTimeout, match="did not reach Idle"):
+        stage.wait_idle(3.0, "a stalled move", expected_s=planned)
+    fast = [t for t in polls if t < planned + FAST_WINDOW_S]
+    assert len(fast) <= FAST_WINDOW_S / FAST_POLL_S + 1  # the fast window is bounded
+    slow = [t for t in polls if t >= planned + FAST_WINDOW_S]
+    gaps = [b - a for a, b in zip(slow, slow[1:], strict=False)]
+    assert gaps and all(g == pytest.approx(1.0 / POLL_HZ) for g in gaps)
 
 
 def test_status_report_parsing():

@@ -297,7 +297,7 @@ def test_pn_while_a_limit_switch_is_held(rig, flavor):
 def test_grblhal_reports_bf_always_and_h_after_homing_or_g(rig):
     sim, port = rig("grblhal")
     reports = [fields(port.report()) for _ in range(3)]
-    assert all(r["Bf"] == "15,1024" for r in reports)
+    assert all(r["Bf"] == "100,1023" for r in reports)  # 100 planner blocks, 1024-byte ring
     assert all("H" not in r for r in reports)
     port.cmd("$H", 3.0)
     assert fields(port.report())["H"] == "1"
@@ -316,9 +316,17 @@ def test_settings_listed_and_written(rig, flavor):
     assert [int(k[1:]) for k in settings] == sorted(int(k[1:]) for k in settings)
     assert settings["$110"] == "10000.000" and settings["$120"] == "4000.000"
     assert settings["$130"] == "20.000" and settings["$131"] == "20.000"
-    assert settings["$27"] == "1.000" and settings["$24"] == "600.000"
+    assert settings["$27"] == "1.000"
     assert settings["$23"] == "0" and settings["$26"] == "5" and settings["$22"] == "0"
-    assert settings["$10"] == ("1" if flavor == "grbl" else "511")
+    if flavor == "grbl":  # 34 settings, 3 decimals or none
+        assert len(settings) == 34 and settings["$10"] == "1"
+        assert settings["$24"] == "600.000" and settings["$0"] == "10"
+        assert settings["$100"] == "250.000"
+    else:  # 83 settings, each with its own format's decimals
+        assert len(settings) == 83 and settings["$10"] == "511"
+        assert settings["$24"] == "600.0" and settings["$0"] == "10.0"
+        assert settings["$100"] == "250.00000" and settings["$398"] == "100"
+        assert settings["$341"] == "0" and settings["$58"] == "-5.0"
     assert {"$20", "$21", "$25", "$111", "$121"} <= settings.keys()
     assert port.cmd("$110=500") == ["ok"]
     assert "$110=500.000" in port.cmd("$$") and sim.settings[110] == 500.0
@@ -337,7 +345,8 @@ def test_build_info_and_parser_state(rig, flavor):
         assert gc == ["[GC:G0 G54 G17 G21 G90 G94 M5 M9 T0 F0 S0]", "ok"]
     else:
         assert info[0].startswith("[VER:1.1f.") and "[FIRMWARE:grblHAL]" in info
-        assert gc[0].startswith("[GC:G0 G54 G17 G21 G90 G94 G49") and gc[-1] == "ok"
+        assert gc[0].startswith("[GC:G0 G54 G17 G21 G90 G94 G40 G49 G98 G50 M5 M9 T0 F0")
+        assert gc[-1] == "ok"
 
 
 # -- motion -----------------------------------------------------------------------------------
@@ -357,10 +366,12 @@ def test_feed_above_max_rate_is_capped_silently(rig, flavor):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_ok_when_a_line_enters_the_planner(rig, flavor):
-    sim, port = rig(flavor, homing=False, settings={110: 3000.0, 111: 3000.0})
+    sim, port = rig(flavor, homing=False, settings={110: 3000.0, 111: 3000.0}, late_s=0.0)
+    usable = sim.planner_blocks - 1
+    assert usable == (15 if flavor == "grbl" else 100)
     assert port.cmd("G0 X10") == ["ok"]  # 0.2 s, then short ones
-    for i in range(1, 15):  # 15 usable blocks: all accepted at once
-        assert port.cmd(f"G0 X{10 + i / 5:.1f}", 0.1) == ["ok"]
+    for i in range(1, usable):  # every usable block: all accepted at once
+        assert port.cmd(f"G0 X{10 + i / 50:.2f}", 0.1) == ["ok"]
     port.send("G0 X13\n")
     with pytest.raises(TimeoutError):  # waits for a block to finish
         port.line(0.05)
@@ -528,3 +539,118 @@ def test_silent_controller_answers_nothing(rig, flavor):
     assert port.quiet(0.1) == []
     sim.silent = False
     assert port.cmd("") == ["ok"]
+
+
+# -- issue 34: grblHAL $22=1, late ends on the step grid, the alarm pause, grblHAL's reports --
+def test_grblhal_homing_enabled_not_required_boots_idle_and_says_so_only_in_hash(rig):
+    """$22=1: no alarm at power-up and no H: field; [HOME:...:mask] says "not homed"."""
+    sim, port = rig("grblhal", read_banner=False, homing_required=False)
+    assert port.until(lambda x: x.startswith("Grbl")) == ["", BANNERS["grblhal"]]
+    assert port.quiet(0.05) == []  # no ALARM:11, no message
+    assert "$22=1" in port.cmd("$$")
+    reports = [fields(port.report()) for _ in range(3)]
+    assert all(r["state"] == "Idle" and "H" not in r for r in reports)
+    assert "[HOME:0.000,0.000,0.000:0]" in port.cmd("$#")
+    assert port.cmd("G0 X-5 Y-5") == ["ok"]  # moves are accepted unhomed
+    wait_idle(port)
+    home(port, "grblhal")
+    assert "[HOME:-1.000,-1.000,0.000:3]" in port.cmd("$#")  # X and Y homed: mask 3
+
+
+def test_grblhal_hash_g_and_report_fields(rig):
+    sim, port = rig("grblhal")
+    home(port, "grblhal")
+    offsets = port.cmd("$#")
+    assert "[TLO:0.000,0.000,0.000]" in offsets and "[TLO:0.000]" not in offsets
+    assert port.cmd("G92 X1") == ["ok"]
+    assert port.cmd("$G")[0].startswith("[GC:G0 G54 G92 G17 G21 G90 G94 G40 G49")
+    port.cmd("G92.1")
+    port.report()
+    assert "A" not in fields(port.report())
+    assert port.cmd("M5 M9") == ["ok"]  # the parser set spindle and coolant: reported once
+    r = fields(port.report())
+    assert r["A"] == "" and r["Bf"] == "100,1023"
+    assert "A" not in fields(port.report())
+    assert port.cmd("$TLR") == ["ok"]  # no probe result: the reference is cleared
+    assert fields(port.report())["TLR"] == "0"
+    assert "TLR" not in fields(port.report())
+    _, gport = rig("grbl")
+    assert gport.cmd("$#")[-3:] == ["[TLO:0.000]", "[PRB:0.000,0.000,0.000:0]", "ok"]
+    assert gport.cmd("$TLR") == ["error:3"]
+
+
+def test_moves_end_late_by_up_to_60_ms_seeded():
+    """The profile's time, then the late end; the same seed gives the same late ends."""
+    ends = []
+    for seed in (7, 7, 8):
+        with GrblSimulator(TRAVEL, homing=False, seed=seed, accel_mm_s2=4000.0) as sim:
+            port = Port(sim)
+            try:
+                port.until(lambda x: x.startswith("Grbl"))
+                for k in range(6):
+                    port.cmd(f"G0 X{1 + k} Y{1 + k}")
+                    wait_idle(port)
+            finally:
+                port.close()
+            ends.append(list(sim.late_ends))
+    assert ends[0] == ends[1] != ends[2]
+    assert all(0.0 <= t <= 0.06 for t in ends[0]) and len(set(ends[0])) == 6
+
+
+def test_a_late_move_still_runs_at_its_planned_end():
+    from edge.sim.grbl import _Move
+
+    m = _Move((0.0, 0.0, 0.0), (10.0, 0.0, 0.0), speed=50.0, accel=1000.0, late=0.04)
+    m.plan(0.0)
+    planned = move_time(10.0, 50.0, 1000.0)
+    assert m.duration == pytest.approx(planned + 0.04)
+    s, v = m.travelled(planned)
+    assert s < 10.0 and v > 0.0  # not there yet: the firmware still reports Run
+    assert m.travelled(m.duration) == (10.0, 0.0)
+    ss = [m.travelled(m.duration * k / 49)[0] for k in range(50)]
+    assert all(b >= a for a, b in zip(ss, ss[1:], strict=False))  # it only moves forward
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_positions_are_whole_steps(rig, flavor):
+    sim, port = rig(flavor, homing=False, settings={100: 200.0, 101: 200.0})  # 0.005 mm steps
+    port.cmd("G1 X7.0074 Y3.0031 F600")
+    seen = []
+    while fields(report := port.report())["state"] != "Idle":
+        seen.append(mpos(report))
+        time.sleep(0.02)
+    seen.append(mpos(report))
+    assert len(seen) > 3
+    for p in seen:
+        for v in p[:2]:
+            assert v * 200.0 == pytest.approx(round(v * 200.0), abs=1e-6)
+    assert seen[-1] == (7.005, 3.005, 0.0)  # the target rounded to the nearest step
+    assert port.cmd("$G")[0].split()[0] == "[GC:G1"
+
+
+def test_grbl_ctrl_x_in_the_pause_after_a_limit_alarm_is_lost(rig):
+    """report_alarm_message's delay_ms(500), then the lock clears any reset it got."""
+    sim, port = rig("grbl")
+    home(port, "grbl")
+    sim.trip_limit()
+    assert port.line() == "ALARM:1"
+    port.send(b"\x18")  # within the pause: cleared before the lock
+    assert port.line() == "[MSG:Reset to continue]"
+    assert port.quiet(0.2) == []  # no banner: still locked
+    port.send(b"\x18")
+    assert port.until(lambda x: x == UNLOCK) == ["", BANNERS["grbl"], UNLOCK]
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_homing_failure_resets_after_the_pause_and_a_ctrl_x_in_it_is_merged(rig, flavor):
+    sim, port = rig(flavor, settings={**FAST, 25: 6000.0})
+    sim.homing_fails = True
+    if flavor == "grbl":
+        port.cmd("$X")
+    port.send("$H\n")
+    assert port.until(lambda x: x.startswith("ALARM"), 3.0)[-1] == "ALARM:9"
+    port.send(b"\x18?")  # lost in the pause: one reset, one banner, no report
+    lines = port.quiet(0.8)
+    assert lines.count(BANNERS[flavor]) == 1
+    assert not any(x.startswith("<") for x in lines)
+    assert ("ok" in lines) == (flavor == "grbl")  # the $H's stale ok, before the banner
