@@ -20,6 +20,10 @@ the runtime modules never import the simulator. A simulated head given a fault p
 (:mod:`edge.sim.faults`, for the fault benchmark) also gets its engine wrapped here when the plan
 breaks the engine; a real head never. A part that fails to open closes the ones
 already open and raises :class:`AssemblyError` naming the part.
+
+Bringing a head up (``glass-inspect check``) needs one part at a time while the others may still
+be missing: :func:`build_parts` builds only the parts asked for (GPIO, stage, camera), by the
+same steps, checking only their own preflight lines (:func:`part_problems`).
 """
 
 from __future__ import annotations
@@ -84,30 +88,42 @@ class Assembly:
         self.close()
 
 
-def preflight(cfg: HeadConfig, engine_path: str | Path | None = None,
-              calibration_path: str | Path | None = None) -> list[str]:
-    """One line per part the head file names that is not there; nothing is opened or claimed."""
+#: The parts :func:`build_parts` builds alone: the header's GPIO (the ring light's LED groups and
+#: the camera's trigger line), the stage, the camera.
+GPIO, STAGE, CAMERA = "GPIO", "stage", "camera"
+PARTS = (GPIO, STAGE, CAMERA)
+
+
+def part_problems(cfg: HeadConfig, part: str) -> list[str]:
+    """Why ``part`` (:data:`PARTS`) of the head is not there, one line each; nothing is opened."""
     problems = []
-    if cfg.illumination.pin_factory == "jetson":
+    cam = cfg.camera
+    if part == GPIO and cfg.illumination.pin_factory == "jetson":
         from edge.hardware import jetson
 
         if (p := jetson.probe()) is not None:
             problems.append(f"GPIO (ring light and trigger): {p}")
-    if cfg.stage.port != SIM:
+    elif part == STAGE and cfg.stage.port != SIM:
         from edge.hardware import grbl
 
         if (p := grbl.probe(cfg.stage.port)) is not None:
             problems.append(f"stage: {p}")
-    cam = cfg.camera
-    if cam.kind == "v4l2":
+    elif part == CAMERA and cam.kind == "v4l2":
         from edge.hardware import v4l2_device
 
         if (p := v4l2_device.probe(cam.device)) is not None:
             problems.append(f"camera: {p.removeprefix('camera ')}")
-    elif cam.kind == "replay":
+    elif part == CAMERA and cam.kind == "replay":
         folder = cfg.resolve(cam.device[len(REPLAY):])
         if not folder.is_dir():
             problems.append(f"camera: replay folder {folder} does not exist")
+    return problems
+
+
+def preflight(cfg: HeadConfig, engine_path: str | Path | None = None,
+              calibration_path: str | Path | None = None) -> list[str]:
+    """One line per part the head file names that is not there; nothing is opened or claimed."""
+    problems = [line for part in PARTS for line in part_problems(cfg, part)]
     model = Path(engine_path) if engine_path else cfg.resolve(cfg.engine.artifact)
     if not model.is_file():
         problems.append(f"engine: {model} does not exist")
@@ -187,6 +203,107 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
     return asm
 
 
+@dataclass
+class Bench:
+    """Some of a head's parts, each built alone from the head file (``glass-inspect check``);
+    the parts not asked for are None. Closing it closes every part, LEDs first."""
+
+    cfg: HeadConfig
+    ring: Light | None = None
+    stage: Stage | None = None
+    camera: Camera | None = None
+    #: the simulated wiring and stage controller, when the head file chose them
+    sim: object | None = None
+    parts: dict[str, str] = field(default_factory=dict)  # part -> what it is, for the report
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def wiring(self):
+        """The simulated wiring (:class:`edge.sim.camera.SimWiring`: every pin edge, timed), or
+        None on real GPIO."""
+        return getattr(self.sim, "wiring", None)
+
+    def close(self) -> None:
+        while self._closers:
+            with contextlib.suppress(Exception):  # one part failing must not keep the others
+                self._closers.pop()()
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_parts(cfg: HeadConfig, parts, *, sim_options=None, camera_trigger: str | None = None,
+                camera_opener=None) -> Bench:
+    """The parts of ``cfg`` named in ``parts`` (:data:`PARTS`), each built alone: only their own
+    preflight (:func:`part_problems`), no engine, calibration or warm-up, and the parts not asked
+    for may be absent. The same steps as :func:`build_head`, in the same order: pins, stage,
+    camera, the ring light last (claimed, and held dark, once the others are there).
+
+    A simulated camera sees the LEDs through the simulated wiring and stands where the stage
+    simulator stands, so it brings both along (the simulator, not a stage driver). A real
+    camera may be opened with another trigger mode than the head file's (``camera_trigger``:
+    ``free-run`` for a bench without the trigger wired) and another V4L2 device layer
+    (``camera_opener``, :class:`edge.hardware.v4l2.V4L2Camera`'s ``opener``)."""
+    wanted = set(parts)
+    if unknown := wanted - set(PARTS):
+        raise ValueError(f"no part {sorted(unknown)}; the parts are {', '.join(PARTS)}")
+    problems = [line for part in PARTS if part in wanted for line in part_problems(cfg, part)]
+    if problems:
+        raise AssemblyError(cfg.source, problems)
+    bench = Bench(cfg)
+    closers = bench._closers
+    try:
+        if cfg.simulated:
+            from edge.sim.parts import SimOptions, SimParts
+
+            bench.sim = sim = SimParts(cfg, sim_options or SimOptions())
+            closers.append(sim.close)
+        sim_camera = CAMERA in wanted and cfg.camera.kind != "v4l2"
+        pins = None
+        if GPIO in wanted or sim_camera:
+            pins = _part("GPIO", lambda: _pin_factory(cfg, bench.sim))
+            if cfg.illumination.pin_factory == "jetson":
+                closers.append(pins.close)
+        if STAGE in wanted:
+            bench.stage = _part("stage", lambda: _stage(cfg, bench.sim))
+            closers.append(bench.stage.close)
+            bench.parts[STAGE] = f"{bench.stage.banner or 'stage controller'} on " + (
+                f"the simulator ({bench.sim.grbl.path})" if cfg.stage.port == SIM
+                else cfg.stage.port)
+        elif sim_camera:
+            bench.sim.stage_port()  # the simulator alone: the simulated camera looks from there
+        if CAMERA in wanted:
+            bench.camera = _part("camera", lambda: _camera(cfg, bench.sim, camera_trigger,
+                                                           camera_opener))
+            closers.append(bench.camera.close)
+            c = cfg.camera
+            bench.parts[CAMERA] = (f"{c.device}, {c.width} x {c.height} px {c.bit_depth}-bit "
+                                   f"{c.bayer_pattern}, trigger {camera_trigger or c.trigger}")
+        if GPIO in wanted:
+            from edge.hardware.leds import RingLight
+
+            bench.ring = _part("ring light",
+                               lambda: RingLight(cfg.illumination, pin_factory=pins))
+            closers.append(bench.ring.close)
+            bench.parts[GPIO] = (f"{cfg.illumination.pin_factory} pins, "
+                                 f"{len(cfg.illumination.states)} LED groups and the trigger")
+    except BaseException:
+        bench.close()
+        raise
+    return bench
+
+
+def sim_options(**options):
+    """:class:`edge.sim.parts.SimOptions` (the knobs only a simulated part has) for a command
+    that must not name the simulator itself: only this module reaches it for the runtime."""
+    from edge.sim.parts import SimOptions
+
+    return SimOptions(**options)
+
+
 def _check_sensor(head: Head, ring: Light, calibration: calib.Calibration) -> None:
     if calibration.defects is None or calibration.defects.count == 0:
         return
@@ -225,7 +342,7 @@ def _stage(cfg: HeadConfig, sim) -> Stage:
                      machine_origin=s.machine_origin_mm)
 
 
-def _camera(cfg: HeadConfig, sim) -> Camera:
+def _camera(cfg: HeadConfig, sim, trigger: str | None = None, opener=None) -> Camera:
     cam = cfg.camera
     if cam.kind == "sim":
         return sim.camera()
@@ -233,9 +350,10 @@ def _camera(cfg: HeadConfig, sim) -> Camera:
         return sim.camera(cfg.resolve(cam.device[len(REPLAY):]))
     from edge.hardware.v4l2 import V4L2Camera
 
+    extra = {} if opener is None else {"opener": opener}
     return V4L2Camera(cam.device, cam.width, cam.height, cam.bit_depth, cam.bayer_pattern,
-                      pixel_format=cam.pixel_format, trigger=cam.trigger,
-                      alignment=cam.alignment, gain_scale=cam.gain_scale or None)
+                      pixel_format=cam.pixel_format, trigger=trigger or cam.trigger,
+                      alignment=cam.alignment, gain_scale=cam.gain_scale or None, **extra)
 
 
 def _glass(cfg: HeadConfig, camera: Camera, sim):
@@ -244,3 +362,4 @@ def _glass(cfg: HeadConfig, camera: Camera, sim):
     if cfg.camera.kind == "replay":
         return ReplayGlass(camera, cfg.resolve(cfg.camera.device[len(REPLAY):]))
     return SimGlass(camera, cfg, sim.options.scratch_share)
+
