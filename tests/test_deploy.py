@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,15 +235,240 @@ def test_the_healthcheck_command_answers_from_a_heartbeat(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("healthy: serving on /dev/ttyTHS1")
 
 
-def test_the_user_is_not_root_and_in_the_device_groups():
-    user = only("USER").args
-    assert user == "${APP_UID}:${APP_UID}"
-    args = {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in final_stage()
+def build_args() -> dict[str, str]:
+    """The final stage's ARG defaults."""
+    return {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in final_stage()
             if i.keyword == "ARG" and "=" in i.args}
-    assert int(args["APP_UID"]) != 0
-    assert {"GPIO_GID", "DIALOUT_GID", "VIDEO_GID"} <= args.keys()
-    runs = " ".join(i.args for i in final_stage() if i.keyword == "RUN")
-    assert "--groups gpio,dialout,video" in runs
+
+
+# /etc/group of Ubuntu 22.04, which the runtime image is based on (dialout 20, video 44; no gpio)
+UBUNTU_GROUPS = "".join(f"{name}:x:{gid}:\n" for name, gid in (
+    ("root", 0), ("daemon", 1), ("bin", 2), ("sys", 3), ("adm", 4), ("tty", 5), ("disk", 6),
+    ("lp", 7), ("mail", 8), ("news", 9), ("uucp", 10), ("man", 12), ("proxy", 13), ("kmem", 15),
+    ("dialout", 20), ("fax", 21), ("voice", 22), ("cdrom", 24), ("floppy", 25), ("tape", 26),
+    ("sudo", 27), ("audio", 29), ("dip", 30), ("www-data", 33), ("backup", 34),
+    ("operator", 37), ("list", 38), ("irc", 39), ("src", 40), ("gnats", 41), ("shadow", 42),
+    ("utmp", 43), ("video", 44), ("sasl", 45), ("plugdev", 46), ("staff", 50), ("games", 60),
+    ("users", 100), ("nogroup", 65534)))
+UBUNTU_PASSWD = ("root:x:0:0:root:/root:/bin/bash\n"
+                 "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n")
+
+# groupadd, groupmod, useradd and getent as shadow-utils and glibc behave for the options the
+# Dockerfile uses, on $ETC/group and $ETC/passwd; install(1) only makes folders, not groups
+SHADOW_SHIMS = r"""
+getent() {
+    [ "$1" = group ] || { echo "getent: only 'group' here" >&2; return 2; }
+    grep "^$2:" "$ETC/group"
+}
+groupadd() {
+    local gid="" name="" unique=1
+    while [ $# -gt 0 ]; do case $1 in
+        -o|--non-unique) unique=0; shift;;
+        -g|--gid) gid=$2; shift 2;;
+        -*) echo "groupadd: unknown option $1" >&2; return 2;;
+        *) name=$1; shift;;
+    esac; done
+    if grep -q "^$name:" "$ETC/group"; then echo "groupadd: group '$name' exists" >&2; return 9; fi
+    if [ $unique = 1 ] && cut -d: -f3 "$ETC/group" | grep -qx "$gid"; then
+        echo "groupadd: GID '$gid' already exists" >&2; return 4
+    fi
+    echo "$name:x:$gid:" >> "$ETC/group"
+}
+groupmod() {
+    local gid="" name=""
+    while [ $# -gt 0 ]; do case $1 in
+        -o|--non-unique) shift;;
+        -g|--gid) gid=$2; shift 2;;
+        -*) echo "groupmod: unknown option $1" >&2; return 2;;
+        *) name=$1; shift;;
+    esac; done
+    grep -q "^$name:" "$ETC/group" || { echo "groupmod: no group '$name'" >&2; return 6; }
+    awk -F: -v OFS=: -v g="$name" -v id="$gid" '$1 == g { $3 = id } 1' "$ETC/group" \
+        > "$ETC/group.new" && mv "$ETC/group.new" "$ETC/group"
+}
+useradd() {
+    local uid="" gid="" groups="" home="" shell="" name=""
+    while [ $# -gt 0 ]; do case $1 in
+        --no-log-init|--create-home|-l|-m) shift;;
+        -u|--uid) uid=$2; shift 2;;
+        -g|--gid) gid=$2; shift 2;;
+        -G|--groups) groups=$2; shift 2;;
+        -d|--home-dir) home=$2; shift 2;;
+        -s|--shell) shell=$2; shift 2;;
+        -*) echo "useradd: unknown option $1" >&2; return 2;;
+        *) name=$1; shift;;
+    esac; done
+    case $gid in
+        ''|*[!0-9]*) gid=$(grep "^$gid:" "$ETC/group" | cut -d: -f3)
+                     [ -n "$gid" ] || { echo "useradd: no such group" >&2; return 6; };;
+    esac
+    echo "$name:x:$uid:$gid::$home:$shell" >> "$ETC/passwd"
+    for g in ${groups//,/ }; do
+        grep -q "^$g:" "$ETC/group" || { echo "useradd: group '$g' does not exist" >&2; return 6; }
+        awk -F: -v OFS=: -v g="$g" -v u="$name" \
+            '$1 == g { $4 = ($4 == "" ? u : $4 "," u) } 1' "$ETC/group" \
+            > "$ETC/group.new" && mv "$ETC/group.new" "$ETC/group"
+    done
+}
+install() { :; }
+"""
+
+
+def run_user_step(tmp_path: Path, args: dict[str, str], groups: str = UBUNTU_GROUPS
+                  ) -> tuple[str, str]:
+    """The final stage's RUN that creates the user, run by bash with the build arguments in its
+    environment (as Docker runs it) against a copy of ``groups``; the /etc/passwd and /etc/group
+    it leaves."""
+    (step,) = [i for i in final_stage() if i.keyword == "RUN" and "useradd" in i.args]
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "group").write_text(groups)
+    (etc / "passwd").write_text(UBUNTU_PASSWD)
+    r = subprocess.run(["bash", "-c", SHADOW_SHIMS + "set -e -o pipefail\n" + step.args],
+                       env={"PATH": "/usr/bin:/bin", "ETC": str(etc), **args},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return (etc / "passwd").read_text(), (etc / "group").read_text()
+
+
+def exec_ids(user: str, passwd: str, group: str, group_add=()) -> tuple[int, int, set[int]]:
+    """(uid, gid, supplementary gids) of a container process, as runc's GetExecUser gives them
+    for a USER value (libcontainer/user): the passwd entry of the user named (by name or number);
+    a group named after ':' is the only group, else the entry's group plus every group whose
+    member list names the user; then Docker's --group-add / compose's group_add."""
+    name_or_uid, _, group_arg = user.partition(":")
+    users = [line.split(":") for line in passwd.splitlines() if line]
+    groups = [line.split(":") for line in group.splitlines() if line]
+    entry = next((u for u in users if (u[2] if name_or_uid.isdigit() else u[0]) == name_or_uid),
+                 None)
+    uid = int(entry[2]) if entry else int(name_or_uid)
+    gid = int(entry[3]) if entry else 0
+    extra: set[int] = set()
+    if group_arg:
+        gid = int(next((g[2] for g in groups if g[0] == group_arg), group_arg))
+    elif entry:
+        extra = {int(g[2]) for g in groups if entry[0] in g[3].split(",")}
+    return uid, gid, extra | {int(g) for g in group_add}
+
+
+def test_the_user_is_named_alone_so_its_device_groups_apply_to_a_plain_docker_run(tmp_path):
+    """USER uid:gid would run with that one group: gpio, dialout and video would not apply, and
+    a plain `docker run` could open neither the GPIO nor the serial ports nor the camera."""
+    user = only("USER").args
+    assert ":" not in user, f"USER {user} names a group: the user's other groups are dropped"
+    args = build_args()
+    assert user == "${APP_UID}" and int(args["APP_UID"]) != 0
+    passwd, group = run_user_step(tmp_path, args)
+    uid, gid, extra = exec_ids(args["APP_UID"], passwd, group)
+    devices = {int(args[k]) for k in ("GPIO_GID", "DIALOUT_GID", "VIDEO_GID")}
+    assert uid == int(args["APP_UID"]) and gid == int(args["APP_UID"])  # glass, not root's 0
+    assert devices <= extra, (extra, devices)
+    # what the former USER ${APP_UID}:${APP_UID} gave: the user's own group and nothing else
+    assert exec_ids(f"{uid}:{uid}", passwd, group)[2] == set()
+
+
+def test_the_device_groups_follow_the_build_arguments_and_a_gpio_group_the_base_has(tmp_path):
+    """Built for a host whose gpio is 994 and whose video is 985, on a base image that already
+    has a gpio group (groupmod, not groupadd)."""
+    args = {**build_args(), "GPIO_GID": "994", "VIDEO_GID": "985"}
+    passwd, group = run_user_step(tmp_path, args, UBUNTU_GROUPS + "gpio:x:998:\n")
+    _, _, extra = exec_ids(args["APP_UID"], passwd, group)
+    assert {994, 20, 985} <= extra and 998 not in extra and 44 not in extra
+
+
+def test_compose_adds_the_hosts_numbers_of_the_same_three_groups(tmp_path):
+    """compose's group_add is the host's gpio, dialout and video (compose.env, written by
+    install-host.sh from getent), its defaults the image's: with them the user has the devices'
+    groups even where the host's numbers differ from the image's."""
+    args = build_args()
+    text = COMPOSE.read_text()
+    added = re.findall(r"^\s+- \$\{([A-Z_]+)(?::-(\d+))?[^}]*\}", text.split("group_add:")[1]
+                       .split("volumes:")[0], re.M)
+    assert [name for name, _ in added] == ["GPIO_GID", "DIALOUT_GID", "VIDEO_GID"]
+    for name, default in added:
+        assert not default or default == args[name], f"{name}: {default} vs {args[name]}"
+    script = (DEPLOY / "install-host.sh").read_text()
+    for name, _ in added:
+        assert re.search(rf"^{name}=\$\(gid {name.split('_')[0].lower()}\)$", script, re.M), name
+    passwd, group = run_user_step(tmp_path, args)
+    s = service(env={**HOST_ENV, "GPIO_GID": "994"})
+    _, _, extra = exec_ids(args["APP_UID"], passwd, group, s["group_add"])
+    assert {994, 20, 44} <= extra
+
+
+# -- the host's L4T release ----------------------------------------------------------------------
+def check_l4t(tmp_path: Path, first_line: str | None, *argv: str) -> subprocess.CompletedProcess:
+    """install-host.sh with ``first_line`` as /etc/nv_tegra_release (None: no such file)."""
+    release = tmp_path / "nv_tegra_release"
+    if first_line is not None:
+        release.write_text(first_line + "\n")
+    env = {"PATH": "/usr/bin:/bin", "GLASS_INSPECT_NV_TEGRA_RELEASE": str(release)}
+    return subprocess.run(["bash", str(DEPLOY / "install-host.sh"), *(argv or ["--check-l4t"])],
+                          env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("line, release", [
+    ("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "
+     "DATE: Fri Sep 13 04:36:44 UTC 2024", "36.4.0"),                        # JetPack 6.1
+    ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
+     "DATE: Wed Jan  8 01:49:37 UTC 2025", "36.4.3"),                        # JetPack 6.2
+    ("# R36 (release), REVISION: 4.4, GCID: 41062509, BOARD: generic", "36.4.4"),  # 6.2.1
+    ("# R36 (release), REVISION: 5.0, GCID: 42132812, BOARD: generic", "36.5.0"),  # 6.2.2
+])
+def test_install_host_accepts_the_l4t_releases_the_image_runs_on(tmp_path, line, release):
+    r = check_l4t(tmp_path, line)
+    assert r.returncode == 0 and r.stdout.strip() == f"L4T r{release}: supported", r.stderr
+
+
+@pytest.mark.parametrize("line, said", [
+    ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic", "runs L4T r36.3.0"),
+    ("# R35 (release), REVISION: 6.1, GCID: 39498958, BOARD: t186ref", "runs L4T r35.6.1"),
+    ("# R38 (release), REVISION: 2.0, GCID: 1, BOARD: generic", "runs L4T r38.2.0"),
+    ("R36 REVISION 4.3", "cannot tell the L4T release"),
+    (None, "cannot read"),
+])
+def test_install_host_stops_on_another_l4t_release_saying_which_it_supports(tmp_path, line, said):
+    r = check_l4t(tmp_path, line)
+    assert r.returncode == 1 and r.stdout == ""
+    assert said in r.stderr and "r36.4.x or r36.5.x" in r.stderr, r.stderr
+    # the installation itself stops there, before it asks for root or changes anything
+    r = check_l4t(tmp_path, line, "registry.plant.local/glass-inspect:0.1.0")
+    assert r.returncode == 1 and said in r.stderr and "as root" not in r.stderr
+
+
+def test_install_host_on_a_supported_release_goes_on_to_the_root_check():
+    """Run as an unprivileged user (nobody, where the tests run as root), so that it stops
+    there and installs nothing."""
+    argv = ["bash", str(DEPLOY / "install-host.sh"), "registry.plant.local/glass-inspect:0.1.0"]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: the script would go on to install")
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # readable by nobody
+        release = Path(tmp) / "nv_tegra_release"
+        release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic\n")
+        release.chmod(0o644)
+        r = subprocess.run(argv, env={"PATH": "/usr/bin:/bin",
+                                      "GLASS_INSPECT_NV_TEGRA_RELEASE": str(release)},
+                           capture_output=True, text=True)
+    assert r.returncode == 1 and "run it as root" in r.stderr, r.stderr
+    assert r.stdout.strip() == "L4T r36.4.3: supported"
+
+
+def test_the_supported_releases_are_the_images_base_release_and_its_major_only():
+    script = (DEPLOY / "install-host.sh").read_text()
+    supported = re.search(r'^supported_l4t="([^"]+)"$', script, re.M).group(1).split()
+    froms = " ".join(f.args for f in instructions() if f.keyword == "FROM")
+    base = re.search(r"l4t-jetpack:r(\d+\.\d+)\.\d+", froms).group(1)
+    assert base in supported
+    assert {s.split(".")[0] for s in supported} == {base.split(".")[0]}  # one major release
+    # the image's header and the deploy guide name the same releases
+    said = " or ".join(f"r{s}.x" for s in supported)
+    assert said in " ".join(DOCKERFILE.read_text().replace("#", " ").split())
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    assert all(f"`R{s.split('.')[0]} ... REVISION: {s.split('.')[1]}.x`" in guide
+               for s in supported)
 
 
 def test_hadolint_passes_with_every_ignore_explained():
