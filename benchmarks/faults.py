@@ -30,8 +30,8 @@ the faulted sample ids, each run's faulted sample being followed by a clean one,
                    ERROR "NaN or infinite scores", next sample inspected
 ``led_stall``      ``led_stall@2/F``: arming the camera for the 2nd frame hangs for 2 x
                    ``max_on_ms`` with the LED group lit; expected: the watchdog darkens it,
-                   ERROR "watchdog"; the fault is latched (by design) so the next sample is
-                   ERROR too; serve restarted for each run
+                   ERROR "watchdog"; the next sample self-tests the ring and is inspected;
+                   serve restarted for each run (trips add up to ``watchdog_max_trips``)
 =================  ==========================================================================
 
 Faults around the head, injected here:
@@ -122,6 +122,7 @@ class Spec:
     plan: str = ""  # GLASS_INSPECT_SIM_FAULTS for the serve process
     reason: str = ""  # regex the faulted sample's ERROR reason must match
     latched: bool = False  # the fault outlives the sample: serve restarted per run
+    fresh: bool = False  # serve restarted per run all the same: the runs must not add up
     expect: str = ""
 
 
@@ -137,8 +138,8 @@ HEAD_FAULTS = [
     Spec("engine_nan", "engine_nan@1/F", r"NaN or infinite scores",
          expect="ERROR naming the NaN scores; the next sample inspected"),
     Spec("led_stall", "led_stall@2/F", r"watchdog: LED group \d",
-         latched=True, expect="the watchdog darkens the group, ERROR naming it; latched: the "
-                              "next sample ERROR too"),
+         fresh=True, expect="the watchdog darkens the group, ERROR naming it; the next sample "
+                            "self-tests the ring and is inspected"),
 ]
 LINK_FAULTS = {
     "line_unplug": "the verdict arrives once after the cable is back (ERROR,LINK event)",
@@ -273,7 +274,7 @@ def _ms(a: float | None, b: float | None) -> float | None:
 def head_fault(rig: Rig, spec: Spec, runs: int) -> list[Run]:
     out = []
     for r in range(1, runs + 1):
-        if r > 1 and spec.latched:
+        if r > 1 and (spec.latched or spec.fresh):
             rig.serve.stop()
             rig.start()
         run = Run(f"F{r:02d}")

@@ -150,6 +150,12 @@ class Illumination(_Section):
     trigger_pin: HeaderPin
     settle_ms: float = Field(ge=0, le=1000)
     max_on_ms: float = Field(gt=0, le=10_000)
+    # After a watchdog trip the head self-tests the ring and serves again; this many trips
+    # within the window keep it down (ERROR) until it is restarted. 1: the first trip does.
+    watchdog_max_trips: int = Field(default=3, ge=1, le=100)
+    watchdog_window_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    # the self-test's least mean level above a dark frame for a group to count as seen
+    self_test_min_dn: float = Field(default=0.25, gt=0, lt=65_535)
     states: list[IlluminationState] = Field(min_length=N_STATES, max_length=N_STATES)
 
     @property

@@ -17,6 +17,21 @@ soft reset. An acquisition failure travels to the worker inside the queue, so th
 builds verdicts (``inspect_sample``) also builds this one; a pipeline failure stops the
 acquisition at its next step.
 
+**After an LED watchdog trip** (a group lit past ``max_on_ms``, e.g. the acquisition thread
+starved of CPU between lighting and darkening) the sample ends in ERROR with the LEDs dark, as
+for any fault. The next sample first checks the ring: every trip is counted (``time.monotonic``
+of each, kept by the light), and ``watchdog_max_trips`` trips within ``watchdog_window_s`` keep
+the head down, every later verdict ERROR with that reason, until it is restarted; below that
+the trip is cleared and :meth:`Head.self_test` lights each group once under the watchdog, at its
+own exposure, where the stage stands (the sample just placed: its haze is what a dark-field
+camera sees), and compares each frame's mean with a dark frame's. A group that does not show
+``self_test_min_dn`` above the dark frame also keeps the head down (a dead driver, a cut wire:
+the frames would pass scratches along that direction); a self-test that cannot finish (another
+trip, a camera timeout) gives this sample ERROR and is tried again with the next one. The
+self-test costs seven frame times once per trip, so it runs before the sample rather than
+delaying the tripped sample's verdict. :meth:`Head.watchdog_health` is what the health file
+shows.
+
 Choices: the RoIs are visited in serpentine order (row by row, every other row backwards),
 starting from whichever end of that path is nearer to the stage, so the next sample starts
 where the last one ended; the verdict does not depend on the order. ``acquisition_s`` counts
@@ -43,7 +58,7 @@ from edge.hardware import HardwareError
 from edge.hardware.camera import Camera, check_frame
 from edge.hardware.light import Light
 from edge.hardware.stage import MoveCancelled, Stage, StageError
-from edge.inspection import RoiInput, inspect_sample
+from edge.inspection import RoiInput, inspect_sample, reason_of
 from edge.recording import SampleWriter
 from edge.truth import Sample
 from edge.verdict import RoiResult, Status, Verdict, error
@@ -64,6 +79,10 @@ def abort_reason(abort: threading.Event) -> str:
 
 class Aborted(HardwareError):
     """The inspection was stopped on request (line controller, operator)."""
+
+
+class SelfTestFailed(HardwareError):
+    """The ring's self-test did not see every LED group; the message names them."""
 
 
 class AcquisitionFailed(HardwareError):
@@ -128,6 +147,11 @@ class Head:
         camera.configure(cfg.camera.exposure_ms, cfg.camera.gain)
         self._exposure_ms = cfg.camera.exposure_ms  # what the camera is set to now
         self.last: Acquisition | None = None
+        self.down: str | None = None  # why the head inspects nothing until it is restarted
+        self._unverified: str | None = None  # a cleared watchdog trip awaiting its self-test
+        self.self_tests = 0  # self-tests passed
+        self.self_test_levels: list[float] = []  # the last one's, DN above dark per group
+        self.clock = time.monotonic  # the clock of the light's trip times
 
     # -- geometry -------------------------------------------------------------------------------
     def stage_target(self, index: int) -> tuple[float, float]:
@@ -155,6 +179,14 @@ class Head:
         total = self.grid.count
         acq = Acquisition(frame_time_s=self.cfg.camera.frame_time_ms / 1000.0)
         self.last = acq
+        before, tests = time.monotonic(), self.self_tests
+        refused = self._ring_ready(status)
+        ready_s = time.monotonic() - before
+        if refused is not None:
+            return error(sample_id, refused, engine=self.engine.identity,
+                         calibration=self.calibration.identity if self.calibration else None,
+                         timings_s={"self_test": ready_s, "moves": 0.0, "frames": 0.0,
+                                    "acquisition": 0.0})
         handoff: queue.Queue = queue.Queue(maxsize=1)
         done = threading.Event()  # the worker has finished, early or not
         out: dict[str, Verdict] = {}
@@ -215,9 +247,121 @@ class Head:
                             verdict.calibration)
         verdict.timings_s.update(moves=acq.moves_s, frames=acq.frames * acq.frame_time_s,
                                  acquisition=acq.optics_s)
+        if self.self_tests != tests:
+            verdict.timings_s["self_test"] = ready_s
+        if self.ring.tripped and verdict.status is Status.ERROR:
+            verdict.reason += f" ({self._trip_outlook()})"
         if writer is not None:
             self._close_writer(writer)
         return verdict
+
+    # -- the ring after a watchdog trip -----------------------------------------------------
+    def recent_trips(self, now: float | None = None) -> int:
+        """Watchdog trips within the head file's window, up to ``now`` (:attr:`clock`)."""
+        now = self.clock() if now is None else now
+        window = self.cfg.illumination.watchdog_window_s
+        return sum(1 for t in self.ring.trip_times() if now - t <= window)
+
+    def _too_many_trips(self, recent: int) -> str:
+        ill = self.cfg.illumination
+        # the line sees the first 64 characters of a reason: the count and the window first
+        times = "time" if recent == 1 else "times"
+        return (f"LED watchdog tripped {recent} {times} in {ill.watchdog_window_s:g} s: down until "
+                f"restarted (watchdog_max_trips = {ill.watchdog_max_trips}); the last trip: "
+                f"{self.ring.fault}")
+
+    def _trip_outlook(self) -> str:
+        ill = self.cfg.illumination
+        recent = self.recent_trips()
+        if recent >= ill.watchdog_max_trips:
+            if self.down is None:  # decided now, so a run stops before its next sample
+                self.down = self._too_many_trips(recent)
+                log.error("%s", self.down)
+            return (f"trip {recent} within {ill.watchdog_window_s:g} s, the limit: the head "
+                    "stays down until it is restarted")
+        return (f"trip {recent} of {ill.watchdog_max_trips} allowed within "
+                f"{ill.watchdog_window_s:g} s: the ring is self-tested before the next sample")
+
+    def _ring_ready(self, status: Callable[[str], None] | None) -> str | None:
+        """None when the ring may light for this sample; else why the sample is ERROR (the
+        head down, or a self-test after a watchdog trip that could not finish)."""
+        if self.down is not None:
+            return self.down
+        ring = self.ring
+        if ring.tripped:
+            recent = self.recent_trips()
+            if recent >= self.cfg.illumination.watchdog_max_trips:
+                self.down = self._too_many_trips(recent)
+                log.error("%s", self.down)
+                return self.down
+            self._unverified = ring.fault
+            ring.rearm()
+        if self._unverified is None:
+            return None
+        if status:
+            status("self-test of the LED ring after a watchdog trip")
+        try:
+            levels = self.self_test()
+        except SelfTestFailed as exc:
+            self.down = (f"LED self-test failed: {exc}; down until restarted (it ran after a "
+                         f"watchdog trip: {self._unverified})")
+            log.error("%s", self.down)
+            return self.down
+        except Exception as exc:  # another trip, a camera timeout: says nothing about the ring
+            why = (f"LED self-test after a watchdog trip did not finish: {reason_of(exc)}; "
+                   "tried again before the next sample")
+            log.error("%s", why)
+            return why
+        self._unverified = None
+        self.self_tests += 1
+        log.warning("LED ring self-test passed after a watchdog trip (%d within %g s): "
+                    "DN above dark per group %s; serving again", self.recent_trips(),
+                    self.cfg.illumination.watchdog_window_s, [round(v, 2) for v in levels])
+        return None
+
+    def self_test(self) -> list[float]:
+        """Each LED group's mean level above a dark frame, in DN, from one frame per group at
+        its own exposure under the watchdog, the stage where it stands. Raises
+        :class:`SelfTestFailed` naming every group under ``self_test_min_dn``; the LEDs are dark
+        on every way out.
+
+        The mean, not a median: clean glass in dark field lifts a 12-bit frame by a few DN,
+        finer than one DN step of a median, while over a whole frame the mean's noise is
+        thousandths of a DN; hot pixels and the black level are in both frames and cancel."""
+        ill = self.cfg.illumination
+        try:
+            dark = float(np.mean(self.expose(None)[0], dtype=np.float64))
+            levels = [float(np.mean(self.expose(k)[0], dtype=np.float64)) - dark
+                      for k in range(N_STATES)]
+        finally:
+            self.ring.all_dark()
+        self.self_test_levels = levels
+        unseen = [k for k, v in enumerate(levels) if v < ill.self_test_min_dn]
+        if unseen:
+            what = ", ".join(f"group {k} ({ill.states[k].angle_deg:g} deg, header pin "
+                             f"{ill.states[k].pin}) {levels[k]:.2f} DN" for k in unseen)
+            raise SelfTestFailed(
+                f"group{'s' if len(unseen) > 1 else ''} {', '.join(map(str, unseen))} not seen "
+                f"({what} above the dark frame of {dark:.1f} DN, at least "
+                f"{ill.self_test_min_dn:g} DN expected)")
+        return levels
+
+    def watchdog_health(self) -> dict:
+        """The LED watchdog as the health file shows it: trips since the start and within the
+        window, the limit, and ``state``: ``ok``, ``self-test due`` or ``down`` (with why)."""
+        ill = self.cfg.illumination
+        recent = self.recent_trips()
+        down = self.down
+        if down is None and self.ring.tripped and recent >= ill.watchdog_max_trips:
+            down = self._too_many_trips(recent)  # decided for good at the next sample
+        state = ("down" if down is not None else
+                 "self-test due" if self.ring.tripped or self._unverified else "ok")
+        out = {"state": state, "trips": self.ring.trip_count, "recent": recent,
+               "window_s": ill.watchdog_window_s, "max_trips": ill.watchdog_max_trips,
+               "self_tests_passed": self.self_tests}
+        if down is not None:
+            out["reason"] = down
+        return out
 
     def _hand(self, handoff: queue.Queue, item, done: threading.Event) -> bool:
         """Put ``item`` for the worker unless it has finished; never blocks forever."""

@@ -6,6 +6,8 @@ or recorded ones to replay), a real head inspects whatever the operator put on t
 calls ``between(k)`` before every sample after the first, so the operator can change it.
 The ground truth, where the head knows it, is judged against the verdict
 (:func:`edge.truth.agreement`): ``agrees``, ``MISSED`` or ``FALSE ALARM``.
+A head that stays down (too many LED watchdog trips, a failed self-test of its ring) would
+answer every later sample with the same ERROR: the run stops there and says why.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Inspected:
 @dataclass
 class RunSummary:
     results: list[Inspected] = field(default_factory=list)
+    stopped: str | None = None  # why the run ended before its last sample (the head is down)
 
     @property
     def counts(self) -> Counter:
@@ -53,8 +56,8 @@ class RunSummary:
         judged = [r.agrees for r in self.results if r.agrees is not None]
         if judged:
             text += f"; verdict agrees with the ground truth on {sum(judged)} of {len(judged)}"
-        return text + f"; {mean:.1f} s per sample, of which the stage and camera need " \
-                      f"{optics:.1f} s"
+        text += f"; {mean:.1f} s per sample, of which the stage and camera need {optics:.1f} s"
+        return text + (f"; stopped early: {self.stopped}" if self.stopped else "")
 
 
 def sample_id(k: int, started: float | None = None) -> str:
@@ -96,4 +99,8 @@ def run_head(asm: Assembly, samples: int, *, seed: int = 0, overlay_dir: str | P
         summary.results.append(r)
         if on_result is not None:
             on_result(r)
+        down = getattr(asm.head, "down", None)
+        if down is not None and k + 1 < samples:
+            summary.stopped = f"the head is down: {down}"
+            break
     return summary

@@ -7,7 +7,14 @@ line, whether the head is serving: the process is alive, its loop has reported r
 loop stops reporting), the port is open, and the journal's disk has room. ``start`` writes a
 "provisioning" heartbeat before it builds, so a head that is still building its engine says so.
 
-This module imports nothing heavy at import time: the health check runs every 30 s on the device.
+**The LED watchdog.** A serving head also writes what its inspector reports (``led_watchdog``:
+trips since the start and within the window, the limit, and whether the head is ``ok``, has a
+``self-test due`` or is ``down``; :meth:`edge.head.Head.watchdog_health`). A head that stays
+down after too many trips, or after a failed self-test of its ring, is unhealthy with that
+reason, though its loop and port are fine: it answers every sample with ERROR until it is
+restarted. Nothing restarts it by itself (Docker does not restart an unhealthy container):
+someone should look at the ring and the CPU load first. There is no HTTP ``/health``: the
+container has no network; the heartbeat file and ``glass-inspect health`` are where it shows.
 
 This module imports nothing heavy: the health check runs every 30 s on the device
 (``python -m firmware_bridge health``).
@@ -20,6 +27,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,18 +35,28 @@ log = logging.getLogger("glass-inspect.health")
 
 
 class Heartbeat:
-    """The heartbeat file of a serving head: rewritten (atomically) at most every ``every_s``."""
+    """The heartbeat file of a serving head: rewritten (atomically) at most every ``every_s``.
+    ``report()``, when given, adds fields of the moment to every write (the inspector's
+    ``led_watchdog``)."""
 
-    def __init__(self, path: str | Path, every_s: float = 5.0, **fixed) -> None:
+    def __init__(self, path: str | Path, every_s: float = 5.0,
+                 report: Callable[[], dict] | None = None, **fixed) -> None:
         self.path = Path(path)
         self.every_s = every_s
+        self.report = report
         self.fixed = fixed  # written every time: port, journal, engine...
         self._last = float("-inf")
 
     def write(self, state: str, **fields) -> None:
+        now: dict = {}
+        if self.report is not None:
+            try:
+                now = dict(self.report())
+            except Exception as exc:  # health reporting must never stop the head
+                log.warning("cannot read the inspector's health: %s", exc)
         record = {"state": state, "pid": os.getpid(), "time": time.time(),
                   "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  **self.fixed, **fields}
+                  **self.fixed, **now, **fields}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".partial")
@@ -92,6 +110,11 @@ def check_health(path: str | Path, max_age_s: float = 30.0, min_free_mb: float =
     if age > max_age_s:
         return False, (f"serve (pid {pid}) has not reported for {_ago(age)}: its loop is stuck "
                        f"(limit {max_age_s:g} s)")
+    leds = beat.get("led_watchdog")
+    leds = leds if isinstance(leds, dict) else {}
+    if leds.get("state") == "down":
+        return False, (f"the head stays down (pid {pid}), every verdict ERROR until it is "
+                       f"restarted: {leds.get('reason', 'LED watchdog')}")
     port = beat.get("port", "?")
     if not beat.get("link_open", False):
         return False, f"the line controller's port {port} is not open (unplugged, or in use?)"
@@ -108,5 +131,14 @@ def check_health(path: str | Path, max_age_s: float = 30.0, min_free_mb: float =
                            f"(limit {min_free_mb:g} MiB)")
         free = f", {free_mb / 1024:.1f} GiB free for the journal"
     pending = beat.get("unacknowledged", 0)
+    trips = ""
+    if leds.get("trips"):
+        window = leds.get("window_s")
+        window = f"{window:g}" if isinstance(window, (int, float)) else "?"
+        trips = (f"; LED watchdog: {leds['trips']} trip(s) since the start, "
+                 f"{leds.get('recent', '?')} in the last {window} s "
+                 f"(down at {leds.get('max_trips', '?')})")
+        if leds.get("state") == "self-test due":
+            trips += ", the ring's self-test comes before the next sample"
     return True, (f"healthy: serving on {port} (pid {pid}, heartbeat {_ago(max(age, 0))} ago, "
-                  f"{pending} verdict(s) awaiting acknowledgement{free})")
+                  f"{pending} verdict(s) awaiting acknowledgement{free}){trips}")

@@ -56,6 +56,11 @@ class HeadInspector:
         """Every LED group dark now (on SIGTERM, before the inspection notices its abort)."""
         self.assembly.ring.all_dark()
 
+    def health(self) -> dict:
+        """What the heartbeat shows of the head: its LED watchdog (trips, ok / self-test due /
+        down)."""
+        return {"led_watchdog": self.assembly.head.watchdog_health()}
+
     def inspect(self, sample_id: str, abort: threading.Event, progress: Progress) -> Verdict:
         truth = self.assembly.load_glass(sample_id)
         return self.assembly.head.inspect(sample_id, abort, progress, truth=truth)

@@ -52,8 +52,10 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
     if health:
         from firmware_bridge.health import Heartbeat
 
-        heartbeat = Heartbeat(health, port=url, journal=str(Path(journal_path).resolve()),
-                              engine=engine, inspector=label)
+        # the inspector's own state of the moment (the head's LED watchdog), where it has one
+        heartbeat = Heartbeat(health, report=getattr(inspector, "health", None), port=url,
+                              journal=str(Path(journal_path).resolve()), engine=engine,
+                              inspector=label)
     stop = threading.Event()
     server = None
 

@@ -9,7 +9,10 @@ Safety rules, enforced here and nowhere else:
 * **interlock**: at most one group is lit. Lighting a group while another is lit darkens all
   and raises :class:`LedFault` (a sequencing bug must not expose a frame under two directions);
 * **watchdog**: a group lit longer than ``max_on_ms`` is darkened by a timer thread, and the
-  fault is kept: every later call raises it, so the inspection ends in ERROR;
+  fault is kept: every later call raises it, so the inspection ends in ERROR. Each trip is
+  counted (``trip_count``, ``trip_times()``); only a watchdog trip can be cleared
+  (:meth:`RingLight.rearm`), by whoever has checked the ring since (the head's self-test,
+  :meth:`edge.head.Head.self_test`), never an interlock fault, which is a sequencing bug;
 * **dark on every exit path**: ``close()``, the context manager, an ``atexit`` hook and
   :func:`darken_on_signals` (SIGTERM, SIGINT) all switch every group off.
 """
@@ -21,6 +24,7 @@ import signal
 import threading
 import time
 import weakref
+from collections import deque
 
 from gpiozero import DigitalOutputDevice
 
@@ -29,6 +33,8 @@ from edge.hardware import HardwareError
 from edge.hardware.light import Light
 
 TRIGGER_PULSE_S = 0.0002
+# trip times kept for the head's window count; the head file's watchdog_max_trips is at most this
+TRIPS_KEPT = 100
 
 
 class LedFault(HardwareError):
@@ -44,6 +50,9 @@ class RingLight(Light):
         self._lit_at = 0.0
         self._timer: threading.Timer | None = None
         self.fault: str | None = None
+        self._tripped = False  # the fault is the watchdog's (clearable), not an interlock's
+        self._trips: deque[float] = deque(maxlen=TRIPS_KEPT)  # time.monotonic() of each trip
+        self.trip_count = 0
         self.groups: list[DigitalOutputDevice] = []
         try:
             for s in illumination.states:
@@ -63,9 +72,31 @@ class RingLight(Light):
         """The group that is on, or None."""
         return self._lit
 
+    @property
+    def tripped(self) -> bool:
+        """The ring is stopped by a watchdog trip (not by an interlock fault)."""
+        return self._tripped
+
+    def trip_times(self) -> list[float]:
+        """``time.monotonic()`` of the last watchdog trips, oldest first."""
+        with self._lock:
+            return list(self._trips)
+
     def check(self) -> None:
         if self.fault is not None:
             raise LedFault(self.fault)
+
+    def rearm(self) -> None:
+        """Clear a watchdog trip so the ring lights again; every group dark first. The caller
+        decides that the cause is gone (the head self-tests the ring right after). An interlock
+        fault is refused: it means the sequencing is wrong, which a retry does not fix."""
+        with self._lock:
+            if self.fault is None:
+                return
+            if not self._tripped:
+                raise LedFault(f"{self.fault}; only a watchdog trip is cleared without a restart")
+            self.all_dark()
+            self.fault, self._tripped = None, False
 
     # -- switching -------------------------------------------------------------------------
     def on(self, state: int) -> None:
@@ -123,6 +154,9 @@ class RingLight(Light):
                 self.all_dark()
                 self.fault = (f"watchdog: LED group {state} was lit for more than its maximum "
                               f"on-time of {self.max_on_s * 1000:g} ms and was switched off")
+                self._tripped = True
+                self._trips.append(time.monotonic())
+                self.trip_count += 1
 
     # -- lifetime --------------------------------------------------------------------------
     def _close_devices(self) -> None:

@@ -8,8 +8,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from edge.hardware import HardwareError
+
 
 class Light(ABC):
+    #: why the light refuses to light (None: it lights); see :attr:`tripped`
+    fault: str | None = None
+    #: watchdog trips since the light was opened
+    trip_count: int = 0
+
+    @property
+    def tripped(self) -> bool:
+        """The light is stopped by a watchdog trip, which :meth:`rearm` may clear."""
+        return False
+
+    def trip_times(self) -> list[float]:
+        """``time.monotonic()`` of the last watchdog trips, oldest first."""
+        return []
+
+    def rearm(self) -> None:
+        """Clear a watchdog trip (every group dark first); any other fault is refused."""
+        if self.fault is not None:
+            raise HardwareError(f"{self.fault}; it cannot be cleared without a restart")
+
     @abstractmethod
     def on(self, state: int) -> None:
         """Light LED group ``state`` (0..N_STATES-1); refuses while another group is lit."""

@@ -260,3 +260,154 @@ def test_an_led_balance_beyond_the_on_time_limit_is_refused(tmp_path, cfg):
     path = calib.save(tmp_path / "cal.npz", head=cfg, led_exposure_scale=[1.0] * 5 + [long])
     with pytest.raises(calib.CalibrationError, match="LED balance exposes a group for"):
         calib.load(path).check_for(cfg)
+
+
+# -- after an LED watchdog trip -------------------------------------------------------------------
+
+def starve(rig, at: set[int]) -> list[int]:
+    """The acquisition thread starved of CPU while a group is lit: before the ``at``-th trigger
+    pulses (counted from 1) it stalls past the LED on-time limit, as under a CPU hog."""
+    pulse, calls = rig.ring.pulse_trigger, []
+    stall_s = rig.cfg.illumination.max_on_ms / 1000.0 + 0.15
+
+    def starved(*args):
+        calls.append(1)
+        if len(calls) in at and rig.ring.lit is not None:
+            time.sleep(stall_s)
+        return pulse(*args)
+
+    rig.ring.pulse_trigger = starved
+    return calls
+
+
+def self_test_edges(cfg) -> list[tuple[int, bool]]:
+    """The self-test on the pins: a dark frame (trigger only), then each group once."""
+    ill = cfg.illumination
+    edges = [(ill.trigger_pin, True), (ill.trigger_pin, False)]
+    for s in ill.states:
+        edges += [(s.pin, True), (ill.trigger_pin, True), (ill.trigger_pin, False),
+                  (s.pin, False)]
+    return edges
+
+
+def edges_since(rig, n: int) -> list[tuple[int, bool]]:
+    return [(p, level) for _, p, level in list(rig.sim.wiring.edges)[n:]]
+
+
+def test_a_spurious_watchdog_trip_is_self_tested_and_the_head_serves_again(cfg, engine):
+    sample, _ = scratched(cfg)
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
+        starve(rig, at={3})
+        tripped = rig.head.inspect("S1")
+        assert tripped.status is Status.ERROR
+        assert "watchdog: LED group 2 was lit for more than its maximum" in tripped.reason
+        assert "trip 1 of 3 allowed within 3600 s: the ring is self-tested" in tripped.reason
+        assert led_levels(rig) == [False] * 7
+        assert rig.head.watchdog_health() == {
+            "state": "self-test due", "trips": 1, "recent": 1, "window_s": 3600.0,
+            "max_trips": 3, "self_tests_passed": 0}
+
+        rig.glass.place(sample)
+        n = len(rig.sim.wiring.edges)
+        v = rig.head.inspect(sample.sample_id)
+        assert v.status is Status.FAIL, v.reason  # judged as any other sample
+        assert len(v.defects) == 1 and v.timings_s["self_test"] > 0
+        test = self_test_edges(cfg)
+        assert edges_since(rig, n)[:len(test)] == test  # each group once, before the first move
+        assert all(level > cfg.illumination.self_test_min_dn
+                   for level in rig.head.self_test_levels)
+        health = rig.head.watchdog_health()
+        assert (health["state"], health["trips"], health["self_tests_passed"]) == ("ok", 1, 1)
+
+        rig.glass.place(clean(cfg))
+        n = len(rig.sim.wiring.edges)
+        v = rig.head.inspect("CLEAN")
+        assert v.status is Status.PASS and "self_test" not in v.timings_s  # tested once
+        assert edges_since(rig, n)[:4] != test[:4]
+
+
+def test_a_group_the_self_test_does_not_see_keeps_the_head_down(cfg, engine):
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
+        starve(rig, at={1})
+        assert rig.head.inspect("S1").status is Status.ERROR
+        rig.camera.led_pins[3] = 11  # group 3's driver no longer lights its facets
+        v = rig.head.inspect("S2")
+        assert v.status is Status.ERROR
+        assert v.reason.startswith("LED self-test failed: group 3 not seen (group 3 (90 deg, "
+                                   "header pin 33)")
+        assert "down until restarted" in v.reason and "watchdog: LED group 0" in v.reason
+        assert led_levels(rig) == [False] * 7
+        assert rig.head.watchdog_health()["state"] == "down"
+        n = len(rig.sim.wiring.edges)
+        again = rig.head.inspect("S3")
+        assert again.status is Status.ERROR and again.reason == v.reason
+        assert edges_since(rig, n) == []  # the ring is not lit again
+
+
+def test_too_many_trips_within_the_window_keep_the_head_down(engine):
+    d = small_head_data()
+    d["camera"].update(frame_time_ms=30.0, grab_timeout_ms=3000.0)
+    d["stage"]["settle_ms"] = 10.0
+    d["illumination"].update(watchdog_max_trips=2, watchdog_window_s=600.0)
+    cfg = config.parse(d, "two-trips.toml")
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
+        starve(rig, at={2})
+        assert rig.head.inspect("S1").status is Status.ERROR
+        assert rig.head.inspect("S2").status is Status.PASS  # self-tested, serving again
+        # an old trip falls out of the window: the head only counts the recent ones
+        assert rig.head.recent_trips(time.monotonic() + 601.0) == 0
+        starve(rig, at={3})  # counted from this sample on
+        third = rig.head.inspect("S3")
+        assert third.status is Status.ERROR and "watchdog: LED group" in third.reason
+        assert "trip 2 within 600 s, the limit: the head stays down" in third.reason
+        health = rig.head.watchdog_health()
+        assert health["state"] == "down" and health["recent"] == 2
+        n = len(rig.sim.wiring.edges)
+        for sid in ("S4", "S5"):
+            v = rig.head.inspect(sid)
+            assert v.status is Status.ERROR
+            # what the line controller's 64 characters carry
+            assert v.reason[:64].startswith("LED watchdog tripped 2 times in 600 s: down until "
+                                            "restarted")
+            assert "watchdog_max_trips = 2" in v.reason
+        assert edges_since(rig, n) == []
+
+
+def test_trips_outside_the_window_do_not_count(engine):
+    d = small_head_data()
+    d["camera"].update(frame_time_ms=30.0, grab_timeout_ms=3000.0)
+    d["stage"]["settle_ms"] = 10.0
+    d["illumination"].update(watchdog_max_trips=2, watchdog_window_s=60.0)
+    cfg = config.parse(d, "two-trips-a-minute.toml")
+    with build_head(cfg, engine=engine) as rig:
+        rig.glass.place(clean(cfg))
+        starve(rig, at={1})
+        assert rig.head.inspect("S1").status is Status.ERROR
+        rig.ring._trips[0] -= 61.0  # that trip was more than a minute ago
+        assert rig.head.recent_trips() == 0
+        starve(rig, at={9})  # after the self-test's 7 frames: one trip within the minute
+        v = rig.head.inspect("S2")
+        assert v.status is Status.ERROR and "trip 1 of 2 allowed within 60 s" in v.reason
+        assert rig.head.down is None
+        assert rig.head.inspect("S3").status is Status.PASS
+        assert rig.head.watchdog_health()["trips"] == 2
+
+
+def test_a_run_stops_when_the_head_stays_down(engine):
+    from edge.runner import run_head
+
+    d = small_head_data()
+    d["camera"].update(frame_time_ms=30.0, grab_timeout_ms=3000.0)
+    d["stage"]["settle_ms"] = 10.0
+    d["illumination"]["watchdog_max_trips"] = 1
+    cfg = config.parse(d, "one-trip.toml")
+    with build_head(cfg, engine=engine) as rig:
+        starve(rig, at={14})  # the second sample's second frame (12 frames per sample)
+        summary = run_head(rig, 5, seed=3)
+    assert [r.verdict.status for r in summary.results][-1] is Status.ERROR
+    assert len(summary.results) == 2  # the first sample, then the one that tripped
+    assert summary.stopped.startswith("the head is down: LED watchdog tripped 1 time in 3600 s")
+    assert "stopped early: the head is down" in summary.line()

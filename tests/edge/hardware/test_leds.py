@@ -75,6 +75,38 @@ def test_watchdog_switches_off_a_group_left_on(default_data, factory):
             ring.off()
 
 
+def test_a_watchdog_trip_is_counted_and_only_it_can_be_cleared(default_data, factory):
+    from edge import config
+
+    default_data["illumination"]["max_on_ms"] = 30.0
+    cfg = config.parse(default_data)
+    with RingLight(cfg.illumination, pin_factory=factory) as ring:
+        assert not ring.tripped and ring.trip_count == 0 and ring.trip_times() == []
+        ring.rearm()  # nothing to clear
+        before = time.monotonic()
+        ring.on(1)
+        time.sleep(0.15)
+        assert ring.tripped and ring.trip_count == 1
+        (when,) = ring.trip_times()
+        assert before < when <= time.monotonic()
+        with pytest.raises(LedFault, match="watchdog"):
+            ring.on(2)
+        ring.rearm()
+        assert ring.fault is None and not ring.tripped and ring.trip_count == 1
+        ring.on(2)  # lights again, under the watchdog again
+        time.sleep(0.15)
+        assert not ring.groups[2].value and ring.trip_count == 2 and len(ring.trip_times()) == 2
+        ring.rearm()
+        ring.on(0)
+        with pytest.raises(LedFault, match="interlock"):
+            ring.on(4)
+        with pytest.raises(LedFault, match="only a watchdog trip is cleared without a restart"):
+            ring.rearm()
+        assert not ring.tripped and not any(g.value for g in ring.groups)
+        with pytest.raises(LedFault, match="interlock"):
+            ring.on(0)
+
+
 def test_dark_after_an_exception_mid_roi(cfg, factory):
     ring = RingLight(cfg.illumination, pin_factory=factory)
     with pytest.raises(RuntimeError, match="camera fell over"), ring:
