@@ -438,8 +438,12 @@ class HeadConfig(_Section):
         ]
 
     def digest(self) -> str:
-        """SHA-256 of the head's content (not of the file's formatting or location)."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the head's content (not of the file's formatting or location). Keys at
+        their default value are left out, so that a software update that adds a key with a
+        default (an option the head file does not set) keeps every head's digest, and with it
+        the calibrations bound to it (:func:`edge.calibration.head_digest`)."""
+        content = self.model_dump(mode="json", exclude_defaults=True)
+        canon = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
 

@@ -39,6 +39,15 @@ def test_digest_changes_with_content():
     assert with_changes(camera={"exposure_ms": 10.0}).digest() != config.load().digest()
 
 
+def test_a_key_at_its_default_leaves_the_digest_alone():
+    # a software update that adds an option with a default must not unbind every head's
+    # calibration (bound to this digest): a key the head file does not set is not content
+    base = config.load()
+    default = config.Illumination.model_fields["watchdog_max_trips"].default
+    assert with_changes(illumination={"watchdog_max_trips": default}).digest() == base.digest()
+    assert with_changes(illumination={"watchdog_max_trips": default + 1}).digest() != base.digest()
+
+
 def test_roi_grid_geometry(cfg):
     g = cfg.stage.roi_grid
     assert g.roi_origin_mm(0) == (0.0, 0.0)
