@@ -6,14 +6,15 @@ Every head, real or simulated, is built here, by the same steps in the same orde
    GPIO chip, the stage's serial port, the camera device, the engine artifact and the
    calibration file. A head whose parts are missing stops here with one line per missing part,
    before a single pin is claimed: the LEDs are never touched;
-2. the **engine** and the **calibration** (no hardware);
-3. the **pin factory** (``jetson``: the header over libgpiod; ``mock``: the simulated wiring),
-   the **stage** (the GRBL driver on the head file's port; ``sim`` starts the GRBL simulator on
-   a pseudo-terminal first), the **camera** (V4L2; ``sim`` and ``replay:DIR`` are simulated);
-4. the pipeline **warmed up** on a synthetic RoI (:func:`edge.pipeline.warm_up`: no kernel
-   compiles later while an LED group is lit);
-5. the **ring light** last, so that the LEDs are claimed (and held dark) only once every other
-   part is there; then the head.
+2. the **pin factory** (``jetson``: the header over libgpiod; ``mock``: the simulated wiring)
+   and at once the **ring light**, which claims the LED groups and drives them low: a head
+   restarted after SIGKILL (which nothing survives to darken a lit group) is dark within about
+   0.3 s of starting, not after the engine, stage and warm-up (``benchmarks/restart_dark.py``);
+3. the **engine** and the **calibration** (no hardware);
+4. the **stage** (the GRBL driver on the head file's port; ``sim`` starts the GRBL simulator on
+   a pseudo-terminal first) and the **camera** (V4L2; ``sim`` and ``replay:DIR`` are simulated);
+5. the pipeline **warmed up** on a synthetic RoI (:func:`edge.pipeline.warm_up`: no kernel
+   compiles later while an LED group is lit); then the head.
 
 Simulated parts come from :mod:`edge.sim.parts`, imported only when the head file names one;
 the runtime modules never import the simulator. A simulated head given a fault plan
@@ -149,25 +150,32 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
     parts: dict[str, str] = {}
     sim = None
     try:
-        if engine is None:
-            engine = _part("engine", lambda: load_engine(cfg, engine_path))
-            closers.append(engine.close)
-        parts["engine"] = f"{engine.path.name} on {engine.backend}"
-        if calibration is None:
-            calibration = _part("calibration", lambda: load_calibration(cfg, calibration_path))
-        parts["calibration"] = calibration.source if calibration else "none (frames uncorrected)"
         if cfg.simulated:
             from edge.sim.parts import SimOptions, SimParts
 
             sim = SimParts(cfg, sim_options or SimOptions())
             closers.append(sim.close)
-            if sim.faults is not None:  # a simulated head told to break (edge.sim.faults)
-                from edge.sim.faults import with_engine_faults
-
-                engine = with_engine_faults(engine, sim.faults)
         pins = _part("GPIO", lambda: _pin_factory(cfg, sim))
         if cfg.illumination.pin_factory == "jetson":
             closers.append(pins.close)
+        from edge.hardware.leds import RingLight
+
+        # first of the parts: a head restarted after SIGKILL (nothing ran to darken a lit
+        # group) drives every LED low now, not after the engine, stage and warm-up
+        ring = _part("ring light", lambda: RingLight(cfg.illumination, pin_factory=pins))
+        closers.append(ring.close)
+        parts["ring light"] = f"{cfg.illumination.pin_factory} pins"
+        if engine is None:
+            engine = _part("engine", lambda: load_engine(cfg, engine_path))
+            closers.append(engine.close)
+        parts["engine"] = f"{engine.path.name} on {engine.backend}"
+        if sim is not None and sim.faults is not None:  # a simulated head told to break
+            from edge.sim.faults import with_engine_faults
+
+            engine = with_engine_faults(engine, sim.faults)
+        if calibration is None:
+            calibration = _part("calibration", lambda: load_calibration(cfg, calibration_path))
+        parts["calibration"] = calibration.source if calibration else "none (frames uncorrected)"
         stage = _part("stage", lambda: _stage(cfg, sim))
         closers.append(stage.close)
         parts["stage"] = f"{stage.banner or 'stage controller'} on {cfg.stage.port}" + (
@@ -179,13 +187,8 @@ def build_head(cfg: HeadConfig, *, engine: Engine | None = None,
             _part("calibration", lambda: calibration.check_for(cfg, camera.serial))
         from edge.pipeline import warm_up
 
-        # before the ring light: no kernel compiles while an LED group is lit
+        # while the ring is held dark: no kernel compiles later while an LED group is lit
         _part("pipeline", lambda: warm_up(cfg, engine, calibration, camera.shape))
-        from edge.hardware.leds import RingLight
-
-        ring = _part("ring light", lambda: RingLight(cfg.illumination, pin_factory=pins))
-        closers.append(ring.close)
-        parts["ring light"] = f"{cfg.illumination.pin_factory} pins"
         head = _part("head", lambda: Head(cfg, ring, stage, camera, engine, calibration,
                                           record_dir))
         if calibration is not None and cfg.camera.kind != "replay":

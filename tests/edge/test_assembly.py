@@ -97,7 +97,10 @@ def test_the_verdict_server_drives_the_assembled_head(tmp_path):
         assert asm.load_glass("LINE-7") == asm.load_glass("LINE-7")
 
 
-def test_an_engine_that_fails_at_start_up_stops_the_head_before_any_led(small_cfg, monkeypatch):
+def test_an_engine_that_fails_at_start_up_stops_the_head_with_every_led_dark(small_cfg,
+                                                                             monkeypatch):
+    # the ring is claimed first (held dark, so a head restarted after SIGKILL darkens a lit
+    # group at once); an engine that fails in the warm-up stops the head before any group is lit
     import edge.hardware.leds as leds
     from edge.engine import EngineError, open_engine
 
@@ -114,12 +117,26 @@ def test_an_engine_that_fails_at_start_up_stops_the_head_before_any_led(small_cf
         def infer_stream(self, batches):
             raise EngineError("the engine fell over (simulated)")
 
-    lit = []
-    monkeypatch.setattr(leds, "RingLight", lambda *a, **k: lit.append("leds"))
+    events = []
+
+    class Watched(leds.RingLight):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            events.append("claimed")
+
+        def on(self, state):
+            events.append(f"on {state}")
+            super().on(state)
+
+        def close(self):
+            events.append(("closed", self.lit))
+            super().close()
+
+    monkeypatch.setattr(leds, "RingLight", Watched)
     with open_engine(SHIPPED_MODEL, threads=2, max_batch=4) as engine, \
             pytest.raises(AssemblyError, match="pipeline: .*fell over"):
         build_head(small_cfg, engine=Broken(engine))
-    assert lit == []
+    assert events == ["claimed", ("closed", None)]
 
 
 def test_a_calibration_of_another_sensor_is_refused_by_its_hot_pixels(tmp_path, small_cfg):
