@@ -295,6 +295,7 @@ class GrblSimulator:
         self.homing_fails = False
         self.received: list[str] = []  # every line that reached the receive buffer, for tests
         self.late_ends: list[float] = []  # how late each planned move ends, for tests
+        self.motion_s: list[float] = []  # each finished move's real duration (benchmarks)
         required = homing if homing_required is None else homing_required
         self._init_lock = homing and required  # grbl's HOMING_INIT_LOCK; grblHAL: $22 bit 2
         self._mins = (float(travel_mm[0][0]), float(travel_mm[1][0]))
@@ -712,6 +713,7 @@ class GrblSimulator:
                 return
             self._mpos = m.end
             self._queue.popleft()
+            self.motion_s.append(m.duration)
             if self._queue:
                 self._queue[0].start = self._mpos
                 self._queue[0].plan(m.t0 + m.duration)
