@@ -5,15 +5,19 @@ Prints one JSON object with seconds (best of --repeat) for:
   copy_floor_s  a plain copy of the float32 output bytes (the memory-speed floor)
   kernel_f32_s  the kernel writing float32, kernel_f16_s writing float16 (buffers reused)
   kernel_tiles_f32_s  the kernel writing the engine's batch of 512 px tiles (overlap 64)
-and the ratios the issue asks for: numpy / kernel (>= 3) and kernel / copy floor (<= 2).
+  kernel_tiles_f16_maps_s  the same in float16 with a dark map and a flat-gain map (what the
+                pipeline runs with a calibration; no target, for comparison)
+and the ratios the issues ask for, each for float32 and float16 alike (``targets_met``):
+numpy / kernel >= 3.5 and kernel / copy floor <= 1.5 (issue 34; they were 3 and 2).
 
 Defective-pixel repair (issue 15): the same three kernel runs with ``--defect-share`` (1e-4) of
 the pixels listed as defective (``*_repair_s``), each timed alternately with its plain run in the
 same rounds (best of each); ``repair_over_plain_*`` = the median over the rounds of repair /
-plain (each round's two runs see the same machine, so the ratio is steadier than either time);
-``repair_pass_s`` the repair loop alone (float32, whole map) and ``repair_pass_share`` its share
-of the plain float32 run: the repair's cost without the noise of the whole pass (target: the
-ratios within the noise, the share <= 2 %).
+plain (each round's two runs see the same machine, so the ratio is steadier than either time).
+The repair runs inside the pass (one output row behind, from the cache), so it has no time of its
+own to take alone: ``repair_pass_s`` is the median over the rounds (20 x --repeat of them) of
+repair - plain (float32, whole map) and ``repair_pass_share`` its share of the plain float32 run
+(target: the ratios within the noise, the share <= 2 %).
 
     python benchmarks/space_to_depth.py [--repeat N]
 """
@@ -29,7 +33,6 @@ import numpy as np
 from timing import best_of
 
 from edge.kernels.space_to_depth import (
-    _repair,
     defect_table,
     plan_tiles,
     space_to_depth,
@@ -46,9 +49,10 @@ def numpy_path(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def paired(plain, repair, repeat: int) -> tuple[float, float, float]:
+def paired(plain, repair, repeat: int) -> tuple[float, float, float, float]:
     """Best seconds of ``plain`` and of ``repair``, timed alternately (one warm call each first),
-    so that drifts of the machine hit both alike, and the median of the rounds' ratios."""
+    so that drifts of the machine hit both alike; the medians of the rounds' ratios and
+    differences."""
     plain()
     repair()
     a, b = [], []
@@ -58,18 +62,8 @@ def paired(plain, repair, repeat: int) -> tuple[float, float, float]:
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    return min(a), min(b), float(np.median(np.array(b) / np.array(a)))
-
-
-def repair_pass(frames: np.ndarray, table, out: np.ndarray) -> None:
-    """The kernel's repair loop alone over the whole float32 map (arguments as ``_run`` passes
-    them for uncorrected frames)."""
-    zero = np.zeros(1, np.int64)
-    dummy = np.zeros((1, 1, 1), np.float32)
-    _repair(frames, np.zeros(6, np.float32), np.full(6, 1 / 4095, np.float32), dummy, dummy,
-            False, zero, zero, H // 2, W // 2, out.reshape(1, *out.shape),
-            np.zeros((1, 1, 1, 1), np.uint16), False, table.rows, table.cols, table.nb_dy,
-            table.nb_dx, table.nb_n)
+    a, b = np.array(a), np.array(b)
+    return float(a.min()), float(b.min()), float(np.median(b / a)), float(np.median(b - a))
 
 
 def main() -> None:
@@ -91,6 +85,12 @@ def main() -> None:
     f32_s = best_of(lambda: space_to_depth(frames, out=out32), args.repeat)
     f16_s = best_of(lambda: space_to_depth(frames, dtype=np.float16, out=out16), args.repeat)
     tiles_s = best_of(lambda: space_to_depth_tiles(frames, grid, out=tiles), args.repeat)
+    rng = np.random.default_rng(2)
+    dark = rng.uniform(50, 70, (H, W)).astype(np.float32)
+    gain = rng.uniform(0.8, 1.2, (H, W)).astype(np.float32)
+    tiles16 = np.empty(tiles.shape, np.float16)
+    maps_s = best_of(lambda: space_to_depth_tiles(frames, grid, dark, gain, dtype=np.float16,
+                                                  out=tiles16), args.repeat)
     same = bool(np.allclose(out32, ref, rtol=1e-6, atol=1e-7)
                 and np.array_equal(out16, ref.astype(np.float16)))
 
@@ -101,17 +101,19 @@ def main() -> None:
     rep16 = np.empty_like(out16)
     rtiles = np.empty_like(tiles)
     rounds = 3 * args.repeat
-    f32_p, f32_r, f32_q = paired(lambda: space_to_depth(frames, out=out32),
-                                 lambda: space_to_depth(frames, out=rep32, defects=table), rounds)
-    f16_p, f16_r, f16_q = paired(lambda: space_to_depth(frames, dtype=np.float16, out=out16),
-                                 lambda: space_to_depth(frames, dtype=np.float16, out=rep16,
-                                                        defects=table), rounds)
-    tl_p, tl_r, tl_q = paired(lambda: space_to_depth_tiles(frames, grid, out=tiles),
-                              lambda: space_to_depth_tiles(frames, grid, out=rtiles,
-                                                           defects=table), rounds)
+    # the repair's own time is a difference of two runs that the machine's noise moves by more
+    # than it: many rounds for its median
+    f32_p, f32_r, f32_q, f32_d = paired(
+        lambda: space_to_depth(frames, out=out32),
+        lambda: space_to_depth(frames, out=rep32, defects=table), 20 * args.repeat)
+    f16_p, f16_r, f16_q, _ = paired(
+        lambda: space_to_depth(frames, dtype=np.float16, out=out16),
+        lambda: space_to_depth(frames, dtype=np.float16, out=rep16, defects=table), rounds)
+    tl_p, tl_r, tl_q, _ = paired(
+        lambda: space_to_depth_tiles(frames, grid, out=tiles),
+        lambda: space_to_depth_tiles(frames, grid, out=rtiles, defects=table), rounds)
     # only the listed pixels change: one value per defect and state
     repaired_only = int((rep32 != out32).sum()) <= 6 * table.count
-    pass_s = best_of(lambda: repair_pass(frames, table, rep32), rounds)
 
     print(json.dumps({
         "shape": [6, H, W],
@@ -121,13 +123,14 @@ def main() -> None:
         "kernel_f32_s": round(f32_s, 5),
         "kernel_f16_s": round(f16_s, 5),
         "kernel_tiles_f32_s": round(tiles_s, 5),
+        "kernel_tiles_f16_maps_s": round(maps_s, 5),
         "tiles": grid.count,
         "speedup_vs_numpy_f32": round(numpy_s / f32_s, 2),
         "speedup_vs_numpy_f16": round(numpy_s / f16_s, 2),
         "f32_over_copy_floor": round(f32_s / copy_s, 2),
         "f16_over_copy_floor": round(f16_s / copy_s, 2),
         "same_as_numpy": same,
-        "targets_met": numpy_s / max(f32_s, f16_s) >= 3 and max(f32_s, f16_s) / copy_s <= 2,
+        "targets_met": numpy_s / max(f32_s, f16_s) >= 3.5 and max(f32_s, f16_s) / copy_s <= 1.5,
         "defective_pixels": table.count,
         "defect_share": args.defect_share,
         "kernel_f32_plain_s": round(f32_p, 5),
@@ -139,10 +142,10 @@ def main() -> None:
         "repair_over_plain_f32": round(f32_q, 3),
         "repair_over_plain_f16": round(f16_q, 3),
         "repair_over_plain_tiles_f32": round(tl_q, 3),
-        "repair_pass_s": round(pass_s, 6),
-        "repair_pass_share": round(pass_s / f32_p, 4),
+        "repair_pass_s": round(f32_d, 6),
+        "repair_pass_share": round(f32_d / f32_p, 4),
         "repaired_only_listed": repaired_only,
-        "repair_target_met": pass_s / f32_p <= 0.02,
+        "repair_target_met": f32_d / f32_p <= 0.02,
     }))
 
 

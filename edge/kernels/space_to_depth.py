@@ -30,13 +30,33 @@ Neighbours outside the frame or themselves listed are left out; when none of the
 the pixel is 0 (the dark level). The value depends only on the frames and the calibration, never
 on the tile, so a pixel in an overlap is repaired identically in every tile that holds it.
 
-Where: in the same call, a second parallel loop over (state, defect) only, after the rows are
-written, computes each listed pixel's value once and writes it into every tile that holds it. Why
-not inside the row loop: any code added to that loop's body (even a call, even when no pixel is
-listed) cost the plain pass 15-20 % in-cache on an x86 test machine (LLVM then optimises the
-row loops less well); the separate loop leaves the row loops exactly as they were and costs
-about 0.2 ms for 1e-4 of a full frame's pixels (1093 pixels, 6 states), under 1 % of the pass
-(``benchmarks/space_to_depth.py``).
+Where: inside the same parallel pass, one output row behind. A step that has written output row
+``i`` of a state repairs the listed pixels of row ``i - 1`` (RAW rows ``2i - 2`` and ``2i - 1``),
+whose neighbours (RAW rows up to ``2i + 1``) it has all just read, into the channel rows it has
+just written, so the repair reads and writes the cache, not memory; the last row of each block of
+``_BLOCK`` rows is repaired after the block. A separate function is called, and only for rows
+that hold a listed pixel, so the row loops stay as they are without defects (the plain pass
+measured as fast; issue 15 found the row loops 15-20 % slower in-cache when repair code was
+written into their body). Cost on the 2-core x86 test machine: about 50 ns per listed pixel and
+state on one thread; 0.13-0.18 ms on two for 1e-4 of a full frame's pixels (1093 pixels, 6
+states), about 1 % of the float32 pass. The first version repaired in a second parallel loop over
+(state, defect) after the pass: 170 ns per pixel and state on one thread, each a few cache misses
+in 131 MB of frames, and 0.7-1.0 ms on two in a real call (0.2-0.3 ms when that loop was timed
+alone over and over, its few thousand cache lines then staying in the L3 cache).
+
+Speed: each parallel step takes one state's two RAW rows under an output row (all 6 states when
+a map of one plane serves them, so each of its rows is fetched from memory once), reads each row
+once from its start, both pixels of every Bayer pair in the same loop, and writes the 4 channel
+rows they make. LLVM then vectorises every loop: 8-pixel loads and shuffles, vcvtdq2ps, and for
+float16 one vcvtps2ph per 8 pixels (x86 F16C; fcvtn on ARMv8). Why this shape: the first version
+wrote all 24 channel rows of an output row in one step, each channel's loop reading every other
+pixel of a RAW row at ``2 * (x0 + j) + dx``; Numba's negative-index check on that offset index and
+the lone member of a stride-2 access left LLVM (Numba 0.68, llvmlite 0.50; Numba 0.60's LLVM 14
+vectorised neither loop) with a scalar float32 loop, one vcvtsi2ss per pixel, and a float16 loop
+that gathered 8 pixels with 8 vpinsrw. On the 2-core test machine (``benchmarks/space_to_depth.py``)
+that was 3.0-3.4 x NumPy and 1.5-1.7 x the copy floor in float32, 1.9-2.7 x and 1.9-2.6 x in
+float16; now 5-6 x NumPy and 0.8-1.0 x the copy floor in float32, 6.5-8.5 x and 0.6-0.8 x in
+float16, and 3-5 x faster than before with a dark and a gain map.
 
 Tiles: the half-resolution map is cut into ``tile x tile`` tiles that overlap by at least
 ``overlap`` pixels, the last tile of a row or column aligned to the map's edge (tiles only overflow
@@ -61,6 +81,9 @@ from numba.extending import intrinsic
 from edge.config import N_STATES
 
 CHANNELS = 4 * N_STATES
+# output rows per parallel step: the repair of a block's last row reads a row that is not yet
+# in the cache, so not too few; a full map still gives 6 * 98 steps to share among threads
+_BLOCK = 16
 
 
 class ShapeError(ValueError):
@@ -127,87 +150,133 @@ def _half_bits(typingctx, value):
 
 
 @nb.njit(inline="always")
-def _value(frames, dark_map, gain_map, use_maps, f, sy, sx, off, mul):
-    raw = np.float32(frames[f, sy, sx])
-    if use_maps:
-        return (raw - dark_map[f, sy, sx] - off) * (gain_map[f, sy, sx] * mul)
-    return (raw - off) * mul
+def _corrected(raw, dark, gain, use_dark, use_gain, off, mul):
+    """``(raw - dark - off) * (gain * mul)``; a map not given is left out of the arithmetic, which
+    is bit for bit the same as a dark of 0 and a gain of 1 (``x - 0 == x``, ``1 * m == m``)."""
+    d = raw - dark if use_dark else raw
+    return (d - off) * (gain * mul if use_gain else mul)
 
 
 @nb.njit(inline="always")
-def _repaired(frames, dark_map, gain_map, use_maps, f, sy, sx, off, mul, nb_dy, nb_dx, nb_n, d):
+def _value(frames, dark_map, gain_map, use_dark, use_gain, f, sy, sx, off, mul):
+    """One corrected RAW pixel; a map of one plane serves every state."""
+    fd = f if dark_map.shape[0] > 1 else 0
+    fg = f if gain_map.shape[0] > 1 else 0
+    return _corrected(np.float32(frames[f, sy, sx]), dark_map[fd, sy, sx], gain_map[fg, sy, sx],
+                      use_dark, use_gain, off, mul)
+
+
+@nb.njit(inline="always")
+def _repaired(frames, dark_map, gain_map, use_dark, use_gain, f, sy, sx, off, mul, nb_dy, nb_dx,
+              nb_n, d):
     """Mean of the corrected values of defect ``d``'s usable neighbours (0 when it has none)."""
     n = nb_n[d]
     if n == 0:
         return np.float32(0.0)
     acc = np.float32(0.0)
     for m in range(n):
-        acc += _value(frames, dark_map, gain_map, use_maps, f, sy + nb_dy[d, m], sx + nb_dx[d, m],
-                      off, mul)
+        acc += _value(frames, dark_map, gain_map, use_dark, use_gain, f, sy + nb_dy[d, m],
+                      sx + nb_dx[d, m], off, mul)
     return acc / np.float32(n)
 
 
+@nb.njit(inline="always")
+def _s2d_rows(frames, off, mul, dark_map, gain_map, use_dark, use_gain, n, f, i, gy, x0, jmax, tw,
+              out32, out16, half):
+    """The 4 channel rows of state ``f`` at output row ``i`` of tile ``n``."""
+    fd = f if dark_map.shape[0] > 1 else 0
+    fg = f if gain_map.shape[0] > 1 else 0
+    for r in range(2):  # row offset of the Bayer site
+        k = 4 * f + r  # column offset 0; k + 2: column offset 1
+        if jmax > 0:
+            sy = 2 * gy + r
+            # slices: a row that starts at 0, so the loops index without offsets (an offset
+            # index costs Numba's negative-index check per element and the vectorisation)
+            src = frames[f, sy, 2 * x0:2 * (x0 + jmax)]
+            dk = dark_map[fd, sy, 2 * x0:2 * (x0 + jmax)] if use_dark else dark_map[0, 0]
+            gn = gain_map[fg, sy, 2 * x0:2 * (x0 + jmax)] if use_gain else gain_map[0, 0]
+            if half:
+                a = out16[n, k, i]
+                b = out16[n, k + 2, i]
+                for j in range(jmax):
+                    e = 2 * j
+                    a[j] = _half_bits(_corrected(np.float32(src[e]), dk[e], gn[e], use_dark,
+                                                 use_gain, off, mul))
+                    b[j] = _half_bits(_corrected(np.float32(src[e + 1]), dk[e + 1],
+                                                 gn[e + 1], use_dark, use_gain, off, mul))
+            else:
+                a = out32[n, k, i]
+                b = out32[n, k + 2, i]
+                for j in range(jmax):
+                    e = 2 * j
+                    a[j] = _corrected(np.float32(src[e]), dk[e], gn[e], use_dark, use_gain,
+                                      off, mul)
+                    b[j] = _corrected(np.float32(src[e + 1]), dk[e + 1], gn[e + 1],
+                                      use_dark, use_gain, off, mul)
+        if jmax < tw:
+            if half:
+                out16[n, k, i, jmax:] = 0
+                out16[n, k + 2, i, jmax:] = 0
+            else:
+                out32[n, k, i, jmax:] = 0
+                out32[n, k + 2, i, jmax:] = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _repair_rows(frames, off, mul, dark_map, gain_map, use_dark, use_gain, n, f, i, gy, x0, jmax,
+                 out32, out16, half, row_ptr, cols, nb_dy, nb_dx, nb_n):
+    """The defective pixels of state ``f`` in the 2 RAW rows of output row ``i`` of tile ``n``,
+    written over what :func:`_s2d_rows` has just written there."""
+    for sy in range(2 * gy, 2 * gy + 2):
+        for d in range(row_ptr[sy], row_ptr[sy + 1]):
+            sx = cols[d]
+            j = (sx >> 1) - x0
+            if 0 <= j < jmax:
+                k = 4 * f + 2 * (sx & 1) + (sy & 1)
+                v = _repaired(frames, dark_map, gain_map, use_dark, use_gain, f, sy, sx, off, mul,
+                              nb_dy, nb_dx, nb_n, d)
+                if half:
+                    out16[n, k, i, j] = _half_bits(v)
+                else:
+                    out32[n, k, i, j] = v
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _s2d(frames, offset, scale, dark_map, gain_map, use_maps, ys, xs, th, tw, h2, w2, out32, out16,
-         half):
+def _s2d(frames, offset, scale, dark_map, gain_map, use_dark, use_gain, ys, xs, th, tw, h2, w2,
+         out32, out16, half, group, repair, row_ptr, cols, nb_dy, nb_dx, nb_n):
     """out[n, k, i, j] = corrected S[ys[n//nx] + i, xs[n%nx] + j, k]; zero outside the map.
 
     Writes ``out32`` (float32), or ``out16`` (float16 bits as uint16) when ``half``. Parallel
-    over output rows of all tiles; each row reads one Bayer row at stride 2.
+    over (tile, group of ``group`` states, block of ``_BLOCK`` output rows); for each row and each
+    state of its group a step reads the two RAW rows that the output row covers, each once and
+    whole (both pixels of every Bayer pair in the same loop), and writes the 4 channel rows they
+    make; then it repairs the defective pixels of the row before, whose neighbours it has all
+    just read (see the module docstring).
     """
     nx = xs.shape[0]
-    n_tiles = ys.shape[0] * nx
-    for q in nb.prange(n_tiles * th):
-        n = q // th
-        i = q - n * th
-        gy = ys[n // nx] + i
+    n_blocks = (th + _BLOCK - 1) // _BLOCK
+    per_tile = (N_STATES // group) * n_blocks
+    for q in nb.prange(ys.shape[0] * nx * per_tile):
+        n = q // per_tile
+        g = (q - n * per_tile) // n_blocks
+        b = q - n * per_tile - g * n_blocks
         x0 = xs[n % nx]
-        jmax = min(tw, w2 - x0) if gy < h2 else 0  # columns inside the map
-        for k in range(24):
-            f = k >> 2
-            sy = 2 * gy + (k & 1)
-            dx = (k >> 1) & 1
-            off = offset[f]
-            mul = scale[f]
-            if half:
-                row16 = out16[n, k, i]
-                for j in range(jmax):
-                    row16[j] = _half_bits(_value(frames, dark_map, gain_map, use_maps, f, sy,
-                                                 2 * (x0 + j) + dx, off, mul))
-                row16[jmax:] = 0
-            else:
-                row32 = out32[n, k, i]
-                for j in range(jmax):
-                    row32[j] = _value(frames, dark_map, gain_map, use_maps, f, sy,
-                                      2 * (x0 + j) + dx, off, mul)
-                row32[jmax:] = 0
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _repair(frames, offset, scale, dark_map, gain_map, use_maps, ys, xs, th, tw, out32, out16,
-            half, rows, cols, nb_dy, nb_dx, nb_n):
-    """The defective pixels' values written over what :func:`_s2d` wrote, in every tile that holds
-    them; parallel over (state, defect), so each thread walks one state's planes row by row."""
-    nx = xs.shape[0]
-    nd = rows.shape[0]
-    for q in nb.prange(nd * N_STATES):
-        f = q // nd
-        d = q - f * nd
-        sy = rows[d]
-        sx = cols[d]
-        k = 4 * f + 2 * (sx & 1) + (sy & 1)
-        v = _repaired(frames, dark_map, gain_map, use_maps, f, sy, sx, offset[f], scale[f],
-                      nb_dy, nb_dx, nb_n, d)
-        for ty in range(ys.shape[0]):
-            i = (sy >> 1) - ys[ty]
-            if 0 <= i < th:
-                for tx in range(nx):
-                    j = (sx >> 1) - xs[tx]
-                    if 0 <= j < tw:
-                        if half:
-                            out16[ty * nx + tx, k, i, j] = _half_bits(v)
-                        else:
-                            out32[ty * nx + tx, k, i, j] = v
+        i0 = b * _BLOCK
+        i1 = min(i0 + _BLOCK, th)
+        for i in range(i0, i1 + 1):
+            gy = ys[n // nx] + i
+            if i < i1:
+                jmax = min(tw, w2 - x0) if gy < h2 else 0  # columns inside the map
+                for f in range(g * group, (g + 1) * group):
+                    _s2d_rows(frames, offset[f], scale[f], dark_map, gain_map, use_dark,
+                              use_gain, n, f, i, gy, x0, jmax, tw, out32, out16, half)
+            gy -= 1
+            if repair and i > i0 and gy < h2 and row_ptr[2 * gy] < row_ptr[2 * gy + 2]:
+                jmax = min(tw, w2 - x0)
+                for f in range(g * group, (g + 1) * group):
+                    _repair_rows(frames, offset[f], scale[f], dark_map, gain_map, use_dark,
+                                 use_gain, n, f, i - 1, gy, x0, jmax, out32, out16, half,
+                                 row_ptr, cols, nb_dy, nb_dx, nb_n)
 
 
 # same-site neighbours of a defective pixel: the 4 at distance 2 along its row and column, and
@@ -221,7 +290,8 @@ class DefectTable:
     """Defective RAW pixels of a ``height x width`` frame, ready for the kernel.
 
     ``rows``/``cols`` sorted by row, then column; ``nb_dy``/``nb_dx`` ``(n, 4)`` the offsets of
-    each defect's usable neighbours, the first ``nb_n`` of them.
+    each defect's usable neighbours, the first ``nb_n`` of them; ``row_ptr`` ``(height + 1,)``:
+    the defects of RAW row ``y`` are ``row_ptr[y]:row_ptr[y + 1]``.
     """
 
     height: int
@@ -231,6 +301,7 @@ class DefectTable:
     nb_dy: np.ndarray
     nb_dx: np.ndarray
     nb_n: np.ndarray
+    row_ptr: np.ndarray
 
     @property
     def count(self) -> int:
@@ -265,14 +336,18 @@ def defect_table(rows, cols, height: int, width: int) -> DefectTable:
             nb_dy[idx, nb_n[idx]] = dy
             nb_dx[idx, nb_n[idx]] = dx
             nb_n[idx] += 1
-    return DefectTable(height, width, r, c, nb_dy, nb_dx, nb_n)
+    row_ptr = np.searchsorted(r, np.arange(height + 1)).astype(np.int64)
+    return DefectTable(height, width, r, c, nb_dy, nb_dx, nb_n, row_ptr)
+
+
+_NO_DEFECTS = defect_table([], [], 0, 0)  # what the kernel gets when no pixel is listed
 
 
 def _per_state(value, name: str, frames_shape: tuple[int, ...]):
-    """-> (per-state scalars (6,) float32, per-state map (6, H, W) float32 or None).
+    """-> (per-state scalars (6,) float32, map (6, H, W) or (1, H, W) float32, or None).
 
-    One map for every state ``(H, W)`` becomes a read-only (6, H, W) view of it (stride 0 over
-    the states: no copy; the kernel runs as fast on it).
+    One map for every state ``(H, W)`` becomes a (1, H, W) view of it (no copy), which the kernel
+    reads for every state.
     """
     if value is None:
         return None, None
@@ -284,7 +359,7 @@ def _per_state(value, name: str, frames_shape: tuple[int, ...]):
     if arr.shape == frames_shape:
         return None, np.ascontiguousarray(arr)
     if arr.shape == frames_shape[1:]:
-        return None, np.broadcast_to(np.ascontiguousarray(arr), frames_shape)
+        return None, np.ascontiguousarray(arr)[None]
     raise ShapeError(
         f"{name} must be one number, one per state ({N_STATES},), one map per state "
         f"{frames_shape} or one map for every state {frames_shape[1:]}; got shape {arr.shape}"
@@ -331,12 +406,10 @@ def _run(frames, grid_ys, grid_xs, th, tw, dark, gain, bit_depth, dtype, out, de
     norm = np.float32(1.0 / ((1 << bit_depth) - 1))
     offset = dark_s if dark_s is not None else np.zeros(N_STATES, np.float32)
     scale = (gain_s if gain_s is not None else np.ones(N_STATES, np.float32)) * norm
-    use_maps = dark_m is not None or gain_m is not None
+    # a map not given: a one-pixel stand-in that the kernel never reads
     dummy = np.zeros((1, 1, 1), np.float32)
-    if use_maps:
-        # the one not given: a constant view (no (6, H, W) array to allocate and fill per call)
-        dark_m = dark_m if dark_m is not None else np.broadcast_to(np.float32(0), frames.shape)
-        gain_m = gain_m if gain_m is not None else np.broadcast_to(np.float32(1), frames.shape)
+    maps = (dark_m if dark_m is not None else dummy, gain_m if gain_m is not None else dummy,
+            dark_m is not None, gain_m is not None)
     shape = (grid_ys.size * grid_xs.size, CHANNELS, th, tw)
     if out is None:
         out = np.empty(shape, dtype)
@@ -346,11 +419,15 @@ def _run(frames, grid_ys, grid_xs, th, tw, dark, gain, bit_depth, dtype, out, de
     half = dtype == np.float16
     out32 = np.zeros((1, 1, 1, 1), np.float32) if half else out
     out16 = out.view(np.uint16) if half else np.zeros((1, 1, 1, 1), np.uint16)
-    maps = (dark_m if use_maps else dummy, gain_m if use_maps else dummy, use_maps)
-    _s2d(frames, offset, scale, *maps, grid_ys, grid_xs, th, tw, h2, w2, out32, out16, half)
-    if table is not None and table.count:
-        _repair(frames, offset, scale, *maps, grid_ys, grid_xs, th, tw, out32, out16, half,
-                table.rows, table.cols, table.nb_dy, table.nb_dx, table.nb_n)
+    # with a map of one plane for every state, all 6 states of an output row in one step, so each
+    # row of that map comes from memory once and from the cache for the other 5 (a third less
+    # time); otherwise one state per step: fewer rows streamed at once, 5-15 % faster
+    shared = any(m is not None and m.shape[0] == 1 for m in (dark_m, gain_m))
+    group = N_STATES if shared else 1
+    if table is None or not table.count:
+        table = _NO_DEFECTS
+    _s2d(frames, offset, scale, *maps, grid_ys, grid_xs, th, tw, h2, w2, out32, out16, half,
+         group, table.count > 0, table.row_ptr, table.cols, table.nb_dy, table.nb_dx, table.nb_n)
     return out
 
 

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from edge.kernels.space_to_depth import (
+    _BLOCK,
     ShapeError,
     defect_table,
     plan_tiles,
@@ -282,6 +283,32 @@ def test_defects_near_tile_edges_are_repaired_the_same_in_every_tile(dtype):
     assert np.array_equal(t[0, :, :10, :12],
                           space_to_depth(tiny, dtype=dtype, defects=([0, 19, 5], [23, 0, 6])))
     assert not t[0, :, 10:, :].any() and not t[0, :, :, 12:].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_defects_on_every_row_across_row_blocks(dtype):
+    """The kernel repairs one output row behind, in blocks of ``_BLOCK`` rows: a defect on every
+    RAW row, over whole blocks and a partial one, in the map and in tiles that start mid-block,
+    with a map shared by the states (all states in one step) and with per-state maps."""
+    rng = np.random.default_rng(9)
+    h2, w2 = 2 * _BLOCK + 3, 21
+    frames = rng.integers(0, 4096, (6, 2 * h2, 2 * w2), dtype=np.uint16)
+    rows = np.arange(2 * h2)
+    cols = rng.integers(0, 2 * w2, rows.size)
+    shared = rng.uniform(50, 70, (2 * h2, 2 * w2)).astype(np.float32)
+    per_state = rng.uniform(0.8, 1.2, frames.shape).astype(np.float32)
+    grid = plan_tiles(h2, w2, tile=_BLOCK + 5, overlap=4)
+    assert grid.ys.size > 1 and _BLOCK < grid.tile < 2 * _BLOCK
+    for dark, gain in ((None, None), (shared, None), (None, per_state), (shared, per_state)):
+        full = space_to_depth(frames, dark, gain, dtype=dtype, defects=(rows, cols))
+        f32 = space_to_depth(frames, dark, gain, defects=(rows, cols))
+        np.testing.assert_allclose(f32, repaired_reference(frames, rows, cols, dark, gain),
+                                   rtol=1e-5, atol=1e-6)
+        assert np.array_equal(full, f32.astype(dtype))
+        tiles = space_to_depth_tiles(frames, grid, dark, gain, dtype=dtype, defects=(rows, cols))
+        for n, (y, x) in enumerate(grid.origins()):
+            t = grid.tile
+            assert np.array_equal(tiles[n], full[:, y:y + t, x:x + t])
 
 
 def test_no_defects_changes_nothing():
