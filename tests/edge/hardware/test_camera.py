@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from edge.hardware.camera import CameraTimeout, FrameError, check_frame
+from edge.hardware.camera import CameraTimeout, FrameError, _stats, check_frame
 from edge.hardware.leds import RingLight
 from edge.recording import open_sample
 from edge.sim.camera import ReplayCamera, SimCamera, SimWiring
@@ -20,6 +23,15 @@ def test_check_frame_accepts_a_noisy_dark_field_frame():
     f = rng.integers(60, 80, SHAPE, dtype=np.uint16)
     f[10:12, 10:12] = 4095  # a saturated dust speck is normal
     assert check_frame(f, SHAPE, 12, "frame") is f
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.uint16, st.integers(1, 20_000), elements=st.integers(0, 65535)),
+       st.sampled_from([255, 1023, 4095, 65535]))
+def test_frame_stats_match_numpy(flat, full):
+    # blocks of 4096 with a ragged last one: every length from 1 past two blocks
+    lo, hi, sat = _stats(flat, full)
+    assert (lo, hi, sat) == (flat.min(), flat.max(), int(np.count_nonzero(flat >= full)))
 
 
 @pytest.mark.parametrize("frame, match", [
