@@ -106,9 +106,15 @@ class Outcome:
     numbers: dict = field(default_factory=dict)
 
 
-def _failed(part: str, reason: str, say: Say, measurements=None) -> Outcome:
+def _failed(part: str, reason: str, say: Say, measurements=None, numbers=None) -> Outcome:
     say(f"FAILED: {reason}")
-    return Outcome(part, False, reason, f"FAILED: {reason}", list(measurements or []))
+    return Outcome(part, False, reason, f"FAILED: {reason}", list(measurements or []),
+                   dict(numbers or {}))
+
+
+def _passed(part: str, line: str, say: Say, measurements, numbers) -> Outcome:
+    say(line)
+    return Outcome(part, True, "", line, list(measurements), dict(numbers))
 
 
 @contextlib.contextmanager
@@ -262,12 +268,10 @@ def _stage_outcome(moves: list[Move], tol: float, say: Say) -> Outcome:
     if far:
         reason = (f"{len(far)} of {len(moves)} moves ended farther than {tol:.3f} mm from their "
                   f"target (largest {worst.error_mm:.3f} mm, RoI {worst.roi})")
-        say(f"FAILED: {reason}")
-        return Outcome("stage", False, reason, f"FAILED: {reason}", moves, numbers)
+        return _failed("stage", reason, say, moves, numbers)
     line = (f"passed: {len(moves)} moves, each within {tol:.3f} mm of its target (largest error "
             f"{worst.error_mm:.3f} mm, RoI {worst.roi})")
-    say(line)
-    return Outcome("stage", True, "", line, moves, numbers)
+    return _passed("stage", line, say, moves, numbers)
 
 
 # -- lights --------------------------------------------------------------------------------------
@@ -365,8 +369,7 @@ def check_lights(cfg: HeadConfig, *, on_ms: float | None = None, flashes: int = 
     line = (f"passed: {len(ill.states)} groups lit "
             f"{'once' if flashes == 1 else f'{flashes} times'} each, "
             f"{max(x.lit_s for x in done) * 1000:.1f} ms at most; every group dark now")
-    say(line)
-    return Outcome("lights", True, "", line, done,
+    return _passed("lights", line, say, done,
                    {"groups": len(ill.states), "longest_ms": max(x.lit_s for x in done) * 1000})
 
 
@@ -571,12 +574,10 @@ def _camera_outcome(stats: list[FrameStats], noise: list[float], focus_noise: li
     if refused := [s for s in stats if s.refused]:
         reason = (f"the head would refuse {len(refused)} of {len(stats)} frames: "
                   f"{refused[0].refused}")
-        say(f"FAILED: {reason}")
-        return Outcome("camera", False, reason, f"FAILED: {reason}", stats, numbers)
+        return _failed("camera", reason, say, stats, numbers)
     line = (f"passed: {len(stats)} frames, median {numbers['median_dn']:.1f} DN over black, "
             f"at most {100 * numbers['saturated']:.3f} % saturated")
-    say(line)
-    return Outcome("camera", True, "", line, stats, numbers)
+    return _passed("camera", line, say, stats, numbers)
 
 
 # -- trigger -------------------------------------------------------------------------------------
@@ -738,8 +739,6 @@ def _trigger_outcome(timings: list[FrameTiming], say: Say) -> Outcome:
     if flagged:
         reason = (f"{len(flagged)} of {len(timings)} frames flagged; frame {flagged[0].index}: "
                   f"{flagged[0].flags[0]}")
-        say(f"FAILED: {reason}")
-        return Outcome("trigger", False, reason, f"FAILED: {reason}", timings, numbers)
+        return _failed("trigger", reason, say, timings, numbers)
     line = f"passed: {len(timings)} frames, each within the window its trigger allows"
-    say(line)
-    return Outcome("trigger", True, "", line, timings, numbers)
+    return _passed("trigger", line, say, timings, numbers)

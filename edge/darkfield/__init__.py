@@ -15,7 +15,7 @@ parser) does not pull in the engine, Numba kernels and image libraries.
 
 from __future__ import annotations
 
-import importlib
+from edge.lazy import lazy_exports
 
 _EXPORTS = {
     "WINDOW": "windows", "STRIDE": "windows", "window_origins": "windows",
@@ -30,16 +30,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,18 +6,10 @@ registered with ``glass-inspect`` without compiling the renderer's Numba kernels
 
 from __future__ import annotations
 
-import importlib
+from edge.lazy import lazy_exports
 
 _EXPORTS = {"REFERENCE_EXPOSURE_MS": "optics", "OpticsRenderer": "optics", "RoiRender": "optics",
             "Scene": "optics", "arc": "sample", "generate_sample": "sample"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
