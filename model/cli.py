@@ -73,68 +73,141 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_files(given: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """MODEL arguments -> per name (the file's stem; the whole argument where two stems meet)
+    its file, and what the user gave: a path or ``shipped:NAME`` (a file shipped with the
+    package, as the head file names it)."""
+    from edge.config import SHIPPED, shipped
+
+    models: dict[str, Path] = {}
+    as_given: dict[str, str] = {}
+    for text in given:
+        p = shipped(text[len(SHIPPED):]) if text.startswith(SHIPPED) else Path(text)
+        if not p.is_file():
+            where = "no such model file"
+            if text.startswith(SHIPPED):
+                names = ", ".join(sorted(f.name for f in shipped("").glob("*.onnx")))
+                where = f"not among the shipped models ({names})"
+            raise UsageError(f"{text}: {where}")
+        name = p.stem if p.stem not in models else text
+        models[name], as_given[name] = p, text
+    return models, as_given
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that makes this record, rebuilt from its arguments with no path of this
+    machine (the cache's folder is left out: it changes no number)."""
+    from model.evaluate import portable
+
+    words = ["glass-inspect", "evaluate", *args.models]
+    if args.head:
+        words += ["--head", portable(args.head)]
+    for b in dict.fromkeys(args.baseline or []):
+        words += ["--baseline", b]
+    for flag, value in (("--must-fail", args.must_fail), ("--clean", args.clean),
+                        ("--seed", args.seed), ("--clean-seed", args.clean_seed),
+                        ("--samples", args.samples), ("--scratch-share", args.scratch_share),
+                        ("--threads", args.threads or None)):
+        if value is not None:
+            words += [flag, str(value)]
+    for flag, value in (("--settings-from", args.settings_from),
+                        ("--calibration", args.calibration), ("--json", args.json)):
+        if value:
+            words += [flag, portable(value)]
+    return " ".join(words)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     require("onnxruntime", "evaluation", "cpu")
-    from model.evaluate import best_setting, describe, evaluate, sweep
+    from model.evaluate import describe, evaluate_report, sweep, sweep_record
 
     cfg = load_head(args)
-    models = {}
-    for path in args.models:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"{p}: no such model file")
-        models[p.stem if p.stem not in models else str(p)] = p
+    models, as_given = model_files(args.models)
     baselines = list(dict.fromkeys(args.baseline or []))
     if not models and not baselines:
-        raise UsageError("name at least one MODEL.onnx or --baseline")
+        raise UsageError("name at least one MODEL.onnx (or shipped:NAME) or --baseline")
+    protocol = args.must_fail is not None or args.clean is not None
+    if protocol and (args.samples is not None or args.scratch_share is not None):
+        raise UsageError("--must-fail / --clean draw their own samples: leave out --samples "
+                         "and --scratch-share")
+    if protocol and args.seed is None:
+        raise UsageError("--must-fail / --clean make a test set: name its first seed with "
+                         "--seed, a block no one has used (docs/evaluation/README.md)")
+    if args.clean_seed is not None and not protocol:
+        raise UsageError("--clean-seed goes with --clean")
+    samples = 50 if args.samples is None else args.samples
+    scratch_share = 0.3 if args.scratch_share is None else args.scratch_share
+    seed = DEVELOPMENT_SEED if args.seed is None else args.seed
     if args.sweep:
         if args.calibration:
             raise UsageError("--sweep tunes the head file's post-processing: leave out "
                              "--calibration")
-        rows = sweep(models, cfg, args.samples, args.seed, args.scratch_share,
-                     threads=args.threads, progress=not args.quiet, baselines=baselines,
-                     cache=args.cache)
-        best = {name: best_setting(r) for name, r in rows.items()}
-        for name, b in best.items():
+        if protocol:
+            raise UsageError("--sweep chooses settings on validation samples: use --samples, "
+                             "--seed and --scratch-share, not --must-fail / --clean")
+        rows = sweep(models, cfg, samples, seed, scratch_share, threads=args.threads,
+                     progress=not args.quiet, baselines=baselines, cache=args.cache)
+        record = sweep_record(rows, samples, seed, scratch_share)
+        for name, b in record["best"].items():
             print(f"{name}: best setting {b}")
-        Path(args.sweep).write_text(json.dumps({"rows": rows, "best": best}, indent=1) + "\n")
+        Path(args.sweep).write_text(json.dumps(record, indent=1) + "\n")
         print(f"sweep: {args.sweep}")
         return 0
     from edge.inspection import load_calibration
+    from model.evaluate import portable
+    from model.heldout import sweep_seeds
 
     calibration = load_calibration(cfg, args.calibration) if args.calibration else None
-    settings = None
+    settings, validation = None, []
     if args.settings_from:
         try:
-            settings = json.loads(Path(args.settings_from).read_text())["best"]
+            doc = json.loads(Path(args.settings_from).read_text())
+            settings = doc["best"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{args.settings_from}: not a sweep file written by --sweep "
                              f"({exc})") from None
-    results = evaluate(models, cfg, args.samples, args.seed, args.scratch_share, args.threads,
-                       progress=not args.quiet, calibration=calibration, baselines=baselines,
-                       cache=args.cache, settings=settings)
-    print(describe(results))
+        block = sweep_seeds(doc, portable(args.settings_from))
+        validation = [block] if block is not None else []
+    report = evaluate_report(
+        models, cfg, samples, seed, scratch_share, args.threads, progress=not args.quiet,
+        calibration=calibration, baselines=baselines, cache=args.cache, settings=settings,
+        must_fail=args.must_fail, clean=args.clean, clean_seed=args.clean_seed,
+        validation=validation, given=as_given,
+        settings_from=portable(args.settings_from) if args.settings_from else None)
+    report = {"command": _command_line(args), **report}
+    print(describe(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         print(f"details: {args.json}")
     return 0
 
 
 # model.baselines.BASELINES' names, here so that --help does not compile Numba kernels
 BASELINE_NAMES = ("otsu-brightest", "physics")
+# model.evaluate's, here so that --help imports no NumPy-heavy module
+DEVELOPMENT_SEED = 910_000
+CLEAN_OFFSET = 100_000
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "evaluate", help="score ONNX networks and baselines on held-out simulated samples",
-        description="Render N held-out samples on the full-size simulated head, run every MODEL "
+        description="Render held-out samples on the full-size simulated head, run every MODEL "
                     "and --baseline on the same frames with the runtime's post-processing and "
                     "verdict (under the head's reject rule), and report sample-, image- and "
-                    "scratch-level rates as the glass paper's Table 1 counts them, with 95 % "
-                    "Wilson intervals. Score maps are cached (--cache): a second run, or a "
-                    "--sweep of post-processing settings, renders and infers nothing again.")
+                    "scratch-level rates as the glass paper's Table 1 counts them (recall also "
+                    "by length and by peak signal), with 95 % Wilson intervals. A test set is "
+                    "--must-fail N samples that hold a scratch the rule counts and --clean M "
+                    "samples without any, from seed blocks that no training or choice has used: "
+                    "a block that meets the seeds a network's metadata says it trained on, the "
+                    "--settings-from sweep's or an earlier choice's is refused. Score maps are "
+                    "cached (--cache): a stopped run continues where it stopped, and a second "
+                    "run, or a --sweep of post-processing settings, renders and infers nothing "
+                    "again. See docs/evaluation/README.md.")
     head_option(q)
-    q.add_argument("models", nargs="*", metavar="MODEL.onnx")
+    q.add_argument("models", nargs="*", metavar="MODEL.onnx",
+                   help="ONNX networks: a path, or shipped:NAME for a model shipped with the "
+                        "package (as a head file names it), e.g. shipped:scratch_hybrid.onnx")
     q.add_argument("--baseline", action="append", choices=BASELINE_NAMES,
                    help="also score this detector without training (repeatable): Otsu on the "
                         "brightest of the 6 frames, or the few-state line physics")
@@ -143,21 +216,38 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "else ~/.cache/glass-inspect/heldout)")
     q.add_argument("--settings-from", metavar="SWEEP.json",
                    help="count each detector with the best post-processing a --sweep found for "
-                        "it (a fair comparison), not the head file's")
+                        "it (a fair comparison), not the head file's; the sweep's seeds are "
+                        "validation seeds, which the test may not use")
     q.add_argument("--sweep", metavar="FILE",
                    help="instead: try post-processing settings (downscale, min_samples, T_low, "
-                        "T_high) on these samples (use validation seeds, not the held-out ones) "
-                        "and write every setting's rates and the best per detector to FILE")
-    q.add_argument("--samples", type=int, default=50, help="(default: 50)")
-    q.add_argument("--seed", type=int, default=900_000,
-                   help="seed of the first sample (default: 900000, away from training seeds)")
-    q.add_argument("--scratch-share", type=share, default=0.3, metavar="P",
-                   help="share of samples with scratches (default: 0.3)")
+                        "T_high) on these samples (validation seeds, never a test range) "
+                        "and write every setting's rates, the best per detector and the seeds "
+                        "to FILE")
+    q.add_argument("--must-fail", type=whole(1), metavar="N",
+                   help="test set: N samples each holding a scratch the reject rule counts "
+                        "(drawn all scratched from --seed on, those with only shorter "
+                        "scratches skipped before rendering)")
+    q.add_argument("--clean", type=whole(1), metavar="M",
+                   help="test set: M samples without any scratch (from --clean-seed on)")
+    q.add_argument("--clean-seed", type=int, metavar="SEED",
+                   help=f"first seed of the clean block (default: --seed + {CLEAN_OFFSET})")
+    q.add_argument("--samples", type=int,
+                   help="a quick look instead of a test set: N consecutive samples (default: 50)")
+    q.add_argument("--seed", type=int,
+                   help="seed of the first sample: required with --must-fail / --clean (a "
+                        f"block no one has used); else default {DEVELOPMENT_SEED}, a development "
+                        "block that is never a test range")
+    q.add_argument("--scratch-share", type=share, metavar="P",
+                   help="with --samples: share of samples with scratches (default: 0.3)")
     q.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
     q.add_argument("--calibration", metavar="FILE",
                    help="correct the frames with this calibration of the head (default: none)")
-    q.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
-    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--json", metavar="FILE",
+                   help="also write the whole record as JSON: the models as given with their "
+                        "SHA-256, the seeds of training, validation and test, every rate")
+    q.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (by default it shows an ETA; into a file it is "
+                        "redrawn every 30 s)")
     q.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser(

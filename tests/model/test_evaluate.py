@@ -130,3 +130,264 @@ def test_the_best_setting_misses_least_within_the_false_alarm_limit_then_breaks_
     over = [_row(name="a", sample_fp_rate=0.3), _row(name="b", sample_fp_rate=0.2,
                                                      sample_fn_rate=0.5)]
     assert best_setting(over)["name"] == "b"  # none within: fewest false alarms
+
+
+# -- the protocol (issue 30) ---------------------------------------------------------------------
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def test_shipped_names_are_accepted_and_the_record_holds_no_path_of_this_machine(tmp_path,
+                                                                                 capsys):
+    import json
+    from pathlib import Path
+
+    from edge import cli
+    from edge.hashing import sha256_file
+    from tests.conftest import SHIPPED_MODEL, small_head_toml
+
+    head = small_head_toml(tmp_path)
+    out = tmp_path / "evaluation.json"
+    argv = ["evaluate", "shipped:scratch_hybrid.onnx", "--head", str(head), "--baseline",
+            "physics", "--must-fail", "2", "--clean", "1", "--seed", "5000000", "--cache",
+            str(tmp_path / "cache"), "--json", str(out), "-q",
+            "--settings-from", "docs/evaluation/sweep-validation-30.json"]
+    assert cli.main(argv) == 0
+    text = out.read_text()
+    rec = json.loads(text)
+    assert rec["models"]["scratch_hybrid"] == {"given_as": "shipped:scratch_hybrid.onnx",
+                                               "sha256": sha256_file(SHIPPED_MODEL)}
+    for s in _strings(rec):
+        assert not s.startswith(("/", "~")), s
+    for machine in (str(tmp_path), str(Path.home()), str(Path.cwd())):
+        assert machine not in text
+    assert "shipped:scratch_hybrid.onnx" in rec["command"] and "--cache" not in rec["command"]
+    # what served what: the network's own training draw, the sweep's block, the test blocks
+    assert [t["count"] for t in rec["seeds"]["training"]] == [3000]
+    assert {"first": 800000, "last": 800029} .items() <= rec["seeds"]["validation"][0].items()
+    must, clean = rec["seeds"]["test"]
+    assert (must["first"], must["scratch_share"], clean["first"], clean["scratch_share"]) == (
+        5000000, 1.0, 5100000, 0.0)
+    net = rec["detectors"]["scratch_hybrid"]
+    assert net["samples_must_fail"] == 2 and net["samples_clean"] == 1
+    assert net["post_processing_from"] == "docs/evaluation/sweep-validation-30.json"
+    assert "at least as good" in rec["comparison"]["line"]
+    assert rec["comparison"]["line"] in capsys.readouterr().out
+    assert cli.main(["evaluate", "shipped:no_such.onnx", "-q"]) == 2
+    assert "scratch_hybrid.onnx" in capsys.readouterr().err  # the shipped ones are listed
+
+
+def test_a_test_range_that_served_training_or_validation_is_refused(tmp_path, monkeypatch):
+    from edge.sim import OpticsRenderer
+    from model.evaluate import evaluate_report
+    from model.heldout import SeedOverlapError, Seeds, _drawn_seed
+    from tests.conftest import SHIPPED_MODEL
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered before the seeds were checked")
+
+    monkeypatch.setattr(OpticsRenderer, "render", no_render)
+    cfg = with_changes(camera={"width": 320, "height": 280})
+    cache = tmp_path / "c"
+    # the first held-out set served selection: never a test range again
+    with pytest.raises(SeedOverlapError, match="900000-900149"):
+        evaluate_report({}, cfg, n_samples=5, seed=900_140, baselines=["physics"],
+                        progress=False, cache=cache)
+    # a sweep file's block
+    sweep = Seeds("validation", "a sweep", 700_000, 700_099)
+    with pytest.raises(SeedOverlapError, match="700000-700099"):
+        evaluate_report({}, cfg, seed=699_990, must_fail=None, clean=20, clean_seed=700_050,
+                        baselines=["physics"], progress=False, cache=cache, validation=[sweep])
+    # a sample seed the shipped network's training drew (window 17 of its pool, seed 7)
+    drawn = _drawn_seed(7, 17)
+    with pytest.raises(SeedOverlapError, match=f"seed {drawn}.*training"):
+        evaluate_report({"scratch_hybrid": SHIPPED_MODEL}, cfg, n_samples=3, seed=drawn - 1,
+                        progress=False, cache=cache)
+    # the must-fail and the clean block may not share seeds either
+    with pytest.raises(SeedOverlapError, match="clean"):
+        evaluate_report({}, cfg, seed=5_000_000, must_fail=3, clean=3, clean_seed=5_000_001,
+                        baselines=["physics"], progress=False, cache=cache)
+
+
+def test_the_refusal_knows_the_seeds_the_trainer_really_draws(monkeypatch):
+    """Training draws each window's sample seed as model.data.SimulatedPatches does; if that
+    changes, the overlap check must change with it."""
+    import model.data as D
+    from model.heldout import _drawn_seed
+
+    seen = []
+
+    def capture(seed, *a, **k):
+        seen.append(seed)
+        raise StopIteration
+
+    monkeypatch.setattr(D, "generate_sample", capture)
+    patches = D.SimulatedPatches(with_changes(camera={"width": 320, "height": 280}), 7, 64)
+    for index in (0, 17, 2999):
+        with pytest.raises(StopIteration):
+            patches.window(index, scratch=True)
+    assert seen == [_drawn_seed(7, i) for i in (0, 17, 2999)]
+
+
+def test_must_fail_and_clean_options_fit_together(capsys):
+    from edge import cli
+
+    assert cli.main(["evaluate", "--baseline", "physics", "--must-fail", "3", "-q"]) == 2
+    assert "--seed" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--baseline", "physics", "--must-fail", "3", "--seed", "1",
+                     "--samples", "4"]) == 2
+    assert "--samples" in capsys.readouterr().err
+
+
+def test_the_peak_is_the_brightest_state_signal_the_frames_show():
+    """A straight scratch whose normal falls between two LED states: its brightest frame shows
+    the peak scratch_peak_dn computes, not the drawn intensity (3 times higher)."""
+    from edge.sim import OpticsRenderer
+    from edge.sim.sample import arc
+    from edge.truth import GlassObject, Sample
+    from model.heldout import scratch_peak_dn
+
+    cfg = with_changes()
+    optics = OpticsRenderer(cfg, shape=(256, 256))
+    side = 256 * optics.px_mm
+    pts = arc((0.2 * side, 0.5 * side - 0.3 * side * np.sin(np.radians(15))), 15.0, 0.6 * side)
+    d = GlassObject("scratch", tuple(map(tuple, pts)), 30.0, 300.0, 1, "triangular")
+    frames = optics.render(Sample("x", (side, side), (d,)), (0.0, 0.0), noise_seed=5).frames
+    f = frames.astype(np.float64)
+    green = np.concatenate([f[:, 0::2, 0::2].reshape(6, -1), f[:, 1::2, 1::2].reshape(6, -1)],
+                           axis=1)  # GRBG: the two green sites
+    seen = float((green.max(axis=1) - np.median(green, axis=1)).max())
+    peak = scratch_peak_dn(d, cfg)
+    assert peak == pytest.approx(seen, rel=0.2)
+    assert d.intensity_dn > 2 * peak
+
+
+def test_recall_by_peak_signal_on_a_tiny_evaluation(tmp_path):
+    from model.evaluate import PEAK_BIN_NAMES
+
+    cfg = with_changes(camera={"width": 320, "height": 280})
+    models = {"blind": _constant_model(tmp_path / "blind.onnx", -1.0),
+              "alarm": _constant_model(tmp_path / "alarm.onnx", 1.0)}
+    res = evaluate(models, cfg, seed=6_000_000, must_fail=3, clean=1, progress=False,
+                   cache=tmp_path / "c")
+    alarm, blind = res["alarm"], res["blind"]
+    assert list(alarm["recall_by_peak_dn"]) == list(PEAK_BIN_NAMES)
+    n = alarm["scratches_by_peak_dn"]
+    assert sum(n.values()) == alarm["scratches_labelled"] >= 3
+    assert all(alarm["recall_by_peak_dn"][k] == (1.0 if n[k] else None) for k in n)
+    assert all(blind["recall_by_peak_dn"][k] == (0.0 if n[k] else None) for k in n)
+    assert alarm["samples_must_fail"] == 3 and alarm["samples_clean"] == 1
+    assert blind["sample_fn_rate"] == 1.0 and alarm["sample_fp_rate"] == 1.0
+    strong = alarm["scratches_1mm_12dn"]
+    assert strong <= alarm["scratches_labelled"] and alarm["recall_1mm_12dn"] == (
+        1.0 if strong else None)
+
+
+def _truth(seed, lengths, peaks=None, rois=10):
+    from model.heldout import RoiTruth, SampleTruth
+
+    line = {i: np.array([[70.0, 40.0 + k] for k in range(4)]) for i in lengths}
+    first = RoiTruth(line, dict(lengths))
+    return SampleTruth(seed, [first] + [RoiTruth({}, {})] * (rois - 1), peaks)
+
+
+def test_errors_are_neither_pass_nor_fail():
+    """A refused RoI makes its sample ERROR: on a must-fail sample no miss, on a clean one a
+    false refusal; the recall bins by peak follow the truth's peaks."""
+    from model.evaluate import count
+
+    cfg = with_changes(camera={"width": 320, "height": 280},
+                       pipeline={"downscale": 1, "dbscan_min_samples": 3, "dbscan_eps": 2.0})
+    blank = np.zeros((140, 160), np.float32)
+    seen = blank.copy()
+    seen[70, 38:46] = 0.9  # over the scratch of _truth
+    ok, no = [""] * 10, ["RoI 0: frames unlike the training frames"] + [""] * 9
+    samples = [
+        (_truth(1, {1: 3.0}, {1: 5.0}), [seen] + [blank] * 9, ok),  # found, faint
+        (_truth(2, {1: 3.0}, {1: 30.0}), [blank] * 10, ok),  # missed
+        (_truth(3, {1: 3.0}, {1: 100.0}), [seen] + [blank] * 9, no),  # refused: no miss
+        (_truth(4, {}), [blank] * 10, no),  # clean, refused
+        (_truth(5, {}), [blank] * 10, ok),  # clean, passed
+    ]
+    s = count(samples, cfg).summary()
+    assert (s["samples_must_fail"], s["samples_missed"], s["samples_error"]) == (3, 1, 2)
+    assert s["sample_fn_rate"] == round(1 / 3, 4)
+    assert (s["samples_error_must_fail"], s["samples_error_clean"]) == (1, 1)
+    assert s["sample_error_rate"] == 0.5 and s["sample_fp_rate"] == 0.0
+    assert s["images_error"] == 2
+    assert s["scratches_by_peak_dn"] == {"<6": 1, "6-12": 0, "12-24": 0, "24-48": 1, ">=48": 1}
+    assert s["recall_by_peak_dn"]["<6"] == 1.0 and s["recall_by_peak_dn"]["24-48"] == 0.0
+    assert s["recall_by_peak_dn"][">=48"] == 0.0  # its RoI was refused: nothing kept
+    assert s["scratches_1mm_12dn"] == 2 and s["recall_1mm_12dn"] == 0.0
+
+
+def test_an_interrupted_fill_continues_and_old_truth_stays_readable(tmp_path, monkeypatch):
+    from edge.sim import OpticsRenderer, generate_sample
+    from model import heldout as H
+
+    cfg = with_changes(camera={"width": 320, "height": 280})
+    calls = {"n": 0}
+
+    def score(frames, index, origin):
+        calls["n"] += 1
+        if calls["n"] == 15:  # in the second sample
+            raise KeyboardInterrupt
+        if index == 3:
+            raise H.Refused("RoI 3: frames unlike the training frames")
+        return np.zeros((frames.shape[1] // 2, frames.shape[2] // 2), np.float32)
+
+    det = H.Detector("zero", "zero-v1", score)
+    hs = H.HeldOutSet(cfg, 3, 50, 1.0, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        hs.fill([det], progress=False)
+    assert hs.missing([det]) == 2  # the first sample is whole, the second left no half file
+    render = OpticsRenderer.render
+    rendered = []
+
+    def counting(self, sample, *a, **k):
+        rendered.append(sample.seed)
+        return render(self, sample, *a, **k)
+
+    monkeypatch.setattr(OpticsRenderer, "render", counting)
+    cost = hs.fill([det], progress=False)
+    assert sorted(set(rendered)) == [51, 52] and cost.samples == 2
+    scored = list(hs.scored(det.key))
+    assert [s.refused[3] for s in scored] == ["RoI 3: frames unlike the training frames"] * 3
+    # truth cached before peaks were recorded: they are worked out from the sample's seed
+    path = hs._truth_path(50)
+    t = H._load_truth(path)
+    H._save_truth(path, H.SampleTruth(t.seed, t.rois, None))
+    assert H._load_truth(path).peaks is None
+    again = next(hs.scored(det.key)).truth.peaks
+    assert again == H.sample_peaks(generate_sample(50, cfg.stage.roi_grid.extent_mm, 1.0), cfg)
+    assert again == t.peaks and len(again) >= 1
+
+
+def test_the_comparison_line_names_a_baseline_as_good_on_both_sample_rates():
+    from model.evaluate import comparison
+
+    res = {"net": {"sample_fn_rate": 0.02, "sample_fp_rate": 0.01},
+           "physics": {"sample_fn_rate": 0.02, "sample_fp_rate": 0.0},
+           "otsu-brightest": {"sample_fn_rate": 0.3, "sample_fp_rate": 0.4}}
+    c = comparison(res, ["net"], ["physics", "otsu-brightest"])
+    assert c["net"] == {"physics": True, "otsu-brightest": False}
+    assert c["line"] == "physics at least as good as net on both sample rates"
+    res["physics"]["sample_fn_rate"] = 0.03
+    line = comparison(res, ["net"], ["physics", "otsu-brightest"])["line"]
+    assert line == "no baseline is at least as good as net on both sample rates"
+
+
+def test_the_command_line_and_the_module_agree_on_the_default_seeds():
+    import model.cli as C
+    import model.evaluate as E
+
+    assert (C.DEVELOPMENT_SEED, C.CLEAN_OFFSET) == (E.DEVELOPMENT_SEED, E.CLEAN_OFFSET)
