@@ -34,6 +34,34 @@ the faulted sample ids, each run's faulted sample being followed by a clean one,
                    serve restarted for each run (trips add up to ``watchdog_max_trips``)
 =================  ==========================================================================
 
+Silent faults: the frames still come, of the right size and on time; only the per-sample
+hardware self-check (:mod:`edge.selfcheck`) and, where the network carries one, the training
+envelope (:mod:`edge.envelope`, which runs first and names the statistic that moved: the
+right state's haze or balance, the noise) can tell. Each lasts from its event to the end of
+the faulted sample (``lost_steps`` until the stage is homed again):
+
+==================  =========================================================================
+``dead_led_group``  ``dead_led_group@2/F``: the group lit for the 2nd frame (group 1) gives
+                    no light from then on; expected: ERROR "an LED group gives no light"
+                    naming group 1, the next sample inspected
+``ring_dark``       ``ring_dark@1/F``: no group gives light; expected: ERROR "no light in any
+                    of the 6 LED states", the next sample inspected
+``lens_cap``        ``lens_cap@1/F``: no light reaches the sensor; expected: the same ERROR
+                    (it names both causes: without ambient light the frames are alike)
+``defocus``         ``defocus@1/F``: the scene blurred by a Gaussian of 4 px; expected: ERROR
+                    "out of focus", the next sample inspected
+``gain_drift``      ``gain_drift@4/F``: the camera's gain doubles from the 4th frame on;
+                    expected: ERROR "gain changed during the sample", the next sample
+                    inspected
+``lost_steps``      ``lost_steps@2/F``: the carriage ends 2 mm short of the second move's
+                    target while the controller reports it there; expected: ERROR "do not show
+                    the same glass where they overlap ... lost steps"; serve restarted for
+                    each run (nothing re-homes the stage, so the carriage stays 2 mm off and
+                    the next sample, every RoI off alike, is inspected unnoticed: see
+                    ``notes``; a move of length 0 is no move, so a run's second move is the
+                    one between its two RoIs only after a fresh start)
+==================  =========================================================================
+
 Faults around the head, injected here:
 
 =================  ==========================================================================
@@ -110,6 +138,9 @@ from edge import config
 from edge.verdict import Status
 from firmware_bridge.client import LinkRefused, LinkTimeout
 
+# the pipeline's training envelope (edge.envelope) runs before the hardware self-check and may
+# name a silent fault first, by the statistic it moved
+ENVELOPE = r"frames unlike the training frames: "
 HEAD = {"rois": 2, "width": 256, "height": 224, "exposure_ms": 15.0, "frame_time_ms": 20.0,
         "max_on_ms": 150.0, "grab_timeout_ms": 300.0}
 TIMEOUT_S = 60.0
@@ -124,6 +155,7 @@ class Spec:
     latched: bool = False  # the fault outlives the sample: serve restarted per run
     fresh: bool = False  # serve restarted per run all the same: the runs must not add up
     expect: str = ""
+    note: str = ""  # what the result does not show, for the output's notes
 
 
 HEAD_FAULTS = [
@@ -140,6 +172,28 @@ HEAD_FAULTS = [
     Spec("led_stall", "led_stall@2/F", r"watchdog: LED group \d",
          fresh=True, expect="the watchdog darkens the group, ERROR naming it; the next sample "
                             "self-tests the ring and is inspected"),
+    Spec("dead_led_group", "dead_led_group@2/F",
+         r"hardware self-check: an LED group gives no light .*LED group 1 \(30 deg"
+         rf"|{ENVELOPE}(balance|haze) of state 1\b",
+         expect="ERROR naming the dead group (group 1); the next sample inspected"),
+    Spec("ring_dark", "ring_dark@1/F",
+         rf"hardware self-check: no light in any of the 6 LED|{ENVELOPE}haze of state",
+         expect="ERROR: no light in any state; the next sample inspected"),
+    Spec("lens_cap", "lens_cap@1/F",
+         rf"hardware self-check: no light .*lens is capped|{ENVELOPE}haze of state",
+         expect="ERROR: no light in any state (ring dark or lens capped); the next sample "
+                "inspected"),
+    Spec("defocus", "defocus@1/F", r"hardware self-check: the camera is out of focus",
+         expect="ERROR: out of focus; the next sample inspected"),
+    Spec("gain_drift", "gain_drift@4/F",
+         rf"hardware self-check: the camera's gain changed during the sample|{ENVELOPE}noise",
+         expect="ERROR: the gain changed during the sample; the next sample inspected"),
+    Spec("lost_steps", "lost_steps@2/F",
+         r"hardware self-check: RoI \d and RoI \d do not show the same glass .*lost steps",
+         fresh=True, expect="ERROR: the overlap of the two RoIs shows different glass",
+         note="the carriage stays 2 mm off after the fault (nothing re-homes the stage); the "
+              "next sample, every RoI off alike, cannot be told from one in place (no edge "
+              "or fiducial in view): 'recovered' counts it inspected, not in place"),
 ]
 LINK_FAULTS = {
     "line_unplug": "the verdict arrives once after the cable is back (ERROR,LINK event)",
@@ -156,7 +210,8 @@ LINK_RUNNERS = {
     "torn_journal": lambda rig, runs: torn_journal(rig, runs),
 }
 ORDER = ["camera_timeout", "bad_frame", "stage_alarm", "stage_unplug", "line_unplug",
-         "engine_nan", "led_stall", "sigterm", "sigkill", "full_disk", "torn_journal"]
+         "engine_nan", "led_stall", "dead_led_group", "ring_dark", "lens_cap", "defocus",
+         "gain_drift", "lost_steps", "sigterm", "sigkill", "full_disk", "torn_journal"]
 
 
 @dataclass
@@ -619,6 +674,8 @@ def main() -> None:
                     rig.start()
                     if spec is not None:
                         runs, expect = head_fault(rig, spec, args.runs), spec.expect
+                        if spec.note:
+                            notes.append(spec.note)
                     else:
                         expect = LINK_FAULTS[name]
                         runs = LINK_RUNNERS[name](rig, args.runs)

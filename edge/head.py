@@ -60,6 +60,7 @@ from edge.hardware.light import Light
 from edge.hardware.stage import MoveCancelled, Stage, StageError
 from edge.inspection import RoiInput, inspect_sample, reason_of
 from edge.recording import SampleWriter
+from edge.selfcheck import SelfCheck
 from edge.truth import Sample
 from edge.verdict import RoiResult, Status, Verdict, error
 
@@ -152,6 +153,9 @@ class Head:
         self.self_tests = 0  # self-tests passed
         self.self_test_levels: list[float] = []  # the last one's, DN above dark per group
         self.clock = time.monotonic  # the clock of the light's trip times
+        # the per-sample hardware self-check (edge.selfcheck), in the pipeline worker: it keeps
+        # the camera noise of the samples that passed, for the next ones
+        self.self_check = SelfCheck(cfg)
 
     # -- geometry -------------------------------------------------------------------------------
     def stage_target(self, index: int) -> tuple[float, float]:
@@ -216,7 +220,8 @@ class Head:
             try:
                 out["verdict"] = inspect_sample(
                     sample_id, fed(), total, self.engine, self.calibration, self.cfg,
-                    on_roi=processed if (writer or on_roi or progress) else None)
+                    on_roi=processed if (writer or on_roi or progress) else None,
+                    self_check=self.self_check, exposures_ms=self.exposures_ms)
             finally:
                 done.set()
 

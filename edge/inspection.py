@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from edge.engine import Engine, EngineError, open_engine
 from edge.hardware import HardwareError
 from edge.pipeline import PipelineError, process_roi
 from edge.recording import RecordedSample, RecordingError, open_sample
+from edge.selfcheck import SelfCheck
 from edge.verdict import RoiResult, Verdict, decide, error
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,18 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
                    calibration: calib.Calibration | None, cfg: HeadConfig,
                    mm_per_px: tuple[float, float] | None = None,
                    on_roi: Callable[[RoiResult, np.ndarray], None] | None = None,
-                   keep_scores: bool = False) -> Verdict:
+                   keep_scores: bool = False, self_check: SelfCheck | None = None,
+                   exposures_ms: Sequence[float] | None = None) -> Verdict:
+    """The sample's verdict from its RoIs. Each RoI's frames also go through the hardware
+    self-check (:mod:`edge.selfcheck`; ``self_check`` keeps what it learns across samples, a
+    fresh one when None; ``exposures_ms`` are the states' exposures, None: the head file's and
+    the calibration's LED balance): a fault it finds ends the sample in ERROR like any other."""
     t0 = time.perf_counter()
     results: list[RoiResult] = []
     cal_id = calibration.identity if calibration else None
     stages: dict[str, float] = {}
+    check = (self_check or SelfCheck(cfg)).sample(sample_id, calibration, exposures_ms,
+                                                  mm_per_px)
 
     def total() -> dict[str, float]:
         return {**stages, "sample": time.perf_counter() - t0}
@@ -100,9 +108,17 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
                     r.score = None
             results.append(r)
             log.debug("%s %s: %d scratch(es)", sample_id, current, len(r.defects))
+            ts = time.perf_counter()
+            check.roi(roi.index, roi.origin_mm, frames)
+            stages["self_check"] = stages.get("self_check", 0.0) + time.perf_counter() - ts
+        if len(results) == expected:  # a sample cut short is an ERROR of its own
+            current = "hardware self-check"  # over the whole sample: says so itself
+            ts = time.perf_counter()
+            check.finish()
+            stages["self_check"] = stages.get("self_check", 0.0) + time.perf_counter() - ts
     except Exception as exc:  # fail-safe: any failure is an ERROR verdict, never a PASS
         reason = reason_of(exc)
-        if not reason.startswith(current):
+        if not reason.startswith(current) and current != "hardware self-check":
             reason = f"{current}: {reason}"
         log.error("%s: inspection stopped: %s", sample_id, reason)
         return error(sample_id, reason, results, engine.identity, cal_id, total())
@@ -136,6 +152,7 @@ def inspect_recorded(sample_dirs: Iterable[str | Path], cfg: HeadConfig,
 
     engine = calibration = None
     setup_error = None
+    self_check = SelfCheck(cfg)  # one for the run: each sample's camera noise against the last
     try:
         engine = load_engine(cfg, engine_path)
         calibration = load_calibration(cfg, calibration_path)
@@ -160,7 +177,9 @@ def inspect_recorded(sample_dirs: Iterable[str | Path], cfg: HeadConfig,
                            if calibration is not None else None)
                     v = inspect_sample(rec.sample_id, rois, cfg.stage.roi_grid.count, engine,
                                        cal, cfg, tuple(rec.manifest.mm_per_px),
-                                       on_roi=overlay_writer(out, cfg) if out else None)
+                                       on_roi=overlay_writer(out, cfg) if out else None,
+                                       self_check=self_check,
+                                       exposures_ms=rec.manifest.camera.per_state_ms)
             verdicts.append(v)
             if on_verdict is not None:
                 on_verdict(v)

@@ -36,7 +36,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge.hardware.camera import Camera, CameraTimeout
 from edge.recording import RecordedSample, RecordingError
-from edge.sim.optics import OpticsRenderer
+from edge.sim.optics import OpticsRenderer, Scene
 from edge.sim.targets import Target
 from edge.truth import Sample
 
@@ -197,8 +197,12 @@ class SimCamera(TriggeredSimCamera):
         self.optics, self.grid_origin = optics, grid_origin_mm
         self.exposure_ms = optics.cfg.camera.exposure_ms
         self.sample: Sample | Target | None = None
+        # a lens out of focus (edge.sim.faults' defocus): the scene blurred by a Gaussian of
+        # this sigma in px before the sensor reads it; 0: in focus
+        self.blur_px = 0.0
         self._scene = None
         self._scene_key = None
+        self._wide: dict[int, OpticsRenderer] = {}  # renderers of the view plus a margin
 
     def load(self, sample: Sample | Target | None) -> None:
         """The sample or calibration target now on the stage (the handler placed it)."""
@@ -209,13 +213,41 @@ class SimCamera(TriggeredSimCamera):
         origin = (round(stage_mm[0] - self.grid_origin[0], 4),
                   round(stage_mm[1] - self.grid_origin[1], 4))
         sample = self.sample or Sample("empty", (0.0, 0.0))
-        key = (id(sample), origin)
+        blur = self.blur_px
+        key = (id(sample), origin, blur)
         if key != self._scene_key:
-            self._scene, self._scene_key = self.optics.scene(sample, origin), key
+            scene = self._defocused(sample, origin, blur) if blur > 0 else \
+                self.optics.scene(sample, origin)
+            self._scene, self._scene_key = scene, key
         seed = hash((getattr(sample, "seed", 0), origin, lit, self.triggers)) & 0xFFFF_FFFF_FFFF
         nominal = self.optics.cfg.camera.exposure_ms
         factor = 1.0 if not exposure_ms else exposure_ms / nominal
         return self.optics.expose(self._scene, lit, seed, factor)
+
+    def _defocused(self, sample: Sample | Target, origin: tuple[float, float],
+                   sigma: float) -> Scene:
+        """The scene as a lens out of focus forms it: the glass's light (not the sensor's
+        noise, which comes after the lens) blurred by a Gaussian of ``sigma`` px. It is
+        rendered over the view plus a margin of 4 sigma, so that what lies just outside the
+        view blurs into it as it would, then cut to the view. A renderer whose window is
+        larger by the margin on every side, at an origin moved back by it, has the same
+        centre and so the same mounting (:class:`edge.sim.optics.CameraGeometry`)."""
+        from scipy.ndimage import gaussian_filter
+
+        m = 2 * math.ceil(2.0 * sigma)
+        h, w = self.optics.shape
+        wide = self._wide.get(m)
+        if wide is None:
+            wide = self._wide[m] = OpticsRenderer(self.optics.cfg, (h + 2 * m, w + 2 * m))
+        sx, sy = self.optics.mm_per_px
+        big = wide.scene(sample, (origin[0] - m * sx, origin[1] - m * sy))
+        layers = np.empty((big.layers.shape[0], h, w), np.float32)
+        for k, layer in enumerate(big.layers):
+            layers[k] = gaussian_filter(layer, sigma, mode="constant")[m:m + h, m:m + w]
+        view = self.optics.empty_scene(origin, big.radiance)
+        view.occupied[:] = 1  # blurred light reaches everywhere
+        return Scene(layers, view.occupied, np.ascontiguousarray(big.mask[m:m + h, m:m + w]),
+                     view.origin_mm, big.defect_ids, big.radiance)
 
 
 class ReplayCamera(TriggeredSimCamera):

@@ -84,7 +84,8 @@ Z axis's homing (Z keeps its position), grblHAL's extra banner when the port ope
 
 Faults for tests, as a real stage shows them: :meth:`trip_limit` (hard limit switch),
 :attr:`silent` (the controller stops answering, as with a pulled cable), ``homing_fails``
-(the switches are never found: ``ALARM:9``).
+(the switches are never found: ``ALARM:9``), :meth:`lose_steps` (the motors slip: the
+carriage is not where the controller counts it, :attr:`carriage_position`, until homing).
 """
 
 from __future__ import annotations
@@ -311,6 +312,9 @@ class GrblSimulator:
         home = [self._home_position(i) for i in range(3)]
         phys = (home[0], home[1], 0.0) if start_mm is None else (*start_mm, 0.0)
         self._offset: Vec = tuple(float(p) for p in phys)  # physical minus machine position
+        # where the carriage really is minus where the step count says, XY: steps the motors
+        # lost (lose_steps); the controller cannot know, only homing finds the switches again
+        self._slip: tuple[float, float] = (0.0, 0.0)
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -416,6 +420,30 @@ class GrblSimulator:
         """X, Y in work coordinates: where the G-code the controller runs says it is."""
         x, y, _ = self.work_position
         return (x, y)
+
+    @property
+    def carriage_position(self) -> tuple[float, float]:
+        """X, Y where the carriage (and the glass on it) really is, in the work coordinates of
+        :attr:`position`: the same unless the motors lost steps (:meth:`lose_steps`)."""
+        x, y = self.position
+        with self._lock:
+            return (x + self._slip[0], y + self._slip[1])
+
+    def lose_steps(self, mm: float) -> None:
+        """The motors slip during the move under way (too fast a ramp, a stall, a loose
+        coupling): the carriage ends ``mm`` short of the block's end along its direction,
+        while the controller counts every step as made and reports the commanded position,
+        as an open-loop stepper does. Nothing happens when no move runs. Homing clears it."""
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            if not self._queue:
+                return
+            m = self._queue[0]
+            dx, dy = m.end[0] - m.start[0], m.end[1] - m.start[1]
+            d = math.hypot(dx, dy)
+            if d > 0:
+                self._slip = (self._slip[0] - mm * dx / d, self._slip[1] - mm * dy / d)
 
     @property
     def wco(self) -> Vec:
@@ -902,6 +930,7 @@ class GrblSimulator:
             self._report_pending = False
             self._report(now)
         self._offset = tuple(p - m for p, m in zip(h.legs[-1][4], self._mpos, strict=True))
+        self._slip = (0.0, 0.0)  # the switches say where the carriage is again
         self._pins.clear()  # pulled off the switches
         self._base, self._alarm = "Idle", None
         for i in HOMED_AXES:

@@ -97,17 +97,18 @@ class SimParts:
         ill = cfg.illumination
         trigger = ill.trigger_pin if o.trigger_pin is None else o.trigger_pin
         leds = [s.pin for s in ill.states] if o.led_pins is None else list(o.led_pins)
-        grbl = self.grbl
+        grbl = self.grbl  # the camera sees the glass where the carriage is, lost steps or not
         frame_s = cfg.camera.frame_time_ms / 1000.0
         if folder is None:
             cam = SimCamera(OpticsRenderer(cfg, o.shape), self.wiring, trigger, leds,
-                            lambda: grbl.position, cfg.stage.roi_grid.origin_mm, frame_s)
+                            lambda: grbl.carriage_position, cfg.stage.roi_grid.origin_mm, frame_s)
             # render once now, LEDs dark: the renderer's Numba kernels compile (or load) here,
             # not in the camera's thread while the head keeps an LED group lit
             cam.expose((0,), cfg.stage.roi_grid.origin_mm)
         else:
             first = open_sample(find_samples(folder)[0])
-            cam = ReplayCamera(first, self.wiring, trigger, leds, lambda: grbl.position, frame_s)
+            cam = ReplayCamera(first, self.wiring, trigger, leds,
+                               lambda: grbl.carriage_position, frame_s)
         if self.faults is not None:
             self.faults.attach_camera(cam)
         self._closers.append(cam.close)
