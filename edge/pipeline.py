@@ -24,16 +24,25 @@ calibration replace the head file's for the post-processing.
 Without a calibration the frames are only scaled to [0, 1] (what the shipped network was trained
 on) and the result says so in its notes. Anything the pipeline cannot trust raises
 :class:`PipelineError` naming the RoI: frames of the wrong type or shape, a calibration for
-another camera, scores that are NaN or infinite.
+another camera, scores that are NaN or infinite, and frames unlike the ones the network was
+trained on (:class:`UnlikeTrainingError`): as the frames are prepared, the RoI's statistics
+(dark level, haze and balance per state, noise against the camera model, the fixed layers'
+contrast, the light's fall-off) are measured on the frames as corrected and compared with the
+envelope in the model's metadata (:mod:`edge.envelope`; its time counts in ``prepare``). A
+model without an envelope is not checked: logged once, and each RoI's notes say so; nor are
+frames smaller than :data:`edge.envelope.MIN_FRAME_PX` on a side (the reduced heads of the
+fault benchmarks and tests; a stain can cover such a window), which the notes also say.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
+from edge import envelope
 from edge.calibration import Calibration, CalibrationError
 from edge.config import N_STATES, HeadConfig
 from edge.engine import Engine
@@ -50,10 +59,21 @@ from edge.verdict import Defect, RoiResult
 NO_CALIBRATION = "no calibration file: frames used uncorrected (dark level and flat field ignored)"
 NO_CORRECTION = ("the calibration holds no dark level, flat field or defective pixels: frames "
                  "used uncorrected")
+NO_ENVELOPE = ("the model carries no envelope of its training frames: frames not checked "
+               "against them (glass-inspect export envelope)")
+SMALL_FRAMES = ("frames smaller than {px} x {px} px: not checked against the envelope of the "
+                "training frames (RoI statistics need more glass than a stain covers)")
+
+log = logging.getLogger(__name__)
+_unchecked_models: set[str] = set()  # models without an envelope, logged once each
 
 
 class PipelineError(RuntimeError):
     """A RoI the pipeline cannot give a trustworthy answer for."""
+
+
+class UnlikeTrainingError(PipelineError):
+    """A RoI whose frames lie outside the envelope of the model's training frames."""
 
 
 def batch_size(cfg: HeadConfig, engine: Engine) -> int:
@@ -110,10 +130,56 @@ def prepare_tiles(frames: np.ndarray, calibration: Calibration | None, cfg: Head
                                       defects=calibration.defect_table)
 
 
+def envelope_values(frames: np.ndarray, calibration: Calibration | None, engine: Engine,
+                    cfg: HeadConfig, where: str = "RoI") -> dict[str, float] | None:
+    """The RoI's statistics as the envelope check measures them (the frames corrected by the
+    calibration, the training camera's black level put back where it subtracts one); None
+    when the model has no envelope."""
+    try:
+        env = envelope.of_metadata(engine.metadata)
+    except envelope.EnvelopeMetadataError as exc:
+        name = getattr(getattr(engine, "path", None), "name", "the model")
+        raise PipelineError(f"{where}: the envelope in {name}'s metadata {exc}; export it "
+                            "again (glass-inspect export envelope)") from None
+    if env is None:
+        return None
+    dark = gain = None
+    offset = 0.0
+    if calibration is not None:
+        dark, gain = calibration.dark, calibration.gain
+        if dark is not None:  # in the head's DN: measure() scales to the training camera's
+            offset = env.camera.black_dn * cfg.camera.max_dn / envelope.REFERENCE_FULL_SCALE
+    return envelope.measure(frames, env.camera, dark, gain, offset, cfg.camera.bit_depth)
+
+
+def check_envelope(frames: np.ndarray, calibration: Calibration | None, engine: Engine,
+                   cfg: HeadConfig, where: str, notes: list[str] | None = None) -> None:
+    """UnlikeTrainingError naming the statistic furthest outside the model's envelope, if any
+    is; a model without one adds :data:`NO_ENVELOPE` to ``notes`` (and is logged once)."""
+    if min(frames.shape[1:]) < envelope.MIN_FRAME_PX:
+        if notes is not None:
+            notes.append(SMALL_FRAMES.format(px=envelope.MIN_FRAME_PX))
+        return
+    values = envelope_values(frames, calibration, engine, cfg, where)
+    if values is None:
+        name = str(getattr(engine, "path", "model"))
+        if name not in _unchecked_models:
+            _unchecked_models.add(name)
+            log.warning("%s: %s", name, NO_ENVELOPE)
+        if notes is not None:
+            notes.append(NO_ENVELOPE)
+        return
+    found = envelope.outside(values, envelope.of_metadata(engine.metadata))
+    if found:
+        raise UnlikeTrainingError(f"{where}: {envelope.reason(found)}")
+
+
 def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Engine,
                 cfg: HeadConfig, index: int = 0, origin_mm: tuple[float, float] = (0.0, 0.0),
                 mm_per_px: tuple[float, float] | None = None,
-                keep_score: bool = False) -> RoiResult:
+                keep_score: bool = False, check: bool = True) -> RoiResult:
+    """One RoI through the stages (module docstring). ``check`` False skips the envelope check
+    (:func:`check_envelope`): for synthetic frames only, such as :func:`warm_up`'s."""
     where = f"RoI {index}"
     p = cfg.pipeline
     mmx, mmy = mm_per_px if mm_per_px is not None else cfg.mm_per_px
@@ -137,6 +203,8 @@ def process_roi(frames: np.ndarray, calibration: Calibration | None, engine: Eng
         grid, tiles = prepare_tiles(frames, calibration, cfg, engine.input.dtype)
     except ShapeError as exc:
         raise PipelineError(f"{where}: {exc}") from None
+    if check:  # on frames the kernel took: a shape it refuses is named as such first
+        check_envelope(frames, calibration, engine, cfg, where, notes)
     timings["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -196,11 +264,15 @@ def warm_up(cfg: HeadConfig, engine: Engine, calibration: Calibration | None,
     happen in the pipeline worker while the acquisition thread keeps an LED group lit, the group
     would stay lit past its maximum on-time and the LED watchdog would end the inspection. So
     the assembly runs this first: the correction (with this head's calibration: a calibration
-    that does not fit the camera's frames is also found here), space-to-depth, the engine, and
+    that does not fit the camera's frames is also found here), the envelope's statistics (and
+    an envelope this runtime cannot read), space-to-depth, the engine, and
     the post-processing on a score map with a line in it, so DBSCAN's kernels compile too."""
     frames = np.full((N_STATES, *shape), 64, np.uint16)
     frames[:, 1::7, ::5] = 80  # not constant: a frame check would refuse a flat frame
-    process_roi(frames, calibration, engine, cfg)
+    # synthetic frames are unlike any training frame: the envelope's kernels are compiled by
+    # measuring them, not judged
+    process_roi(frames, calibration, engine, cfg, check=False)
+    envelope_values(frames, calibration, engine, cfg, "warm-up")
     score = np.zeros((64, 64), np.float32)
     score[30:33, 5:60] = 1.0
     p = cfg.pipeline

@@ -28,6 +28,10 @@
 * The model's ``metadata_props`` carry what the runtime and the model card need: the network
   and its spec, the training settings, the head configuration's digest, the post-processing the
   model was validated with, its last validation metrics and the checkpoint's SHA-256.
+* The envelope of the training frames (``envelope``, :mod:`edge.envelope`) is measured after
+  the export, on the simulator (``glass-inspect export envelope``, :mod:`export.envelope_fit`),
+  and added with :func:`set_metadata`, which changes the metadata and nothing else: the graph
+  and its weights are written back byte for byte, so only the file's hash changes.
 """
 
 from __future__ import annotations
@@ -207,3 +211,35 @@ def parity(wrapped, onnx_path: Path, names, channels: int, tile: int, batch: int
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(list(names), {INPUT_NAME: x})
     return float(max(np.max(np.abs(a - b)) for a, b in zip(ref, got, strict=True)))
+
+
+def set_metadata(model: str | Path, values: dict[str, str], out: str | Path | None = None) -> Path:
+    """Set ``values`` in the ``metadata_props`` of ONNX ``model`` (others kept, in order), written
+    to ``out`` (default: in place, through a temporary file). The graph is checked to be
+    unchanged, byte for byte, and the result to load and pass ``onnx.checker``."""
+    import onnx
+
+    model = Path(model)
+    out = Path(out) if out is not None else model
+    proto = onnx.load(str(model))
+    graph = proto.graph.SerializeToString()
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({k: str(v) for k, v in values.items()})
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        proto.metadata_props.add(key=k, value=v)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        back = onnx.load(str(tmp))
+        if back.graph.SerializeToString() != graph:
+            raise ExportError(f"writing the metadata of {model} would change its graph; "
+                              "nothing written")
+        os.replace(tmp, out)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{model} is not valid ONNX: {exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

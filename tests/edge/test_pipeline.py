@@ -139,17 +139,18 @@ def test_calibration_maps_are_applied_and_checked(tmp_path, engine, head, small_
     frames = head.render(sample, (0.0, 0.0), noise_seed=0).frames
     plain = process_roi(frames, None, engine, small_cfg, keep_score=True)
     # the network was trained on uncorrected frames: an identity calibration (as maps) must
-    # give the same scores, a real one other scores
+    # give the same scores, a real one other scores. A dark level of 0 is no real camera's: the
+    # envelope check (tests/edge/test_envelope.py) would refuse these frames, so it is off here
     shape = (6, 1024, 1024)
     same = calib.load(calib.save(tmp_path / "id.npz", np.zeros(shape), np.ones(shape), 1024,
                                  1024))
-    res = process_roi(frames, same, engine, small_cfg, keep_score=True)
+    res = process_roi(frames, same, engine, small_cfg, keep_score=True, check=False)
     assert res.corrected and res.notes == []
     np.testing.assert_array_equal(res.score, plain.score)
     brighter = calib.load(calib.save(tmp_path / "g.npz", np.zeros(6), np.full(6, 1.5), 1024,
                                      1024))
     assert not np.array_equal(process_roi(frames, brighter, engine, small_cfg,
-                                          keep_score=True).score, plain.score)
+                                          keep_score=True, check=False).score, plain.score)
     other = calib.load(calib.save(tmp_path / "big.npz", np.zeros(6), np.ones(6), 3504, 3120))
     with pytest.raises(PipelineError, match="calibration .* is for 3504 x 3120 frames"):
         process_roi(frames, other, engine, small_cfg)
@@ -192,7 +193,7 @@ def test_a_calibration_without_geometry_keeps_positions_bit_for_bit(tmp_path, en
     frames = head.render(sample, (0.0, 0.0), noise_seed=0).frames
     plain = process_roi(frames, None, engine, small_cfg, 0, (9.7, 0.0))
     cal = calib.load(calib.save(tmp_path / "c.npz", np.zeros(6), np.ones(6), head=small_cfg))
-    res = process_roi(frames, cal, engine, small_cfg, 0, (9.7, 0.0))
+    res = process_roi(frames, cal, engine, small_cfg, 0, (9.7, 0.0), check=False)  # dark 0
     assert res.corrected and res.notes == []
     assert [d.to_dict() for d in res.defects] == [d.to_dict() for d in plain.defects]
     assert [d.box_mm for d in res.defects] == [d.box_mm for d in plain.defects]
