@@ -221,7 +221,8 @@ class Head:
                 out["verdict"] = inspect_sample(
                     sample_id, fed(), total, self.engine, self.calibration, self.cfg,
                     on_roi=processed if (writer or on_roi or progress) else None,
-                    self_check=self.self_check, exposures_ms=self.exposures_ms)
+                    self_check=self.self_check, exposures_ms=self.exposures_ms,
+                    position_lost=self.stage.lose_position)
             finally:
                 done.set()
 

@@ -22,7 +22,7 @@ from edge.engine import Engine, EngineError, open_engine
 from edge.hardware import HardwareError
 from edge.pipeline import PipelineError, process_roi
 from edge.recording import RecordedSample, RecordingError, open_sample
-from edge.selfcheck import SelfCheck
+from edge.selfcheck import PositionLost, SelfCheck
 from edge.verdict import RoiResult, Verdict, decide, error
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,14 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
                    mm_per_px: tuple[float, float] | None = None,
                    on_roi: Callable[[RoiResult, np.ndarray], None] | None = None,
                    keep_scores: bool = False, self_check: SelfCheck | None = None,
-                   exposures_ms: Sequence[float] | None = None) -> Verdict:
+                   exposures_ms: Sequence[float] | None = None,
+                   position_lost: Callable[[], None] | None = None) -> Verdict:
     """The sample's verdict from its RoIs. Each RoI's frames also go through the hardware
     self-check (:mod:`edge.selfcheck`; ``self_check`` keeps what it learns across samples, a
     fresh one when None; ``exposures_ms`` are the states' exposures, None: the head file's and
-    the calibration's LED balance): a fault it finds ends the sample in ERROR like any other."""
+    the calibration's LED balance): a fault it finds ends the sample in ERROR like any other;
+    when it shows the stage lost its position, ``position_lost`` is called (the head homes
+    before the next sample)."""
     t0 = time.perf_counter()
     results: list[RoiResult] = []
     cal_id = calibration.identity if calibration else None
@@ -117,6 +120,8 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
             check.finish()
             stages["self_check"] = stages.get("self_check", 0.0) + time.perf_counter() - ts
     except Exception as exc:  # fail-safe: any failure is an ERROR verdict, never a PASS
+        if isinstance(exc, PositionLost) and position_lost is not None:
+            position_lost()
         reason = reason_of(exc)
         if not reason.startswith(current) and current != "hardware self-check":
             reason = f"{current}: {reason}"

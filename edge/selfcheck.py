@@ -126,6 +126,10 @@ class SelfCheckFailed(HardwareError):
     """The sample's frames show a hardware fault; the message names it in operator words."""
 
 
+class PositionLost(SelfCheckFailed):
+    """Neighbouring RoIs do not show the same glass: the stage was not where it said."""
+
+
 @dataclass
 class RoiMeasure:
     """What the self-check measured on one RoI (for logs and tests)."""
@@ -710,7 +714,7 @@ class _Overlaps:
             best = max(best, float(np.sum(a[ok] * b[ok])) / math.sqrt(ea * eb))
         self.compared.append((i, j, best))
         if best < MATCH_NCC:
-            raise SelfCheckFailed(
+            raise PositionLost(
                 f"hardware self-check: RoI {i} and RoI {j} do not show the same glass where "
                 f"they overlap (correlation {max(best, 0.0):.2f} at the best shift within "
                 f"{self.tol_mm:.2f} mm, at least {MATCH_NCC:g} expected): the stage was not "

@@ -597,12 +597,16 @@ class GrblStage(Stage):
         mask = next((int(m.group(1)) for m in map(HOME.match, offsets) if m), None)
         unhomed = st.homed is False or (st.homed is None and mask is not None
                                         and mask & XY_MASK != XY_MASK)
-        needs = st.name == "Alarm" or (self.home_enabled and unhomed)
+        if self.rehome and not self.home_enabled:
+            log.warning("the stage lost its position (the frames said so), but the head file "
+                        "gives it no homing switches: set it back to its origin by hand")
+        needs = st.name == "Alarm" or (self.home_enabled and (unhomed or self.rehome))
         if needs:
             if self.home_enabled:
-                log.info("homing the stage")
+                log.info("homing the stage%s",
+                         " (it lost its position)" if self.rehome else "")
                 self.command("$H", self.home_timeout_s)
-                self.homed = True
+                self.homed, self.rehome = True, False
             else:
                 self.command("$X")
             st = self.status()

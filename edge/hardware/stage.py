@@ -32,6 +32,13 @@ class Stage(ABC):
     position: tuple[float, ...] = ()
     #: how the controller introduced itself, for the log
     banner: str = ""
+    #: the glass was found elsewhere than the controller said (lost steps): home before moving
+    rehome: bool = False
+
+    def lose_position(self) -> None:
+        """What the frames showed overrules the controller: its position is not to be trusted,
+        so the next :meth:`ready` homes (a stage without homing switches cannot, and says so)."""
+        self.rehome = True
 
     @abstractmethod
     def ready(self) -> None:

@@ -4,6 +4,7 @@ the samples around it are inspected, the LEDs end dark."""
 
 import re
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_each_silent_fault_ends_its_sample_in_error_naming_it():
         assert verdicts[sid].status is not Status.ERROR, (sid, verdicts[sid].reason)
 
 
-def test_lost_steps_show_in_the_overlap_and_last_until_homing():
+def test_lost_steps_show_in_the_overlap_and_the_head_homes_before_the_next_sample():
     cfg = bench_head()
     rich = Sample("LS1", cfg.stage.roi_grid.extent_mm, tuple(
         GlassObject("dust", ((float(x), float(y)),), 40.0, 2000.0, int(x * 100 + y * 10))
@@ -108,12 +109,12 @@ def test_lost_steps_show_in_the_overlap_and_last_until_homing():
         (fx, fy), (cx, cy) = grbl.position, grbl.carriage_position
         assert abs(fx - cx) == pytest.approx(2.0, abs=1e-6) and fy == pytest.approx(cy)
         assert [f["fault"] for f in rig.sim.faults.fired] == ["lost_steps"]
-        # the carriage stays off until the switches are found again: a limit alarm re-homes
-        grbl.trip_limit()
-        rig.load_glass("AFTER")
-        assert rig.head.inspect("AFTER").status is Status.ERROR  # the alarm
-        rig.load_glass("HOMED")
-        rig.head.inspect("HOMED")
+        assert rig.stage.rehome  # the frames overrule the controller
+        # the next sample homes first: the switches put the carriage back where it is said
+        rig.glass.place(replace(rich, sample_id="HOMED"))
+        v = rig.head.inspect("HOMED")
+        assert v.status is not Status.ERROR, v.reason
+        assert not rig.stage.rehome
         assert grbl.carriage_position == pytest.approx(grbl.position)
         assert leds_dark(rig)
 
