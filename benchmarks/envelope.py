@@ -128,7 +128,8 @@ def check_samples(cfg, env, seeds, size, dim_group=None, calibration=None) -> di
                                    exposure_factors=factors).frames
             v = E.measure(frames, env.camera, dark, gain, offset, cfg.camera.bit_depth)
             for k, (lo, hi) in env.ranges.items():  # how close to the ends, in range widths
-                x = (min(v[k] - lo, hi - v[k]) / (hi - lo)) if math.isfinite(v[k]) else -1.0
+                below = v[k] - lo if k != "saturated" else math.inf  # its lower end is 0
+                x = (min(below, hi - v[k]) / (hi - lo)) if math.isfinite(v[k]) else -1.0
                 worst[k] = min(worst.get(k, math.inf), x)
             found = E.outside(v, env)
             rois += 1
@@ -217,13 +218,14 @@ def main() -> None:
     if not args.no_cost:
         out["cost"] = cost(cfg, env, args.repeat)
     seeds = list(range(args.seed, args.seed + args.samples))
-    out["false_error"] = {"head": "default", "seeds": f"{seeds[0]}-{seeds[-1]}",
-                          **check_samples(cfg, env, seeds, size)}
-    print(f"false ERRORs: {out['false_error']['samples_error']} of {args.samples}",
-          file=sys.stderr)
+    if seeds:
+        out["false_error"] = {"head": "default", "seeds": f"{seeds[0]}-{seeds[-1]}",
+                              **check_samples(cfg, env, seeds, size)}
+        print(f"false ERRORs: {out['false_error']['samples_error']} of {args.samples}",
+              file=sys.stderr)
     far = list(range(args.far_seed, args.far_seed + args.far_samples))
     rows = []
-    for name, changes in FAR_OFF.items():
+    for name, changes in FAR_OFF.items() if far else ():
         dim = 2 if name.startswith("LED group 2") else None
         r = check_samples(head_with(cfg, changes), env, far, size, dim)
         rows.append({"head": name, "seeds": f"{far[0]}-{far[-1]}", **r})
@@ -232,7 +234,7 @@ def main() -> None:
     if args.calibrated:
         cal_rows = []
         for name, changes in {"default": {}, **FAR_OFF}.items():
-            if name.startswith("LED group"):
+            if name.startswith("LED group") or not (seeds if name == "default" else far):
                 continue  # the simulated ring's field cannot be dimmed through the assembly
             head = head_with(cfg, changes)
             with contextlib.redirect_stdout(sys.stderr):

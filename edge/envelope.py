@@ -34,8 +34,10 @@ The statistics (:data:`STATISTICS`), all in DN of the training camera (12 bits):
   ``contrast`` = the brightest state's cell sum minus the mean of the three dimmest
   (:mod:`model.hybrid`), DN of a cell sum: on clean glass noise and LED balance set it.
 * ``falloff``: the haze (above black, all states) in the frame's outer band (normalised radius
-  above 0.9, the corners) over the haze at its centre (below 0.5): the shape of the light, which
-  a flat-field calibration corrects and an uncorrected head with other optics does not.
+  above 0.9, the corners) over the haze at its centre (below 0.5), each the mean of the pixels
+  within 2 robust sigmas of the state's median: the shape of the light, which a flat-field
+  calibration corrects and an uncorrected head with other optics does not. (The tight clip
+  makes it read about 80 % of the true fall-off, the same on training and runtime frames.)
 * ``saturated``: the share of sampled pixels at the camera's full scale.
 
 Frames as the pipeline prepares them: an uncorrected head's RAW frames; a calibrated head's
@@ -98,6 +100,10 @@ OUTER_R2 = 0.9 ** 2  # ... and of the outer band's inner edge
 REGIONS = 3  # centre, between, outer
 DARK_QUANTILE = 0.005
 HAZE_CLIP = 4.0  # robust sigmas about the median a pixel counts toward its state's haze
+# ... and toward the levels of the centre and the corners: tighter, since a stain or a fibre
+# in a corner of a small window moves those few pixels' mean (876 x 780 windows: fall-off
+# 0.75-0.94 at 4 sigmas, 0.85-0.92 at 2)
+FALLOFF_CLIP = 2.0
 MIN_HAZE_DN = 0.2  # a mean haze below this has no balance and no fall-off to measure
 
 # name -> (words for the operator, unit after a value)
@@ -220,10 +226,14 @@ def _sample(frames, dark, gain, offset, scale, max_raw, rows, inv_sigma,  # prag
                 row = frames[s, r]
                 for c in range(width):
                     ok[c] = row[c] < max_raw
-                if d2 == 0 and g2 == 0:  # one number each: a loop LLVM vectorises
+                # the common cases as loops LLVM vectorises: numbers, or maps, for both
+                if d2 == 0 and g2 == 0:
                     dv, gv = drow[0], grow[0]
                     for c in range(width):
                         buf[c] = ((np.float32(row[c]) - dv) * gv + offset) * scale
+                elif d2 == 1 and g2 == 1:
+                    for c in range(width):
+                        buf[c] = ((np.float32(row[c]) - drow[c]) * grow[c] + offset) * scale
                 else:
                     for c in range(width):
                         buf[c] = ((np.float32(row[c]) - drow[c * d2]) * grow[c * g2]
@@ -368,16 +378,17 @@ def _statistics(lev_n, lev_s, noise_n, con, saturated: int, total: int,
         tot = lev_n[s].sum(axis=0)
         med = _quantile(tot, 0.5, first, 1.0)
         sigma = (_quantile(tot, 0.75, first, 1.0) - _quantile(tot, 0.25, first, 1.0)) / 1.349
-        half = max(HAZE_CLIP * sigma, 2.0) if math.isfinite(sigma) else math.nan
-        keep = np.abs(centres - med) <= half
+        finite = math.isfinite(sigma)
+        keep = np.abs(centres - med) <= (max(HAZE_CLIP * sigma, 2.0) if finite else math.nan)
+        near = np.abs(centres - med) <= (max(FALLOFF_CLIP * sigma, 2.0) if finite else math.nan)
 
-        def level(count, sums, keep=keep):
+        def level(count, sums, keep):
             c = float(count[keep].sum())
             return float(sums[keep].sum()) / c - black if c else math.nan
 
-        haze.append(level(tot, lev_s[s].sum(axis=0)))
-        inner.append(level(lev_n[s, 0], lev_s[s, 0]))
-        outer.append(level(lev_n[s, 2], lev_s[s, 2]))
+        haze.append(level(tot, lev_s[s].sum(axis=0), keep))
+        inner.append(level(lev_n[s, 0], lev_s[s, 0], near))
+        outer.append(level(lev_n[s, 2], lev_s[s, 2], near))
     mean = float(np.mean(haze))
     for s, v in enumerate(haze):
         out[f"haze{s}"] = v
