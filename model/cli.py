@@ -73,55 +73,13 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_files(given: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
-    """MODEL arguments -> per name (the file's stem; the whole argument where two stems meet)
-    its file, and what the user gave: a path or ``shipped:NAME`` (a file shipped with the
-    package, as the head file names it)."""
-    from edge.config import SHIPPED, shipped
-
-    models: dict[str, Path] = {}
-    as_given: dict[str, str] = {}
-    for text in given:
-        p = shipped(text[len(SHIPPED):]) if text.startswith(SHIPPED) else Path(text)
-        if not p.is_file():
-            where = "no such model file"
-            if text.startswith(SHIPPED):
-                names = ", ".join(sorted(f.name for f in shipped("").glob("*.onnx")))
-                where = f"not among the shipped models ({names})"
-            raise UsageError(f"{text}: {where}")
-        name = p.stem if p.stem not in models else text
-        models[name], as_given[name] = p, text
-    return models, as_given
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The command that makes this record, rebuilt from its arguments with no path of this
-    machine (the cache's folder is left out: it changes no number)."""
-    from model.evaluate import portable
-
-    words = ["glass-inspect", "evaluate", *args.models]
-    if args.head:
-        words += ["--head", portable(args.head)]
-    for b in dict.fromkeys(args.baseline or []):
-        words += ["--baseline", b]
-    for flag, value in (("--must-fail", args.must_fail), ("--clean", args.clean),
-                        ("--seed", args.seed), ("--clean-seed", args.clean_seed),
-                        ("--samples", args.samples), ("--scratch-share", args.scratch_share),
-                        ("--threads", args.threads or None)):
-        if value is not None:
-            words += [flag, str(value)]
-    for flag, value in (("--settings-from", args.settings_from),
-                        ("--calibration", args.calibration), ("--json", args.json)):
-        if value:
-            words += [flag, portable(value)]
-    return " ".join(words)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     require("onnxruntime", "evaluation", "cpu")
     from model.evaluate import describe, evaluate_report, sweep, sweep_record
 
     cfg = load_head(args)
+    from model.evaluate import command_line, model_files
+
     models, as_given = model_files(args.models)
     baselines = list(dict.fromkeys(args.baseline or []))
     if not models and not baselines:
@@ -174,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         must_fail=args.must_fail, clean=args.clean, clean_seed=args.clean_seed,
         validation=validation, given=as_given,
         settings_from=portable(args.settings_from) if args.settings_from else None)
-    report = {"command": _command_line(args), **report}
+    report = {"command": command_line(args), **report}
     print(describe(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -62,7 +62,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.config import SHIPPED, HeadConfig
+from edge.cli_common import UsageError
+from edge.config import SHIPPED, HeadConfig, shipped
 from model.metrics import covered
 
 MARGIN_MM = 0.15
@@ -276,6 +277,25 @@ def detectors(models: dict[str, str | Path], cfg: HeadConfig, baselines: Sequenc
     return out + [baseline_detector(b) for b in baselines]
 
 
+def model_files(given: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """MODEL arguments -> per name (the file's stem; the whole argument where two stems meet)
+    its file, and what the user gave: a path or ``shipped:NAME`` (a file shipped with the
+    package, as the head file names it)."""
+    models: dict[str, Path] = {}
+    as_given: dict[str, str] = {}
+    for text in given:
+        p = shipped(text[len(SHIPPED):]) if text.startswith(SHIPPED) else Path(text)
+        if not p.is_file():
+            where = "no such model file"
+            if text.startswith(SHIPPED):
+                names = ", ".join(sorted(f.name for f in shipped("").glob("*.onnx")))
+                where = f"not among the shipped models ({names})"
+            raise UsageError(f"{text}: {where}")
+        name = p.stem if p.stem not in models else text
+        models[name], as_given[name] = p, text
+    return models, as_given
+
+
 def portable(given: str | Path) -> str:
     """A file as a committed record may name it: ``shipped:NAME`` and relative paths as given;
     an absolute path relative to the working folder when inside it, else its name alone (a
@@ -290,6 +310,28 @@ def portable(given: str | Path) -> str:
         return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return p.name
+
+
+def command_line(args) -> str:
+    """The command that makes this record, rebuilt from its arguments with no path of this
+    machine (the cache's folder is left out: it changes no number). ``args``: the parsed
+    arguments of ``glass-inspect evaluate`` (:mod:`model.cli`)."""
+    words = ["glass-inspect", "evaluate", *args.models]
+    if args.head:
+        words += ["--head", portable(args.head)]
+    for b in dict.fromkeys(args.baseline or []):
+        words += ["--baseline", b]
+    for flag, value in (("--must-fail", args.must_fail), ("--clean", args.clean),
+                        ("--seed", args.seed), ("--clean-seed", args.clean_seed),
+                        ("--samples", args.samples), ("--scratch-share", args.scratch_share),
+                        ("--threads", args.threads or None)):
+        if value is not None:
+            words += [flag, str(value)]
+    for flag, value in (("--settings-from", args.settings_from),
+                        ("--calibration", args.calibration), ("--json", args.json)):
+        if value:
+            words += [flag, portable(value)]
+    return " ".join(words)
 
 
 def _dedup(seeds) -> list:
