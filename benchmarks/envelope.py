@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -166,13 +167,7 @@ def cost(cfg, env, repeat: int) -> dict:
     cal.dark, cal.gain = dark, gain
 
     def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_of(fn, repeat)
 
     raw = best(lambda: E.measure(frames, env.camera))
     calibrated = best(lambda: E.measure(frames, env.camera, dark, gain, 64.0))

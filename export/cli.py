@@ -31,10 +31,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def cmd_export_envelope(args: argparse.Namespace) -> int:
     require("onnx", "writing a model's metadata", "train")
-    import onnx
-
     from edge.hashing import sha256_file
-    from export.envelope_fit import describe, fit, training_seed
+    from export.envelope_fit import describe, fit, model_training_seed
     from export.onnx import ExportError, set_metadata
 
     cfg = load_head(args)
@@ -47,14 +45,9 @@ def cmd_export_envelope(args: argparse.Namespace) -> int:
     seed = args.seed
     if seed is None:
         try:
-            meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False)
-                    .metadata_props}
-        except Exception as exc:  # onnx raises DecodeError and others for a damaged file
-            raise UsageError(f"export envelope: cannot read {model} as ONNX: {exc}") from None
-        seed = training_seed(meta)
-        if seed is None:
-            raise UsageError(f"export envelope: {model.name} does not record its training seed "
-                             "(settings metadata); give --seed")
+            seed = model_training_seed(model)
+        except ValueError as exc:
+            raise UsageError(f"export envelope: {exc}") from None
 
     def tick(done: int, total: int) -> None:
         if not args.quiet and (done % 10 == 0 or done == total):

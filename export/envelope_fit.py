@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -196,6 +197,22 @@ def training_seed(metadata: dict) -> int | None:
     except (ValueError, AttributeError):
         return None
     return int(s) if isinstance(s, int) and not isinstance(s, bool) and s >= 0 else None
+
+
+def model_training_seed(model: Path) -> int:
+    """The training seed the ONNX ``model``'s metadata records; ValueError naming the file when
+    it cannot be read or records none."""
+    import onnx
+
+    try:
+        props = onnx.load(str(model), load_external_data=False).metadata_props
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise ValueError(f"cannot read {model} as ONNX: {exc}") from None
+    seed = training_seed({p.key: p.value for p in props})
+    if seed is None:
+        raise ValueError(f"{model.name} does not record its training seed (settings "
+                         "metadata); give --seed")
+    return seed
 
 
 def describe(f: Fit) -> list[str]:
