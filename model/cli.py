@@ -100,12 +100,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.calibration:
             raise UsageError("--sweep tunes the head file's post-processing: leave out "
                              "--calibration")
-        if protocol:
-            raise UsageError("--sweep chooses settings on validation samples: use --samples, "
-                             "--seed and --scratch-share, not --must-fail / --clean")
+        from model.evaluate import sample_sets
+
         rows = sweep(models, cfg, samples, seed, scratch_share, threads=args.threads,
-                     progress=not args.quiet, baselines=baselines, cache=args.cache)
-        record = sweep_record(rows, samples, seed, scratch_share)
+                     progress=not args.quiet, baselines=baselines, cache=args.cache,
+                     must_fail=args.must_fail, clean=args.clean, clean_seed=args.clean_seed)
+        blocks = None if not protocol else sample_sets(
+            cfg, samples, seed, scratch_share, args.must_fail, args.clean, args.clean_seed,
+            args.cache, role="validation")[1]
+        record = sweep_record(rows, samples, seed, scratch_share, blocks)
         for name, b in record["best"].items():
             print(f"{name}: best setting {b}")
         Path(args.sweep).write_text(json.dumps(record, indent=1) + "\n")
@@ -124,8 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{args.settings_from}: not a sweep file written by --sweep "
                              f"({exc})") from None
-        block = sweep_seeds(doc, portable(args.settings_from))
-        validation = [block] if block is not None else []
+        validation = sweep_seeds(doc, portable(args.settings_from))
     report = evaluate_report(
         models, cfg, samples, seed, scratch_share, args.threads, progress=not args.quiet,
         calibration=calibration, baselines=baselines, cache=args.cache, settings=settings,

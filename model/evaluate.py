@@ -375,6 +375,40 @@ def comparison(results: dict[str, dict], networks: Sequence[str],
     return out
 
 
+def sample_sets(cfg: HeadConfig, n_samples: int, seed: int, scratch_share: float,
+                must_fail: int | None, clean: int | None, clean_seed: int | None,
+                cache: str | Path | None, calibration=None, role: str = "test"):
+    """The samples a run scores -> ``(sets, blocks, mode)``: the :class:`model.heldout.HeldOutSet`
+    s, the seed blocks they use (:class:`model.heldout.Seeds` of ``role``) and ``"mixed"`` or
+    ``"must-fail and clean"``. ``must_fail`` / ``clean`` (either given): a must-fail block from
+    ``seed`` (every sample scratched, those without a scratch the reject rule counts skipped)
+    and a clean block from ``clean_seed`` (default ``seed + CLEAN_OFFSET``); else ``n_samples``
+    consecutive seeds from ``seed`` at ``scratch_share``."""
+    from model.heldout import HeldOutSet, Seeds, must_fail_seeds
+
+    rule_mm = cfg.reject_rule.min_length_mm
+    if must_fail is None and clean is None:
+        sets = [HeldOutSet(cfg, n_samples, seed, scratch_share, cache, calibration)]
+        blocks = [Seeds(role, f"{n_samples} samples drawn with scratch share {scratch_share:g}",
+                        seed, seed + n_samples - 1, count=n_samples, scratch_share=scratch_share)]
+        return sets, blocks, "mixed"
+    must_fail, clean = must_fail or 0, clean or 0
+    clean_seed = seed + CLEAN_OFFSET if clean_seed is None else clean_seed
+    sets, blocks = [], []
+    if must_fail:
+        mf = must_fail_seeds(seed, must_fail, cfg)
+        sets.append(HeldOutSet(cfg, len(mf), seed, 1.0, cache, calibration, seeds=mf))
+        blocks.append(Seeds(
+            role, f"must-fail samples: every sample scratched, kept when it holds a "
+            f"scratch of at least {rule_mm:g} mm", seed, mf[-1], count=len(mf),
+            scratch_share=1.0, extra={"skipped": mf[-1] - seed + 1 - len(mf)}))
+    if clean:
+        sets.append(HeldOutSet(cfg, clean, clean_seed, 0.0, cache, calibration))
+        blocks.append(Seeds(role, "clean samples: no sample scratched", clean_seed,
+                            clean_seed + clean - 1, count=clean, scratch_share=0.0))
+    return sets, blocks, "must-fail and clean"
+
+
 def evaluate_report(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int = 50,
                     seed: int = DEVELOPMENT_SEED, scratch_share: float = 0.3, threads: int = 0,
                     progress: bool = True, calibration=None, baselines: Sequence[str] = (),
@@ -397,40 +431,12 @@ def evaluate_report(models: dict[str, str | Path], cfg: HeadConfig, n_samples: i
     the runtime does. Score maps come from the cache when there (``cache``: its folder, default
     :data:`model.heldout.DEFAULT_CACHE`). ``settings``: per detector name, post-processing
     settings of its own (a sweep's best), which replace the head's for that detector."""
-    from model.heldout import (
-        SPENT,
-        HeldOutSet,
-        Seeds,
-        check_test_seeds,
-        must_fail_seeds,
-        progress_bar,
-        training_seeds,
-    )
+    from model.heldout import SPENT, check_test_seeds, progress_bar, training_seeds
 
     t0 = time.perf_counter()
     dets = detectors(models, cfg, baselines, threads, calibration)
-    rule_mm = cfg.reject_rule.min_length_mm
-    if must_fail is None and clean is None:
-        sets = [HeldOutSet(cfg, n_samples, seed, scratch_share, cache, calibration)]
-        test = [Seeds("test", f"{n_samples} samples drawn with scratch share {scratch_share:g}",
-                      seed, seed + n_samples - 1, count=n_samples, scratch_share=scratch_share)]
-        mode = "mixed"
-    else:
-        must_fail, clean = must_fail or 0, clean or 0
-        clean_seed = seed + CLEAN_OFFSET if clean_seed is None else clean_seed
-        sets, test = [], []
-        if must_fail:
-            mf = must_fail_seeds(seed, must_fail, cfg)
-            sets.append(HeldOutSet(cfg, len(mf), seed, 1.0, cache, calibration, seeds=mf))
-            test.append(Seeds(
-                "test", f"must-fail samples: every sample scratched, kept when it holds a "
-                f"scratch of at least {rule_mm:g} mm", seed, mf[-1], count=len(mf),
-                scratch_share=1.0, extra={"skipped": mf[-1] - seed + 1 - len(mf)}))
-        if clean:
-            sets.append(HeldOutSet(cfg, clean, clean_seed, 0.0, cache, calibration))
-            test.append(Seeds("test", "clean samples: no sample scratched", clean_seed,
-                              clean_seed + clean - 1, count=clean, scratch_share=0.0))
-        mode = "must-fail and clean"
+    sets, test, mode = sample_sets(cfg, n_samples, seed, scratch_share, must_fail, clean,
+                                   clean_seed, cache, calibration)
     known = _dedup([*SPENT, *validation,
                     *chain.from_iterable(training_seeds(d.name, d.metadata, cache)
                                          for d in dets if d.is_network)])
@@ -465,7 +471,8 @@ def evaluate_report(models: dict[str, str | Path], cfg: HeadConfig, n_samples: i
         "models": {d.name: {"given_as": portable(given.get(d.name, models[d.name])),
                             "sha256": d.sha256} for d in dets if d.is_network},
         "baselines": [d.name for d in dets if not d.is_network],
-        "head": {"render_identity": _render_identity(cfg), "reject_rule_min_length_mm": rule_mm},
+        "head": {"render_identity": _render_identity(cfg), "reject_rule_min_length_mm":
+                 cfg.reject_rule.min_length_mm},
         "calibration": calibration.sha256 if calibration is not None else None,
         "seeds": {role: [k.to_dict() for k in (test if role == "test" else known)
                          if k.role == role] for role in ("training", "validation", "test")},
@@ -518,24 +525,28 @@ SWEEP = {"downscale": (2, 4, 8), "dbscan_eps": (12.0, 25.0),
 def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: int,
           scratch_share: float, grid: dict | None = None, threads: int = 0,
           progress: bool = True, baselines: Sequence[str] = (),
-          cache: str | Path | None = None) -> dict[str, list[dict]]:
+          cache: str | Path | None = None, must_fail: int | None = None,
+          clean: int | None = None, clean_seed: int | None = None) -> dict[str, list[dict]]:
     """Post-processing settings tried on cached maps (validation samples, not the held-out
     ones): per detector, one row per setting of ``grid`` (default :data:`SWEEP`; a key it
-    leaves out stays the head's), with its rates. T_low above T_high is skipped. Validation
-    seeds that a network trained on are refused; the block is recorded by :func:`sweep_record`."""
+    leaves out stays the head's), with its rates. T_low above T_high is skipped. The samples
+    are chosen as :func:`sample_sets` chooses them (a mixed block, or a must-fail and a clean
+    block). Validation seeds that a network trained on are refused; the blocks are recorded by
+    :func:`sweep_record`."""
     import itertools
 
     from edge.postprocess import PooledScore
-    from model.heldout import HeldOutSet, Seeds, check_test_seeds, training_seeds
+    from model.heldout import check_test_seeds, training_seeds
 
     grid = grid or SWEEP
     dets = detectors(models, cfg, baselines, threads)
     trained = [k for d in dets if d.is_network for k in training_seeds(d.name, d.metadata, cache)
                if k.role == "training"]
-    check_test_seeds([Seeds("validation", "the sweep's samples", seed, seed + n_samples - 1)],
-                     trained)
-    heldout = HeldOutSet(cfg, n_samples, seed, scratch_share, cache)
-    heldout.fill(dets, progress)
+    sets, blocks, _ = sample_sets(cfg, n_samples, seed, scratch_share, must_fail, clean,
+                                  clean_seed, cache, role="validation")
+    check_test_seeds(blocks, trained)
+    for hs in sets:
+        hs.fill(dets, progress)
     names = list(grid)
     points = [dict(zip(names, v, strict=True)) for v in itertools.product(*grid.values())]
     points = [q for q in points if q.get("t_low", cfg.pipeline.t_low)
@@ -547,7 +558,7 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
         rows = []
         # read, unpacked and pooled once: one detector in memory at a time
         kept = [(s.truth, [PooledScore(m) for m in s.maps], s.refused)
-                for s in heldout.scored(d.key)]
+                for hs in sets for s in hs.scored(d.key)]
         for q in points:
             p = cfg.pipeline.model_copy(update=q)
             s = count(kept, cfg, p).summary()
@@ -561,12 +572,19 @@ def sweep(models: dict[str, str | Path], cfg: HeadConfig, n_samples: int, seed: 
 
 
 def sweep_record(rows: dict[str, list[dict]], n_samples: int, seed: int,
-                 scratch_share: float) -> dict:
-    """A sweep file: its validation block (``seeds``, which a later evaluation refuses as a
-    test range), every setting's rates and the best per detector."""
-    return {"seeds": {"first": seed, "last": seed + n_samples - 1, "samples": n_samples,
-                      "scratch_share": scratch_share},
-            "rows": rows, "best": {name: best_setting(r) for name, r in rows.items()}}
+                 scratch_share: float, blocks: Sequence | None = None) -> dict:
+    """A sweep file: its validation blocks (``seeds``, which a later evaluation refuses as a
+    test range: one block of ``n_samples`` from ``seed``, or ``blocks``, the
+    :class:`model.heldout.Seeds` of a must-fail and clean sweep), every setting's rates and the
+    best per detector."""
+    if blocks:
+        seeds = [{"first": b.first, "last": b.last, "samples": b.count,
+                  "scratch_share": b.scratch_share, "what": b.what} for b in blocks]
+    else:
+        seeds = {"first": seed, "last": seed + n_samples - 1, "samples": n_samples,
+                 "scratch_share": scratch_share}
+    return {"seeds": seeds, "rows": rows,
+            "best": {name: best_setting(r) for name, r in rows.items()}}
 
 
 def best_setting(rows: list[dict], max_sample_fp: float = 0.05) -> dict:

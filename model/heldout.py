@@ -442,6 +442,10 @@ SPENT = (
     Seeds("validation", "the first held-out set (models/evaluation.json before issue 30): "
           "candidates were compared on its first 45 samples", 900_000, 900_149,
           scratch_share=0.4),
+    Seeds("validation", "must-fail block of the long-line development (issue 30): the shipped "
+          "and the long-line networks were compared on it", 810_000, 810_199, scratch_share=1.0),
+    Seeds("validation", "clean block of the long-line development (issue 30)", 820_000, 820_199,
+          scratch_share=0.0),
 )
 
 
@@ -509,13 +513,17 @@ def training_seeds(name: str, metadata: dict, cache: str | Path | None = None) -
     ]
 
 
-def sweep_seeds(doc: dict, source: str) -> Seeds | None:
-    """The validation block a sweep file (written by ``evaluate --sweep``) records."""
+def sweep_seeds(doc: dict, source: str) -> list[Seeds]:
+    """The validation blocks a sweep file (written by ``evaluate --sweep``) records: one block,
+    or a list (a must-fail and a clean block)."""
     s = doc.get("seeds") if isinstance(doc, dict) else None
-    if not isinstance(s, dict) or "first" not in s or "last" not in s:
-        return None
-    return Seeds("validation", f"the post-processing sweep ({source})", int(s["first"]),
-                 int(s["last"]), scratch_share=s.get("scratch_share"))
+    out = []
+    for b in s if isinstance(s, list) else [s]:
+        if isinstance(b, dict) and "first" in b and "last" in b:
+            out.append(Seeds("validation", f"the post-processing sweep ({source})",
+                             int(b["first"]), int(b["last"]),
+                             scratch_share=b.get("scratch_share")))
+    return out
 
 
 def check_test_seeds(test: Sequence[Seeds], known: Sequence[Seeds]) -> None:

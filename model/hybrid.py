@@ -26,7 +26,13 @@ cell per state ``s_k`` (in DN of a cell sum):
 * ``dirt`` = dimmest state minus the background (bright in every state: contamination);
 * the gated contrast, 2 x 2 max-pooled to quarter resolution, averaged along a line of
   ``line_px`` pixels in 12 orientations (one fixed convolution with 12 line kernels): the best
-  orientation and the mean over orientations (a line has one strong orientation, a blob all).
+  orientation and the mean over orientations (a line has one strong orientation, a blob all);
+* **long lines** (``line_lengths``, e.g. 11, 31 and 91 quarter-resolution cells: 0.5, 1.4 and
+  4.2 mm), one channel each: a faint scratch is weak per pixel but strong along its length (the
+  mean of ``L`` noisy cells has ``sqrt(L)`` times less noise), so each length's line mean, best
+  orientation minus the mean over orientations, is divided by the local noise floor and scaled
+  by ``sqrt(L / 11)``: a z-score that grows with the length a line keeps. See
+  :class:`LineBank` for the choices (coarser grids for the longer lines, clipping, padding).
 
 Every DN feature (all but the gate) goes through ``log1p(x / 16) / log1p(1024)`` (16 DN of a
 cell sum is about the read noise; full scale maps near 1), so faint scratches and saturated dust
@@ -63,6 +69,7 @@ COMPRESS_DN = 16.0
 COMPRESS_NORM = math.log1p(4 * DN / COMPRESS_DN)
 PHYSICS_CHANNELS = 8
 DILATIONS = (2, 4, 8)
+REFERENCE_LINE = 11  # the z-scores of all lengths are scaled to this length's noise
 
 
 def line_kernels(length: int, orientations: int) -> torch.Tensor:
@@ -90,8 +97,16 @@ class HybridSpec:
     orientations: int = 12
     in_channels: int = IN_CHANNELS
     activation: str = "sigmoid"  # "sigmoid" (cross-entropy, shipped) or "tanh" (autoencoder)
+    # long-line z-score channels, lengths in quarter-resolution cells; () for the networks
+    # trained before them (their metadata has no such key)
+    line_lengths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "line_lengths", tuple(int(v) for v in self.line_lengths))
+        if any(v < 5 or v > 255 or v % 2 == 0 for v in self.line_lengths) or len(
+                set(self.line_lengths)) != len(self.line_lengths):
+            raise ValueError(f"line_lengths must be distinct odd lengths within 5..255 cells, "
+                             f"got {list(self.line_lengths)}")
         if not 4 <= self.features <= 128:
             raise ValueError(f"features must be within 4..128, got {self.features}")
         if self.line_px < 3 or self.line_px % 2 == 0:
@@ -106,8 +121,14 @@ class HybridSpec:
                              f"autoencoder loss), got {self.activation!r}")
 
     @property
+    def channels(self) -> int:
+        return PHYSICS_CHANNELS + len(self.line_lengths)
+
+    @property
     def divisor(self) -> int:
-        return 4
+        """What the half-resolution input's sides must divide by: the background's 4 x 4 grid,
+        and the long lines' coarsest grid (:func:`line_grid`) at quarter resolution."""
+        return max([4] + [2 * line_grid(v)[0] for v in self.line_lengths])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,8 +158,71 @@ def repeat2d(x: torch.Tensor, k: int) -> torch.Tensor:
     return x[:, :, :, None, :, None].expand(n, c, h, k, w, k).reshape(n, c, h * k, w * k)
 
 
+def line_grid(length: int) -> tuple[int, int, int]:
+    """``(pool, taps, orientations)`` for a line of ``length`` quarter-resolution cells.
+
+    Choice: lines longer than 15 cells are summed on a coarser grid (2 x 2 means up to 47 cells,
+    4 x 4 above), ``taps`` cells of it, with more orientations the longer the line, so that
+    the line's end stays within about 0.7 coarse cells of a scratch at the worst angle between
+    two orientations. A 1-cell line in a ``p x p`` mean keeps its signal-to-noise ratio (signal
+    and noise both fall by ``p``), so the coarse grid costs ``sqrt(p)`` of the ideal ``sqrt(L)``
+    gain and saves ``p**3`` of the work of a dense full-resolution kernel.
+    """
+    pool = 1 if length <= 15 else 2 if length <= 47 else 4
+    taps = max(3, int(round(length / pool)) | 1)
+    orientations = 12 if pool == 1 else 16 if pool == 2 else 24
+    return pool, taps, orientations
+
+
+class LineBank(nn.Module):
+    """Long-line z-scores of the gated contrast, one channel per length (module docstring).
+
+    Choices, per length ``L`` (:func:`line_grid` for the grid):
+
+    * the **noise floor** ``m``: the smallest 4 x 4 mean of the (ungated) contrast within 20 x 20
+      cells, plus 4 DN; the contrast of noise alone is about its spread, and a floor of means
+      follows the haze without rising on a scratch or a speck;
+    * the gated contrast is **clipped** at ``4 m`` before summing, so a saturated speck left by
+      the gate adds at most what four noisy cells would, not a line of its own;
+    * **reflect padding** (not zeros) at a tile's border: a line cut by the border keeps its
+      mean there instead of falling by the missing share; the runtime's tile overlap (32 half
+      pixels each side, 16 cells) is shorter than the longest half-line, so near a seam the long
+      line sums fewer independent cells (less gain, no bias);
+    * ``z = (best orientation - mean over orientations) / m * sqrt(L / 11)``, clamped at 0 and
+      back on the quarter grid by repetition.
+    """
+
+    def __init__(self, lengths: tuple[int, ...]):
+        super().__init__()
+        self.grids = [line_grid(v) for v in lengths]
+        self.gains = [math.sqrt(v / REFERENCE_LINE) for v in lengths]
+        for i, (_, taps, orientations) in enumerate(self.grids):
+            self.register_buffer(f"kernel{i}", line_kernels(taps, orientations), persistent=False)
+
+    def forward(self, gated: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+        floor = -F.max_pool2d(-F.avg_pool2d(contrast, 4), 5, 1, 2)
+        floor = repeat2d(floor, 4) + 4.0
+        clipped = torch.minimum(gated, 4.0 * floor)
+        out = []
+        for i, ((pool, taps, _), gain) in enumerate(zip(self.grids, self.gains, strict=True)):
+            x = F.avg_pool2d(clipped, pool) if pool > 1 else clipped
+            m = F.avg_pool2d(floor, pool) if pool > 1 else floor
+            pad = taps // 2
+            lines = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"),
+                             getattr(self, f"kernel{i}"))
+            z = ((lines.amax(dim=1, keepdim=True) - lines.mean(dim=1, keepdim=True)) / m
+                 * gain).clamp_min(0.0)
+            out.append(repeat2d(z, pool) if pool > 1 else z)
+        return torch.cat(out, dim=1)
+
+
+def _compress_z(z: torch.Tensor) -> torch.Tensor:
+    return torch.log1p(4.0 * z) * (1.0 / math.log1p(64.0))
+
+
 class PhysicsLayers(nn.Module):
-    """The fixed part: ``N x 24 x H x W`` -> ``N x 8 x H/2 x W/2`` (module docstring)."""
+    """The fixed part: ``N x 24 x H x W`` -> ``N x C x H/2 x W/2``, ``C`` = 8 plus one per long
+    line (module docstring)."""
 
     def __init__(self, spec: HybridSpec):
         super().__init__()
@@ -146,6 +230,7 @@ class PhysicsLayers(nn.Module):
         # not persistent: fixed maths, not state (a checkpoint holds what was learned)
         self.register_buffer("cells", torch.full((N_STATES, 4, 1, 1), DN), persistent=False)
         self.pad = spec.line_px // 2
+        self.long = LineBank(spec.line_lengths) if spec.line_lengths else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.conv2d(x, self.cells, groups=N_STATES)  # N x 6 x H x W, DN of a cell sum
@@ -165,7 +250,10 @@ class PhysicsLayers(nn.Module):
         line = F.conv2d(half[:, 2:3], self.lines, padding=self.pad)
         dn = torch.cat([half[:, :5], line.amax(dim=1, keepdim=True),
                         line.mean(dim=1, keepdim=True)], dim=1)
-        return torch.cat([_compress(dn), half[:, 5:]], dim=1)
+        fixed = [_compress(dn), half[:, 5:]]
+        if self.long is not None:
+            fixed.append(_compress_z(self.long(half[:, 2:3], half[:, 0:1])))
+        return torch.cat(fixed, dim=1)
 
 
 class HybridNet(nn.Module):
@@ -177,7 +265,7 @@ class HybridNet(nn.Module):
         self.spec = spec = spec or HybridSpec()
         f = spec.features
         self.physics = PhysicsLayers(spec)
-        self.first = nn.Conv2d(PHYSICS_CHANNELS, f, 3, padding=1)
+        self.first = nn.Conv2d(spec.channels, f, 3, padding=1)
         self.context = nn.ModuleList(nn.Conv2d(f, f, 3, padding=d, dilation=d)
                                      for d in DILATIONS)
         self.out = nn.Conv2d(f, 1, 1)

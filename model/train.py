@@ -153,6 +153,8 @@ class TrainSettings:
     faint_weight: float = 1.0
     # darkfield: side of the whitening's background mean (model.attention)
     background_px: int = FusionSpec.background_px
+    # hybrid: long-line z-score channels (model.hybrid.LineBank), lengths in quarter cells
+    line_lengths: tuple[int, ...] = ()
     init: str = ""  # a checkpoint of the same network whose weights start the run (fine-tuning)
     lr_drop_patience: int = 0  # epochs without a lower validation loss before lr / 10; 0 never
 
@@ -194,6 +196,9 @@ class TrainSettings:
         if self.frame_px < 2 * WINDOW or self.frame_px % 2:
             problems.append(f"frame_px must be even and at least {2 * WINDOW}, got "
                             f"{self.frame_px}")
+        if self.line_lengths and self.network != "hybrid":
+            problems.append(f"line_lengths adds the hybrid network's long-line channels: it "
+                            f"needs network 'hybrid', got {self.network!r}")
         if self.lr_drop_patience < 0:
             problems.append(f"lr_drop_patience must be 0 (never) or more, got "
                             f"{self.lr_drop_patience}")
@@ -223,7 +228,7 @@ class TrainSettings:
                               ba=self.ba, sa=self.sa, ca=self.ca, whiten=single,
                               background_px=self.background_px)
         if self.network == "hybrid":
-            return HybridSpec(features=self.features,
+            return HybridSpec(features=self.features, line_lengths=tuple(self.line_lengths),
                               activation="tanh" if self.loss == "autoencoder" else "sigmoid")
         return UNetSpec(width=self.width, levels=self.levels, nested=self.nested,
                         activation="tanh" if self.loss == "autoencoder" else "sigmoid",

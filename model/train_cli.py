@@ -33,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
             extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
             extra_chain_share=args.extra_chain_share, background_px=args.background_px,
-            faint_weight=args.faint_weight, init=args.init or "")
+            faint_weight=args.faint_weight, init=args.init or "",
+            line_lengths=tuple(args.line_lengths) if args.network == "hybrid" else ())
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
@@ -79,6 +80,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="feature-count multiplier; 1 is the paper's network (default: 0.125)")
     t.add_argument("--features", type=int, default=16,
                    help="hybrid network: features of the learned head (default: 16)")
+    t.add_argument("--line-lengths", type=int, nargs="*", default=[11, 31, 91], metavar="CELLS",
+                   help="hybrid network: long-line channels, the gated contrast summed along "
+                        "lines of these lengths in quarter-resolution cells, as z-scores "
+                        "against the noise (default: 11 31 91, i.e. 0.5, 1.4 and 4.2 mm; none "
+                        "for the network shipped before them)")
     t.add_argument("--levels", type=int, default=6, choices=(4, 5, 6),
                    help="encoder levels (default: 6, as in the paper)")
     t.add_argument("--no-nested", action="store_true", help="own kernels for every convolution")

@@ -391,3 +391,28 @@ def test_the_command_line_and_the_module_agree_on_the_default_seeds():
     import model.evaluate as E
 
     assert (C.DEVELOPMENT_SEED, C.CLEAN_OFFSET) == (E.DEVELOPMENT_SEED, E.CLEAN_OFFSET)
+
+
+def test_a_sweep_on_a_must_fail_and_a_clean_block_records_both_and_a_test_refuses_them(
+        tmp_path):
+    from model.evaluate import evaluate_report, sample_sets, sweep, sweep_record
+    from model.heldout import SeedOverlapError, sweep_seeds
+
+    cfg = with_changes(camera={"width": 320, "height": 280})
+    models = {"alarm": _constant_model(tmp_path / "alarm.onnx", 1.0)}
+    rows = sweep(models, cfg, 0, 6_100_000, 0.0, {"t_low": (0.2,), "t_high": (0.4,)},
+                 progress=False, cache=tmp_path / "c", must_fail=2, clean=1,
+                 clean_seed=6_200_000)["alarm"]
+    assert len(rows) == 1 and rows[0]["sample_fn_rate"] == 0.0  # an alarm misses nothing
+    assert rows[0]["sample_fp_rate"] == 1.0  # and fails the clean sample
+    blocks = sample_sets(cfg, 0, 6_100_000, 0.0, 2, 1, 6_200_000, tmp_path / "c",
+                         role="validation")[1]
+    record = sweep_record({"alarm": rows}, 0, 6_100_000, 0.0, blocks)
+    assert [(b["first"], b["scratch_share"]) for b in record["seeds"]] == [
+        (6_100_000, 1.0), (6_200_000, 0.0)]
+    validation = sweep_seeds(record, "sweep.json")
+    assert [b.first for b in validation] == [6_100_000, 6_200_000]
+    with pytest.raises(SeedOverlapError, match="6200000"):
+        evaluate_report(models, cfg, seed=6_300_000, must_fail=1, clean=1,
+                        clean_seed=6_200_000, progress=False, cache=tmp_path / "c",
+                        validation=validation)

@@ -122,3 +122,36 @@ def test_a_hybrid_run_trains_checkpoints_and_exports(cfg, tmp_path):
     x = (np.random.default_rng(0).random((2, 24, 128, 128)) * 100 / DN).astype(np.float32)
     out = engine.infer(x)
     assert out.shape == (2, 1, 128, 128) and np.isfinite(out).all()
+
+
+def _long_line_z(amp: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """z-scores of the long-line channels (11, 31, 91 cells) on 768 px noisy frames (3 DN) with
+    a 2 px line of ``amp`` DN in one state, and the quarter cells the line crosses."""
+    rng = np.random.default_rng(seed)
+    frames = rng.normal(200.0, 3.0, (6, 768, 768))
+    yy, xx = np.mgrid[:768, :768]
+    line = (np.abs(yy - 384 - 0.3 * (xx - 384)) < 1.0) & (xx > 60) & (xx < 700)
+    frames[2][line] += amp
+    layers = PhysicsLayers(HybridSpec(line_lengths=(11, 31, 91)))
+    with torch.no_grad():
+        f = layers(_input(np.clip(frames, 0, 4095).astype(np.uint16)))[0]
+    z = (torch.expm1(f[8:] * np.log1p(64.0)) / 4.0).numpy()
+    return z, line.reshape(192, 4, 192, 4).any(axis=(1, 3))
+
+
+def test_a_long_faint_line_stands_out_of_the_noise_only_when_summed_along_its_length():
+    line, on = _long_line_z(8.0, 1)  # 8 DN: under 3 noise sigmas per pixel
+    noise, _ = _long_line_z(0.0, 2)
+    margin = [np.median(line[i][on]) / noise[i].max() for i in range(3)]
+    assert margin[2] > 1.5, margin  # 91 cells: clear of every noise cell of a whole frame
+    assert margin[0] < 1.2, margin  # 11 cells: lost among the noise's highest
+    assert margin[0] < margin[1] < margin[2]
+
+
+def test_long_line_specs_are_checked_and_set_the_divisor():
+    assert HybridSpec(line_lengths=[11, 31, 91]).line_lengths == (11, 31, 91)  # JSON lists
+    assert HybridSpec(line_lengths=(11, 31, 91)).divisor == 8
+    assert HybridSpec(line_lengths=(11, 31, 91)).channels == 11
+    for bad in ((10,), (11, 11), (3,)):
+        with pytest.raises(ValueError, match="line_lengths"):
+            HybridSpec(line_lengths=bad)
