@@ -37,6 +37,9 @@ def haze_range(text: str) -> tuple[float, float]:
 
 def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     require("onnxruntime", "evaluation", "cpu")
+    if args.labels is not None or not (args.images or "0").lstrip("-").isdigit():
+        from model.label_eval import cmd_evaluate_labels  # a folder of the user's own frames
+        return cmd_evaluate_labels(args)
     from model.window_eval import WindowEvalError, describe, evaluate_windows
 
     baselines = list(dict.fromkeys(args.baseline or []))
@@ -54,8 +57,9 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
         results = evaluate_windows(
             models, baselines, split=tuple(args.split), frame_px=args.frame_px,
             test_windows=args.windows, val_windows=args.val_windows,
-            images=args.images, cache=args.cache, threads=args.threads, batch=args.batch,
-            progress=not args.quiet, on=args.on, bayer=args.bayer, bit_depth=args.bit_depth,
+            images=None if args.images is None else int(args.images), cache=args.cache,
+            threads=args.threads, batch=args.batch, progress=not args.quiet, on=args.on,
+            bayer=args.bayer, bit_depth=args.bit_depth or 12,
             noise_scale=args.noise_scale, noise_match=not args.no_noise_match,
             lit_groups=args.lit_groups, camera=args.camera, haze=args.haze)
     except WindowEvalError as exc:
@@ -224,7 +228,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "Window sets are cached (--cache).")
     w.add_argument("models", nargs="*", metavar="MODEL.onnx",
                    help="single-frame window classifiers (input N x 1 x 256 x 256, one logit "
-                        "each), keyed by file name in the results")
+                        "each), keyed by file name; with --images DIR also shipped:NAME (default)")
     w.add_argument("--baseline", action="append", choices=("otsu", "gabor"),
                    help="also score a traditional detector (repeatable): Otsu's binarisation "
                         "with a line rule, or the Gabor filter bank (model.window_baselines)")
@@ -237,9 +241,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--val-windows", type=whole(1), default=512,
                    help="validation windows the baselines are tuned on (default: 512, the "
                         "trainer's validation set)")
-    w.add_argument("--images", type=int, metavar="N",
+    w.add_argument("--images", metavar="N|DIR",
                    help="test frames for the image level, each also rendered scratch-free "
-                        "(default: every test frame; 0 skips the image level)")
+                        "(default: every test frame; 0 skips it); or instead a folder of your "
+                        "own labelled frames, judged as 'classify' does (model.label_eval)")
+    w.add_argument("--labels", metavar="DIR",
+                   help="the label files of --images DIR (default: beside the images)")
     w.add_argument("--on", choices=("test", "validation", "development"), default="test",
                    help="the frames to evaluate on: the held-out test frames (default); the "
                         "validation frames, to choose a setting such as --region-threshold "
@@ -250,10 +257,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="render every frame as a RAW GRBG Bayer mosaic (its own window sets) "
                         "and balance its colour sites as 'classify --bayer' does before any "
                         "detector sees it (default: grey frames)")
-    w.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=12,
+    w.add_argument("--bit-depth", type=int, choices=(8, 12, 16),
                    help="bits of the simulated frames (default: 12, what the classifier was "
-                        "trained on); other depths are prepared as 'classify' prepares them, "
-                        "their noise matched to the camera model's when off")
+                        "trained on), prepared as 'classify' prepares them; with --images DIR "
+                        "as 'classify --bit-depth' (default: each file's own)")
     w.add_argument("--noise-scale", type=float, default=1.0, metavar="S",
                    help="render the frames with a camera S times as noisy as the one the "
                         "classifier was trained with (read noise x S, conversion gain x S^2; "

@@ -74,7 +74,7 @@ def test_the_caption_fits_a_256_px_image():
     lay = overlay_layout(res)
     assert len(lay.caption) > 1 and " ".join(lay.caption) == " ".join(text.split())
     x0, y0, x1, y1 = lay.caption_box
-    assert 0 <= x0 and x1 <= 256 and y1 < 256 * 0.5
+    assert x0 >= 0 and x1 <= 256 and y1 < 256 * 0.5
     ov = np.asarray(render_overlay(res))
     text_px = _caption_pixels(ov[:y1])
     cols = np.flatnonzero(text_px.any(axis=0))
@@ -87,7 +87,7 @@ def test_a_region_label_in_the_first_row_stays_clear_of_the_caption(side, at):
     lay = overlay_layout(res)
     (label,) = lay.labels
     assert not _intersect(label.box, lay.caption_box)
-    assert 0 <= label.box[0] and label.box[2] <= side and label.box[3] <= side
+    assert label.box[0] >= 0 and label.box[2] <= side and label.box[3] <= side
     # drawn: the label's yellow text is seen just below the band, inside the region
     ov = np.asarray(render_overlay(res)).astype(int)
     yellow = (ov[..., 0] > 180) & (ov[..., 1] > 150) & (ov[..., 2] < 90)
