@@ -86,6 +86,14 @@ def _frame_side(text: str) -> int:
     return v
 
 
+def _texture(text: str) -> str:
+    from edge.sim.darkfield_texture import TEXTURES  # at parse time only when given
+
+    if text not in TEXTURES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(TEXTURES)}, got {text!r}")
+    return text
+
+
 def cmd_simulate_darkfield(args: argparse.Namespace) -> int:
     from edge.sim.darkfield_files import TRUTH, darkfield_config, write_darkfield_frames
 
@@ -95,7 +103,8 @@ def cmd_simulate_darkfield(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.count))
     try:
         write_darkfield_frames(
-            args.out_dir, seeds, darkfield_config(args.size, args.bit_depth, args.bayer),
+            args.out_dir, seeds,
+            darkfield_config(args.size, args.bit_depth, args.bayer, args.texture),
             args.format, clean_seeds=seeds[len(seeds) - args.clean:] if args.clean else (),
             broken=args.broken, progress=not args.quiet)
     except OSError as exc:  # OUT_DIR is a file, not writable, the disk is full, ...
@@ -173,6 +182,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--bayer", action="store_true",
                    help="RAW GRBG Bayer mosaics instead of grey frames (a TIFF says CFA; "
                         "classify them with --bayer)")
+    f.add_argument("--texture", type=_texture, default="none", metavar="FAMILY",
+                   help="real-glass texture (edge.sim.darkfield_texture): 'mixed' (the training "
+                        "mix), 'heldout' (kept out of training: an unseen camera) or one element "
+                        "such as 'grain', 'pits', 'glare', 'seam' (default none)")
     f.add_argument("--broken", action="store_true",
                    help="also write two broken files for demos: broken-truncated.tiff (cut to "
                         "half its bytes) and broken-too-small.png (100 x 100 px, smaller than a "

@@ -79,9 +79,16 @@ Sensor (fixed by the configuration, not drawn):
   R 0.6, G 1.0, B 0.75 (``bayer_gains``). Grey frames are the G response everywhere.
 * Quantisation: round to the nearest DN and clip to ``[0, 2 ** bit_depth - 1]``.
 
-Streams: the seed is split into independent streams for the scene and the noise, so a seed
-renders the same scratches, dust and field whatever the LED groups, bit depth, mosaic or noise
-setting: two renderings that differ in one of those differ in nothing else.
+Texture (``texture``, :mod:`edge.sim.darkfield_texture`): real glass and cameras add grain in
+the haze, pits, glare, dust clusters, seams, dark lines, 8-bit levels and other noise levels.
+``"none"`` (the default) draws none of it and renders exactly the frames above; ``"mixed"`` is
+the randomised training mix; ``"heldout"`` is kept out of training as a stand-in for an unseen
+camera. That module's docstring lists the families and their ranges.
+
+Streams: the seed is split into independent streams for the scene, the noise and the texture,
+so a seed renders the same scratches, dust and field whatever the LED groups, bit depth, mosaic,
+noise or texture setting: two renderings that differ in one of those differ in nothing else
+(a texture's seam also rescales the scratch light so its recorded peak stays what it shows).
 
 Speed: rasterisation touches only the pixels near a defect (the numba kernels of
 :mod:`edge.sim.optics`); the rest is a handful of vectorised float32 passes over the frame
@@ -96,6 +103,7 @@ from typing import Literal
 
 import numpy as np
 
+from edge.sim import darkfield_texture as tx
 from edge.sim.optics import BLOCK_SHIFT, _draw_blob, _draw_polyline
 
 # bump when a change alters the frames a seed renders: caches of windows key on it
@@ -141,6 +149,7 @@ class DarkfieldConfig:
     shadows_per_mpx: float = 2.0
     dead_fraction: float = 2e-5
     sensor_seed: int = 0
+    texture: str = "none"  # a family of edge.sim.darkfield_texture.TEXTURES
 
     def __post_init__(self) -> None:
         problems = []
@@ -181,6 +190,9 @@ class DarkfieldConfig:
             problems.append(f"bayer_gains must be three positive numbers, got {self.bayer_gains}")
         if not isinstance(self.sensor_seed, int) or self.sensor_seed < 0:
             problems.append(f"sensor_seed must be a non-negative integer, got {self.sensor_seed}")
+        if self.texture not in tx.TEXTURES:
+            problems.append(f"texture must be one of {', '.join(tx.TEXTURES)}, "
+                            f"got {self.texture!r}")
         if problems:
             raise ValueError("invalid dark-field configuration: " + "; ".join(problems))
 
@@ -215,11 +227,12 @@ class ScratchTruth:
 
 @dataclass(frozen=True)
 class Speck:
-    kind: Literal["dust", "point", "shadow"]
+    kind: Literal["dust", "point", "shadow", "pit", "glare"]
     x: float
     y: float
     sigma_px: float
-    amplitude: float  # dust and points: peak DN above the background; shadow: light removed
+    # dust, points, glare: peak DN above the background; shadow: light removed; pit: haze removed
+    amplitude: float
 
 
 @dataclass
@@ -238,6 +251,7 @@ class DarkfieldFrame:
     # per-pixel signal-to-noise of the scratch light at each mask pixel, in the order of
     # ``np.flatnonzero(mask)``: expected scratch DN over the noise sigma there (module docstring)
     scratch_snr: np.ndarray = field(repr=False)
+    texture: tx.Texture | None = None  # what the texture drew; None for "none"
 
 
 def check_seed(seed: object, what: str = "seed") -> int:
@@ -324,6 +338,12 @@ class DarkfieldRenderer:
         k = cfg.dn_scale
         scene_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
         rng = np.random.default_rng(scene_ss)
+        tex = tx.draw_texture(cfg.texture, seed, (h, w))
+        if tex is None or tex.seam is None:
+            tap = self._tap
+        else:
+            def tap(x: np.ndarray) -> np.ndarray:
+                return self._tap(x) * tx.column_gain(tex, x)
 
         haze_dn = float(rng.uniform(*cfg.haze)) * cfg.full_scale
         v = float(rng.uniform(*cfg.vignetting))
@@ -351,7 +371,7 @@ class DarkfieldRenderer:
         scratches = []
         n_scratch = 1 + min(5, int(rng.poisson(1.0))) if rng.random() < cfg.scratch_share else 0
         for i in range(n_scratch):
-            scratches.append(self._scratch(i, rng, field_at, layer, occ, mask))
+            scratches.append(self._scratch(i, rng, field_at, layer, occ, mask, tap))
         at = np.flatnonzero(mask)
         scratch_dn = layer[0].ravel()[at]  # scratches only: the specks are not drawn yet
 
@@ -386,12 +406,18 @@ class DarkfieldRenderer:
             xy = np.array([s.x]), np.array([s.y])
             amp = s.amplitude * lit_share * float(field_at(*xy)[0])
             _draw_blob(layer, occ, s.x, s.y, s.sigma_px, np.array([amp]))
-            drawn.append(Speck(s.kind, s.x, s.y, s.sigma_px, amp * float(self._tap(xy[0])[0])))
+            drawn.append(Speck(s.kind, s.x, s.y, s.sigma_px, amp * float(tap(xy[0])[0])))
 
-        # the sensor: light -> site colour -> dead pixels -> noise -> tap gain -> offset
+        # the sensor: light (textured: grain, pits, glare, dust) -> site colour -> dead pixels
+        # -> noise -> tap gain -> offset (textured: seam, dark lines, 8-bit levels)
         sig = light * np.float32(haze_dn * lit_share)
         site = self._site_gains()
-        background = sig.copy()
+        if tex is None:
+            background = sig.copy()
+            haze_at = light.ravel()[at] * np.float32(haze_dn * lit_share)
+        else:
+            background, haze_at = self._texture_light(tex, sig, light, haze_dn * lit_share, at,
+                                                      drawn, tap)
         sig += layer[0]
         del layer
         if any(s.kind == "shadow" for s in drawn):
@@ -407,25 +433,58 @@ class DarkfieldRenderer:
             z = np.random.default_rng(noise_ss).standard_normal((h, w), dtype=np.float32)
             std = np.sqrt(np.float32((cfg.read_noise_dn * k) ** 2)
                           + np.float32(cfg.conversion_gain * k) * sig)
+            if tex is not None and tex.noise_factor != 1.0:
+                std *= np.float32(tex.noise_factor)
             sig += std * z
             del z, std
         ratio = np.float32(cfg.tap_gain_ratio)
         sig[:, w // 2:] *= ratio
         background[:, w // 2:] *= ratio
         offset = np.float32(cfg.dark_offset_dn * k)
-        background += offset
-        sig += offset + np.float32(0.5)
-        np.clip(sig, 0.0, np.float32(cfg.full_scale), out=sig)
-        image = sig.astype(np.uint16)  # truncation after +0.5: rounding to the nearest DN
+        if tex is None:
+            background += offset
+            sig += offset + np.float32(0.5)
+            np.clip(sig, 0.0, np.float32(cfg.full_scale), out=sig)
+            image = sig.astype(np.uint16)  # truncation after +0.5: rounding to the nearest DN
+        else:
+            tx.apply_readout(tex, background, k, offset)
+            tx.apply_readout(tex, sig, k, offset)
+            image = tx.quantise(tex, sig, cfg.bit_depth)
+        snr = self._scratch_snr(at, scratch_dn, haze_at, 1.0 if tex is None else tex.noise_factor)
         return DarkfieldFrame(image, mask, tuple(scratches), tuple(drawn), self.dead_pixels,
-                              background, haze_dn, v, (cx, cy), seed, cfg,
-                              self._scratch_snr(at, scratch_dn, light, haze_dn * lit_share))
+                              background, haze_dn, v, (cx, cy), seed, cfg, snr, tex)
 
-    def _scratch_snr(self, at: np.ndarray, scratch_dn: np.ndarray, light: np.ndarray,
-                     haze: float) -> np.ndarray:
+    def _texture_light(self, tex: tx.Texture, sig: np.ndarray, light: np.ndarray, haze: float,
+                       at: np.ndarray, drawn: list[Speck], tap) -> tuple[np.ndarray, np.ndarray]:
+        """In place on the haze ``sig``: grain, pits, then glare and dust; appends those
+        distractors to ``drawn``. Gives the background (the haze with its grain: clean glass)
+        and the haze at the mask pixels ``at`` (grain and pits: what the scratch sits on)."""
+        cfg = self.config
+        gain = tx.haze_gain(tex, cfg.shape)
+        if gain is not None:
+            sig *= gain
+        del gain
+        background = sig.copy()
+        pits = tx.pit_share(tex, cfg.shape)
+        if pits is not None:
+            sig *= np.float32(1.0) - pits
+            drawn.extend(Speck("pit", p.x, p.y, p.sigma_px, p.amplitude) for p in tex.pits)
+        del pits
+        haze_at = sig.ravel()[at]
+        added, blobs = tx.added_light(tex, light, haze, cfg.dn_scale * cfg.lit_share)
+        if added is not None:
+            sig += added
+        for kind, b, amp in blobs:
+            drawn.append(Speck(kind, b.x, b.y, b.sigma_px, amp * float(tap(np.array([b.x]))[0])))
+        return background, haze_at
+
+    def _scratch_snr(self, at: np.ndarray, scratch_dn: np.ndarray, haze_at: np.ndarray,
+                     noise_factor: float = 1.0) -> np.ndarray:
         """Expected scratch DN over the noise sigma at the mask pixels ``at``, from the same
         noise model the frame is drawn with (the tap gain scales signal and noise alike, so it
-        drops out); dead pixels and shadows are left out: they are rare on a scratch."""
+        drops out); ``haze_at`` is the haze there before site gains, ``noise_factor`` the
+        texture's noise scale; dead pixels and shadows are left out: they are rare on a
+        scratch."""
         cfg = self.config
         k = cfg.dn_scale
         gain = np.ones(at.size, np.float32)
@@ -433,9 +492,11 @@ class DarkfieldRenderer:
         for (r, c), g in self._site_gains().items():
             gain[((at // w) % 2 == r) & ((at % w) % 2 == c)] = g
         s = scratch_dn * gain
-        back = light.ravel()[at] * np.float32(haze) * gain
+        back = haze_at * gain
         var = np.float32((cfg.read_noise_dn * k) ** 2) + np.float32(cfg.conversion_gain * k) * (
             back + s)
+        if noise_factor != 1.0:
+            var *= np.float32(noise_factor) ** 2
         return (s / np.sqrt(var)).astype(np.float32)
 
     def _site_gains(self) -> dict[tuple[int, int], np.float32]:
@@ -446,7 +507,7 @@ class DarkfieldRenderer:
         return {(0, 0): np.float32(1.0), (0, 1): np.float32(r / g), (1, 0): np.float32(b / g),
                 (1, 1): np.float32(1.0)}
 
-    def _scratch(self, sid: int, rng: np.random.Generator, field_at, layer, occ, mask):
+    def _scratch(self, sid: int, rng: np.random.Generator, field_at, layer, occ, mask, tap):
         cfg = self.config
         h, w = cfg.shape
         length = float(_log_uniform(rng, *cfg.scratch_length_px))
@@ -489,14 +550,14 @@ class DarkfieldRenderer:
         inside = (pts[:, 0] > -0.5) & (pts[:, 0] < w - 0.5) & (pts[:, 1] > -0.5) & (
             pts[:, 1] < h - 0.5)
         lit_by = field_at(pts[:, 0], pts[:, 1])
-        seen = env * beads * lit_by * self._tap(pts[:, 0])  # all groups lit, up to a scale
+        seen = env * beads * lit_by * tap(pts[:, 0])  # all groups lit, up to a scale
         scale = peak / float(seen[inside].max())
         normal = np.degrees(heading) + 90.0
         amp = scale * env * beads * lit_by * self._response(normal, lobe_sigma, floor)
         sigma = max(0.5, width / 2.355)
         _draw_polyline(layer, occ, mask, pts, np.ascontiguousarray(amp[:, None]), env, sigma,
                        max(0.71, 1.55 * sigma))
-        actual = float((amp * self._tap(pts[:, 0]))[inside].max())
+        actual = float((amp * tap(pts[:, 0]))[inside].max())
         return ScratchTruth(sid, pts, length, actual, width, chain)
 
 
@@ -504,17 +565,19 @@ FRAME_PX = 2048  # the paper's frames, DarkfieldConfig's default side
 REFERENCE_SCRATCH_PX = (30.0, 1500.0)  # DarkfieldConfig's scratch lengths at FRAME_PX
 
 
-def frames_at(frame_px: int = FRAME_PX) -> DarkfieldConfig:
+def frames_at(frame_px: int = FRAME_PX, texture: str = "none") -> DarkfieldConfig:
     """The default frames at a side of ``frame_px``; scratch lengths scale with the side (the
     longest stays three quarters of it), the shortest stays 30 px, so smaller frames (tests,
     smoke runs) keep the same mix of short and long scratches per window. The classifier is
-    trained and evaluated on these (:mod:`model.window_eval`)."""
+    trained and evaluated on these (:mod:`model.window_eval`); ``texture`` picks a family of
+    :mod:`edge.sim.darkfield_texture` (``"mixed"`` to train, ``"heldout"`` to test)."""
     if isinstance(frame_px, bool) or not isinstance(frame_px, int) or frame_px < 256 \
             or frame_px % 2:
         raise ValueError(f"frame_px must be an even number of at least 256 px, got {frame_px!r}")
     lo, hi = REFERENCE_SCRATCH_PX
     return DarkfieldConfig(shape=(frame_px, frame_px),
-                           scratch_length_px=(lo, max(lo, hi * frame_px / FRAME_PX)))
+                           scratch_length_px=(lo, max(lo, hi * frame_px / FRAME_PX)),
+                           texture=tx.check_texture(texture))
 
 
 def render_darkfield(seed: int, config: DarkfieldConfig | None = None) -> DarkfieldFrame:

@@ -63,13 +63,14 @@ _PROGRESS_FROM = 3  # frames from which a progress bar is shown
 
 
 def darkfield_config(frame_px: int = FRAME_PX, bit_depth: int = 12,
-                     bayer: bool = False) -> DarkfieldConfig:
+                     bayer: bool = False, texture: str = "none") -> DarkfieldConfig:
     """The frames the classifier is trained and evaluated on (:func:`frames_at`) at a side of
-    ``frame_px``, ``bit_depth`` bits, grey or a GRBG mosaic."""
+    ``frame_px``, ``bit_depth`` bits, grey or a GRBG mosaic, with a ``texture`` family of
+    :mod:`edge.sim.darkfield_texture`."""
     if isinstance(frame_px, bool) or not isinstance(frame_px, int) or frame_px < MIN_SIDE_PX:
         raise ValueError(f"frame size must be an even number of at least {MIN_SIDE_PX} px, "
                          f"got {frame_px!r}")
-    return replace(frames_at(frame_px), bit_depth=bit_depth, bayer=bayer)
+    return replace(frames_at(frame_px, texture), bit_depth=bit_depth, bayer=bayer)
 
 
 def frame_name(seed: int, scratched: bool, fmt: str) -> str:
