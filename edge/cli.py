@@ -213,8 +213,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 COMMAND_GROUP = "glass_inspect.commands"
 #: The order in which ``--help`` lists the hooks' commands: the head's own first, then by what a
 #: person does next. Hooks not named here (a third party's) follow, by name.
-HOOK_ORDER = ("head", "check", "classify", "calibration", "simulation", "training", "models",
-              "export", "bridge")
+HOOK_ORDER = ("head", "check", "label", "classify", "calibration", "simulation", "training",
+              "models", "export", "bridge")
 
 
 def command_hooks() -> list:

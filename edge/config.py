@@ -358,6 +358,20 @@ class Simulation(_Section):
         return self
 
 
+class Review(_Section):
+    """Which inspected samples the head keeps for people to review and label
+    (:mod:`edge.review`): every FAIL and ERROR, every PASS whose peak score came within
+    ``margin`` of ``t_high``, and a random ``keep_share`` of the rest, in ``dir`` under
+    ``budget_gb`` (the oldest unlabelled one goes first). Absent: the head keeps nothing."""
+
+    dir: str = Field(min_length=1)
+    budget_gb: float = Field(gt=0, le=1_000_000)
+    keep_share: float = Field(default=0.0, ge=0, le=1)
+    # in score units; 0.1 of the shipped network's sigmoid keeps PASSes that peaked at 0.5 or
+    # more under its T_high of 0.6
+    margin: float = Field(default=0.1, ge=0, le=2)
+
+
 class HeadConfig(_Section):
     name: str = Field(min_length=1)
     camera: Camera
@@ -369,6 +383,7 @@ class HeadConfig(_Section):
     verdict_link: VerdictLink
     reject_rule: RejectRule = RejectRule()
     simulation: Simulation | None = None
+    review: Review | None = None
 
     @model_validator(mode="after")
     def _parts_fit_together(self) -> HeadConfig:
@@ -434,6 +449,9 @@ class HeadConfig(_Section):
             f"{g.size_mm[0]} x {g.size_mm[1]} mm, covering {g.extent_mm[0]:.1f} x "
             f"{g.extent_mm[1]:.1f} mm",
             f"  engine {self.engine.artifact}",
+            *([f"  review: keeps FAIL, ERROR, PASS within {self.review.margin:g} of T_high and "
+               f"{self.review.keep_share:.1%} of the rest in {self.review.dir} (at most "
+               f"{self.review.budget_gb:g} GB)"] if self.review else []),
             f"  config sha256 {self.digest()}",
         ]
 
@@ -441,8 +459,10 @@ class HeadConfig(_Section):
         """SHA-256 of the head's content (not of the file's formatting or location). Keys at
         their default value are left out, so that a software update that adds a key with a
         default (an option the head file does not set) keeps every head's digest, and with it
-        the calibrations bound to it (:func:`edge.calibration.head_digest`)."""
-        content = self.model_dump(mode="json", exclude_defaults=True)
+        the calibrations bound to it (:func:`edge.calibration.head_digest`). ``[review]`` is
+        left out too: which samples are kept changes neither the frames nor the verdicts, so
+        turning it on must not unbind a calibration or change a recording's head digest."""
+        content = self.model_dump(mode="json", exclude_defaults=True, exclude={"review"})
         canon = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 

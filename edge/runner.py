@@ -8,6 +8,8 @@ The ground truth, where the head knows it, is judged against the verdict
 (:func:`edge.truth.agreement`): ``agrees``, ``MISSED`` or ``FALSE ALARM``.
 A head that stays down (too many LED watchdog trips, a failed self-test of its ring) would
 answer every later sample with the same ERROR: the run stops there and says why.
+With ``[review]`` in the head file, the samples its rules keep are written for review in the
+background (:mod:`edge.review`); the run ends when the last of them is written.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge import review
 from edge.assembly import Assembly
 from edge.overlay import overlay_writer
 from edge.truth import Sample, agreement
@@ -78,29 +81,38 @@ def run_head(asm: Assembly, samples: int, *, seed: int = 0, overlay_dir: str | P
     samples ends the run early."""
     summary = RunSummary()
     started = time.time()
-    for k in range(samples):
-        if abort is not None and abort.is_set():
-            break
-        if asm.glass is not None:
-            sid, truth = asm.glass.next(k, seed)
-        else:
-            if k and between is not None:
-                between(k)
-            sid, truth = sample_id(k, started), None
-        on_roi = overlay_writer(Path(overlay_dir) / sid, asm.cfg) if overlay_dir else None
-        v = asm.head.inspect(
-            sid, abort, progress=(lambda done, total: roi_done()) if roi_done else None,
-            on_roi=on_roi, truth=truth,
-            status=(lambda text, s=sid: status(s, text)) if status else None)
-        r = Inspected(v, truth)
-        if truth is not None:
-            flagged = None if v.status is Status.ERROR else v.status is Status.FAIL
-            r.said, r.agrees = agreement(flagged, truth, asm.cfg.reject_rule.min_length_mm)
-        summary.results.append(r)
-        if on_result is not None:
-            on_result(r)
-        down = getattr(asm.head, "down", None)
-        if down is not None and k + 1 < samples:
-            summary.stopped = f"the head is down: {down}"
-            break
+    keeper = review.for_head(asm, seed=seed)  # None without [review] in the head file
+    try:
+        for k in range(samples):
+            if abort is not None and abort.is_set():
+                break
+            if asm.glass is not None:
+                sid, truth = asm.glass.next(k, seed)
+            else:
+                if k and between is not None:
+                    between(k)
+                sid, truth = sample_id(k, started), None
+            on_roi = overlay_writer(Path(overlay_dir) / sid, asm.cfg) if overlay_dir else None
+            if keeper is not None:  # the RoIs' frames and scores, by reference, for review
+                on_roi = keeper.collector(on_roi)
+            v = asm.head.inspect(
+                sid, abort, progress=(lambda done, total: roi_done()) if roi_done else None,
+                on_roi=on_roi, truth=truth,
+                status=(lambda text, s=sid: status(s, text)) if status else None)
+            if keeper is not None:  # queues the sample when it is kept; never waits
+                keeper.finish(on_roi, v, asm.head, truth)
+            r = Inspected(v, truth)
+            if truth is not None:
+                flagged = None if v.status is Status.ERROR else v.status is Status.FAIL
+                r.said, r.agrees = agreement(flagged, truth, asm.cfg.reject_rule.min_length_mm)
+            summary.results.append(r)
+            if on_result is not None:
+                on_result(r)
+            down = getattr(asm.head, "down", None)
+            if down is not None and k + 1 < samples:
+                summary.stopped = f"the head is down: {down}"
+                break
+    finally:
+        if keeper is not None:  # the writer finishes what it has queued
+            keeper.close()
     return summary

@@ -46,11 +46,15 @@ def _origin(index: int) -> tuple[float, float]:
 class HeadInspector:
     """The head of an :class:`edge.assembly.Assembly` as the server's inspector: the line has
     put glass ``sample_id`` on the stage (a simulated head places its own, seeded by the id, or
-    the recording of that id), and the head inspects it."""
+    the recording of that id), and the head inspects it. With ``[review]`` in the head file
+    the samples its rules keep are written in the background (:mod:`edge.review`)."""
 
     def __init__(self, assembly) -> None:
+        from edge.review import for_head  # the image stack: not for the line side alone
+
         self.assembly = assembly
         self.engine = assembly.engine.identity
+        self.review = for_head(assembly)  # None without [review] in the head file
 
     def darken(self) -> None:
         """Every LED group dark now (on SIGTERM, before the inspection notices its abort)."""
@@ -59,11 +63,23 @@ class HeadInspector:
     def health(self) -> dict:
         """What the heartbeat shows of the head: its LED watchdog (trips, ok / self-test due /
         down)."""
-        return {"led_watchdog": self.assembly.head.watchdog_health()}
+        out = {"led_watchdog": self.assembly.head.watchdog_health()}
+        if self.review is not None:
+            out["review"] = self.review.stats.to_dict()
+        return out
 
     def inspect(self, sample_id: str, abort: threading.Event, progress: Progress) -> Verdict:
         truth = self.assembly.load_glass(sample_id)
-        return self.assembly.head.inspect(sample_id, abort, progress, truth=truth)
+        kept = self.review.collector() if self.review is not None else None
+        v = self.assembly.head.inspect(sample_id, abort, progress, on_roi=kept, truth=truth)
+        if self.review is not None:  # queues the sample when it is kept; never waits
+            self.review.finish(kept, v, self.assembly.head, truth)
+        return v
+
+    def close(self) -> None:
+        """Let the review writer finish the samples it has queued."""
+        if self.review is not None:
+            self.review.close()
 
 
 class ScriptedInspector:

@@ -83,6 +83,8 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
         log.info("stopped")
     finally:
         close()
+        if hasattr(inspector, "close"):  # the head's review writer finishes its queue
+            inspector.close()
         journal.close()
         if heartbeat is not None:
             heartbeat.write("stopped")
