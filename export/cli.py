@@ -294,3 +294,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("--seed", type=int, default=1, help="simulated sample seed (default: 1)")
     ep.add_argument("--size", type=size, metavar="WxH", help="simulate smaller frames")
     ep.set_defaults(func=cmd_export_parity)
+    from export.frame_envelope_fit import add_command  # the window classifier's envelope
+    add_command(esub)

@@ -23,10 +23,21 @@ engine interface (:mod:`edge.engine`), without torch. Choices:
   the window threshold (every region counts, the paper's rule). A TensorRT engine reads the
   metadata its sidecar copied from the ONNX model at build time (engines built before that have
   none: give the threshold on the command line, the model card says which).
+* **Frames unlike the training frames** (issue 29: real frames with grain in their haze gave
+  every window a probability of 0.82 or more): a model that carries the envelope of its
+  training frames (``frame_envelope`` metadata, :mod:`edge.darkfield.frame_envelope`) has every
+  prepared frame measured against it before any window is judged, and the share of positive
+  windows after; outside it the image is ERROR with the line that names the statistic, never
+  PASS or FAIL. A frame whose noise is out of the match's reach (an ERROR already) is measured
+  as it is, so its line says first that it is unlike the training frames and then what the
+  noise check advises. A model without an envelope is judged as before (logged once).
 * **Verdict:** FAIL when any region remains, PASS when none; ERROR for an image that could not be
   classified (unreadable, wrong depth, too small, too dark, overexposed or flat to judge:
-  :mod:`edge.darkfield.exposure`; the engine failed, a non-finite logit): never PASS for an image
-  the network did not see whole or cannot judge.
+  :mod:`edge.darkfield.exposure`; unlike the training frames; the engine failed, a non-finite
+  logit): never PASS for an image the network did not see whole or cannot judge.
+* **Details per image** (a Bayer mosaic's gains, a matched noise, a file's notes) are logged
+  with ``extra={"per_image": True}``, so that the command line can keep them off the terminal
+  for a folder of hundreds of images and print a summary instead (:mod:`edge.darkfield.cli`).
 
 Reading files is :mod:`edge.darkfield.reading`, the window grid :mod:`edge.darkfield.windows`,
 regions and their contours :mod:`edge.darkfield.regions`, the overlay
@@ -45,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.darkfield import exposure
+from edge.darkfield import frame_envelope as fe
 from edge.darkfield.frame_prep import FramePrep, PrepError
 from edge.darkfield.overlay import write_overlay
 from edge.darkfield.reading import (
@@ -69,10 +81,20 @@ from edge.engine.base import Engine, EngineError, open_engine
 from edge.verdict import Status
 
 log = logging.getLogger(__name__)
+PER_IMAGE = {"per_image": True}  # logging extra of the details of one image (module docstring)
 
 
 class ModelError(RuntimeError):
     """The classifier model is missing or is not a single-frame window classifier."""
+
+
+class UnlikeTraining(ClassifyError):
+    """A frame outside the model's frame envelope: ``statistic`` names the one furthest out,
+    ``statistics`` holds what was measured."""
+
+    def __init__(self, message: str, statistic: str, statistics: dict[str, float]):
+        super().__init__(message)
+        self.statistic, self.statistics = statistic, statistics
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -103,6 +125,9 @@ class ImageResult:
     noise_ratio: float | None = None  # the frame's noise over the model's camera (noise)
     noise_matched: bool = False  # whether the frame's noise was matched to the model's
     haze: float | None = None  # its median above black, of full scale (exposure)
+    # the frame envelope's statistics (frame_envelope), and the one outside it furthest, if any
+    statistics: dict[str, float] | None = None
+    unlike: str | None = None
 
     @property
     def windows(self) -> int:
@@ -161,6 +186,9 @@ class ImageResult:
             "noise_ratio": None if self.noise_ratio is None else round(self.noise_ratio, 4),
             "noise_matched": self.noise_matched,
             "haze": None if self.haze is None else round(self.haze, 4),
+            "frame_statistics": (None if self.statistics is None else
+                                 {k: _round(v) for k, v in self.statistics.items()}),
+            "unlike_training": self.unlike,
             "positive_windows": [],
             "regions": [g.to_dict(self.mm_per_px) for g in self.regions],
             "overlay": None if self.overlay is None else str(self.overlay),
@@ -171,6 +199,10 @@ class ImageResult:
                  "probability": round(float(self.probability[r, c]), 6)}
                 for r, c in zip(*np.nonzero(self.positive), strict=True)]
         return entry
+
+
+def _round(v: float) -> float | None:
+    return float(f"{v:.5g}") if np.isfinite(v) else None
 
 
 def _model_region_threshold(engine: Engine) -> tuple[float | None, str]:
@@ -215,7 +247,8 @@ class Classifier:
     """A window classifier on an engine: logits of every window of an image, then regions."""
 
     def __init__(self, engine: Engine, threshold: float = DEFAULT_THRESHOLD,
-                 batch: int = DEFAULT_BATCH, region_threshold: float | None = None):
+                 batch: int = DEFAULT_BATCH, region_threshold: float | None = None,
+                 frame_envelope: bool = True):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
         self.region_threshold_source = "given"
@@ -239,16 +272,36 @@ class Classifier:
         self.engine = engine
         self.threshold = threshold
         self.prep = FramePrep.for_model(engine.metadata, f"the model {engine.path.name}")
+        # False: frames are not checked (the envelope's own fit measures the training frames)
+        self.envelope = self._envelope(engine) if frame_envelope else None
         self.batch = min(batch, engine.max_batch)
         self._buf = np.empty((self.batch, 1, WINDOW, WINDOW), spec_in.dtype)
+
+    def _envelope(self, engine: Engine) -> fe.Envelope | None:
+        name = engine.path.name
+        try:
+            envelope = fe.of_metadata(engine.metadata)
+        except fe.FrameEnvelopeError as exc:
+            raise ModelError(f"{name}: its {fe.METADATA_KEY} metadata {exc}; expected the one "
+                             "'glass-inspect export frame-envelope' writes (run it again on the "
+                             "model)") from None
+        if envelope is None:
+            log.info("%s carries no frame envelope (%s metadata): frames are judged without "
+                     "checking that they are like its training frames", name, fe.METADATA_KEY)
+        elif self.prep.sensor is None or not self.prep.noise_units:
+            raise ModelError(f"{name} carries a frame envelope but does not say the camera "
+                             "model it whitens its windows by (spec metadata), which the "
+                             "envelope's statistics are measured in")
+        return envelope
 
     @classmethod
     def open(cls, model: str | Path = DEFAULT_MODEL, threshold: float = DEFAULT_THRESHOLD,
              batch: int = DEFAULT_BATCH, threads: int = 0, backend: str = "auto",
-             region_threshold: float | None = None) -> Classifier:
+             region_threshold: float | None = None, frame_envelope: bool = True
+             ) -> Classifier:
         engine = open_engine(resolve_model(model), backend, threads=threads, max_batch=batch)
         try:
-            return cls(engine, threshold, batch, region_threshold)
+            return cls(engine, threshold, batch, region_threshold, frame_envelope)
         except Exception:
             engine.close()
             raise
@@ -288,14 +341,20 @@ class Classifier:
         try:
             prep = self.prep(frame.pixels, bayer)
         except PrepError as exc:
+            self._unprepared(frame, bayer, exc)
             raise _fail(frame.path, str(exc)) from None
         if bayer:
             log.info("%s: Bayer colour sites balanced, gains %s (row by row, brightest 1)",
-                     frame.path, " ".join(f"{g:.3f}" for g in prep.site_gains.ravel()))
+                     frame.path, " ".join(f"{g:.3f}" for g in prep.site_gains.ravel()),
+                     extra=PER_IMAGE)
             frame = replace(frame, kind="bayer mosaic, colour sites balanced")
         if prep.noise_matched:
             log.info("%s: noise %.2f times the classifier's camera model: matched to its "
-                     "training frames'", frame.path, prep.noise_ratio)
+                     "training frames'", frame.path, prep.noise_ratio, extra=PER_IMAGE)
+        stats = None
+        if self.envelope is not None:
+            stats = fe.measure(prep.pixels, self.prep.sensor)
+            self._check(frame.path, stats)
         if prep.haze is not None and prep.haze > exposure.BRIGHT_HAZE:
             log.warning("%s: haze %.0f %% of full scale, brighter than %.0f %%: the classifier "
                         "fails about three times as many clean parts in such light (model card); "
@@ -308,6 +367,10 @@ class Classifier:
                                     "non-finite logits; expected finite numbers (a broken "
                                     "model or engine)")
         prob = sigmoid(logits)
+        if stats is not None:
+            stats["window_share"] = fe.window_share(prob)
+            if prob.size >= fe.MIN_SHARE_WINDOWS:  # else not judged (NaN)
+                self._check(frame.path, stats, fe.AFTER_INFERENCE)
         positive = prob >= self.threshold
         found = merge_windows(positive, prob, ys, xs)
         top = self.threshold if self.region_threshold is None else self.region_threshold
@@ -318,8 +381,31 @@ class Classifier:
                            mm_per_px=mm_per_px, region_threshold=self.region_threshold,
                            weak_regions=len(found) - len(regions),
                            site_gains=prep.site_gains, noise_ratio=prep.noise_ratio,
-                           haze=prep.haze,
+                           haze=prep.haze, statistics=stats,
                            noise_matched=prep.noise_matched)
+
+    def _check(self, path: Path, stats: dict[str, float],
+               names: tuple[str, ...] = fe.BEFORE_INFERENCE, also: str = "") -> None:
+        """UnlikeTraining when ``stats`` of ``names`` lie outside the envelope; ``also`` ends
+        its line."""
+        found = fe.outside(stats, self.envelope, names)
+        if found:
+            raise UnlikeTraining(f"{path}: {fe.check(stats, self.envelope, names)}{also}",
+                                 found[0], stats)
+
+    def _unprepared(self, frame: Frame, bayer: bool, exc: PrepError) -> None:
+        """A grey frame whose noise is out of the match's reach, measured as it is:
+        UnlikeTraining with the envelope's line first and the noise check's after, when it lies
+        outside the envelope. Nothing for a frame the exposure check refused (flat, saturated,
+        too dark: its own advice is the point) or a mosaic that could not be balanced."""
+        if self.envelope is None or bayer:
+            return
+        sensor = self.prep.sensor
+        try:
+            exposure.check(frame.pixels, sensor.black, self.prep.haze_floor)
+        except exposure.ExposureError:
+            return
+        self._check(frame.path, fe.measure(frame.pixels, sensor), also=f"; it also {exc}")
 
 
 def classify_inputs(items: Sequence[Input], classifier: Classifier, *,
@@ -338,11 +424,15 @@ def classify_inputs(items: Sequence[Input], classifier: Classifier, *,
         try:
             frame = read_image(item.path, bit_depth, bayer)
             for note in frame.notes:
-                log.info("%s: %s", item.path, note)
+                log.info("%s: %s", item.path, note, extra=PER_IMAGE)
             result = classifier.classify(frame, mm_per_px)
             if overlay_dir is not None:
                 result.overlay = write_overlay(_overlay_path(Path(overlay_dir), item.path, names),
                                                result)
+        except UnlikeTraining as exc:
+            result = ImageResult(item.path, Status.ERROR, error=str(exc),
+                                 threshold=classifier.threshold, frame=frame,
+                                 statistics=exc.statistics, unlike=exc.statistic)
         except ClassifyError as exc:
             result = ImageResult(item.path, Status.ERROR, error=str(exc),
                                  threshold=classifier.threshold)

@@ -1,12 +1,23 @@
 """The ``classify`` subcommand, for ``glass-inspect`` to register: single dark-field images through
 the weak-scratch paper's window classifier. The work is :mod:`edge.darkfield.classify`'s; this
 parses, shows progress and prints.
+
+One line per image on stdout (its verdict, its regions), and one summary at the end: the
+counts, the images refused as unlike the training frames by the statistic named, and what was
+done to the frames (noise matched, colour converted, ...). The details of each image behind
+that summary are logged (``extra={"per_image": True}``, :mod:`edge.darkfield.classify`) but
+kept off the terminal unless ``-v``: for a folder of hundreds of images two such lines per
+image buried the verdicts (issue 29). Other handlers (a log file, a test's capture) still get
+them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections import Counter
+from contextlib import contextmanager
 
 from edge.cli_common import UsageError, share, whole
 from edge.darkfield.windows import DEFAULT_BATCH, DEFAULT_MODEL, DEFAULT_THRESHOLD, STRIDE, WINDOW
@@ -44,6 +55,60 @@ def camera_options(args: argparse.Namespace) -> tuple[bool, int | None, tuple | 
     return True, bit_depth, mm
 
 
+class _NoDetails(logging.Filter):
+    """Drops the per-image details (module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "per_image", False)
+
+
+@contextmanager
+def _details_on_terminal(shown: bool):
+    """Unless ``shown``, the per-image details are kept off the handlers that write to the
+    terminal (stderr or stdout, as tqdm's redirection finds them); other handlers get them."""
+    hide = _NoDetails()
+    handlers = [] if shown else [
+        h for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stderr, sys.stdout)]
+    for h in handlers:
+        h.addFilter(hide)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(hide)
+
+
+def summary(results) -> tuple[str, list[str]]:
+    """(the counts line, with the refusals by statistic; the lines that sum up the details
+    per image)."""
+    from edge.darkfield.frame_envelope import STATISTICS
+    from edge.verdict import Status
+
+    counts = {s: sum(r.verdict is s for r in results) for s in Status}
+    line = (f"{len(results)} image{'s' * (len(results) != 1)}: "
+            + ", ".join(f"{n} {s.value}" for s, n in counts.items()))
+    unlike = Counter(r.unlike for r in results if r.unlike)
+    if unlike:
+        line += (f" ({sum(unlike.values())} unlike the frames the classifier was trained on: "
+                 + ", ".join(f"{n} by {STATISTICS[k][0]}" for k, n in unlike.most_common())
+                 + ")")
+    details = []
+    matched = [r.noise_ratio for r in results if r.noise_matched]
+    if matched:
+        lo, hi = f"{min(matched):.2f}", f"{max(matched):.2f}"
+        details.append(f"noise matched to the classifier's camera model on {len(matched)} "
+                       f"image{'s' * (len(matched) != 1)} ({lo if lo == hi else lo + '-' + hi} "
+                       "times its noise)")
+    balanced = sum(r.site_gains is not None for r in results)
+    if balanced:
+        details.append(f"Bayer colour sites balanced on {balanced} "
+                       f"image{'s' * (balanced != 1)}")
+    notes = Counter(n for r in results if r.frame is not None for n in r.frame.notes)
+    details.extend(f"{note}: {n} image{'s' * (n != 1)}" for note, n in notes.most_common())
+    return line, details
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -54,6 +119,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from edge.engine.base import EngineError
     from edge.verdict import Status
 
+    verbose = args.details or getattr(args, "verbose", False)  # classify -v, or glass-inspect -v
     try:
         classifier = Classifier.open(args.model, threshold=args.threshold, batch=args.batch,
                                      threads=args.threads,
@@ -69,7 +135,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     bayer, bit_depth, mm_per_px = camera_options(args)
     items = collect_inputs(args.images)
     results = []
-    with classifier, logging_redirect_tqdm():
+    with classifier, logging_redirect_tqdm(), _details_on_terminal(verbose):
         bar = tqdm(total=len(items), unit="image", dynamic_ncols=True,
                    disable=args.quiet or None, leave=False)
         try:
@@ -83,14 +149,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 bar.update(1)
         finally:
             bar.close()
-    counts = {s: sum(r.verdict is s for r in results) for s in Status}
-    print(f"{len(results)} image{'s' * (len(results) != 1)}: "
-          + ", ".join(f"{n} {s.value}" for s, n in counts.items()))
+    line, details = summary(results)
+    print(line)
+    if details and not verbose:
+        log.info("%s (each image's with -v)", "; ".join(details))
     if args.overlay:
         print(f"overlays: {args.overlay}")
     if args.json:
         print(f"results: {write_json(args.json, results, classifier, mm_per_px)}")
-    return 1 if counts[Status.ERROR] else 0
+    return 1 if any(r.verdict is Status.ERROR for r in results) else 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -106,7 +173,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     f"image: FAIL when any region counts, else PASS; ERROR for an image that "
                     f"cannot be classified (unreadable, wrong bit depth, smaller than "
                     f"{WINDOW} px on a side, too dark, overexposed or flat to judge, its noise "
-                    f"not the classifier's camera's), which is reported and the rest go on. "
+                    f"not the classifier's camera's, or unlike the frames the classifier was "
+                    f"trained on: the statistic furthest out named), which is reported and the "
+                    f"rest go on. "
                     f"Images: "
                     f"TIFF (8, 12 or 16 bit), PNG, BMP; grey, RGB (converted to grey) or a Bayer "
                     f"RAW mosaic (--bayer). Exit status 1 when any image is ERROR, 2 when the "
@@ -159,4 +228,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=whole(0, None), default=0, metavar="N",
                    help="ONNX Runtime threads (default 0: all cores)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.add_argument("-v", "--verbose", dest="details", action="store_true",
+                   help="log each image's details on stderr (its file's notes, a matched "
+                        "noise, a mosaic's gains); by default one summary line at the end")
     c.set_defaults(func=cmd_classify)
