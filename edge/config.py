@@ -311,9 +311,84 @@ class Calibration(_Section):
     file: str
 
 
+LINK_KINDS = ("ascii", "modbus-rtu", "modbus-tcp")
+_SERIAL_ONLY = ("port", "baud", "parity", "stop_bits", "rs485", "rs485_rts_level_for_tx",
+                "rs485_delay_before_tx_ms", "rs485_delay_before_rx_ms")
+_MODBUS_ONLY = ("unit_id",)
+_TCP_ONLY = ("host", "tcp_port")
+_RS485_ONLY = ("rs485_rts_level_for_tx", "rs485_delay_before_tx_ms", "rs485_delay_before_rx_ms")
+
+
 class VerdictLink(_Section):
-    port: str = Field(min_length=1)
-    baud: Literal[_BAUDS]  # type: ignore[valid-type]
+    """How the line controller talks to the head: ``kind`` picks the link, every kind drives
+    the same inspection service and verdict journal (:mod:`firmware_bridge.links`).
+
+    * ``ascii`` (default): our CRC'd line protocol on a serial port (docs/protocol.md);
+      ``port``, ``baud``; 8N1 only.
+    * ``modbus-rtu``: Modbus RTU server on a serial port (docs/modbus.md): ``port``,
+      ``baud``, ``parity`` (default even, the Modbus standard's), ``stop_bits`` (default 1),
+      ``unit_id``, and ``rs485 = "kernel"`` where the port's RS-485 transceiver needs its
+      direction switched by RTS (the Linux driver toggles it: pyserial's rs485_mode).
+    * ``modbus-tcp``: Modbus TCP server on ``host`` (default 127.0.0.1: a PLC on the plant
+      network needs the head's address there, said on purpose) and ``tcp_port`` (default 502,
+      0 = any free port, printed), ``unit_id``.
+
+    ``port`` and ``baud`` have no default (None: absent) so a head file that names them keeps
+    its digest (``digest`` leaves out defaults). Keys that mean nothing for the chosen kind are
+    refused rather than ignored, so a file cannot look as if it set something it does not.
+    """
+
+    kind: Literal[LINK_KINDS] = "ascii"  # type: ignore[valid-type]
+    port: str | None = Field(default=None, min_length=1)
+    baud: Literal[_BAUDS] | None = None  # type: ignore[valid-type]
+    parity: Literal["none", "even", "odd"] | None = None
+    stop_bits: Literal[1, 2] | None = None
+    unit_id: int = Field(default=1, ge=1, le=247)  # 248-255 reserved, 0 broadcast
+    host: str = Field(default="127.0.0.1", min_length=1)
+    tcp_port: int = Field(default=502, ge=0, le=65535)
+    # "kernel": the serial driver switches the RS-485 transceiver with RTS (TIOCSRS485);
+    # "off": the adapter does it itself (most USB RS-485 adapters) or the port is RS-232
+    rs485: Literal["off", "kernel"] = "off"
+    rs485_rts_level_for_tx: bool = True
+    rs485_delay_before_tx_ms: float = Field(default=0.0, ge=0, le=100)
+    rs485_delay_before_rx_ms: float = Field(default=0.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _keys_fit_the_kind(self) -> VerdictLink:
+        given, kind = self.model_fields_set, self.kind
+
+        def refuse(keys: tuple[str, ...], why: str) -> None:
+            bad = [k for k in keys if k in given]
+            if bad:
+                raise ValueError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} {why}, "
+                                 f"not for kind = {kind!r}")
+
+        if kind == "modbus-tcp":
+            refuse(_SERIAL_ONLY, "for a serial link (ascii, modbus-rtu); modbus-tcp takes host "
+                                 "and tcp_port")
+        else:
+            refuse(_TCP_ONLY, "for kind = 'modbus-tcp'")
+            for key, what in (("port", "the serial port (a device path, a pyserial URL or "
+                                       "'sim')"), ("baud", "the baud rate")):
+                if getattr(self, key) is None:
+                    raise ValueError(f"kind = {kind!r} needs {key}: {what}")
+        if kind == "ascii":
+            refuse(_MODBUS_ONLY + ("stop_bits", "rs485") + _RS485_ONLY, "for Modbus links")
+            if self.parity not in (None, "none"):
+                raise ValueError("the ascii link is 8N1: parity must be 'none' (or left out)")
+        if self.rs485 == "off":
+            refuse(_RS485_ONLY, "for rs485 = 'kernel'")
+        return self
+
+    @property
+    def serial_parity(self) -> str:
+        """Parity as pyserial names it ('N', 'E', 'O'); Modbus RTU defaults to even."""
+        default = "even" if self.kind == "modbus-rtu" else "none"
+        return {"none": "N", "even": "E", "odd": "O"}[self.parity or default]
+
+    @property
+    def serial_stop_bits(self) -> int:
+        return self.stop_bits or 1
 
 
 class ChannelGain(_Section):

@@ -76,11 +76,26 @@ def _link_settings(args: argparse.Namespace) -> tuple[str, int]:
     return port, baud
 
 
+def _verdict_link(args: argparse.Namespace):
+    """The head file's [verdict_link] (its kind: ascii, modbus-rtu, modbus-tcp), with --port
+    and --baud in place of the file's serial port and baud rate."""
+    from edge.cli_common import load_head
+    from edge.config import ConfigError
+
+    link = load_head(args).verdict_link
+    if link.kind == "modbus-tcp" and (args.port or args.baud):
+        raise ConfigError("--port and --baud are for a serial link; this head's [verdict_link] "
+                          f"is modbus-tcp on {link.host}:{link.tcp_port}")
+    update = {k: v for k, v in (("port", args.port), ("baud", args.baud)) if v is not None}
+    return link.model_copy(update=update)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", "--config", dest="head", metavar="HEAD.toml",
                    default=argparse.SUPPRESS,
-                   help="head file: the head that inspects, and the port and baud rate of the "
-                        "link (default: $GLASS_INSPECT_HEAD, else the embedded simulated head)")
+                   help="head file: the head that inspects, and its link to the line "
+                        "controller ([verdict_link]: kind ascii, modbus-rtu or modbus-tcp) "
+                        "(default: $GLASS_INSPECT_HEAD, else the embedded simulated head)")
     p.add_argument("--port", metavar="URL",
                    help="serial port: a device path or any pyserial URL (default: the head "
                         "configuration's verdict_link.port; 'sim' for serve makes a "
@@ -127,10 +142,11 @@ def _serve_options(s: argparse.ArgumentParser, engine: bool = True) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
-        "serve", help="answer the line controller's inspection requests over the serial link",
-        description="Own the verdict link: take INSPECT requests from the line controller, run "
-                    "one inspection at a time, journal each verdict and send it until it is "
-                    "acknowledged. Protocol: docs/protocol.md.")
+        "serve", help="answer the line controller's inspection requests over the verdict link",
+        description="Own the verdict link: take inspection requests from the line controller, "
+                    "run one inspection at a time, journal each verdict and deliver it until it "
+                    "is acknowledged. The head file's [verdict_link] kind picks the link: "
+                    "ascii (docs/protocol.md), modbus-rtu or modbus-tcp (docs/modbus.md).")
     _serve_options(s)
     s.set_defaults(func=cmd_serve)
 
@@ -215,14 +231,14 @@ def _make_inspector(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     from firmware_bridge.service import serve
 
-    url, baud = _link_settings(args)
-    return serve(url, baud, args.journal, lambda: _make_inspector(args),
+    link = _verdict_link(args)
+    return serve(link.port, link.baud, args.journal, lambda: _make_inspector(args),
                  health=getattr(args, "health", None), repeat_s=args.repeat,
                  abort_grace_s=args.abort_grace, inspect_timeout_s=args.inspect_timeout,
                  reopen_s=args.reopen, label=args.inspector,
                  engine=getattr(args, "engine", None),
                  journal_max_bytes=int(args.journal_max_mb * 1024 * 1024),
-                 journal_keep=args.journal_keep)
+                 journal_keep=args.journal_keep, link=link)
 
 
 def _heartbeat(args: argparse.Namespace):

@@ -8,7 +8,9 @@ running and its state (the verdict journal, pending repeats) is untouched. The o
 once when it starts and once when it ends, in words for the operator.
 
 ``sim_port()`` makes the pseudo-terminal pair behind the config's ``port = "sim"``: this side
-keeps the master, the line controller opens the printed path.
+keeps the master, the line controller opens the printed path. ``relayed_ptys()`` makes two
+pairs joined byte for byte by a thread, for a head side that must open a path itself (the
+Modbus RTU server opens its port through pymodbus).
 """
 
 from __future__ import annotations
@@ -77,6 +79,47 @@ def sim_port(timeout: float = 0.05) -> tuple[Callable[[], FdPort], str]:
     # controller disconnects; it just sees silence until one connects again.
     port.keep = slave  # type: ignore[attr-defined]
     return (lambda: port), os.ttyname(slave)
+
+
+def relayed_ptys() -> tuple[str, str, Callable[[], None]]:
+    """Two pseudo-terminals whose masters a daemon thread joins: (head path, line path,
+    close). Bytes pass as they are, in both directions, with no framing of their own."""
+    import threading
+
+    pairs = []
+    for _ in range(2):
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        pairs.append((master, slave))
+    (ma, sa), (mb, sb) = pairs
+    stop = threading.Event()
+
+    def relay() -> None:
+        other = {ma: mb, mb: ma}
+        while not stop.is_set():
+            try:
+                ready, _, _ = select.select([ma, mb], [], [], 0.05)
+            except OSError:
+                return
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                    os.write(other[fd], data)
+                except OSError:  # nobody on that side yet, or its buffer full: bytes lost
+                    pass
+
+    thread = threading.Thread(target=relay, name="pty-relay", daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(2)
+        for fd in (ma, sa, mb, sb):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    return os.ttyname(sa), os.ttyname(sb), close
 
 
 class Link:

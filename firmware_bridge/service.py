@@ -3,8 +3,10 @@
 What ``glass-inspect serve`` runs (and ``start``, after the engine is ready). The order matters:
 the journal first (a journal that cannot be opened stops everything before the head is built),
 then the head (one with missing parts stops here, before the line controller ever sees a port),
-then the port and the server. SIGTERM stops the loop cleanly; every way out closes the head
-(LEDs dark), the journal, and marks the heartbeat stopped.
+then the link the head file's ``[verdict_link] kind`` names (:mod:`firmware_bridge.links`:
+the ASCII protocol, Modbus RTU or TCP), all on the same journal and inspection service.
+SIGTERM stops the loop cleanly; every way out closes the head (LEDs dark), the journal, and
+marks the heartbeat stopped.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
           *, health: str | None = None, repeat_s: float = 1.0, abort_grace_s: float = 2.0,
           inspect_timeout_s: float = 300.0, reopen_s: float = 0.5, label: str = "head",
           engine: str | None = None, journal_max_bytes: int = DEFAULT_MAX_BYTES,
-          journal_keep: int = DEFAULT_KEEP) -> int:
-    """Serve verdicts on ``url`` until SIGTERM or Ctrl-C; the exit status.
-    ``make_inspector()`` gives (inspector, close). The journal is rotated past
-    ``journal_max_bytes`` (0: never), keeping ``journal_keep`` old files."""
+          journal_keep: int = DEFAULT_KEEP, link=None) -> int:
+    """Serve verdicts until SIGTERM or Ctrl-C; the exit status. ``link`` is the head file's
+    ``[verdict_link]`` (:class:`edge.config.VerdictLink`); without it, the ASCII link on
+    ``url`` at ``baud``. ``make_inspector()`` gives (inspector, close). The journal is
+    rotated past ``journal_max_bytes`` (0: never), keeping ``journal_keep`` old files."""
+    from edge.config import VerdictLink
     from firmware_bridge.journal import Journal, JournalError
-    from firmware_bridge.port import Link, sim_port
-    from firmware_bridge.server import VerdictServer
+    from firmware_bridge.links import open_link
+
+    if link is None:  # as before kinds existed: not validated, any baud pyserial takes
+        link = VerdictLink.model_construct(kind="ascii", port=url, baud=baud)
 
     try:
         journal = Journal(journal_path, max_bytes=journal_max_bytes, keep=journal_keep)
@@ -43,17 +49,13 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
     except BaseException:
         journal.close()
         raise
-    opener = None
-    if url == "sim":
-        opener, url = sim_port()
-        print(f"line controller port: {url}  (e.g. glass-inspect line-sim --port {url})",
-              flush=True)
     heartbeat = None
     if health:
         from firmware_bridge.health import Heartbeat
 
         # the inspector's own state of the moment (the head's LED watchdog), where it has one
-        heartbeat = Heartbeat(health, report=getattr(inspector, "health", None), port=url,
+        where = f"{link.host}:{link.tcp_port}" if link.kind == "modbus-tcp" else link.port
+        heartbeat = Heartbeat(health, report=getattr(inspector, "health", None), port=where,
                               journal=str(Path(journal_path).resolve()), engine=engine,
                               inspector=label)
     stop = threading.Event()
@@ -73,11 +75,11 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
     try:
-        link = Link(url, baud, name="line controller port", reopen_s=reopen_s, opener=opener)
-        server = VerdictServer(link, inspector, journal, repeat_s=repeat_s,
-                               abort_grace_s=abort_grace_s, inspect_timeout_s=inspect_timeout_s,
-                               heartbeat=heartbeat)
-        log.info("serving verdicts on %s at %d baud with the %s inspector", url, baud, label)
+        server = open_link(link, inspector, journal, heartbeat=heartbeat, repeat_s=repeat_s,
+                           abort_grace_s=abort_grace_s, inspect_timeout_s=inspect_timeout_s,
+                           reopen_s=reopen_s)
+        log.info("serving verdicts (%s link: %s) with the %s inspector", link.kind,
+                 server.describe(), label)
         server.run(stop)
     except KeyboardInterrupt:
         log.info("stopped")
