@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -447,6 +448,27 @@ class Review(_Section):
     margin: float = Field(default=0.1, ge=0, le=2)
 
 
+_WEB_TOKEN = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
+
+
+class Web(_Section):
+    """The head's operator web page (``serve --web``, :mod:`firmware_bridge.web`): ``token``
+    is what a person types to change anything through it (labels, abort). The environment
+    variable ``GLASS_INSPECT_WEB_TOKEN`` takes its place where set, so the head file need not
+    hold the secret. Without either the page is read-only. Choice: at least 16 characters of
+    ``A-Z a-z 0-9 _ - . ~`` (a token typed or pasted, never a password a person remembers)."""
+
+    token: str = ""
+
+    @model_validator(mode="after")
+    def _token_is_usable(self) -> Web:
+        if self.token and not _WEB_TOKEN.match(self.token):
+            raise ValueError(f"token: expected 16 to 256 characters of A-Z a-z 0-9 _ - . ~, got "
+                             f"{len(self.token)} character(s) (make one with: python -c "
+                             "'import secrets; print(secrets.token_urlsafe(24))')")
+        return self
+
+
 class HeadConfig(_Section):
     name: str = Field(min_length=1)
     camera: Camera
@@ -459,6 +481,7 @@ class HeadConfig(_Section):
     reject_rule: RejectRule = RejectRule()
     simulation: Simulation | None = None
     review: Review | None = None
+    web: Web | None = None
 
     @model_validator(mode="after")
     def _parts_fit_together(self) -> HeadConfig:
@@ -536,8 +559,9 @@ class HeadConfig(_Section):
         default (an option the head file does not set) keeps every head's digest, and with it
         the calibrations bound to it (:func:`edge.calibration.head_digest`). ``[review]`` is
         left out too: which samples are kept changes neither the frames nor the verdicts, so
-        turning it on must not unbind a calibration or change a recording's head digest."""
-        content = self.model_dump(mode="json", exclude_defaults=True, exclude={"review"})
+        turning it on must not unbind a calibration or change a recording's head digest.
+        ``[web]`` is left out too (its token)."""
+        content = self.model_dump(mode="json", exclude_defaults=True, exclude={"review", "web"})
         canon = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
