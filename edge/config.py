@@ -83,6 +83,8 @@ PositivePair = Annotated[
     Field(strict=False),
 ]
 HeaderPin = Annotated[int, Field(ge=1, le=40)]
+# [fleet] head_id: one MQTT topic level, as sample ids are on the line
+SAMPLE_ID_LIKE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Camera(_Section):
@@ -434,6 +436,48 @@ class Simulation(_Section):
         return self
 
 
+class Fleet(_Section):
+    """Where the head reports to the plant (:mod:`firmware_bridge.fleet`, docs/fleet.md): its
+    verdicts (without images), health and counts to the MQTT broker ``broker``
+    (``mqtt://host:port``, default port 1883; ``mqtts://`` for TLS, default port 8883) under
+    ``glass-inspect/<head_id>/``. ``head_id`` defaults to the head's ``name``; either must be
+    one MQTT topic level of 1-64 letters, digits, ``_ . -``, unique in the plant (it is also
+    the client id). ``username`` and ``password`` go together; ``ca_file`` (relative to the
+    head file) is the broker's CA for TLS, else the system's. ``queue`` bounds the verdicts
+    kept while the broker is away (the oldest go first, counted); ``health_s`` is how often
+    health is sent. Absent: the head reports to nobody."""
+
+    broker: str = Field(pattern=r"^mqtts?://[^/:@\s]+(:\d{1,5})?/?$")
+    head_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = Field(default=None, min_length=1)
+    ca_file: str | None = Field(default=None, min_length=1)
+    queue: int = Field(default=10_000, ge=1, le=1_000_000)
+    health_s: float = Field(default=10.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _fits(self) -> Fleet:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        port = self.broker.rstrip("/").rpartition(":")[2]
+        if port.isdigit() and not 1 <= int(port) <= 65535:
+            raise ValueError(f"broker port {port} is not 1-65535")
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file is for TLS: use an mqtts:// broker URL")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.broker.startswith("mqtts://")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of the broker."""
+        rest = self.broker.split("://", 1)[1].rstrip("/")
+        host, sep, port = rest.partition(":")
+        return host, int(port) if sep else (8883 if self.tls else 1883)
+
+
 class Review(_Section):
     """Which inspected samples the head keeps for people to review and label
     (:mod:`edge.review`): every FAIL and ERROR, every PASS whose peak score came within
@@ -481,7 +525,18 @@ class HeadConfig(_Section):
     reject_rule: RejectRule = RejectRule()
     simulation: Simulation | None = None
     review: Review | None = None
+    # left out of every model_dump: of the digest (reporting changes no verdict, so turning
+    # it on must not unbind a calibration) and of printed configs (its password)
+    fleet: Fleet | None = Field(default=None, exclude=True)
     web: Web | None = None
+
+    @model_validator(mode="after")
+    def _fleet_head_id(self) -> HeadConfig:
+        if self.fleet is not None and self.fleet.head_id is None and not SAMPLE_ID_LIKE.match(
+                self.name):
+            raise ValueError(f"fleet: the head's name {self.name!r} is not an MQTT topic level "
+                             "(1-64 letters, digits, _ . -): give [fleet] head_id")
+        return self
 
     @model_validator(mode="after")
     def _parts_fit_together(self) -> HeadConfig:
