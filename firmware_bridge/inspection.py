@@ -32,6 +32,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge.verdict import Status, Verdict, error
@@ -70,7 +71,13 @@ class InspectionService:
         self.job: Job | None = None  # the inspection the line is waiting for
         self.stuck: Job | None = None  # an abandoned inspection whose thread still runs
         self.journal_problem: str | None = None  # the last journal write failed: why
+        # serve --web: the page's state (firmware_bridge.web_state), told of each start and
+        # progress here; verdicts reach it through listeners
+        self.web = None
         self.on_progress = self.on_verdict = self.on_stuck = self.on_journal_error = _ignore
+        # after the link: listen(entry, verdict, seconds the line waited) for each verdict
+        # (metrics, the fleet); called in this service's thread, so each must not block
+        self.listeners: list[Callable[[Entry, Verdict, float], None]] = []
         self._events: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._seq = (journal.last_seq + 1) % (codec.MAX_SEQ + 1)
@@ -114,6 +121,8 @@ class InspectionService:
         job.thread = threading.Thread(target=work, name=f"inspect-{sid}", daemon=True)
         self.job = job
         log.info("sample %s: inspecting", sid)
+        if self.web is not None:
+            self.web.inspecting(sid)
         job.thread.start()
         return job
 
@@ -147,6 +156,8 @@ class InspectionService:
                 job.done, job.total = ev[2], ev[3]
                 if job is self.job:
                     self.on_progress(job)
+                    if self.web is not None:
+                        self.web.progress(job.sample_id, job.done, job.total)
             elif job is self.job:
                 self.job = None
                 self.finish(job, ev[2])
@@ -206,6 +217,12 @@ class InspectionService:
             e = self.journal.by_id[vid]
         log.info("%s (verdict %d)", v.summary(), vid)
         self.on_verdict(e)
+        waited = time.monotonic() - job.started
+        for listen in self.listeners:
+            try:
+                listen(e, v, waited)
+            except Exception:  # what watches the head never takes a verdict back
+                log.exception("a verdict listener failed; the verdict stands")
         return e
 
     def acknowledge(self, verdict_id: int, sample_id: str | None = None) -> Entry | None:
