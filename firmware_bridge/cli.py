@@ -138,6 +138,9 @@ def _serve_options(s: argparse.ArgumentParser, engine: bool = True) -> None:
                    help="stop an inspection after S seconds with ERROR (default: 300)")
     s.add_argument("--reopen", type=_positive, default=0.5, metavar="S",
                    help="when the port is gone, try to reopen it every S seconds (default: 0.5)")
+    s.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md; "
+                        "PORT alone binds 127.0.0.1; default: off)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -208,6 +211,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", metavar="PATH", help="also write the answers as JSON")
     ls.set_defaults(func=cmd_line_sim)
 
+    from firmware_bridge.fleet_cli import add_command as add_fleet
+
+    add_fleet(sub)
+
 
 def _make_inspector(args: argparse.Namespace):
     """The inspector and what to close when serving ends."""
@@ -229,16 +236,19 @@ def _make_inspector(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from edge.cli_common import load_head
     from firmware_bridge.service import serve
 
     link = _verdict_link(args)
+    head = load_head(args)  # [fleet]: where the head reports, if anywhere
     return serve(link.port, link.baud, args.journal, lambda: _make_inspector(args),
                  health=getattr(args, "health", None), repeat_s=args.repeat,
                  abort_grace_s=args.abort_grace, inspect_timeout_s=args.inspect_timeout,
                  reopen_s=args.reopen, label=args.inspector,
                  engine=getattr(args, "engine", None),
                  journal_max_bytes=int(args.journal_max_mb * 1024 * 1024),
-                 journal_keep=args.journal_keep, link=link)
+                 journal_keep=args.journal_keep, link=link, metrics=args.metrics,
+                 fleet=head.fleet, head_id=head.name)
 
 
 def _heartbeat(args: argparse.Namespace):

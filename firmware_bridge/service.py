@@ -27,11 +27,15 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
           *, health: str | None = None, repeat_s: float = 1.0, abort_grace_s: float = 2.0,
           inspect_timeout_s: float = 300.0, reopen_s: float = 0.5, label: str = "head",
           engine: str | None = None, journal_max_bytes: int = DEFAULT_MAX_BYTES,
-          journal_keep: int = DEFAULT_KEEP, link=None) -> int:
+          journal_keep: int = DEFAULT_KEEP, link=None, metrics: str | None = None,
+          fleet=None, head_id: str = "head") -> int:
     """Serve verdicts until SIGTERM or Ctrl-C; the exit status. ``link`` is the head file's
     ``[verdict_link]`` (:class:`edge.config.VerdictLink`); without it, the ASCII link on
     ``url`` at ``baud``. ``make_inspector()`` gives (inspector, close). The journal is
-    rotated past ``journal_max_bytes`` (0: never), keeping ``journal_keep`` old files."""
+    rotated past ``journal_max_bytes`` (0: never), keeping ``journal_keep`` old files.
+    ``metrics`` (HOST:PORT) serves Prometheus metrics (:mod:`firmware_bridge.metrics`);
+    ``fleet`` (the head file's ``[fleet]``) reports to an MQTT broker as ``head_id`` when its
+    own is not set (:mod:`firmware_bridge.fleet`)."""
     from edge.config import VerdictLink
     from firmware_bridge.journal import Journal, JournalError
     from firmware_bridge.links import open_link
@@ -60,6 +64,19 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
                               inspector=label)
     stop = threading.Event()
     server = None
+    watchers = []  # metrics, fleet: they hear each verdict after the link
+    try:
+        from firmware_bridge.metrics import serve_metrics
+
+        # always made (the web page shows it); on HTTP only with --metrics
+        watchers.append(serve_metrics(metrics, journal, inspector))
+    except (OSError, ValueError) as exc:
+        print(f"glass-inspect serve: cannot serve metrics on {metrics}: {exc}", file=sys.stderr)
+        close()
+        if hasattr(inspector, "close"):
+            inspector.close()
+        journal.close()
+        return 2
 
     def on_signal(signum: int, frame: object) -> None:
         # dark first and the inspection told at once: the server loop would notice the stop
@@ -80,10 +97,19 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
                            reopen_s=reopen_s)
         log.info("serving verdicts (%s link: %s) with the %s inspector", link.kind,
                  server.describe(), label)
+        service = getattr(server, "service", None)  # the links' InspectionService
+        if service is not None:
+            watchers[0].attach(service)
+        if fleet is not None and service is not None:
+            from firmware_bridge.fleet import start_publisher
+
+            watchers.append(start_publisher(fleet, head_id, inspector, journal, service))
         server.run(stop)
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
+        for w in reversed(watchers):
+            w.close()
         close()
         if hasattr(inspector, "close"):  # the head's review writer finishes its queue
             inspector.close()
