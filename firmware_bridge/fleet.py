@@ -337,7 +337,7 @@ class HeadState:
         c, h = self.counts, self.health
         y = c.get("yield")
         last = self.last
-        return [self.head, str(h.get("state", "?")), f"{now - self.seen:.0f} s",
+        return [self.head, str(h.get("state", "?")), f"{now - self.seen:.0f}s",
                 str(c.get("PASS", "-")), str(c.get("FAIL", "-")), str(c.get("ERROR", "-")),
                 f"{y:.1%}" if isinstance(y, (int, float)) else "-",
                 str(h.get("unacknowledged", "-")), str(self.verdicts),
