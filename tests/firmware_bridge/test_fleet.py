@@ -10,10 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from types import SimpleNamespace
 
 import pytest
+import tomllib
 
 from edge import config
 from firmware_bridge.fleet import Monitor, Publisher, parse_broker, verdict_message
