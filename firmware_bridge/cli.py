@@ -141,6 +141,10 @@ def _serve_options(s: argparse.ArgumentParser, engine: bool = True) -> None:
     s.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md; "
                         "PORT alone binds 127.0.0.1; default: off)")
+    s.add_argument("--web", metavar="HOST:PORT",
+                   help="serve the operator web page at http://HOST:PORT/ (docs/web.md; PORT "
+                        "alone binds 127.0.0.1; labels and abort need the head file's [web] "
+                        "token or $GLASS_INSPECT_WEB_TOKEN; default: off)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -248,7 +252,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  engine=getattr(args, "engine", None),
                  journal_max_bytes=int(args.journal_max_mb * 1024 * 1024),
                  journal_keep=args.journal_keep, link=link, metrics=args.metrics,
-                 fleet=head.fleet, head_id=head.name)
+                 fleet=head.fleet, head_id=head.name, web=_web_page(args, head))
+
+
+def _web_page(args: argparse.Namespace, head):
+    """The page of ``--web``, or None (checked before anything starts)."""
+    if not getattr(args, "web", None):
+        return None
+    from firmware_bridge.web.server import WebPage
+
+    return WebPage(args.web, head, health_file=getattr(args, "health", None))
 
 
 def _heartbeat(args: argparse.Namespace):

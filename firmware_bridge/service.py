@@ -28,14 +28,15 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
           inspect_timeout_s: float = 300.0, reopen_s: float = 0.5, label: str = "head",
           engine: str | None = None, journal_max_bytes: int = DEFAULT_MAX_BYTES,
           journal_keep: int = DEFAULT_KEEP, link=None, metrics: str | None = None,
-          fleet=None, head_id: str = "head") -> int:
+          fleet=None, head_id: str = "head", web=None) -> int:
     """Serve verdicts until SIGTERM or Ctrl-C; the exit status. ``link`` is the head file's
     ``[verdict_link]`` (:class:`edge.config.VerdictLink`); without it, the ASCII link on
     ``url`` at ``baud``. ``make_inspector()`` gives (inspector, close). The journal is
     rotated past ``journal_max_bytes`` (0: never), keeping ``journal_keep`` old files.
     ``metrics`` (HOST:PORT) serves Prometheus metrics (:mod:`firmware_bridge.metrics`);
     ``fleet`` (the head file's ``[fleet]``) reports to an MQTT broker as ``head_id`` when its
-    own is not set (:mod:`firmware_bridge.fleet`)."""
+    own is not set (:mod:`firmware_bridge.fleet`). ``web`` (a
+    :class:`firmware_bridge.web.server.WebPage`) serves the operator page in its own thread."""
     from edge.config import VerdictLink
     from firmware_bridge.journal import Journal, JournalError
     from firmware_bridge.links import open_link
@@ -104,6 +105,8 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
             from firmware_bridge.fleet import start_publisher
 
             watchers.append(start_publisher(fleet, head_id, inspector, journal, service))
+        if web is not None and service is not None:
+            watchers.append(_show_on(web, service, server, inspector, label))
         server.run(stop)
     except KeyboardInterrupt:
         log.info("stopped")
@@ -117,3 +120,23 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
         if heartbeat is not None:
             heartbeat.write("stopped")
     return 0
+
+
+def _show_on(web, service, server, inspector, label: str):
+    """Start the web page on ``service``, which tells the page's state of each start,
+    progress and verdict (:mod:`firmware_bridge.web_state`); the page, to close."""
+    from firmware_bridge.web_state import WebState
+
+    state = WebState()
+
+    def shown(entry, verdict, seconds: float) -> None:
+        state.verdict(entry.verdict_id, verdict.to_dict(), seconds)
+        problem = service.journal_problem
+        state.problem(f"verdict journal: {problem}" if problem else None)
+
+    service.web = state
+    service.listeners.append(shown)
+    url = web.start(state, engine=getattr(inspector, "engine", None), inspector=label,
+                    abort=server.abort_now)
+    print(f"web page: {url}", flush=True)
+    return web
