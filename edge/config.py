@@ -314,12 +314,15 @@ class Calibration(_Section):
     file: str
 
 
-LINK_KINDS = ("ascii", "modbus-rtu", "modbus-tcp")
+LINK_KINDS = ("ascii", "modbus-rtu", "modbus-tcp", "io")
 _SERIAL_ONLY = ("port", "baud", "parity", "stop_bits", "rs485", "rs485_rts_level_for_tx",
                 "rs485_delay_before_tx_ms", "rs485_delay_before_rx_ms")
 _MODBUS_ONLY = ("unit_id",)
 _TCP_ONLY = ("host", "tcp_port")
 _RS485_ONLY = ("rs485_rts_level_for_tx", "rs485_delay_before_tx_ms", "rs485_delay_before_rx_ms")
+_IO_PINS = ("trigger_pin", "busy_pin", "pass_pin", "fail_pin", "error_pin", "strobe_pin")
+_IO_ONLY = _IO_PINS + ("ack_pin", "strobe_ms", "settle_ms", "hold_ms", "debounce_ms",
+                       "trigger_edge", "active_high")
 
 
 class VerdictLink(_Section):
@@ -335,6 +338,15 @@ class VerdictLink(_Section):
     * ``modbus-tcp``: Modbus TCP server on ``host`` (default 127.0.0.1: a PLC on the plant
       network needs the head's address there, said on purpose) and ``tcp_port`` (default 502,
       0 = any free port, printed), ``unit_id``.
+    * ``io``: discrete I/O on header pins (docs/io_link.md): inputs ``trigger_pin`` and
+      ``ack_pin`` (optional), outputs ``busy_pin``, ``pass_pin``, ``fail_pin``, ``error_pin``,
+      ``strobe_pin``; ``trigger_edge`` (rising/falling, electrical), ``debounce_ms``,
+      ``settle_ms`` (result outputs set to strobe), ``strobe_ms`` (strobe width),
+      ``hold_ms`` (outputs drop this long after the strobe; 0: only on acknowledge, which
+      needs ``ack_pin``) and ``active_high`` (false: outputs and the acknowledge are active
+      low, for sinking PLC inputs). The pins are driven through the head's own pin factory,
+      so they are checked as the LED pins are; none may be an LED group's or the camera
+      trigger's (:class:`HeadConfig`).
 
     ``port`` and ``baud`` have no default (None: absent) so a head file that names them keeps
     its digest (``digest`` leaves out defaults). Keys that mean nothing for the chosen kind are
@@ -355,6 +367,21 @@ class VerdictLink(_Section):
     rs485_rts_level_for_tx: bool = True
     rs485_delay_before_tx_ms: float = Field(default=0.0, ge=0, le=100)
     rs485_delay_before_rx_ms: float = Field(default=0.0, ge=0, le=100)
+    # discrete I/O (kind = "io"): header pins, and the handshake's timing
+    trigger_pin: HeaderPin | None = None
+    busy_pin: HeaderPin | None = None
+    pass_pin: HeaderPin | None = None
+    fail_pin: HeaderPin | None = None
+    error_pin: HeaderPin | None = None
+    strobe_pin: HeaderPin | None = None
+    ack_pin: HeaderPin | None = None
+    # a PLC input scan is 1-10 ms: a 10 ms strobe is seen by the slowest of them
+    strobe_ms: float = Field(default=10.0, gt=0, le=10_000)
+    settle_ms: float = Field(default=2.0, ge=0, le=1000)
+    hold_ms: float = Field(default=0.0, ge=0, le=3_600_000)
+    debounce_ms: float = Field(default=5.0, ge=0, le=1000)
+    trigger_edge: Literal["rising", "falling"] = "rising"
+    active_high: bool = True
 
     @model_validator(mode="after")
     def _keys_fit_the_kind(self) -> VerdictLink:
@@ -366,6 +393,12 @@ class VerdictLink(_Section):
                 raise ValueError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} {why}, "
                                  f"not for kind = {kind!r}")
 
+        if kind == "io":
+            refuse(_SERIAL_ONLY + _TCP_ONLY + _MODBUS_ONLY, "for the serial and TCP links; io "
+                   "takes header pins (trigger_pin, busy_pin, ...)")
+            self._io_pins_fit()
+            return self
+        refuse(_IO_ONLY, "for kind = 'io'")
         if kind == "modbus-tcp":
             refuse(_SERIAL_ONLY, "for a serial link (ascii, modbus-rtu); modbus-tcp takes host "
                                  "and tcp_port")
@@ -382,6 +415,26 @@ class VerdictLink(_Section):
         if self.rs485 == "off":
             refuse(_RS485_ONLY, "for rs485 = 'kernel'")
         return self
+
+    def _io_pins_fit(self) -> None:
+        missing = [k for k in _IO_PINS if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"kind = 'io' needs {', '.join(missing)}: header pin numbers")
+        pins = self.io_pins
+        bad = sorted({p for p in pins.values() if p in _NOT_GPIO})
+        if bad:
+            raise ValueError(f"header pins {bad} are power, ground or fixed-function, not GPIO")
+        if len(set(pins.values())) != len(pins):
+            raise ValueError(f"each io signal needs its own pin, got {pins}")
+        if self.ack_pin is None and self.hold_ms == 0:
+            raise ValueError("without ack_pin the outputs drop only after hold_ms: give hold_ms "
+                             "> 0 (how long the PLC has to read them) or an ack_pin")
+
+    @property
+    def io_pins(self) -> dict[str, int]:
+        """Signal -> header pin of the io link (``ack`` only when wired)."""
+        return {k.removesuffix("_pin"): getattr(self, k)
+                for k in (*_IO_PINS, "ack_pin") if getattr(self, k) is not None}
 
     @property
     def serial_parity(self) -> str:
@@ -492,6 +545,40 @@ class Review(_Section):
     margin: float = Field(default=0.1, ge=0, le=2)
 
 
+class Opcua(_Section):
+    """An OPC UA server beside the verdict link, for the MES (docs/opcua.md): OPC 40100
+    Machine Vision's state machine, job methods and result events over the same inspection
+    service. Needs the ``opcua`` extra (asyncua).
+
+    ``endpoint`` defaults to the loopback interface: serving the plant network is said on
+    purpose, by its address. Anonymous access is off unless ``anonymous = true``; a client
+    logs in with ``username`` and ``password``, and with ``certificate`` and ``private_key``
+    (the server's own, PEM or DER, paths relative to the head file) the endpoint takes only
+    signed and encrypted connections (Basic256Sha256), so the password never crosses the
+    network in the clear. Without them the endpoint is unencrypted (None security policy),
+    fit for the loopback default only.
+    """
+
+    endpoint: str = Field(default="opc.tcp://127.0.0.1:4840/glass-inspect/",
+                          pattern=r"^opc\.tcp://[^/:]+(:\d{1,5})?(/.*)?$")
+    anonymous: bool = False
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = Field(default=None, min_length=1)
+    certificate: str | None = Field(default=None, min_length=1)
+    private_key: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _someone_can_log_in(self) -> Opcua:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (the server's own)")
+        if not self.anonymous and self.username is None:
+            raise ValueError("anonymous access is off and no username is set: no client could "
+                             "log in; give username and password (or anonymous = true)")
+        return self
+
+
 _WEB_TOKEN = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
 
 
@@ -529,6 +616,23 @@ class HeadConfig(_Section):
     # it on must not unbind a calibration) and of printed configs (its password)
     fleet: Fleet | None = Field(default=None, exclude=True)
     web: Web | None = None
+    # left out of every model_dump as [fleet] is: of the digest and of printed configs (its
+    # password)
+    opcua: Opcua | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _io_pins_free(self) -> HeadConfig:
+        link, ill = self.verdict_link, self.illumination
+        if link.kind != "io":
+            return self
+        taken = {s.pin: f"LED group {k}" for k, s in enumerate(ill.states)}
+        taken[ill.trigger_pin] = "the camera trigger"
+        clash = [f"{name}_pin {pin} is {taken[pin]}'s" for name, pin in link.io_pins.items()
+                 if pin in taken]
+        if clash:
+            raise ValueError(f"verdict_link: {'; '.join(clash)} (illumination); each io signal "
+                             "needs a header pin of its own")
+        return self
 
     @model_validator(mode="after")
     def _fleet_head_id(self) -> HeadConfig:
@@ -615,8 +719,10 @@ class HeadConfig(_Section):
         the calibrations bound to it (:func:`edge.calibration.head_digest`). ``[review]`` is
         left out too: which samples are kept changes neither the frames nor the verdicts, so
         turning it on must not unbind a calibration or change a recording's head digest.
-        ``[web]`` is left out too (its token)."""
-        content = self.model_dump(mode="json", exclude_defaults=True, exclude={"review", "web"})
+        ``[opcua]`` is left out for the same reason (and its password with it), and ``[web]``
+        (its token)."""
+        content = self.model_dump(mode="json", exclude_defaults=True,
+                                  exclude={"review", "opcua", "web"})
         canon = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 

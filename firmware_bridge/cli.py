@@ -94,7 +94,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", "--config", dest="head", metavar="HEAD.toml",
                    default=argparse.SUPPRESS,
                    help="head file: the head that inspects, and its link to the line "
-                        "controller ([verdict_link]: kind ascii, modbus-rtu or modbus-tcp) "
+                        "controller ([verdict_link]: kind ascii, modbus-rtu, modbus-tcp or io; "
+                        "[opcua] beside it) "
                         "(default: $GLASS_INSPECT_HEAD, else the embedded simulated head)")
     p.add_argument("--port", metavar="URL",
                    help="serial port: a device path or any pyserial URL (default: the head "
@@ -153,7 +154,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Own the verdict link: take inspection requests from the line controller, "
                     "run one inspection at a time, journal each verdict and deliver it until it "
                     "is acknowledged. The head file's [verdict_link] kind picks the link: "
-                    "ascii (docs/protocol.md), modbus-rtu or modbus-tcp (docs/modbus.md).")
+                    "ascii (docs/protocol.md), modbus-rtu or modbus-tcp (docs/modbus.md), io "
+                    "(docs/io_link.md); [opcua] adds an OPC UA server (docs/opcua.md).")
     _serve_options(s)
     s.set_defaults(func=cmd_serve)
 
@@ -252,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  engine=getattr(args, "engine", None),
                  journal_max_bytes=int(args.journal_max_mb * 1024 * 1024),
                  journal_keep=args.journal_keep, link=link, metrics=args.metrics,
-                 fleet=head.fleet, head_id=head.name, web=_web_page(args, head))
+                 fleet=head.fleet, head_id=head.name, web=_web_page(args, head), head=head)
 
 
 def _web_page(args: argparse.Namespace, head):

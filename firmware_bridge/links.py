@@ -17,6 +17,7 @@ MODULES = {
     "ascii": "firmware_bridge.server",
     "modbus-rtu": "firmware_bridge.modbus_link",
     "modbus-tcp": "firmware_bridge.modbus_link",
+    "io": "firmware_bridge.io_link",
 }
 
 

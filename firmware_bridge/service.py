@@ -4,7 +4,9 @@ What ``glass-inspect serve`` runs (and ``start``, after the engine is ready). Th
 the journal first (a journal that cannot be opened stops everything before the head is built),
 then the head (one with missing parts stops here, before the line controller ever sees a port),
 then the link the head file's ``[verdict_link] kind`` names (:mod:`firmware_bridge.links`:
-the ASCII protocol, Modbus RTU or TCP), all on the same journal and inspection service.
+the ASCII protocol, Modbus RTU or TCP, discrete I/O), all on the same journal and inspection
+service, and with ``[opcua]`` the OPC UA server beside the link, on its service
+(:mod:`firmware_bridge.opcua_server`; one that cannot start stops serve, as a port would).
 SIGTERM stops the loop cleanly; every way out closes the head (LEDs dark), the journal, and
 marks the heartbeat stopped.
 """
@@ -28,7 +30,7 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
           inspect_timeout_s: float = 300.0, reopen_s: float = 0.5, label: str = "head",
           engine: str | None = None, journal_max_bytes: int = DEFAULT_MAX_BYTES,
           journal_keep: int = DEFAULT_KEEP, link=None, metrics: str | None = None,
-          fleet=None, head_id: str = "head", web=None) -> int:
+          fleet=None, head_id: str = "head", web=None, head=None) -> int:
     """Serve verdicts until SIGTERM or Ctrl-C; the exit status. ``link`` is the head file's
     ``[verdict_link]`` (:class:`edge.config.VerdictLink`); without it, the ASCII link on
     ``url`` at ``baud``. ``make_inspector()`` gives (inspector, close). The journal is
@@ -36,7 +38,9 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
     ``metrics`` (HOST:PORT) serves Prometheus metrics (:mod:`firmware_bridge.metrics`);
     ``fleet`` (the head file's ``[fleet]``) reports to an MQTT broker as ``head_id`` when its
     own is not set (:mod:`firmware_bridge.fleet`). ``web`` (a
-    :class:`firmware_bridge.web.server.WebPage`) serves the operator page in its own thread."""
+    :class:`firmware_bridge.web.server.WebPage`) serves the operator page in its own thread.
+    ``head`` (the :class:`edge.config.HeadConfig`), when its ``[opcua]`` is set, adds the OPC UA
+    server."""
     from edge.config import VerdictLink
     from firmware_bridge.journal import Journal, JournalError
     from firmware_bridge.links import open_link
@@ -59,7 +63,8 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
         from firmware_bridge.health import Heartbeat
 
         # the inspector's own state of the moment (the head's LED watchdog), where it has one
-        where = f"{link.host}:{link.tcp_port}" if link.kind == "modbus-tcp" else link.port
+        where = (f"{link.host}:{link.tcp_port}" if link.kind == "modbus-tcp" else
+                 "header pins" if link.kind == "io" else link.port)
         heartbeat = Heartbeat(health, report=getattr(inspector, "health", None), port=where,
                               journal=str(Path(journal_path).resolve()), engine=engine,
                               inspector=label)
@@ -107,6 +112,14 @@ def serve(url: str, baud: int, journal_path: str, make_inspector: Callable[[], t
             watchers.append(start_publisher(fleet, head_id, inspector, journal, service))
         if web is not None and service is not None:
             watchers.append(_show_on(web, service, server, inspector, label))
+        if head is not None and head.opcua is not None:
+            from firmware_bridge.opcua_server import start_beside
+
+            try:
+                watchers.append(start_beside(head.opcua, server, inspector, head))
+            except BaseException:
+                server.shutdown()  # the link's port or pins are let go before the message
+                raise
         server.run(stop)
     except KeyboardInterrupt:
         log.info("stopped")
