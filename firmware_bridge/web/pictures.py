@@ -44,6 +44,11 @@ class Map:
     rois: tuple[tuple[Box, bool], ...]
     defects: tuple[Box, ...]
 
+    @property
+    def unit(self) -> float:
+        """A hundredth of the map's larger side: text and lines scale with the sample."""
+        return max(self.width, self.height) / 100
+
 
 def verdict_map(record: dict, roi_mm: tuple[float, float]) -> Map:
     """The map of a verdict record (:meth:`edge.verdict.Verdict.to_dict`); ``roi_mm`` is one
@@ -127,7 +132,9 @@ def states_picture(folder: Path, index: int) -> bytes:
     image = states_panel(rec.frames(index), m.camera.bayer_pattern,
                          (1 << m.camera.bit_depth) - 1, m.illumination_deg, outlines,
                          panel_width=STATES_PANEL)
-    return _png(image)
+    # without its last row: the legend there names ground-truth kinds, and these outlines are
+    # the network's kept scratches
+    return _png(image.crop((0, 0, image.width, image.height - 22)))
 
 
 class Cache:

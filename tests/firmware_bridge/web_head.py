@@ -50,19 +50,23 @@ def chrome(width: int = 1280, height: int = 900):
     return webdriver.Chrome(options=options, service=service)
 
 
-def head_file(folder: Path, token: str = TOKEN) -> Path:
+def head_file(folder: Path, token: str = TOKEN, calibration: str = "") -> Path:
+    """The small head's file with ``[review]`` and ``[web]`` (and a calibration file)."""
     path = small_head_toml(folder)
-    path.write_text(path.read_text() + f'\n[review]\ndir = "kept"\nbudget_gb = 1.0\n\n'
-                                       f'[web]\ntoken = "{token}"\n')
+    text = path.read_text()
+    if calibration:
+        text = re.sub(r'^file = ""', f'file = "{calibration}"', text, count=1, flags=re.M)
+    path.write_text(text + f'\n[review]\ndir = "kept"\nbudget_gb = 1.0\n\n'
+                           f'[web]\ntoken = "{token}"\n')
     return path
 
 
 class ServingHead:
     """``glass-inspect serve --web 127.0.0.1:0`` of the small simulated head on a wire."""
 
-    def __init__(self, folder: Path, *extra: str) -> None:
+    def __init__(self, folder: Path, *extra: str, calibration: str = "") -> None:
         self.folder = folder
-        self.head = head_file(folder)
+        self.head = head_file(folder, calibration=calibration)
         self.wire = Wire(folder)
         self.log = folder / "serve.log"
         args = [sys.executable, "-m", "firmware_bridge", "serve", "--head", str(self.head),
