@@ -89,6 +89,32 @@ Faults around the head, injected here:
                    again, gets exactly one verdict
 =================  ==========================================================================
 
+Faults of the other verdict links (issue 32), each run in this process against the link's
+server on a journal of its own, with a scripted inspector (:class:`firmware_bridge.inspector.
+ScriptedInspector`: a set share of FAIL and ERROR verdicts, 2 RoIs of 5 ms) instead of the
+head, since the fault is in the link and not in the optics, 5 samples per run; ``samples``
+are the jobs the line
+asked for, ``false_pass`` the PASS results read for a sample whose verdict was not PASS,
+``lost`` the jobs without exactly one verdict the line could read (or inspections nobody
+asked for):
+
+=================  ==========================================================================
+``plc_no_ack``     io link with ACK wired and a 30 ms hold time; the simulated PLC never
+                   acknowledges; expected: each result readable at its strobe, the outputs
+                   drop after the hold, the verdicts stay unacknowledged in the journal, the
+                   next trigger is served
+``io_bounce``      io link, 4 ms debounce; every trigger bounces 6 times (0.4 ms pulses)
+                   before it settles, and a lone 0.5 ms glitch follows each cycle; expected:
+                   one inspection per trigger, none for a glitch
+``rtu_crc_burst``  Modbus RTU on a pseudo-terminal pair; before each START, a burst of 8 START
+                   frames for another sample with a corrupted CRC; expected: no inspection of
+                   that sample, the real START answered, its verdict read and acknowledged
+``opcua_drop``     OPC UA: a client starts a single job and drops its connection mid-job
+                   (its socket closed without a goodbye); expected: the verdict journaled once
+                   and readable in ResultManagement/LastResult by the next client, the state
+                   back to Ready
+=================  ==========================================================================
+
 Printed: one JSON object ``{"faults": [...], ...}``, per fault: ``runs``, ``samples`` (INSPECT
 requests the line made), ``verdicts`` (verdicts delivered), ``false_pass`` (PASS for a sample
 whose inspection the fault hit, or one after a latched fault: must be 0),
@@ -209,9 +235,18 @@ LINK_RUNNERS = {
     "sigkill": lambda rig, runs: signalled(rig, runs, signal.SIGKILL),
     "torn_journal": lambda rig, runs: torn_journal(rig, runs),
 }
+NEW_LINK_FAULTS = {
+    "plc_no_ack": "each result readable at its strobe; outputs drop after the hold; verdicts "
+                  "stay unacknowledged; the next trigger served",
+    "io_bounce": "one inspection per bouncing trigger, none for a glitch",
+    "rtu_crc_burst": "frames with a bad CRC ignored; the real START answered and its verdict "
+                     "read",
+    "opcua_drop": "the verdict journaled once and readable by the next client; Ready again",
+}
 ORDER = ["camera_timeout", "bad_frame", "stage_alarm", "stage_unplug", "line_unplug",
          "engine_nan", "led_stall", "dead_led_group", "ring_dark", "lens_cap", "defocus",
-         "gain_drift", "lost_steps", "sigterm", "sigkill", "full_disk", "torn_journal"]
+         "gain_drift", "lost_steps", "sigterm", "sigkill", "full_disk", "torn_journal",
+         *NEW_LINK_FAULTS]
 
 
 @dataclass
@@ -581,6 +616,228 @@ def full_disk(base: Path, head: Path, runs: int) -> tuple[list[Run], Rig | None,
     return out, rig, mechanism
 
 
+# -- faults of the io, Modbus RTU and OPC UA links (in this process) --------------------------
+
+def _scripted():
+    from firmware_bridge.inspector import ScriptedInspector
+
+    return ScriptedInspector(roi_time_s=0.005, rois=2, fail_share=0.4, error_share=0.2)
+
+
+def _expected(insp, sid: str) -> str:
+    return insp._plan(sid)[0].value
+
+
+def _io_fault(base: Path, runs: int, name: str) -> dict:
+    import threading
+
+    from gpiozero.pins.mock import MockFactory
+
+    from firmware_bridge.io_link import IoLink
+    from firmware_bridge.io_plc_sim import PlcTimeout, SimPlc
+    from firmware_bridge.journal import Journal
+
+    pins = dict(trigger_pin=11, busy_pin=12, pass_pin=13, fail_pin=16, error_pin=18,
+                strobe_pin=22, ack_pin=35)
+    timing = ({"hold_ms": 30.0, "debounce_ms": 2.0} if name == "plc_no_ack" else
+              {"debounce_ms": 4.0})
+    settings = config.VerdictLink(kind="io", strobe_ms=5.0, settle_ms=1.0, **pins, **timing)
+    factory, insp = MockFactory(), _scripted()
+    link = IoLink(settings, insp, Journal(base / f"{name}.jsonl"), pin_factory=factory,
+                  name=name)
+    plc = SimPlc(factory, settings, ack=name != "plc_no_ack")
+    stop = threading.Event()
+    t = threading.Thread(target=link.run, args=(stop,), daemon=True)
+    t.start()
+    link.ready.wait(10)
+    false_pass = lost = 0
+    try:
+        for k in range(runs):
+            before = set(link.journal.by_id)
+            try:
+                c = plc.cycle(10.0, bounces=6 if name == "io_bounce" else 0, bounce_s=0.0004)
+            except PlcTimeout as exc:
+                say(f"    cycle {k}: {exc}")
+                lost += 1
+                continue
+            new = [link.journal.by_id[v] for v in set(link.journal.by_id) - before]
+            if len(new) != 1 or not c.valid or c.status != new[0].status:
+                lost += 1
+                continue
+            if c.status == "PASS" and _expected(insp, new[0].sample_id) != "PASS":
+                false_pass += 1
+            if name == "io_bounce":  # a lone glitch, shorter than the debounce
+                plc.pins["trigger"].drive_high()
+                time.sleep(0.0005)
+                plc.pins["trigger"].drive_low()
+                time.sleep(0.02)
+        extra = len(link.journal.by_id) - runs  # inspections nobody asked for
+        lost += abs(extra)
+        unacked = len(link.journal.unacknowledged())
+    finally:
+        stop.set()
+        t.join(10)
+        factory.close()
+    res = {"samples": runs, "verdicts": len(link.journal.by_id), "false_pass": false_pass,
+           "lost": lost, "triggers_seen": link.triggers}
+    if name == "plc_no_ack":
+        res["unacknowledged_in_journal"] = unacked
+    return res
+
+
+def _rtu_crc_burst(base: Path, runs: int) -> dict:
+    import threading
+
+    from pymodbus.client import ModbusSerialClient
+
+    from firmware_bridge import modbus_link as M
+    from firmware_bridge.journal import Journal
+    from firmware_bridge.port import relayed_ptys
+
+    head, line, close = relayed_ptys()
+    settings = config.VerdictLink(kind="modbus-rtu", port=head, baud=115200, parity="none",
+                                  unit_id=1)
+    insp = _scripted()
+    link = M.ModbusLink(settings, insp, Journal(base / "rtu.jsonl"), reopen_s=0.1)
+    stop = threading.Event()
+    t = threading.Thread(target=link.run, args=(stop,), daemon=True)
+    t.start()
+    link.listening.wait(10)
+    client = ModbusSerialClient(line, baudrate=115200, parity="N", timeout=1, retries=3)
+    client.connect()
+    false_pass = lost = 0
+    try:
+        for k in range(runs):
+            sid = f"CRC{k:04d}"
+            bogus = _rtu_frame([M.CMD_START, 0, 0] + M.pack_text(f"BAD{k:04d}"))
+            for _ in range(8):  # a burst of noise: START frames whose CRC is wrong
+                client.socket.write(bogus[:-2] + bytes([bogus[-2] ^ 0x5A, bogus[-1]]))
+                time.sleep(0.003)
+            time.sleep(0.05)
+            r = client.write_registers(0, [M.CMD_START, 0, 0] + M.pack_text(sid), device_id=1)
+            if r.isError():
+                say(f"    {sid}: START refused: {r}")
+                lost += 1
+                continue
+            end = time.monotonic() + 10
+            regs = None
+            while time.monotonic() < end:
+                rr = client.read_input_registers(0, count=M.IR_COUNT, device_id=1)
+                if not rr.isError() and rr.registers[M.IR_UNACKED] and \
+                        M.unpack_text(rr.registers[M.IR_VERDICT_SAMPLE_ID:
+                                                   M.IR_VERDICT_SAMPLE_ID + 32]) == sid:
+                    regs = rr.registers
+                    break
+                time.sleep(0.01)
+            if regs is None or sum(e.sample_id == sid for e in link.journal.by_id.values()) != 1:
+                lost += 1
+                continue
+            status = {1: "PASS", 2: "FAIL", 3: "ERROR"}[regs[M.IR_VERDICT]]
+            if status == "PASS" and _expected(insp, sid) != "PASS":
+                false_pass += 1
+            seq = regs[M.IR_VERDICT_SEQ] << 16 | regs[M.IR_VERDICT_SEQ + 1]
+            client.write_registers(0, [M.CMD_ACK, seq >> 16, seq & 0xFFFF], device_id=1)
+        phantom = [e.sample_id for e in link.journal.by_id.values()
+                   if e.sample_id.startswith("BAD")]
+        lost += len(phantom)  # inspections nobody asked for
+        verdicts = len(link.journal.by_id)
+    finally:
+        client.close()
+        stop.set()
+        t.join(10)
+        close()
+    return {"samples": runs, "verdicts": verdicts, "false_pass": false_pass, "lost": lost,
+            "bad_crc_frames": 8 * runs, "inspections_from_bad_frames": len(phantom)}
+
+
+def _rtu_frame(values: list[int], unit: int = 1) -> bytes:
+    """An FC16 write of ``values`` at address 0 with its CRC (as pymodbus computes it)."""
+    from pymodbus.framer.rtu import FramerRTU
+
+    pdu = bytes([unit, 16, 0, 0, 0, len(values), 2 * len(values)]) + b"".join(
+        v.to_bytes(2, "big") for v in values)
+    return pdu + FramerRTU.compute_CRC(pdu).to_bytes(2, "big")
+
+
+def _opcua_drop(base: Path, runs: int) -> dict:
+    import asyncio
+    import socket
+    import threading
+
+    from asyncua import Client, ua
+
+    from firmware_bridge import modbus_link as M
+    from firmware_bridge.journal import Journal
+    from firmware_bridge.opcua_server import NAMESPACE, OpcuaServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = config.Opcua(endpoint=f"opc.tcp://127.0.0.1:{port}/gi/", username="mes",
+                            password="pw")
+    insp = _scripted()
+    insp.roi_time_s = 0.1  # long enough to drop the client mid-job
+    link = M.ModbusLink(config.VerdictLink(kind="modbus-tcp", tcp_port=0), insp,
+                        Journal(base / "opcua.jsonl"))
+    server = OpcuaServer(settings, link, head="faults", head_digest="", model_sha256="",
+                         backend="scripted")
+    stop = threading.Event()
+    t = threading.Thread(target=link.run, args=(stop,), daemon=True)
+    t.start()
+    server.start()
+    address = f"opc.tcp://mes:pw@127.0.0.1:{port}/gi/"
+    SM = "VisionSystem.VisionStateMachine"  # noqa: N806
+
+    async def one(sid: str) -> tuple[str, str, str] | None:
+        c = Client(address, timeout=5)
+        await c.connect()
+        idx = await c.get_namespace_index(NAMESPACE)
+        auto = c.get_node(ua.NodeId(f"{SM}.AutomaticMode", idx))
+        if await c.get_node(ua.NodeId(f"{SM}.CurrentState", idx)).read_value() == "Halted":
+            await c.get_node(ua.NodeId(SM, idx)).call_method(f"{idx}:SelectModeAutomatic")
+        await auto.call_method(f"{idx}:StartSingleJob", sid)
+        c.uaclient.protocol.transport.abort()  # the cable is pulled: no CloseSession
+        with contextlib.suppress(Exception):
+            await c.disconnect()
+        await asyncio.sleep(0.1)
+        async with Client(address, timeout=5) as c2:
+            last = "VisionSystem.ResultManagement.LastResult"
+            mode = c2.get_node(ua.NodeId(f"{SM}.AutomaticMode.CurrentState", idx))
+            for _ in range(300):
+                got = await c2.get_node(ua.NodeId(f"{last}.SampleId", idx)).read_value()
+                if got == sid and await mode.read_value() == "Ready":
+                    v = await c2.get_node(ua.NodeId(f"{last}.Verdict", idx)).read_value()
+                    return got, v, await mode.read_value()
+                await asyncio.sleep(0.02)
+        return None
+
+    false_pass = lost = 0
+    try:
+        for k in range(runs):
+            sid = f"UA{k:04d}"
+            got = asyncio.run(one(sid))
+            n = sum(1 for e in link.journal.by_id.values() if e.sample_id == sid)
+            if got is None or n != 1:
+                lost += 1
+                continue
+            if got[1] == "PASS" and _expected(insp, sid) != "PASS":
+                false_pass += 1
+    finally:
+        server.stop()
+        stop.set()
+        t.join(10)
+    return {"samples": runs, "verdicts": len(link.journal.by_id), "false_pass": false_pass,
+            "lost": lost}
+
+
+NEW_LINK_RUNNERS = {
+    "plc_no_ack": lambda base, runs: _io_fault(base, runs, "plc_no_ack"),
+    "io_bounce": lambda base, runs: _io_fault(base, runs, "io_bounce"),
+    "rtu_crc_burst": _rtu_crc_burst,
+    "opcua_drop": _opcua_drop,
+}
+
+
 # -- the matrix -------------------------------------------------------------------------------
 
 def summarise(name: str, runs: list[Run], rig: Rig | None, expect: str, seconds: float,
@@ -662,6 +919,14 @@ def main() -> None:
             notes: list[str] = []
             rig = None
             try:
+                if name in NEW_LINK_RUNNERS:
+                    (base / name).mkdir(parents=True, exist_ok=True)
+                    res = {"name": name, "runs": args.runs,
+                           **NEW_LINK_RUNNERS[name](base / name, args.runs * 5),
+                           "expect": NEW_LINK_FAULTS[name],
+                           "seconds": round(time.monotonic() - t, 1)}
+                    results.append(res)
+                    continue
                 if name == "full_disk":
                     runs, rig, mechanism = full_disk(base, head, args.runs)
                     extra["enospc_mechanism"] = mechanism

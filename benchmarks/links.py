@@ -13,6 +13,11 @@ started and returned. The line side is a client we did not write where there is 
   that shows DONE; the verdict is then read and acknowledged;
 * ``modbus-rtu``: the same over two pseudo-terminals joined by a relay thread. A pty has no
   wire time: on a real line at 115200 baud each STATUS poll adds about 1.3 ms of bytes.
+* ``io``: the discrete I/O link on gpiozero's MockFactory with the simulated PLC
+  (:mod:`firmware_bridge.io_plc_sim`); trigger = the PLC's trigger edge, readable = the
+  strobe's rise (the head's own pin record); it includes the head file's default
+  ``debounce_ms`` (5) and ``settle_ms`` (2), which a PLC programmer chooses, and the 0.5 ms
+  input sampling. Mock pins have no wire time, as a real opto-coupled input has little.
 
 overhead = (readable - trigger) - (inspector returned - inspector started). Printed as
 ``{"links": [{"kind", "p50_ms", "p99_ms", ...}]}``.
@@ -137,19 +142,49 @@ def run_modbus(folder: Path, kind: str, insp: TimedInspector, n: int) -> list[fl
     return out
 
 
+def run_io(folder: Path, insp: TimedInspector, n: int) -> list[float]:
+    from gpiozero.pins.mock import MockFactory
+
+    from firmware_bridge.io_link import IoLink
+    from firmware_bridge.io_plc_sim import SimPlc
+
+    settings = config.VerdictLink(kind="io", trigger_pin=11, busy_pin=12, pass_pin=13,
+                                  fail_pin=16, error_pin=18, strobe_pin=22, ack_pin=35)
+    factory = MockFactory()
+    link = IoLink(settings, insp, Journal(folder / "io.jsonl"), pin_factory=factory)
+    plc = SimPlc(factory, settings)
+    stop, t = _serve(link)
+    assert link.ready.wait(10)
+    out = []
+    for _ in range(n):
+        c = plc.cycle(10.0)
+        assert c.status == "PASS", c
+        sid = max(link.journal.by_id.values(), key=lambda e: e.verdict_id).sample_id
+        out.append(c.strobe_ms / 1000 - insp.spans[sid])
+    stop.set()
+    t.join(10)
+    factory.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inspections", type=int, default=200)
     ap.add_argument("--inspect-ms", type=float, default=20.0,
                     help="the scripted inspection's own time (default: 20)")
-    ap.add_argument("--kinds", default="ascii,modbus-tcp,modbus-rtu")
+    ap.add_argument("--kinds", default="ascii,modbus-tcp,modbus-rtu,io")
     args = ap.parse_args()
     result = {"inspections": args.inspections, "inspect_ms": args.inspect_ms, "links": []}
     with tempfile.TemporaryDirectory() as d:
         for kind in args.kinds.split(","):
             insp = TimedInspector(args.inspect_ms / 1000)
-            ms = np.array(run_ascii(Path(d), insp, args.inspections) if kind == "ascii" else
-                           run_modbus(Path(d), kind, insp, args.inspections)) * 1000
+            if kind == "ascii":
+                spans = run_ascii(Path(d), insp, args.inspections)
+            elif kind == "io":
+                spans = run_io(Path(d), insp, args.inspections)
+            else:
+                spans = run_modbus(Path(d), kind, insp, args.inspections)
+            ms = np.array(spans) * 1000
             result["links"].append({"kind": kind, "p50_ms": round(float(np.percentile(ms, 50)), 2),
                                     "p99_ms": round(float(np.percentile(ms, 99)), 2),
                                     "max_ms": round(float(ms.max()), 2),
