@@ -388,7 +388,10 @@ class VerdictLink(_Section):
         given, kind = self.model_fields_set, self.kind
 
         def refuse(keys: tuple[str, ...], why: str) -> None:
-            bad = [k for k in keys if k in given]
+            # a key at its default is no choice: a whole configuration dumped and read back
+            # (model_dump, a calibration's copy of the head) names every key
+            fields = type(self).model_fields
+            bad = [k for k in keys if k in given and getattr(self, k) != fields[k].default]
             if bad:
                 raise ValueError(f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} {why}, "
                                  f"not for kind = {kind!r}")

@@ -159,6 +159,28 @@ class Envelope:
         return json.dumps(d, sort_keys=True)
 
 
+def parse_ranges(raw: object, statistics, error: type[Exception]) -> dict[str, tuple[float, float]]:
+    """The ``ranges`` of an envelope's metadata, ``{name: [lo, hi]}`` -> ``{name: (lo, hi)}``;
+    ``error`` (the caller's exception) names the first fault: no ranges, a statistic not in
+    ``statistics``, a range that is not two finite numbers with ``lo <= hi``. Shared by the
+    six-state envelope and the single-frame one (:mod:`edge.darkfield.frame_envelope`)."""
+    if not isinstance(raw, dict) or not raw:
+        raise error("has no ranges")
+    ranges = {}
+    for name, r in raw.items():
+        if name not in statistics:
+            raise error(f"has a range for {name!r}, a statistic this runtime does not measure "
+                        f"(it measures {', '.join(statistics)})")
+        ok = (isinstance(r, list) and len(r) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) for v in r) and r[0] <= r[1])
+        if not ok:
+            raise error(f"has range {r!r} for {name!r}; expected [lo, hi], two finite numbers, "
+                        "lo <= hi")
+        ranges[name] = (float(r[0]), float(r[1]))
+    return ranges
+
+
 @lru_cache(maxsize=16)
 def parse(text: str) -> Envelope:
     """The envelope in a model's ``envelope`` metadata; EnvelopeMetadataError naming the fault."""
@@ -170,19 +192,7 @@ def parse(text: str) -> Envelope:
         got = d.get("version") if isinstance(d, dict) else type(d).__name__
         raise EnvelopeMetadataError(f"has version {got!r}; this runtime reads version {VERSION}")
     camera = Camera.from_dict(d.get("camera"))
-    raw = d.get("ranges")
-    if not isinstance(raw, dict) or not raw:
-        raise EnvelopeMetadataError("has no ranges")
-    ranges = {}
-    for name, r in raw.items():
-        if name not in STATISTICS:
-            raise EnvelopeMetadataError(f"has a range for {name!r}, a statistic this runtime "
-                                        f"does not measure (it measures {', '.join(STATISTICS)})")
-        ok = (isinstance(r, list) and len(r) == 2
-              and all(isinstance(v, (int, float)) and math.isfinite(v) for v in r) and r[0] <= r[1])
-        if not ok:
-            raise EnvelopeMetadataError(f"has range {r!r} for {name!r}; expected [lo, hi]")
-        ranges[name] = (float(r[0]), float(r[1]))
+    ranges = parse_ranges(d.get("ranges"), STATISTICS, EnvelopeMetadataError)
     return Envelope(camera, ranges)
 
 

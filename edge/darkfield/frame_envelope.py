@@ -79,6 +79,7 @@ import numpy as np
 from scipy import ndimage
 
 from edge.darkfield.noise import REFERENCE_FULL_SCALE, Sensor
+from edge.envelope import parse_ranges
 
 METADATA_KEY = "frame_envelope"
 VERSION = 1
@@ -132,21 +133,7 @@ def parse(text: str) -> Envelope:
     if not isinstance(d, dict) or d.get("version") != VERSION:
         got = d.get("version") if isinstance(d, dict) else type(d).__name__
         raise FrameEnvelopeError(f"has version {got!r}; this runtime reads version {VERSION}")
-    raw = d.get("ranges")
-    if not isinstance(raw, dict) or not raw:
-        raise FrameEnvelopeError("has no ranges")
-    ranges = {}
-    for name, r in raw.items():
-        if name not in STATISTICS:
-            raise FrameEnvelopeError(f"has a range for {name!r}, a statistic this runtime does "
-                                     f"not measure (it measures {', '.join(STATISTICS)})")
-        ok = (isinstance(r, list) and len(r) == 2
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and math.isfinite(v) for v in r) and r[0] <= r[1])
-        if not ok:
-            raise FrameEnvelopeError(f"has range {r!r} for {name!r}; expected [lo, hi], two "
-                                     "finite numbers, lo <= hi")
-        ranges[name] = (float(r[0]), float(r[1]))
+    ranges = parse_ranges(d.get("ranges"), STATISTICS, FrameEnvelopeError)
     return Envelope(ranges)
 
 
