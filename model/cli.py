@@ -61,7 +61,8 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
             threads=args.threads, batch=args.batch, progress=not args.quiet, on=args.on,
             bayer=args.bayer, bit_depth=args.bit_depth or 12,
             noise_scale=args.noise_scale, noise_match=not args.no_noise_match,
-            lit_groups=args.lit_groups, camera=args.camera, haze=args.haze)
+            lit_groups=args.lit_groups, camera=args.camera, haze=args.haze,
+            texture=args.texture, visibility_limit=args.visibility_limit)
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
@@ -262,24 +263,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "trained on), prepared as 'classify' prepares them; with --images DIR "
                         "as 'classify --bit-depth' (default: each file's own)")
     w.add_argument("--noise-scale", type=float, default=1.0, metavar="S",
-                   help="render the frames with a camera S times as noisy as the one the "
-                        "classifier was trained with (read noise x S, conversion gain x S^2; "
-                        "default: 1), prepared as 'classify' prepares them")
+                   help="frames from a camera S times as noisy as the trained one (read noise "
+                        "x S, conversion gain x S^2; default: 1), prepared as 'classify' does")
     w.add_argument("--no-noise-match", action="store_true",
                    help="with --bayer, --bit-depth or --noise-scale: hand the frames over "
-                        "without matching "
-                        "their noise, to measure what the match does ('classify' always "
-                        "matches)")
+                        "without matching their noise ('classify' always matches)")
     w.add_argument("--lit-groups", type=group_list, metavar="G,G,...",
                    help="light the frames with these LED groups of the 8-group ring only "
-                        "(0-7, e.g. 0,1,2,3; default: all, as the classifier was trained): what "
-                        "a system with part of a ring sees, the haze that share and each "
-                        "scratch as bright as the light across it; the frames 'classify' would "
+                        "(0-7, e.g. 0,1,2,3; default: all, as trained): the haze that share, "
+                        "each scratch as bright as the light across it; frames 'classify' would "
                         "refuse as too dark are listed")
     w.add_argument("--haze", type=haze_range, metavar="LO,HI",
-                   help="draw each frame's haze at the optical centre from LO-HI of full scale "
-                        "(default: 0.1,0.3, as the classifier was trained); the frames "
-                        "'classify' would refuse as too dark are listed")
+                   help="each frame's haze at the optical centre from LO-HI of full scale "
+                        "(default: 0.1,0.3, as trained); frames 'classify' refuses are listed")
+    w.add_argument("--texture", default="none", metavar="FAMILY", help="frame texture "
+                   "(edge.sim.darkfield_texture; heldout: none trained on it; default: none)")
+    w.add_argument("--visibility-limit", type=float, default=8.0, metavar="V", help="scratch "
+                   "windows below V scored neither way (default: 8; 5's figures beside)")
     w.add_argument("--camera", choices=("area", "line"), default="area",
                    help="an area camera (default, as trained) or a line-scan camera, whose "
                         "lens falls off along the sensor line only")

@@ -56,7 +56,12 @@ windows of simulated single frames (:mod:`edge.sim.darkfield`, :mod:`model.windo
   peak range (log-uniform, DN): the misses are scratches near the visibility limit, which the
   test frames' 3-300 DN draws rarely. Only training frames change; validation and test frames
   keep the simulator's own range. ``extra_chain_share`` likewise sets the share of their
-  scratches broken into chains of points.
+  scratches broken into chains of points. ``extra_texture`` renders them with a texture family
+  of :mod:`edge.sim.darkfield_texture` (``"mixed"``: grain, pits, glare, dust, seams, dark
+  lines, 8-bit levels, other noise, drawn per frame), so the classifier learns that a grainy
+  background is not a scratch; the held-out family is refused, it stands in for an unseen
+  camera. The paper's 80 frames and the validation frames stay untextured, so the epoch is
+  chosen on the same validation windows as every earlier run.
 * ``faint_weight``: the loss weight of scratch windows whose visibility is below
   :data:`FAINT_WEIGHT_BELOW` (15; the labels' limit is 5), 1 elsewhere. The misses are windows of
   visibility 5-12; the fainter extra frames give them more examples, this more gradient each.
@@ -81,6 +86,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from edge.config import HeadConfig
+from edge.sim.darkfield_texture import HELDOUT as HELDOUT_TEXTURE
+from edge.sim.darkfield_texture import TRAINING_TEXTURES
 from model import data as D
 from model.attention import STRIDE, WINDOW, AttentionFusionNet, FusionSpec, window_origins
 from model.hybrid import HybridNet, HybridSpec
@@ -149,6 +156,9 @@ class TrainSettings:
     # darkfield: share of the extra frames' scratches broken into chains of points, when not
     # the simulator's 25 %: chains were two thirds of the validation misses
     extra_chain_share: float | None = None
+    # darkfield: texture family of those extra frames (edge.sim.darkfield_texture); never the
+    # held-out family, which stands in for a camera no training saw
+    extra_texture: str = "none"
     # darkfield: loss weight of scratch windows below FAINT_WEIGHT_BELOW visibility (1: none)
     faint_weight: float = 1.0
     # darkfield: side of the whitening's background mean (model.attention)
@@ -185,6 +195,16 @@ class TrainSettings:
             problems.append("extra_chain_share is the share (0-1) of the extra training frames' "
                             "scratches broken into chains of points: it needs "
                             f"extra_train_images, got {self.extra_chain_share}")
+        if self.extra_texture == HELDOUT_TEXTURE:
+            problems.append(f"extra_texture {HELDOUT_TEXTURE!r} is the held-out family, the "
+                            "stand-in for an unseen camera: no training may draw it; use one "
+                            f"of {', '.join(TRAINING_TEXTURES)}")
+        elif self.extra_texture not in TRAINING_TEXTURES:
+            problems.append(f"extra_texture must be one of {', '.join(TRAINING_TEXTURES)}, got "
+                            f"{self.extra_texture!r}")
+        elif self.extra_texture != "none" and not self.extra_train_images:
+            problems.append(f"extra_texture renders the extra training frames with texture "
+                            f"{self.extra_texture!r}: it needs extra_train_images")
         if not (1.0 <= self.faint_weight <= 100.0) or (self.faint_weight != 1.0
                                                        and self.data != "darkfield"):
             problems.append("faint_weight weighs faint scratch windows of single dark-field "
@@ -384,6 +404,8 @@ class Trainer:
             changes["scratch_peak_dn"] = tuple(float(v) for v in s.extra_peak_dn)
         if s.extra_chain_share is not None:
             changes["chain_share"] = float(s.extra_chain_share)
+        if s.extra_texture != "none":
+            changes["texture"] = s.extra_texture
         alt = ({"alt_config": dataclasses.replace(self.darkfield, **changes),
                 "alt_seeds": seeds[s.train_images:]} if changes else {})
         # every training frame stays rendered: each is rendered once per run, not per visit

@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_images=args.train_images, val_images=args.val_images,
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
             extra_train_images=args.extra_train_images, extra_peak_dn=args.extra_peak_dn,
-            extra_chain_share=args.extra_chain_share, background_px=args.background_px,
+            extra_chain_share=args.extra_chain_share, extra_texture=args.extra_texture,
+            background_px=args.background_px,
             faint_weight=args.faint_weight, init=args.init or "",
             line_lengths=tuple(args.line_lengths) if args.network == "hybrid" else ())
     except ValueError as exc:
@@ -137,6 +138,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--extra-chain-share", type=share, metavar="S",
                    help="darkfield: share of the extra frames' scratches that are chains of "
                         "points (default: 0.25)")
+    t.add_argument("--extra-texture", default="none", metavar="FAMILY",
+                   help="darkfield: texture family of the extra frames (edge.sim."
+                        "darkfield_texture: grain, pits, glare, dust, seam, lines, quantised, "
+                        "noise, or mixed, the training mix; the held-out family is refused; "
+                        "default: none)")
     t.add_argument("--background-px", type=int, default=15, metavar="PX",
                    help="darkfield: odd side of the whitening's background mean (default: 15)")
     t.add_argument("--faint-weight", type=float, default=1.0, metavar="W",

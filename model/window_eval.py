@@ -48,6 +48,22 @@ given by the scratch's visibility (``recall_by_visibility``: matched signal-to-n
 the Gaussian draw puts many windows on one scratch, so a few faint scratches can carry most of
 the misses, and this says which and how faint.
 
+**The visibility limit** (``visibility_limit``, ``--visibility-limit``; default
+:data:`VISIBILITY_LIMIT`, 8): the owner's measure of simulated frames (issue 29, item 4).
+Training labels a scratch window visible from the Rose criterion (5), the ideal observer's
+limit; a human inspector's efficiency against that observer is well under one half, so a person
+sees a scratch from about 8. Scratch windows of visibility 5-8 are therefore scored neither way
+(faint, as those below 5), those of 8 and more as scratches, on the window sets and the whole
+images alike; background windows are not touched. Each detector's result also gives its window
+figures at the Rose criterion (``at_rose_limit``), the measure of earlier reports, beside them.
+``recall_by_visibility`` keeps every band from 5, so the 5-8 band still shows what a detector
+finds there.
+
+**Textures** (``texture``, ``--texture FAMILY``): frames with a background texture of
+:mod:`edge.sim.darkfield_texture`, such as ``heldout``, the family no training draws (a
+stand-in for an unseen camera); their own window sets, prepared as ``classify`` prepares a
+frame, and the frames ``classify`` would refuse listed (``frames_refused``).
+
 **The curve**: for a network also ``curve``, precision, recall and F1 at window probabilities
 0.05-0.95 and at its operating point (:func:`pr_curve`), and ``glass-inspect evaluate-windows
 --plot`` draws them (:mod:`model.window_plot`). Two networks are compared by their curves: one
@@ -97,6 +113,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge.darkfield import noise
 from edge.darkfield.frame_prep import FramePrep, PrepError
 from edge.darkfield.noise import REFERENCE_FULL_SCALE, Sensor
 from edge.sim.darkfield import FRAME_PX, DarkfieldConfig, DarkfieldRenderer, frames_at
@@ -106,10 +123,13 @@ from model.windows import (
     DEVELOPMENT_WINDOWS,
     FAINT,
     HELDOUT_WINDOWS,
+    ROSE_SNR,
     WindowSet,
+    check_limit,
     heldout_windows,
     image_split,
     image_windows,
+    relabel,
     scale,
     train_seeds,
 )
@@ -128,6 +148,9 @@ VISIBILITY_BANDS = (5.0, 8.0, 12.0, 20.0, 50.0)
 # operating point added
 CURVE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 DEFAULT_BATCH = 16
+# scratch windows below this visibility are scored neither way (module docstring: the owner's
+# measure, issue 29 item 4); the Rose criterion's figures are given beside
+VISIBILITY_LIMIT = 8.0
 MISSED_SCRATCHES = 10  # scratches listed by misses_by_scratch in the results
 DEFAULT_CACHE = Path(os.environ.get("GLASS_INSPECT_CACHE",
                                     Path.home() / ".cache" / "glass-inspect")) / "darkfield"
@@ -139,15 +162,16 @@ class WindowEvalError(ValueError):
 
 def frame_config(frame_px: int = FRAME_PX, bayer: bool = False, bit_depth: int = 12,
                  noise_scale: float = 1.0, lit_groups: Sequence[int] | None = None,
-                 camera: str = "area", haze: tuple[float, float] | None = None
-                 ) -> DarkfieldConfig:
+                 camera: str = "area", haze: tuple[float, float] | None = None,
+                 texture: str = "none") -> DarkfieldConfig:
     """The evaluated frames (:func:`edge.sim.darkfield.frames_at`): grey or a GRBG mosaic, at
     ``bit_depth``, from a camera whose noise is ``noise_scale`` times the one the classifier
     was trained with (read noise times it, conversion gain times its square: every level's
     sigma scaled alike); under the LED groups ``lit_groups`` of the ring only (None: all, as
     the classifier was trained), taken by an ``area`` or a ``line``-scan camera, with a haze
     at the optical centre drawn from ``haze`` (shares of full scale; None: the trained 10-30
-    %)."""
+    %), with a background ``texture`` of :mod:`edge.sim.darkfield_texture` (``"heldout"``: the
+    family no training draws, a stand-in for an unseen camera)."""
     if not (math.isfinite(noise_scale) and 0.25 <= noise_scale <= 4.0):
         raise WindowEvalError(f"noise_scale must be within 0.25-4, got {noise_scale}")
     cfg = frames_at(frame_px)
@@ -156,7 +180,8 @@ def frame_config(frame_px: int = FRAME_PX, bayer: bool = False, bit_depth: int =
                        read_noise_dn=cfg.read_noise_dn * noise_scale,
                        conversion_gain=cfg.conversion_gain * noise_scale ** 2,
                        lit_groups=None if lit_groups is None else tuple(lit_groups),
-                       camera=camera, haze=cfg.haze if haze is None else tuple(haze))
+                       camera=camera, haze=cfg.haze if haze is None else tuple(haze),
+                       texture=texture)
     except ValueError as exc:  # the simulator's own check: groups off the ring, a camera kind
         raise WindowEvalError(str(exc)) from None
 
@@ -189,14 +214,27 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
     [0, 1], a mosaic's colour sites balanced, its noise matched when off
     (:mod:`edge.darkfield.frame_prep`, for a network of the simulated camera); ``noise_match=False``
     leaves the noise as it is (to measure what the match does). The model's camera is the one
-    it was trained with, whatever camera rendered the frame."""
+    it was trained with, whatever camera rendered the frame. A frame whose noise is beyond the
+    noise check's limits, which ``classify`` refuses (:func:`frames_refused` lists it), is
+    matched all the same, to score what the classifier would say of it if it judged it."""
+    pixels = scale(raw, cfg.bit_depth)[0]
     try:
         # no haze floor: a frame classify would refuse as too dark is still measured, and
         # listed apart (frames_refused)
-        return FramePrep(camera_sensor(), noise_match, haze_floor=0.0)(
-            scale(raw, cfg.bit_depth)[0], cfg.bayer).pixels
+        return FramePrep(camera_sensor(), noise_match, haze_floor=0.0)(pixels, cfg.bayer).pixels
+    except PrepError as exc:
+        refused = exc
+    # noise out of the check's limits (a textured frame's grain reads as noise): classify
+    # refuses it, frames_refused lists it; scored as if judged, its noise matched whatever it is
+    try:
+        balanced = FramePrep(camera_sensor(), False)(pixels, cfg.bayer).pixels
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
+    ratio = noise.noise_ratio(balanced, camera_sensor())
+    lo, hi = noise.LIMITS
+    if not math.isfinite(ratio) or lo <= ratio <= hi:
+        raise WindowEvalError(f"a simulated frame {refused}") from None
+    return noise.match(balanced, ratio, camera_sensor()) if noise_match else balanced
 
 
 def frames_refused(seeds: Sequence[int], cfg: DarkfieldConfig, haze_floor: float
@@ -219,8 +257,10 @@ def frames_refused(seeds: Sequence[int], cfg: DarkfieldConfig, haze_floor: float
 def needs_prep(cfg: DarkfieldConfig) -> bool:
     """Whether frames of ``cfg`` need :func:`prepared_frame` (a mosaic, another bit depth than
     the 12 bits the classifier was trained on, or another camera); the classifier's own 12-bit
-    grey frames lie within the noise check's tolerance and go as they are."""
-    return cfg.bayer or cfg.bit_depth != 12 or camera_sensor(cfg) != camera_sensor()
+    grey frames lie within the noise check's tolerance and go as they are; a textured frame's
+    noise and levels are the texture's, so it is prepared too."""
+    return (cfg.bayer or cfg.bit_depth != 12 or camera_sensor(cfg) != camera_sensor()
+            or cfg.texture != "none")
 
 
 class PreparedWindows:
@@ -459,7 +499,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                      on: str = "test", bayer: bool = False, bit_depth: int = 12,
                      noise_scale: float = 1.0, noise_match: bool = True,
                      lit_groups: Sequence[int] | None = None, camera: str = "area",
-                     haze: tuple[float, float] | None = None) -> dict:
+                     haze: tuple[float, float] | None = None, texture: str = "none",
+                     visibility_limit: float = VISIBILITY_LIMIT) -> dict:
     """``{name: metrics}`` for every model (keyed by the caller's names) and baseline; see the
     module docstring. ``images``: test frames for the image level (default: all test seeds;
     0 skips it); each is rendered with and without scratches. ``on="validation"`` runs it all
@@ -475,7 +516,11 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     match does. ``lit_groups``, ``camera``, ``haze``: frames under a part of the ring only,
     from a line-scan camera, or under another haze (:func:`frame_config`); a network's result
     then also lists the frames ``classify`` would refuse (``frames_refused``,
-    :func:`frames_refused`)."""
+    :func:`frames_refused`). ``texture``: frames with that background texture
+    (:func:`frame_config`), prepared as ``classify`` prepares them. ``visibility_limit``: scratch
+    windows below it are scored neither way (:func:`model.windows.relabel`), on windows and
+    images alike; each detector's result also gives its window figures at the Rose criterion
+    (``at_rose_limit``) when the limit is above it."""
     from model.window_baselines import make_baseline
 
     if not models and not baselines:
@@ -487,7 +532,9 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
     try:
         n_train, n_val, n_test = split
         seeds = image_split(0, n_train, n_val, n_test)
-        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale, lit_groups, camera, haze)
+        cfg = frame_config(frame_px, bayer, bit_depth, noise_scale, lit_groups, camera, haze,
+                           texture)
+        visibility_limit = check_limit(visibility_limit)
     except ValueError as exc:  # a split or frame size the simulator cannot make
         raise WindowEvalError(str(exc)) from None
     frames = {"test": seeds.test, "validation": seeds.validation,
@@ -510,11 +557,23 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         if on == "validation":
             test_windows = val_windows  # the trainer's own validation set
         log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
-        test = heldout_set(frames, frame_px, test_windows, cache, cfg)
-        test_in = PreparedWindows(test, cfg, noise_match) if needs_prep(cfg) else test
-        seen = test.labels != FAINT  # scored; faint windows are reported on their own
+        drawn = heldout_set(frames, frame_px, test_windows, cache, cfg)
+        test_in = PreparedWindows(drawn, cfg, noise_match) if needs_prep(cfg) else drawn
+        # scored at the limit; faint windows (below it) are reported on their own
+        test = replace(drawn, labels=relabel(drawn.labels, drawn.visibility, visibility_limit))
+        seen = test.labels != FAINT
         truth = test.labels[seen].astype(bool)
         frames_seen = test.image_seeds[seen]
+        rose_seen = drawn.labels != FAINT
+
+        def at_rose(pos: np.ndarray) -> dict:
+            if visibility_limit == ROSE_SNR:
+                return {}
+            m = window_metrics(pos[rose_seen], drawn.labels[rose_seen].astype(bool),
+                               frames=drawn.image_seeds[rose_seen])
+            return {"at_rose_limit": {"visibility_limit": ROSE_SNR, **m,
+                                      "faint_windows": int((~rose_seen).sum())}}
+
         set_info = {"frame_px": frame_px, "split": list(split), "on": on, "test_seeds":
                     [frames[0], frames[-1]], "window_file": str(test.path),
                     "windows_seed": HELDOUT_SEED,
@@ -522,10 +581,12 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                     "bit_depth": bit_depth, "noise_scale": noise_scale,
                     "noise_match": noise_match, "lit_groups": list(cfg.lit),
                     "ring_groups": cfg.ring_groups, "camera": cfg.camera,
-                    "haze": list(cfg.haze)}
-        # light or a camera the classifier was not trained under: some frames may be too dark
-        unlike_training = (cfg.lit_groups, cfg.camera, cfg.haze) != (
-            None, "area", frames_at(frame_px).haze)
+                    "haze": list(cfg.haze), "texture": cfg.texture,
+                    "visibility_limit": visibility_limit}
+        # light, a camera or a texture the classifier was not trained under: classify may
+        # refuse some frames
+        unlike_training = (cfg.lit_groups, cfg.camera, cfg.haze, cfg.texture) != (
+            None, "area", frames_at(frame_px).haze, "none")
         refusals: dict[float, list[dict]] = {}  # by haze floor: each frame rendered once
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
@@ -536,7 +597,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             prob = _chunked(m.probability, test_in)
             pos = prob >= m.classifier.threshold  # as m.positive decides
             results[m.name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
-                               **_faint(pos, test),
+                               **_faint(pos, test, drawn), **at_rose(pos),
                                "missed_scratches": misses_by_scratch(pos, test, cfg),
                                "model": str(m.path),
                                "sha256": m.classifier.identity.get("sha256"),
@@ -562,7 +623,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                 b.fit_scores(_chunked(b.scores, val_in)[val_seen], val.labels[val_seen])
                 pos = b.decide(_chunked(b.scores, test_in))
                 results[name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
-                                 **_faint(pos, test),
+                                 **_faint(pos, test, drawn), **at_rose(pos),
                                  "baseline": name,
                                  "params": b.params(), "tuned_on": {
                                      "validation_windows": len(val),
@@ -573,7 +634,8 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             refused = {name: {f["frame"] for f in r["frames_refused"]}
                        for name, r in results.items() if "frames_refused" in r}
             for name, rows in _image_level(decide, frames[:images], cfg, progress,
-                                           scores, noise_match, refused).items():
+                                           scores, noise_match, refused,
+                                           visibility_limit).items():
                 results[name]["images"] = rows
         log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
         return results
@@ -582,13 +644,16 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             m.classifier.close()
 
 
-def _faint(pos: np.ndarray, ws: WindowSet) -> dict:
-    """How a detector treats the windows left out of the score (scratches too faint to see),
-    and its recall on the scratch windows by how visible their scratch is."""
+def _faint(pos: np.ndarray, ws: WindowSet, drawn: WindowSet | None = None) -> dict:
+    """How a detector treats the windows left out of the score (scratches too faint to see,
+    or below the visibility limit of ``ws``'s labels), and its recall on the scratch windows by
+    how visible their scratch is (every band from the Rose criterion, from ``drawn``'s labels:
+    the set as labelled for training)."""
     faint = ws.labels == FAINT
+    drawn = ws if drawn is None else drawn
     bands = []
     for lo, hi in zip(VISIBILITY_BANDS, (*VISIBILITY_BANDS[1:], math.inf), strict=True):
-        sel = (ws.labels == 1) & (ws.visibility >= lo) & (ws.visibility < hi)
+        sel = (drawn.labels == 1) & (drawn.visibility >= lo) & (drawn.visibility < hi)
         k, n = int(pos[sel].sum()), int(sel.sum())
         bands.append({"visibility": [lo, None if math.isinf(hi) else hi], "windows": n,
                       "detected": k, "recall": _rate(k, n)})
@@ -638,7 +703,8 @@ def _chunked(fn, ws: WindowSet | PreparedWindows, size: int = 256) -> np.ndarray
 
 def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
                  progress: bool, scores: dict | None = None, noise_match: bool = True,
-                 refused: dict[str, set[int]] | None = None) -> dict[str, dict]:
+                 refused: dict[str, set[int]] | None = None,
+                 limit: float = ROSE_SNR) -> dict[str, dict]:
     """Image-level rates; for a network (``scores``) also its highest window probability per
     image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`).
     ``refused``: per detector, the seeds ``classify`` gives ERROR (:func:`frames_refused`);
@@ -659,7 +725,7 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
             frame = renderer.render(seed)
             # as classify sees it: the whole frame prepared, then cut
             pixels = prepared_frame(frame.image, cfg, noise_match) if needs_prep(cfg) else None
-            _, wins, labels = image_windows(frame, pixels=pixels)
+            _, wins, labels = image_windows(frame, pixels=pixels, limit=limit)
             # scratched: a window of it is a visible scratch; None: its only scratches are
             # too faint to see (left out of the rates, counted)
             truth.append(True if (labels == 1).any() else None if (labels == FAINT).any()

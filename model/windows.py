@@ -143,10 +143,31 @@ def label_of(mask_window: np.ndarray, snr_window: np.ndarray | None = None
     return _label(n, float(np.sqrt(np.sum(np.square(snr_window, dtype=np.float64)))))
 
 
-def _label(n: int, visibility: float) -> tuple[int, int, float]:
+def _label(n: int, visibility: float, limit: float = ROSE_SNR) -> tuple[int, int, float]:
     if n < WINDOW_MIN_PIXELS:
         return 0, n, visibility
-    return (1 if visibility >= ROSE_SNR else FAINT), n, visibility
+    return (1 if visibility >= limit else FAINT), n, visibility
+
+
+def check_limit(limit: float) -> float:
+    """A visibility limit for scoring: at least :data:`ROSE_SNR`, below which nothing is seen."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (
+            math.isfinite(limit) and limit >= ROSE_SNR):
+        raise ValueError(f"the visibility limit must be a number of at least {ROSE_SNR:g} (the "
+                         f"Rose criterion, below which windows are faint anyway), got {limit!r}")
+    return float(limit)
+
+
+def relabel(labels: np.ndarray, visibility: np.ndarray, limit: float) -> np.ndarray:
+    """Window labels scored at another visibility ``limit`` (at least :data:`ROSE_SNR`): a
+    scratch window whose visibility is below it becomes :data:`FAINT`, counted neither way;
+    background and faint windows stay. Training keeps the Rose criterion; evaluation may judge
+    by what a person sees (``model.window_eval``)."""
+    limit = check_limit(limit)
+    labels = np.asarray(labels)
+    out = labels.copy()
+    out[(labels == 1) & (np.asarray(visibility) < limit)] = FAINT
+    return out
 
 
 class _Truth:
@@ -163,28 +184,43 @@ class _Truth:
     def size(self) -> int:
         return self.rows.size
 
-    def label(self, row: int, col: int, win: int) -> tuple[int, int, float]:
+    def label(self, row: int, col: int, win: int, limit: float = ROSE_SNR
+              ) -> tuple[int, int, float]:
         inside = ((self.rows >= row) & (self.rows < row + win) & (self.cols >= col)
                   & (self.cols < col + win))
-        return _label(int(np.count_nonzero(inside)), float(np.sqrt(self.snr2[inside].sum())))
+        return _label(int(np.count_nonzero(inside)), float(np.sqrt(self.snr2[inside].sum())),
+                      limit)
 
 
 def image_windows(frame: DarkfieldFrame, window: int = WINDOW, stride: int | None = None,
-                  pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  pixels: np.ndarray | None = None, limit: float = ROSE_SNR
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every window of the sliding-window grid of one frame, for image-level evaluation:
     origins (K, 2) row/column, windows (K, 1, W, W) float32, labels (K,) int64 (1, 0 or
-    :data:`FAINT`). ``pixels``: cut the windows from these (the frame as the runtime prepared
-    it, H x W in [0, 1]) instead of the frame's RAW image."""
+    :data:`FAINT`; a scratch window below the visibility ``limit`` is faint, :func:`relabel`).
+    ``pixels``: cut the windows from these (the frame as the runtime prepared it, H x W in
+    [0, 1]) instead of the frame's RAW image."""
+    limit = check_limit(limit)
     h, w = frame.image.shape
     rows, cols = window_origins(h, window, stride), window_origins(w, window, stride)
     origins = np.array([(r, c) for r in rows for c in cols], dtype=np.int64)
     source = frame.image if pixels is None else pixels
     cut = np.stack([source[r:r + window, c:c + window] for r, c in origins])
     truth = _Truth(frame)
-    labels = np.array([truth.label(int(r), int(c), window)[0] for r, c in origins],
+    labels = np.array([truth.label(int(r), int(c), window, limit)[0] for r, c in origins],
                       dtype=np.int64)
     wins = scale(cut, frame.config.bit_depth) if pixels is None else cut[:, None]
     return origins, wins, labels
+
+
+def config_key(config: DarkfieldConfig) -> dict:
+    """A frame configuration as the window sets' settings record it: every field, except a
+    ``texture`` of ``"none"``, which renders frames byte for byte as before the field existed,
+    so the sets and checkpoints made then keep their keys; any other texture is kept."""
+    out = asdict(config)
+    if out.get("texture") == "none":
+        del out["texture"]
+    return out
 
 
 def _check_mix(mix: Sequence[float]) -> np.ndarray:
@@ -251,10 +287,11 @@ class WindowSampler:
         self._cache_size = cache_images
 
     def settings(self) -> dict:
-        """Everything that fixes the windows, as plain JSON values."""
-        alt = ({"alt_config": asdict(self.alt_config), "alt_seeds": sorted(self.alt_seeds)}
+        """Everything that fixes the windows, as plain JSON values (:func:`config_key` of each
+        configuration)."""
+        alt = ({"alt_config": config_key(self.alt_config), "alt_seeds": sorted(self.alt_seeds)}
                if self.alt_seeds else {})
-        return {"image_seeds": list(self.image_seeds), "config": asdict(self.config), **alt,
+        return {"image_seeds": list(self.image_seeds), "config": config_key(self.config), **alt,
                 "seed": self.seed, "window": self.window, "mix": self.mix.tolist(),
                 "per_image": self.per_image, "sigma": self.sigma,
                 "darkfield_version": DARKFIELD_VERSION, "format": WINDOWS_FORMAT}

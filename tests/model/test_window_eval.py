@@ -288,8 +288,18 @@ def test_evaluation_of_a_model_and_both_baselines(classifier_onnx, tmp_path):
         assert 0 <= m["faint_flagged"] <= m["faint_windows"]
         bands = m["recall_by_visibility"]
         assert bands[0]["visibility"] == [5.0, 8.0] and bands[-1]["visibility"][1] is None
-        assert sum(b["windows"] for b in bands) == m["scratch_windows"]
-        assert sum(b["detected"] for b in bands) == m["tp"]
+        # scored at visibility 8 (the default): the 5-8 band is faint, counted neither way
+        assert sum(b["windows"] for b in bands[1:]) == m["scratch_windows"]
+        assert sum(b["detected"] for b in bands[1:]) == m["tp"]
+        assert m["faint_windows"] >= bands[0]["windows"]
+        # the Rose criterion's figures beside them: every band a scratch, the same decisions
+        rose = m["at_rose_limit"]
+        assert rose["visibility_limit"] == 5.0
+        assert rose["windows"] + rose["faint_windows"] == 16
+        assert sum(b["windows"] for b in bands) == rose["scratch_windows"]
+        assert sum(b["detected"] for b in bands) == rose["tp"]
+        assert rose["fp"] == m["fp"] and rose["tn"] == m["tn"]
+        assert m["set"]["visibility_limit"] == 8.0 and m["set"]["texture"] == "none"
         for key in ("precision", "recall", "f1", "accuracy"):
             assert key in m and f"{key}_ci" in m, (name, key)
         im = m["images"]
@@ -498,13 +508,18 @@ def test_cli_writes_the_json_keyed_by_file_stem(classifier_onnx, tmp_path, capsy
     with Image.open(tmp_path / "pr.png") as im:  # a picture, not an empty file
         assert im.size[0] > 300 and len(im.getcolors(1 << 16)) > 10
     assert list(data) == ["fusion_tiny", "otsu"]
-    assert data["fusion_tiny"]["windows"] == 8 and "images" not in data["fusion_tiny"]
+    tiny = data["fusion_tiny"]
+    assert tiny["windows"] + tiny["faint_windows"] == 8 and "images" not in tiny
+    assert tiny["set"]["visibility_limit"] == 8.0  # the default: what a person sees
     assert "fusion_tiny |" in capsys.readouterr().out
     assert main(["evaluate-windows", str(classifier_onnx), "--split", "3", "2", "2",
                  "--frame-px", "512", "--windows", "8", "--images", "0", "--cache",
                  str(tmp_path / "cache"), "--threads", "1", "--lit-groups", "0,4", "--camera",
-                 "line", "--json", str(out), "-q"]) == 0
-    assert json.loads(out.read_text())["fusion_tiny"]["set"]["lit_groups"] == [0, 4]
+                 "line", "--texture", "grain", "--visibility-limit", "5", "--json", str(out),
+                 "-q"]) == 0
+    r = json.loads(out.read_text())["fusion_tiny"]
+    assert r["set"]["lit_groups"] == [0, 4] and r["set"]["texture"] == "grain"
+    assert r["set"]["visibility_limit"] == 5.0 and "at_rose_limit" not in r
     assert main(["evaluate-windows", str(classifier_onnx), "--split", "3", "2", "2",
                  "--frame-px", "512", "--windows", "8", "--images", "0", "--cache",
                  str(tmp_path / "cache"), "--threads", "1", "--haze", "0.01,0.02", "--json",
@@ -518,3 +533,54 @@ def test_cli_writes_the_json_keyed_by_file_stem(classifier_onnx, tmp_path, capsy
         main(["evaluate-windows", str(classifier_onnx), "--lit-groups", "0,x"])
     assert "expected LED groups as whole numbers from 0 joined by commas" in \
         capsys.readouterr().err
+
+
+def test_the_rose_limit_scores_as_before_and_a_limit_below_it_is_refused(classifier_onnx,
+                                                                          tmp_path):
+    r = evaluate_windows({"fusion_tiny": classifier_onnx}, cache=tmp_path, visibility_limit=5,
+                         **{**TINY, "images": 0})["fusion_tiny"]
+    bands = r["recall_by_visibility"]
+    assert sum(b["windows"] for b in bands) == r["scratch_windows"]
+    assert "at_rose_limit" not in r and r["set"]["visibility_limit"] == 5.0
+    with pytest.raises(WindowEvalError, match="at least 5"):
+        evaluate_windows({"fusion_tiny": classifier_onnx}, cache=tmp_path, visibility_limit=4,
+                         **TINY)
+    with pytest.raises(WindowEvalError, match="texture must be one of"):
+        evaluate_windows({"fusion_tiny": classifier_onnx}, cache=tmp_path, texture="velvet",
+                         **TINY)
+
+
+def test_textured_frames_have_their_own_set_and_are_prepared_as_classify_prepares_them(
+        tmp_path):
+    from model.window_eval import frame_config, needs_prep, prepared_frame
+
+    plain, held = frame_config(512), frame_config(512, texture="heldout")
+    assert held.texture == "heldout" and not needs_prep(plain) and needs_prep(held)
+    a = heldout_set([7, 8], frame_px=512, count=4, cache=tmp_path)
+    b = heldout_set([7, 8], frame_px=512, count=4, cache=tmp_path, config=held)
+    assert a.path != b.path
+    # the same scenes: only the background differs
+    np.testing.assert_array_equal(a.origins, b.origins)
+    from edge.sim.darkfield import DarkfieldRenderer
+
+    raw = DarkfieldRenderer(held).render(7).image
+    px = prepared_frame(raw, held)
+    assert px.shape == raw.shape and px.dtype == np.float32 and np.isfinite(px).all()
+
+
+def test_a_frame_classify_refuses_for_its_noise_is_listed_and_still_scored(tmp_path):
+    """Grain that reads as noise beyond the check's limits: classify gives ERROR (listed by
+    frames_refused); the evaluation matches its noise all the same to score it."""
+    from edge.darkfield.noise import noise_ratio
+    from model.window_eval import camera_sensor, frame_config, frames_refused, prepared_frame
+    from model.windows import scale
+
+    cfg = frame_config(512, noise_scale=2.6)  # beyond the check's 2x
+    refused = frames_refused([7], cfg, 0.0)
+    assert [f["frame"] for f in refused] == [7] and "noise" in refused[0]["why"]
+    from edge.sim.darkfield import DarkfieldRenderer
+
+    raw = DarkfieldRenderer(cfg).render(7).image
+    before = noise_ratio(scale(raw, 12)[0], camera_sensor())
+    after = noise_ratio(prepared_frame(raw, cfg), camera_sensor())
+    assert before > 2.0 and abs(after - 1.02) < 0.1

@@ -10,9 +10,12 @@ from model.windows import (
     ROSE_SNR,
     WINDOW_MIN_PIXELS,
     WindowSampler,
+    check_limit,
+    config_key,
     heldout_windows,
     image_split,
     image_windows,
+    relabel,
     window_origins,
 )
 
@@ -224,3 +227,37 @@ def test_alt_seeds_are_rendered_with_the_alt_config_and_the_others_not():
     with pytest.raises(ValueError, match="shape, bit depth and mosaic"):
         WindowSampler([1, 2], SMALL, alt_config=dataclasses.replace(SMALL, bit_depth=8),
                       alt_seeds=[2])
+
+
+def test_relabel_makes_scratch_windows_under_the_limit_faint_and_leaves_the_rest():
+    labels = np.array([1, 1, 1, 0, 0, FAINT])
+    vis = np.array([5.0, 7.99, 8.0, 0.0, 12.0, 3.0])
+    np.testing.assert_array_equal(relabel(labels, vis, 8.0), [FAINT, FAINT, 1, 0, 0, FAINT])
+    np.testing.assert_array_equal(relabel(labels, vis, ROSE_SNR), labels)
+    np.testing.assert_array_equal(labels, [1, 1, 1, 0, 0, FAINT])  # the input is not touched
+    for bad in (4.9, float("nan"), True, "8"):
+        with pytest.raises(ValueError, match="visibility limit"):
+            check_limit(bad)
+
+
+def test_image_windows_at_a_higher_limit_turn_only_dim_scratch_windows_faint():
+    f = render_darkfield(4, dataclasses.replace(SMALL, scratch_peak_dn=(4.0, 12.0)))
+    _, _, at5 = image_windows(f)
+    _, _, at8 = image_windows(f, limit=8.0)
+    _, _, at_inf = image_windows(f, limit=1e9)
+    assert ((at5 == 1) & (at8 == FAINT)).any() or (at5 != 1).all()
+    np.testing.assert_array_equal(at8 == 0, at5 == 0)
+    assert (at8[at5 == FAINT] == FAINT).all()
+    assert not (at_inf == 1).any() and (at_inf[at5 == 1] == FAINT).all()
+
+
+def test_window_set_keys_leave_out_an_untextured_frames_texture_and_keep_any_other():
+    """Sets and checkpoints made before frames had a texture keep their keys."""
+    plain = WindowSampler([1], SMALL).settings()
+    assert "texture" not in plain["config"]
+    grainy = dataclasses.replace(SMALL, texture="grain")
+    s = WindowSampler([1, 2], SMALL, alt_config=grainy, alt_seeds=[2]).settings()
+    assert s["alt_config"]["texture"] == "grain" and "texture" not in s["config"]
+    assert config_key(dataclasses.replace(SMALL, texture="heldout"))["texture"] == "heldout"
+    keys = set(dataclasses.asdict(SMALL)) - {"texture"}
+    assert set(config_key(SMALL)) == keys
