@@ -142,9 +142,10 @@ def check(ratio: float) -> bool:
         raise NoiseError(
             f"has noise {ratio:.2f} times the camera model the classifier was trained with; "
             f"expected {lo:g}-{hi:g}: a Bayer mosaic read as grey (--bayer), a wrong bit depth "
-            "(12-bit data in 16-bit words needs --bit-depth 12), or another camera or gain "
-            "(measure its black level, read noise and conversion gain and train with them: "
-            "model card)")
+            "(12-bit data in 16-bit words needs --bit-depth 12), a background whose texture "
+            "(grain, speckle, JPEG blocks) reads as noise: frames unlike the ones the classifier "
+            "was trained on, or another camera or gain (measure its black level, read noise and "
+            "conversion gain and train with them: model card)")
     return abs(ratio - REFERENCE_RATIO) > TOLERANCE
 
 
