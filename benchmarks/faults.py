@@ -113,6 +113,15 @@ asked for):
                    (its socket closed without a goodbye); expected: the verdict journaled once
                    and readable in ResultManagement/LastResult by the next client, the state
                    back to Ready
+``tcp_client_hangs`` Modbus TCP; before each sample two more clients connect and hang (one
+                   silent, one stopping after 5 of a request header's 7 bytes), neither
+                   reading, all kept to the end; the line's client connects afresh for each
+                   sample; expected: it is served, each verdict read and acknowledged
+``rtu_unplugged``  Modbus RTU through a USB RS-485 adapter that is pulled 30 ms into the
+                   inspection (its path, a symlink as udev's by-id links are, disappears and
+                   its terminal hangs up) and plugged back 0.5 s later as a new terminal;
+                   expected: the link notices, opens the port again within ``reopen_s``
+                   (0.5 s, serve's default), and the verdict, finished meanwhile, is read
 =================  ==========================================================================
 
 Printed: one JSON object ``{"faults": [...], ...}``, per fault: ``runs``, ``samples`` (INSPECT
@@ -242,6 +251,10 @@ NEW_LINK_FAULTS = {
     "rtu_crc_burst": "frames with a bad CRC ignored; the real START answered and its verdict "
                      "read",
     "opcua_drop": "the verdict journaled once and readable by the next client; Ready again",
+    "tcp_client_hangs": "clients that connect and hang (silent, or half a request) hold no "
+                        "one up: the line's client is served, every verdict read",
+    "rtu_unplugged": "the RS-485 adapter pulled mid-inspection and plugged back: the link "
+                     "listens again after reopen_s and the verdict is read",
 }
 ORDER = ["camera_timeout", "bad_frame", "stage_alarm", "stage_unplug", "line_unplug",
          "engine_nan", "led_stall", "dead_led_group", "ring_dark", "lens_cap", "defocus",
@@ -830,11 +843,253 @@ def _opcua_drop(base: Path, runs: int) -> dict:
             "lost": lost}
 
 
+def _modbus_cycle(client, link, insp, sid: str, unit: int = 1) -> tuple[int, int]:
+    """One START, poll until the verdict of ``sid`` is readable, ACK: (false PASS, lost)."""
+    from firmware_bridge import modbus_link as M
+
+    r = client.write_registers(0, [M.CMD_START, 0, 0] + M.pack_text(sid), device_id=unit)
+    if r.isError():
+        say(f"    {sid}: START refused: {r}")
+        return 0, 1
+    return _modbus_read_ack(client, link, insp, sid, unit)
+
+
+def _modbus_read_ack(client, link, insp, sid: str, unit: int = 1,
+                     timeout: float = 10.0) -> tuple[int, int]:
+    from firmware_bridge import modbus_link as M
+
+    end, regs = time.monotonic() + timeout, None
+    while time.monotonic() < end:
+        rr = client.read_input_registers(0, count=M.IR_COUNT, device_id=unit)
+        if not rr.isError() and rr.registers[M.IR_UNACKED] and M.unpack_text(
+                rr.registers[M.IR_VERDICT_SAMPLE_ID:M.IR_VERDICT_SAMPLE_ID + 32]) == sid:
+            regs = rr.registers
+            break
+        time.sleep(0.01)
+    if regs is None or sum(e.sample_id == sid for e in link.journal.by_id.values()) != 1:
+        say(f"    {sid}: no verdict readable")
+        return 0, 1
+    status = {1: "PASS", 2: "FAIL", 3: "ERROR"}[regs[M.IR_VERDICT]]
+    seq = regs[M.IR_VERDICT_SEQ] << 16 | regs[M.IR_VERDICT_SEQ + 1]
+    ack = client.write_registers(0, [M.CMD_ACK, seq >> 16, seq & 0xFFFF], device_id=unit)
+    if ack.isError():
+        say(f"    {sid}: ACK refused: {ack}")
+        return 0, 1
+    return int(status == "PASS" and _expected(insp, sid) != "PASS"), 0
+
+
+def _tcp_client_hangs(base: Path, runs: int) -> dict:
+    import socket
+    import threading
+
+    from pymodbus.client import ModbusTcpClient
+
+    from firmware_bridge import modbus_link as M
+    from firmware_bridge.journal import Journal
+
+    insp = _scripted()
+    link = M.ModbusLink(config.VerdictLink(kind="modbus-tcp", host="127.0.0.1", tcp_port=0,
+                                           unit_id=1), insp, Journal(base / "tcp.jsonl"))
+    stop = threading.Event()
+    t = threading.Thread(target=link.run, args=(stop,), daemon=True)
+    t.start()
+    if not link.listening.wait(10):
+        raise RuntimeError("the Modbus TCP server did not start")
+    address = ("127.0.0.1", link.address[1])
+    hangers: list[socket.socket] = []
+    false_pass = lost = 0
+    cycle_ms: list[float] = []
+    try:
+        for k in range(runs):
+            # Two more clients that hang, kept to the end (so 2 x runs at the last sample):
+            # one silent after connecting, one that stops half way through a request's
+            # header; neither ever reads what it is sent.
+            silent = socket.create_connection(address, timeout=2)
+            half = socket.create_connection(address, timeout=2)
+            half.sendall(bytes([0x00, 0x07, 0x00, 0x00, 0x00]))  # 5 of the 7 MBAP bytes
+            hangers += [silent, half]
+            time.sleep(0.02)
+            # the line's client: a fresh connection per sample, accepted beside the hangers
+            client = ModbusTcpClient(address[0], port=address[1], timeout=2)
+            t0 = time.monotonic()
+            if not client.connect():
+                say(f"    sample {k}: the line's client could not connect")
+                lost += 1
+                continue
+            try:
+                fp, ls = _modbus_cycle(client, link, insp, f"TCP{k:04d}")
+            finally:
+                client.close()
+            cycle_ms.append((time.monotonic() - t0) * 1000.0)
+            false_pass += fp
+            lost += ls
+        lost += len(link.journal.by_id) - runs  # inspections nobody asked for
+        verdicts = len(link.journal.by_id)
+    finally:
+        for s in hangers:
+            s.close()
+        stop.set()
+        t.join(10)
+    return {"samples": runs, "verdicts": verdicts, "false_pass": false_pass, "lost": lost,
+            "hanging_clients_at_end": len(hangers),
+            "inspection_ms": round(insp.roi_time_s * insp.rois * 1000.0, 1),
+            "cycle_ms_max": round(max(cycle_ms), 1) if cycle_ms else None}
+
+
+class _Rs485Cable:
+    """A USB RS-485 adapter that can be pulled: the head opens ``path`` (a symlink to a
+    pseudo-terminal, as udev's /dev/serial/by-id links are), the line's end is a second
+    pseudo-terminal that stays; a thread relays the bytes. Unplugged, the head's terminal is
+    hung up (its reads fail) and the path is gone until plugged again, on a new terminal."""
+
+    def __init__(self, folder: Path) -> None:
+        import threading
+        import tty
+
+        self.path = folder / "rs485-adapter"
+        self.line_master, line_slave = os.openpty()
+        tty.setraw(line_slave)
+        os.set_blocking(self.line_master, False)
+        self.line_slave = line_slave  # kept open: the line's end never reads EOF
+        self.line = os.ttyname(line_slave)
+        self.head_master = self.head_slave = -1
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.plug()
+        self.thread = threading.Thread(target=self._relay, name="rs485-relay", daemon=True)
+        self.thread.start()
+
+    def plug(self) -> None:
+        import tty
+
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        with self.lock:
+            self.head_master, self.head_slave = master, slave
+        tmp = self.path.with_name(self.path.name + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(os.ttyname(slave), tmp)
+        os.replace(tmp, self.path)
+
+    def unplug(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with self.lock:
+            for fd in (self.head_master, self.head_slave):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self.head_master = self.head_slave = -1
+
+    def _relay(self) -> None:
+        import select
+
+        while not self.stop.is_set():
+            with self.lock:
+                head = self.head_master
+            fds = [self.line_master] + ([head] if head >= 0 else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], 0.02)
+            except OSError:  # the head's end was pulled meanwhile
+                continue
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                    if fd == head:
+                        os.write(self.line_master, data)
+                    elif head >= 0:
+                        os.write(head, data)
+                    # unplugged: what the line sends is lost on the wire
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.unplug()
+        for fd in (self.line_master, self.line_slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _rtu_unplugged(base: Path, runs: int, out_s: float = 0.5) -> dict:
+    import threading
+
+    from pymodbus.client import ModbusSerialClient
+
+    from firmware_bridge import modbus_link as M
+    from firmware_bridge.journal import Journal
+
+    cable = _Rs485Cable(base)
+    settings = config.VerdictLink(kind="modbus-rtu", port=str(cable.path), baud=115200,
+                                  parity="none", unit_id=1)
+    insp = _scripted()
+    insp.roi_time_s = 0.1  # long enough to pull the adapter mid-inspection
+    # reopen_s as serve runs it (modbus_link.open_link's default)
+    link = M.ModbusLink(settings, insp, Journal(base / "rtu.jsonl"), reopen_s=0.5)
+    stop = threading.Event()
+    t = threading.Thread(target=link.run, args=(stop,), daemon=True)
+    t.start()
+    if not link.listening.wait(10):
+        raise RuntimeError("the Modbus RTU server did not start")
+    client = ModbusSerialClient(cable.line, baudrate=115200, parity="N", timeout=0.5,
+                                retries=3)
+    client.connect()
+    false_pass = lost = mid = noticed = 0
+    relisten_ms: list[float] = []
+    to_verdict_ms: list[float] = []
+    try:
+        for k in range(runs):
+            sid = f"UNPLUG{k:04d}"
+            r = client.write_registers(0, [M.CMD_START, 0, 0] + M.pack_text(sid),
+                                       device_id=1)
+            if r.isError():
+                say(f"    {sid}: START refused: {r}")
+                lost += 1
+                continue
+            time.sleep(0.03)
+            with link.lock:
+                busy = link.service.busy_job()
+            mid += busy is not None and busy.sample_id == sid
+            t_out = time.monotonic()
+            cable.unplug()
+            noticed += bool(wait_until(lambda: not link.listening.is_set(), out_s, 0.005))
+            time.sleep(max(0.0, out_s - (time.monotonic() - t_out)))
+            t_in = time.monotonic()
+            cable.plug()
+            if not link.listening.wait(10):
+                say(f"    {sid}: the link did not listen again")
+                lost += 1
+                continue
+            relisten_ms.append((time.monotonic() - t_in) * 1000.0)
+            fp, ls = _modbus_read_ack(client, link, insp, sid)
+            to_verdict_ms.append((time.monotonic() - t_out) * 1000.0)
+            false_pass += fp
+            lost += ls
+        lost += len(link.journal.by_id) - runs  # inspections nobody asked for
+        verdicts = len(link.journal.by_id)
+    finally:
+        client.close()
+        stop.set()
+        t.join(10)
+        cable.close()
+    return {"samples": runs, "verdicts": verdicts, "false_pass": false_pass, "lost": lost,
+            "unplugged_mid_inspection": mid, "loss_noticed": noticed, "unplugged_s": out_s,
+            "reopen_s": link.reopen_s,
+            "replug_to_listening_ms_max": round(max(relisten_ms), 1) if relisten_ms else None,
+            "unplug_to_verdict_read_ms_max":
+                round(max(to_verdict_ms), 1) if to_verdict_ms else None}
+
+
 NEW_LINK_RUNNERS = {
     "plc_no_ack": lambda base, runs: _io_fault(base, runs, "plc_no_ack"),
     "io_bounce": lambda base, runs: _io_fault(base, runs, "io_bounce"),
     "rtu_crc_burst": _rtu_crc_burst,
     "opcua_drop": _opcua_drop,
+    "tcp_client_hangs": _tcp_client_hangs,
+    "rtu_unplugged": _rtu_unplugged,
 }
 
 
