@@ -85,6 +85,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_head(args)
     from model.evaluate import command_line, model_files
 
+    if args.recorded:
+        from model.recorded_eval import cmd_evaluate_recorded
+        return cmd_evaluate_recorded(args, cfg)
     models, as_given = model_files(args.models)
     baselines = list(dict.fromkeys(args.baseline or []))
     if not models and not baselines:
@@ -166,53 +169,50 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "samples without any, from seed blocks that no training or choice has used: "
                     "a block that meets the seeds a network's metadata says it trained on, the "
                     "--settings-from sweep's or an earlier choice's is refused. Score maps are "
-                    "cached (--cache): a stopped run continues where it stopped, and a second "
-                    "run, or a --sweep of post-processing settings, renders and infers nothing "
-                    "again. See docs/evaluation/README.md.")
+                    "cached (--cache): a stopped run continues, and a second run or a --sweep "
+                    "renders and infers nothing again. --recorded: labelled recorded samples "
+                    "instead. See docs/evaluation/README.md.")
     head_option(q)
     q.add_argument("models", nargs="*", metavar="MODEL.onnx",
                    help="ONNX networks: a path, or shipped:NAME for a model shipped with the "
                         "package (as a head file names it), e.g. shipped:scratch_hybrid.onnx")
-    q.add_argument("--baseline", action="append", choices=BASELINE_NAMES,
-                   help="also score this detector without training (repeatable): Otsu on the "
-                        "brightest of the 6 frames, or the few-state line physics")
-    q.add_argument("--cache", metavar="DIR",
-                   help="where score maps are kept (default: $GLASS_INSPECT_CACHE/heldout, "
-                        "else ~/.cache/glass-inspect/heldout)")
+    q.add_argument("--baseline", action="append", choices=BASELINE_NAMES, help="also score "
+                   "this untrained detector (repeatable): Otsu on the brightest frame, or physics")
+    q.add_argument("--cache", metavar="DIR", help="where score maps are kept (default: "
+                   "$GLASS_INSPECT_CACHE/heldout, else ~/.cache/glass-inspect/heldout)")
     q.add_argument("--settings-from", metavar="SWEEP.json",
                    help="count each detector with the best post-processing a --sweep found for "
                         "it (a fair comparison), not the head file's; the sweep's seeds are "
                         "validation seeds, which the test may not use")
     q.add_argument("--sweep", metavar="FILE",
-                   help="instead: try post-processing settings (downscale, min_samples, T_low, "
-                        "T_high) on these samples (validation seeds, never a test range) "
-                        "and write every setting's rates, the best per detector and the seeds "
-                        "to FILE")
+                   help="instead: try post-processing settings on these samples (validation "
+                        "seeds, never a test range); every setting's rates and the best to FILE")
     q.add_argument("--must-fail", type=whole(1), metavar="N",
                    help="test set: N samples each holding a scratch the reject rule counts "
                         "(drawn all scratched from --seed on, those with only shorter "
                         "scratches skipped before rendering)")
-    q.add_argument("--clean", type=whole(1), metavar="M",
-                   help="test set: M samples without any scratch (from --clean-seed on)")
+    q.add_argument("--clean", type=whole(1), metavar="M", help="test set: M samples without "
+                   "any scratch (from --clean-seed on)")
     q.add_argument("--clean-seed", type=int, metavar="SEED",
                    help=f"first seed of the clean block (default: --seed + {CLEAN_OFFSET})")
-    q.add_argument("--samples", type=int,
-                   help="a quick look instead of a test set: N consecutive samples (default: 50)")
-    q.add_argument("--seed", type=int,
-                   help="seed of the first sample: required with --must-fail / --clean (a "
-                        f"block no one has used); else default {DEVELOPMENT_SEED}, a development "
-                        "block that is never a test range")
-    q.add_argument("--scratch-share", type=share, metavar="P",
-                   help="with --samples: share of samples with scratches (default: 0.3)")
+    q.add_argument("--samples", type=int, help="a quick look instead of a test set: N "
+                   "consecutive samples (default: 50)")
+    q.add_argument("--seed", type=int, help="seed of the first sample: required with "
+                   f"--must-fail / --clean (an unused block); else {DEVELOPMENT_SEED}, a "
+                   "development block, never a test range")
+    q.add_argument("--scratch-share", type=share, metavar="P", help="with --samples: share "
+                   "of samples with scratches (default: 0.3)")
+    q.add_argument("--recorded", nargs="+", metavar="DIR", help="instead: labelled recorded "
+                   "samples (folders, or folders of them; MODELs may follow) as the test set")
+    q.add_argument("--skip-unlabelled", action="store_true", help="with --recorded: leave "
+                   "out samples without labels.json (else refused)")
     q.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
-    q.add_argument("--calibration", metavar="FILE",
-                   help="correct the frames with this calibration of the head (default: none)")
-    q.add_argument("--json", metavar="FILE",
-                   help="also write the whole record as JSON: the models as given with their "
-                        "SHA-256, the seeds of training, validation and test, every rate")
+    q.add_argument("--calibration", metavar="FILE", help="correct the frames with this "
+                   "calibration of the head (default: none)")
+    q.add_argument("--json", metavar="FILE", help="also write the whole record as JSON (models "
+                   "with their SHA-256, the seeds of training, validation and test, every rate)")
     q.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar (by default it shows an ETA; into a file it is "
-                        "redrawn every 30 s)")
+                   help="no progress bar (into a file it is redrawn every 30 s)")
     q.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser(

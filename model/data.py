@@ -188,7 +188,7 @@ class RecordedPatches:
                 raise RecordingError(f"{path}: frames of {h} x {w} are smaller than a "
                                      f"{size} x {size} training window")
             for i in (r.index for r in rec.manifest.rois):
-                mask = rec.mask(i)
+                mask = self.roi_mask(rec, i)
                 if mask is None:
                     raise RecordingError(f"{path}: RoI {i} has no scratch mask; training needs "
                                          "labelled samples")
@@ -197,6 +197,16 @@ class RecordedPatches:
                 self.scratch_pixels.append(np.argwhere(mask))
         if not self.rois:
             raise RecordingError("no recorded RoIs to train on")
+
+    def roi_mask(self, rec, index: int) -> np.ndarray | None:
+        """RoI ``index``'s whole scratch mask: the recorded PNG here; a subclass may draw it
+        from labels (:class:`model.recorded_labels.LabelledPatches`)."""
+        return rec.mask(index)
+
+    def window_mask(self, k: int, y0: int, x0: int, size: int) -> np.ndarray:
+        """The mask of RoI ``k`` (of ``self.rois``) under a window."""
+        rec, i = self.rois[k]
+        return rec.mask(i, verify=False)[y0:y0 + size, x0:x0 + size]
 
     def window(self, index: int, scratch: bool) -> RawWindow:
         rng = np.random.default_rng([self.seed, index])
@@ -215,8 +225,7 @@ class RecordedPatches:
         y0 = min(max(0, y0), h - size) & ~1
         x0 = min(max(0, x0), w - size) & ~1
         frames = np.asarray(rec.frames(i, verify=False)[:, y0:y0 + size, x0:x0 + size])
-        mask = rec.mask(i, verify=False)[y0:y0 + size, x0:x0 + size]
-        return RawWindow(frames, mask)
+        return RawWindow(frames, self.window_mask(k, y0, x0, size))
 
 
 class CachedWindows:

@@ -135,6 +135,10 @@ class TrainSettings:
     patch: int = D.PATCH
     input_compression: float = 0.0  # U-Net only, see model.unet
     samples: list[str] = field(default_factory=list)  # recorded sample folders; empty: simulate
+    # labelled recorded samples (labels.json, model.recorded_labels), mixed with simulated
+    # windows at sim_share
+    recorded: list[str] = field(default_factory=list)
+    sim_share: float = 0.5
     window_cache: str = ""  # folder of pre-made training windows (model.data.CachedWindows)
     window_pool: int = 2000  # windows of each kind a run cycles over, when cached
     # "sixstate": 24-channel RAW stacks of the six LED states; "darkfield": single dark-field
@@ -219,6 +223,11 @@ class TrainSettings:
         if self.line_lengths and self.network != "hybrid":
             problems.append(f"line_lengths adds the hybrid network's long-line channels: it "
                             f"needs network 'hybrid', got {self.network!r}")
+        if self.recorded and (self.samples or self.data != "sixstate" or self.window_cache):
+            problems.append("recorded (labelled samples) is six-state data of its own: leave "
+                            "out samples, window_cache and data 'darkfield'")
+        if not 0.0 <= self.sim_share <= 1.0:
+            problems.append(f"sim_share must be within 0..1, got {self.sim_share}")
         if self.lr_drop_patience < 0:
             problems.append(f"lr_drop_patience must be 0 (never) or more, got "
                             f"{self.lr_drop_patience}")
@@ -429,6 +438,10 @@ class Trainer:
 
     def _plain_sources(self):
         s = self.s
+        if s.recorded:
+            from model.recorded_labels import training_sources
+
+            return training_sources(self.cfg, s)
         if not s.samples:
             return (D.SimulatedPatches(self.cfg, s.seed, s.patch),
                     D.SimulatedPatches(self.cfg, s.seed + VALIDATION_SEED_OFFSET, s.patch))

@@ -18,6 +18,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.train import CheckpointError, Trainer, TrainSettings
 
     cfg = load_head(args)
+    recorded = _recorded(args)
     try:
         settings = TrainSettings(
             network=args.network, loss=args.loss, alpha=args.alpha, width=args.width,
@@ -35,17 +36,35 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra_chain_share=args.extra_chain_share, extra_texture=args.extra_texture,
             background_px=args.background_px,
             faint_weight=args.faint_weight, init=args.init or "",
-            line_lengths=tuple(args.line_lengths) if args.network == "hybrid" else ())
+            line_lengths=tuple(args.line_lengths) if args.network == "hybrid" else (),
+            recorded=recorded, sim_share=args.sim_share)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.folds:  # cross-validated rates first, then the network trained on all
+            from model.folds import cross_validate, describe
+
+            print(describe(cross_validate(settings, cfg, args.out, args.folds, not args.quiet,
+                                          args.threads)))
         best = Trainer(settings, cfg, args.out, progress=not args.quiet).run(resume=args.resume)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     print(f"best checkpoint: {best}")
     return 0
+
+
+def _recorded(args: argparse.Namespace) -> list[str]:
+    """``--recorded`` as labelled sample folders (unlabelled ones refused, by name)."""
+    if args.folds and not args.recorded:
+        raise UsageError("--folds cross-validates on labelled recorded samples: name them with "
+                         "--recorded")
+    if not args.recorded:
+        return []
+    from model.recorded_labels import labelled_samples
+
+    return [str(d) for d in labelled_samples(args.recorded)[0]]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +86,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="run folder (default: runs/hybrid)")
     t.add_argument("--samples", nargs="*", default=[], metavar="SAMPLE_DIR",
                    help="recorded samples with masks (default: simulate samples on the fly)")
+    t.add_argument("--recorded", nargs="+", default=[], metavar="DIR",
+                   help="labelled recorded samples (labels.json; folders, or folders of them): "
+                        "their labels become masks, mixed with simulated windows (--sim-share)")
+    t.add_argument("--sim-share", type=share, default=0.5, metavar="S",
+                   help="with --recorded: share of simulated training windows, so nothing the "
+                        "simulator taught is forgotten (default: 0.5)")
+    t.add_argument("--folds", type=whole(2), metavar="K",
+                   help="with --recorded: first K-fold cross-validation by sample (each fold "
+                        "trained into OUT/fold-k, scored on its own samples), printing the "
+                        "cross-validated sample FN/FP rates; then the run on all samples")
     t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="hybrid",
                    help="hybrid: the ring light's physics as fixed layers and a small learned "
                         "head (model.hybrid), the shipped network (default); unet: the glass "
