@@ -151,7 +151,7 @@ class Publisher:
             self._cond.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stop.is_set():  # close() disconnects too
             log.warning("fleet: lost the broker %s:%d (%s); buffering", *self.address, reason)
         self._connected.clear()
 

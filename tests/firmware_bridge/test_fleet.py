@@ -180,3 +180,15 @@ def test_the_fleet_section_is_validated(section, problem):
     cfg = config.parse(ok)
     assert cfg.fleet.address == ("b", 1884)
     assert cfg.digest() == config.load().digest()  # reporting changes no verdict
+
+
+@needs_broker
+def test_a_head_that_says_goodbye_logs_no_lost_broker(broker, caplog):
+    import logging
+
+    p = publisher(broker, "head-bye")
+    assert p._connected.wait(5.0)
+    p.verdict(message(p.head_id, 1))
+    with caplog.at_level(logging.WARNING, logger="glass-inspect"):
+        p.close(timeout=2.0)
+    assert "lost the broker" not in caplog.text
