@@ -139,6 +139,11 @@ class TrainSettings:
     # windows at sim_share
     recorded: list[str] = field(default_factory=list)
     sim_share: float = 0.5
+    # darkfield: a user's labelled single frames (model.label_windows), mixed with simulated
+    # windows at sim_share; images_bit_depth 0 reads them as classify does without --bit-depth
+    images: str = ""
+    labels: str = ""
+    images_bit_depth: int = 0
     window_cache: str = ""  # folder of pre-made training windows (model.data.CachedWindows)
     window_pool: int = 2000  # windows of each kind a run cycles over, when cached
     # "sixstate": 24-channel RAW stacks of the six LED states; "darkfield": single dark-field
@@ -226,6 +231,12 @@ class TrainSettings:
         if self.recorded and (self.samples or self.data != "sixstate" or self.window_cache):
             problems.append("recorded (labelled samples) is six-state data of its own: leave "
                             "out samples, window_cache and data 'darkfield'")
+        if self.images and (self.data != "darkfield" or not self.labels):
+            problems.append("images (labelled single dark-field frames) need data 'darkfield' "
+                            "(network 'fusion') and their labels folder")
+        if not 0 <= self.images_bit_depth <= 16:
+            problems.append(f"images_bit_depth must be 0 (as read) to 16, got "
+                            f"{self.images_bit_depth}")
         if not 0.0 <= self.sim_share <= 1.0:
             problems.append(f"sim_share must be within 0..1, got {self.sim_share}")
         if self.lr_drop_patience < 0:
@@ -422,6 +433,15 @@ class Trainer:
                                      per_image=DARKFIELD_PER_IMAGE, cache_images=len(seeds),
                                      **alt)
         self._val_windows = None
+        self.labelled = None
+        if s.images:  # a user's labelled frames, mixed with those windows (model.label_windows)
+            from model import label_windows as LW
+
+            frames = LW.load_frames(s.images, s.labels, self.spec.to_dict(),
+                                    s.images_bit_depth or None, self.darkfield.bayer)
+            self.labelled = LW.MixedBatches(LW.LabelledWindows(frames, s.seed,
+                                                               bayer=self.darkfield.bayer),
+                                            self.sampler, s.sim_share)
 
     def _sources(self):
         train, val = self._plain_sources()
@@ -469,7 +489,10 @@ class Trainer:
         """Training batch ``step`` (global): windows, labels (1, 0 or FAINT) and loss weights
         (``faint_weight``), flipped (module docstring); a pure function of (settings, step)."""
         b = self.s.batch_size
-        x, y, vis = self.sampler.batch_visibility(step * b, b)
+        if self.labelled is not None:
+            x, y, vis = self.labelled.batch(step, b)
+        else:
+            x, y, vis = self.sampler.batch_visibility(step * b, b)
         w = faint_weights(y, vis, self.s.faint_weight)
         if not self.darkfield.bayer:
             flips = np.random.default_rng([self.s.seed, step, 0xF11B]).random((b, 2)) < 0.5
@@ -606,6 +629,10 @@ class Trainer:
             _decisions(logits >= _logit(t), truth)["f1"], -abs(t - 0.5)))
         out.update(best_threshold=best,
                    best_threshold_f1=_decisions(logits >= _logit(best), truth)["f1"])
+        if self.labelled is not None:
+            from model.label_windows import validate_labelled
+
+            out = validate_labelled(self.model, self.labelled.labelled, out, self.s.sim_share)
         return out
 
     @torch.no_grad()

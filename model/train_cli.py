@@ -18,6 +18,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.train import CheckpointError, Trainer, TrainSettings
 
     cfg = load_head(args)
+    images = _images(args)
     recorded = _recorded(args)
     try:
         settings = TrainSettings(
@@ -28,7 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             val_patches=args.val_patches, lr=args.lr, seed=args.seed, patch=args.patch,
             input_compression=args.compress,
             samples=[str(p) for p in args.samples], window_cache=args.window_cache,
-            window_pool=args.window_pool, data=args.data, ba=not args.no_ba,
+            window_pool=args.window_pool, data="darkfield" if images else args.data,
+            ba=not args.no_ba,
             sa=not args.no_sa, ca=not args.no_ca, frame_px=args.frame_px,
             train_images=args.train_images, val_images=args.val_images,
             val_windows=args.val_windows, lr_drop_patience=args.lr_drop_patience,
@@ -37,13 +39,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             background_px=args.background_px,
             faint_weight=args.faint_weight, init=args.init or "",
             line_lengths=tuple(args.line_lengths) if args.network == "hybrid" else (),
-            recorded=recorded, sim_share=args.sim_share)
+            recorded=recorded, sim_share=args.sim_share, images=images,
+            labels=str(args.labels or ""), images_bit_depth=args.bit_depth or 0)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        if args.folds:  # cross-validated rates first, then the network trained on all
+        if args.folds and images:  # labelled frames: folds by image (model.label_folds)
+            from model.label_folds import cross_validate, describe
+
+            print(describe(cross_validate(settings, cfg, args.out, args.folds,
+                                          not args.quiet, args.threads)))
+        elif args.folds:  # cross-validated rates first, then the network trained on all
             from model.folds import cross_validate, describe
 
             print(describe(cross_validate(settings, cfg, args.out, args.folds, not args.quiet,
@@ -55,11 +63,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _images(args: argparse.Namespace) -> str:
+    """``--images`` checked against what fine-tuning on labelled frames needs."""
+    if not args.images:
+        if args.labels:
+            raise UsageError("--labels names the labels of --images DIR: give the images too")
+        return ""
+    if not args.labels:
+        raise UsageError(f"--images {args.images}: fine-tuning needs the labels too: --labels "
+                         "DIR (the label files, docs/labels_darkfield.md; may be the same folder)")
+    if args.network != "fusion":
+        raise UsageError(f"--images trains the window classifier on labelled single dark-field "
+                         f"frames: --network fusion, not {args.network}")
+    if args.recorded:
+        raise UsageError("--images (single dark-field frames) and --recorded (six-state "
+                         "samples) train different networks: give one of them")
+    return str(args.images)
+
+
 def _recorded(args: argparse.Namespace) -> list[str]:
     """``--recorded`` as labelled sample folders (unlabelled ones refused, by name)."""
-    if args.folds and not args.recorded:
-        raise UsageError("--folds cross-validates on labelled recorded samples: name them with "
-                         "--recorded")
+    if args.folds and not args.recorded and not args.images:
+        raise UsageError("--folds cross-validates on labelled recorded samples (--recorded) or "
+                         "labelled dark-field frames (--images): name them")
     if not args.recorded:
         return []
     from model.recorded_labels import labelled_samples
@@ -89,13 +115,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--recorded", nargs="+", default=[], metavar="DIR",
                    help="labelled recorded samples (labels.json; folders, or folders of them): "
                         "their labels become masks, mixed with simulated windows (--sim-share)")
+    t.add_argument("--images", metavar="DIR",
+                   help="labelled single dark-field frames (with --labels, --network fusion; "
+                        "fine-tune with --init): their windows mixed with simulated ones "
+                        "(--sim-share); docs/labels_darkfield.md")
+    t.add_argument("--labels", metavar="DIR",
+                   help="with --images: the folder of their label files")
+    t.add_argument("--bit-depth", type=int, metavar="BITS",
+                   help="with --images: their bit depth, as classify's --bit-depth (default: "
+                        "as read)")
     t.add_argument("--sim-share", type=share, default=0.5, metavar="S",
-                   help="with --recorded: share of simulated training windows, so nothing the "
-                        "simulator taught is forgotten (default: 0.5)")
+                   help="with --recorded or --images: share of simulated training windows, "
+                        "so nothing the simulator taught is forgotten (default: 0.5)")
     t.add_argument("--folds", type=whole(2), metavar="K",
                    help="with --recorded: first K-fold cross-validation by sample (each fold "
                         "trained into OUT/fold-k, scored on its own samples), printing the "
-                        "cross-validated sample FN/FP rates; then the run on all samples")
+                        "cross-validated sample FN/FP rates; with --images: by image, printing "
+                        "Table II and the clean-image false FAIL rate; then the run on all")
     t.add_argument("--network", choices=("unet", "fusion", "hybrid"), default="hybrid",
                    help="hybrid: the ring light's physics as fixed layers and a small learned "
                         "head (model.hybrid), the shipped network (default); unet: the glass "
