@@ -89,6 +89,7 @@ from edge.config import HeadConfig
 from edge.sim.darkfield_texture import HELDOUT as HELDOUT_TEXTURE
 from edge.sim.darkfield_texture import TRAINING_TEXTURES
 from model import data as D
+from model import distributed
 from model.attention import STRIDE, WINDOW, AttentionFusionNet, FusionSpec, window_origins
 from model.hybrid import HybridNet, HybridSpec
 from model.loss import DEFAULT_ALPHA, autoencoder_loss, cross_entropy_loss
@@ -380,7 +381,10 @@ class Trainer:
     def __init__(self, settings: TrainSettings, cfg: HeadConfig, out_dir: str | Path,
                  progress: bool = True):
         self.s, self.cfg, self.out = settings, cfg, Path(out_dir)
-        self.progress = progress
+        # under torchrun: this rank's share of each global batch (model.distributed)
+        self.ranks = distributed.init()
+        self.share = self.ranks.share(settings.batch_size)
+        self.progress = progress and self.ranks.is_main
         torch.manual_seed(settings.seed)
         self.spec = settings.spec()
         self.model = build_network(settings.network, self.spec.to_dict())
@@ -392,6 +396,8 @@ class Trainer:
                                       f"{settings.network} {self.spec.to_dict()}")
             self.model.load_state_dict(start["model"])
             log.info("starting from the weights of %s (epoch %s)", settings.init, start["epoch"])
+        self._train_call = self.ranks.wrap(
+            self.model, "forward" if settings.network == "fusion" else "logits")
         darkfield = settings.data == "darkfield"
         # the weak-scratch paper's Adam for its own data, the glass paper's for the six states
         betas = (0.9, 0.999) if darkfield else (0.5, 0.9)
@@ -488,15 +494,16 @@ class Trainer:
     def darkfield_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training batch ``step`` (global): windows, labels (1, 0 or FAINT) and loss weights
         (``faint_weight``), flipped (module docstring); a pure function of (settings, step)."""
-        b = self.s.batch_size
+        b, share = self.s.batch_size, self.share  # this rank's positions of the batch
         if self.labelled is not None:
-            x, y, vis = self.labelled.batch(step, b)
+            x, y, vis = (a[share.start:share.stop] for a in self.labelled.batch(step, b))
         else:
-            x, y, vis = self.sampler.batch_visibility(step * b, b)
+            x, y, vis = self.sampler.batch_visibility(step * b + share.start, len(share))
         w = faint_weights(y, vis, self.s.faint_weight)
         if not self.darkfield.bayer:
             flips = np.random.default_rng([self.s.seed, step, 0xF11B]).random((b, 2)) < 0.5
-            for k in range(b):
+            flips = flips[share.start:share.stop]
+            for k in range(len(share)):
                 if flips[k, 0]:
                     x[k] = x[k, :, ::-1, :].copy()  # a copy: source and target share memory
                 if flips[k, 1]:
@@ -516,11 +523,15 @@ class Trainer:
     # -- losses ---------------------------------------------------------------------------------
     def loss(self, image: torch.Tensor, mask: torch.Tensor, bright: torch.Tensor):
         """-> (loss, score map or window logits) for a batch."""
+        # training through DDP when distributed; validation (rank 0 alone) past it, since
+        # DDP's forward is a collective
+        net = (self._train_call if self.model.training
+               else self.model if self.s.network == "fusion" else self.model.logits)
         if self.s.network == "fusion":
             win, labels = windows(image, mask)
-            logits = self.model(win)
+            logits = net(win)
             return F.binary_cross_entropy_with_logits(logits, labels), (logits, labels)
-        logits = self.model.logits(image)
+        logits = net(image)
         if self.s.loss == "bce":
             return cross_entropy_loss(logits, mask), torch.sigmoid(logits[0])
         outs = [torch.tanh(z) for z in logits]
@@ -560,9 +571,11 @@ class Trainer:
 
     def resume(self) -> bool:
         path = self.out / "last.pt"
-        if not path.exists():
+        # rank 0's file, sent to every rank: other machines need no copy of it
+        ckpt = self.ranks.from_main(load_checkpoint(path) if self.ranks.is_main
+                                    and path.exists() else None)
+        if ckpt is None:
             return False
-        ckpt = load_checkpoint(path)
         saved = dict(ckpt["settings"])
         mine = asdict(self.s)
         # a setting the checkpoint predates was, in effect, its default; the epoch count may
@@ -591,16 +604,18 @@ class Trainer:
             index = self.epoch * s.steps_per_epoch + step
             if s.data == "darkfield":
                 x, y, w = self.darkfield_batch(index)
-                loss = darkfield_loss(self.model(x), y, w)
+                loss = darkfield_loss(self._train_call(x), y, w)
             else:
-                loss, _ = self.loss(*_tensors(self.sampler.batch(index)))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1} "
+                loss, _ = self.loss(*_tensors(distributed.patch_share(self.sampler, index,
+                                                                      self.share)))
+            value = self.ranks.mean(loss)  # the global batch's loss; every rank stops alike
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at epoch {self.epoch + 1} "
                                          f"step {step + 1}; lower the learning rate")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            losses.append(loss.item())
+            losses.append(value)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         return float(np.mean(losses))
 
@@ -695,16 +710,17 @@ class Trainer:
                  s.epochs, s.steps_per_epoch, s.batch_size,
                  "dark-field windows" if s.data == "darkfield" else "patches", self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        # built once, before the clock of the first epoch
-        if s.data == "darkfield":
+        # built once, before the clock of the first epoch; validation is rank 0's
+        if s.data == "darkfield" and self.ranks.is_main:
             self.validation_windows  # noqa: B018
-        else:
+        elif self.ranks.is_main:
             self.validation  # noqa: B018
         while self.epoch < s.epochs:
             t0 = time.perf_counter()
             train_loss = self.train_epoch()
             t1 = time.perf_counter()
-            metrics = self.validate()
+            # rank 0 validates, every rank keeps its metrics (the same history and lr drops)
+            metrics = self.ranks.from_main(self.validate() if self.ranks.is_main else None)
             self.epoch += 1
             row = {"epoch": self.epoch, "train_loss": train_loss, **metrics,
                    "train_s": round(t1 - t0, 1), "val_s": round(time.perf_counter() - t1, 1)}
@@ -713,6 +729,8 @@ class Trainer:
             best = min((h["val_loss"] for h in self.history), default=math.inf)
             self.history.append(row)
             self._maybe_drop_lr()
+            if not self.ranks.is_main:  # checkpoints and history are rank 0's
+                continue
             self.save("last.pt")
             if row["val_loss"] <= best:
                 self.save("best.pt")
@@ -720,6 +738,7 @@ class Trainer:
             plot_history(self.history, self.out / "loss.png")
             log.info("epoch %d/%d: train loss %.4f, validation %s", self.epoch, s.epochs,
                      train_loss, _describe(metrics))
+        self.ranks.barrier()  # every rank returns once rank 0's files are written
         return self.out / "best.pt"
 
 

@@ -15,9 +15,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     require("torch", "training", "train")
     import torch
 
+    from model import distributed
     from model.train import CheckpointError, Trainer, TrainSettings
 
     cfg = load_head(args)
+    try:
+        ranks = distributed.from_env()  # set by torchrun; one process without it
+    except distributed.DistributedError as exc:
+        raise UsageError(str(exc)) from None
+    if args.folds and ranks.distributed:
+        raise UsageError("--folds trains and scores its folds in one process: run it without "
+                         "torchrun")
     images = _images(args)
     recorded = _recorded(args)
     try:
@@ -57,9 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(describe(cross_validate(settings, cfg, args.out, args.folds, not args.quiet,
                                           args.threads)))
         best = Trainer(settings, cfg, args.out, progress=not args.quiet).run(resume=args.resume)
-    except CheckpointError as exc:
+    except (CheckpointError, distributed.DistributedError) as exc:
         raise UsageError(str(exc)) from None
-    print(f"best checkpoint: {best}")
+    finally:
+        distributed.finish()
+    if ranks.is_main:
+        print(f"best checkpoint: {best}")
     return 0
 
 
