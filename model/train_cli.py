@@ -95,8 +95,8 @@ def _images(args: argparse.Namespace) -> str:
 def _recorded(args: argparse.Namespace) -> list[str]:
     """``--recorded`` as labelled sample folders (unlabelled ones refused, by name)."""
     if args.folds and not args.recorded and not args.images:
-        raise UsageError("--folds cross-validates on labelled recorded samples (--recorded) or "
-                         "labelled dark-field frames (--images): name them")
+        raise UsageError("--folds cross-validates on labelled recorded samples: name them with "
+                         "--recorded; or on labelled dark-field frames: --images DIR --labels DIR")
     if not args.recorded:
         return []
     from model.recorded_labels import labelled_samples
