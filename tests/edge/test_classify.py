@@ -402,8 +402,9 @@ def test_a_bright_field_frame_is_refused_as_unlike_training_and_every_frame_give
                             haze=(0.7, 0.75))
     (usual,) = _sim_frames(tmp_path / "u", [507], bayer=False, scratch_share=0.0)
     with Classifier.open(FUSION, threads=1) as clf, caplog.at_level(logging.INFO):
-        with pytest.raises(UnlikeTraining, match=r"unlike the frames this classifier was "
-                                                 r"trained on: haze level 0\.[5-9]\d of full scale \(trained"):
+        refused = (r"unlike the frames this classifier was trained on: haze level "
+                   r"0\.[5-9]\d of full scale \(trained")
+        with pytest.raises(UnlikeTraining, match=refused):
             clf.classify(read_image(bright, bit_depth=12))
         caplog.clear()
         u = clf.classify(read_image(usual, bit_depth=12))
