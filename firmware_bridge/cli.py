@@ -16,52 +16,15 @@ import signal
 import sys
 import threading
 
+from firmware_bridge.cli_types import (
+    mebibytes,
+    positive_seconds,
+    sample_prefix,
+    seconds,
+    whole_count,
+)
+
 log = logging.getLogger("glass-inspect.bridge")
-
-
-def _seconds(text: str, allow_zero: bool = True) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (v >= 0 if allow_zero else v > 0) or v == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"expected a {'' if allow_zero else 'positive '}number of seconds, got {text}")
-    return v
-
-
-def _positive(text: str) -> float:
-    return _seconds(text, allow_zero=False)
-
-
-def _mebibytes(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in MiB, got {text!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a size in MiB, 0 or more, got {text}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {v}")
-    return v
-
-
-def _prefix(text: str) -> str:
-    from firmware_bridge.protocol import valid_sample_id
-
-    if not valid_sample_id(f"{text}00000-0000"):
-        raise argparse.ArgumentTypeError(
-            f"prefix {text!r} must start with a letter or digit and use only A-Z a-z 0-9 _ . - "
-            "(sample ids are at most 64 characters)")
-    return text
 
 
 def _link_settings(args: argparse.Namespace) -> tuple[str, int]:
@@ -117,27 +80,27 @@ def _serve_options(s: argparse.ArgumentParser, engine: bool = True) -> None:
     s.add_argument("--journal", default="verdict-journal.jsonl", metavar="PATH",
                    help="verdict journal, kept across restarts "
                         "(default: verdict-journal.jsonl)")
-    s.add_argument("--journal-max-mb", type=_mebibytes, default=64.0, metavar="MB",
+    s.add_argument("--journal-max-mb", type=mebibytes, default=64.0, metavar="MB",
                    help="rotate the journal once it passes MB MiB: unacknowledged and recent "
                         "verdicts go on in a new file, the old one becomes PATH.1 "
                         "(default: 64; 0 = never)")
-    s.add_argument("--journal-keep", type=_count, default=4, metavar="N",
+    s.add_argument("--journal-keep", type=whole_count, default=4, metavar="N",
                    help="old journal files to keep, PATH.1 (newest) to PATH.N (default: 4)")
     s.add_argument("--inspector", choices=["head", "scripted"], default="head",
                    help="what inspects: 'head' = the head of the head file, real or simulated "
                         "(default; on the simulated head each sample id shows its own random "
                         "glass), 'scripted' = a fast deterministic stand-in for integration "
                         "tests")
-    s.add_argument("--roi-time", type=_seconds, default=0.2, metavar="S",
+    s.add_argument("--roi-time", type=seconds, default=0.2, metavar="S",
                    help="scripted inspector: seconds per RoI (default: 0.2)")
-    s.add_argument("--repeat", type=_positive, default=1.0, metavar="S",
+    s.add_argument("--repeat", type=positive_seconds, default=1.0, metavar="S",
                    help="send an unacknowledged verdict again every S seconds (default: 1)")
-    s.add_argument("--abort-grace", type=_positive, default=2.0, metavar="S",
+    s.add_argument("--abort-grace", type=positive_seconds, default=2.0, metavar="S",
                    help="after ABORT, answer ERROR within S seconds even if the inspection "
                         "has not stopped (default: 2)")
-    s.add_argument("--inspect-timeout", type=_positive, default=300.0, metavar="S",
+    s.add_argument("--inspect-timeout", type=positive_seconds, default=300.0, metavar="S",
                    help="stop an inspection after S seconds with ERROR (default: 300)")
-    s.add_argument("--reopen", type=_positive, default=0.5, metavar="S",
+    s.add_argument("--reopen", type=positive_seconds, default=0.5, metavar="S",
                    help="when the port is gone, try to reopen it every S seconds (default: 0.5)")
     s.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md; "
@@ -190,7 +153,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "journal's disk has room. Exit status 0 when healthy, else 1.")
     h.add_argument("--file", metavar="FILE", default=os.environ.get("GLASS_INSPECT_HEALTH"),
                    help="the heartbeat file (default: $GLASS_INSPECT_HEALTH)")
-    h.add_argument("--max-age", type=_positive, default=30.0, metavar="S",
+    h.add_argument("--max-age", type=positive_seconds, default=30.0, metavar="S",
                    help="a heartbeat older than S seconds means a stuck loop (default: 30)")
     h.add_argument("--min-free-mb", type=float, default=64.0, metavar="MB",
                    help="least free space for the verdict journal, in MiB (default: 64)")
@@ -206,10 +169,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--samples", type=int, default=10, metavar="N",
                     help="how many samples (default: 10)")
     ls.add_argument("--seed", type=int, default=1, help="sample id series (default: 1)")
-    ls.add_argument("--prefix", type=_prefix, default="LS", help="sample id prefix (default: LS)")
-    ls.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
+    ls.add_argument("--prefix", type=sample_prefix, default="LS",
+                    help="sample id prefix (default: LS)")
+    ls.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
                     help="seconds to wait for each verdict (default: 60)")
-    ls.add_argument("--stall", type=_positive, default=5.0, metavar="S",
+    ls.add_argument("--stall", type=positive_seconds, default=5.0, metavar="S",
                     help="ask again when nothing was heard of a sample for S seconds "
                          "(default: 5)")
     ls.add_argument("--tolerate-noise", action="store_true",
