@@ -40,7 +40,7 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     if args.labels is not None or not (args.images or "0").lstrip("-").isdigit():
         from model.label_eval import cmd_evaluate_labels  # a folder of the user's own frames
         return cmd_evaluate_labels(args)
-    from model.window_eval import WindowEvalError, describe, evaluate_windows
+    from model.window_eval import WindowEvalError, describe, evaluate_windows, save_report
 
     baselines = list(dict.fromkeys(args.baseline or []))
     models = {}
@@ -66,15 +66,7 @@ def cmd_evaluate_windows(args: argparse.Namespace) -> int:
     except WindowEvalError as exc:
         raise UsageError(str(exc)) from None
     print(describe(results))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"details: {out}")
-    if args.plot:
-        from model.window_plot import plot_pr
-
-        print(f"precision-recall curves: {plot_pr(results, args.plot)}")
+    save_report(results, args.json, args.plot)
     return 0
 
 

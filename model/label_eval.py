@@ -33,7 +33,6 @@ bad labels stops with each problem listed, not after minutes of inference.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +42,14 @@ import numpy as np
 from edge.cli_common import UsageError
 from edge.darkfield.labels import Label, LabelError, read_label
 from edge.darkfield.windows import DEFAULT_BATCH, DEFAULT_MODEL, WINDOW, window_origins
-from model.window_eval import CURVE_THRESHOLDS, describe, image_metrics, pr_curve, window_metrics
+from model.window_eval import (
+    CURVE_THRESHOLDS,
+    describe,
+    image_metrics,
+    pr_curve,
+    save_report,
+    window_metrics,
+)
 from model.windows import WINDOW_MIN_PIXELS, label_of
 
 MAX_PROBLEMS = 12  # label problems listed in one message
@@ -258,13 +264,5 @@ def cmd_evaluate_labels(args: argparse.Namespace) -> int:
                               bayer=args.bayer, threads=args.threads, batch=args.batch,
                               progress=not args.quiet)
     print(describe_labels(results))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"details: {out}")
-    if args.plot:
-        from model.window_plot import plot_pr
-
-        print(f"precision-recall curves: {plot_pr(results, args.plot)}")
+    save_report(results, args.json, args.plot)
     return 0

@@ -820,3 +820,17 @@ def describe(results: dict[str, dict]) -> str:
                     f"{pct(r['accuracy'])} | {r['windows']} | "
                     f"{pct(im.get('detection_rate'))} | {pct(im.get('false_alarm_rate'))}")
     return "\n".join(rows + ([""] + notes if notes else []))
+
+
+def save_report(results: dict, json_path: str | None, plot_path: str | None) -> None:
+    """``evaluate-windows``' files: the whole record as JSON (``--json``) and the
+    precision-recall curves (``--plot``), each announced on stdout."""
+    if json_path:
+        out = Path(json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"details: {out}")
+    if plot_path:
+        from model.window_plot import plot_pr
+
+        print(f"precision-recall curves: {plot_pr(results, plot_path)}")
