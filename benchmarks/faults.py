@@ -167,7 +167,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_rig import Events, LinePort, Serve, Trace, reduced_head, say, wait_until
+from serve_rig import (
+    Events,
+    LinePort,
+    Serve,
+    Trace,
+    point_at,
+    raw_pty,
+    reduced_head,
+    say,
+    wait_until,
+)
 
 from edge import config
 from edge.verdict import Status
@@ -944,12 +954,9 @@ class _Rs485Cable:
 
     def __init__(self, folder: Path) -> None:
         import threading
-        import tty
 
         self.path = folder / "rs485-adapter"
-        self.line_master, line_slave = os.openpty()
-        tty.setraw(line_slave)
-        os.set_blocking(self.line_master, False)
+        self.line_master, line_slave = raw_pty()
         self.line_slave = line_slave  # kept open: the line's end never reads EOF
         self.line = os.ttyname(line_slave)
         self.head_master = self.head_slave = -1
@@ -960,18 +967,10 @@ class _Rs485Cable:
         self.thread.start()
 
     def plug(self) -> None:
-        import tty
-
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
+        master, slave = raw_pty()
         with self.lock:
             self.head_master, self.head_slave = master, slave
-        tmp = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(os.ttyname(slave), tmp)
-        os.replace(tmp, self.path)
+        point_at(self.path, os.ttyname(slave))
 
     def unplug(self) -> None:
         with contextlib.suppress(FileNotFoundError):

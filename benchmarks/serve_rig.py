@@ -72,6 +72,23 @@ def reduced_head(folder: Path, *, rois: int = 2, width: int = 256, height: int =
     return path
 
 
+def raw_pty() -> tuple[int, int]:
+    """A new pseudo-terminal in raw mode, its master non-blocking: ``(master, slave)``."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave
+
+
+def point_at(link: Path, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` in one step (as udev's by-id links appear)."""
+    tmp = link.with_name(link.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
 class LinePort:
     """The line controller's cable to the head (see the module docstring)."""
 
@@ -81,17 +98,10 @@ class LinePort:
         self.plug()
 
     def plug(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
         # This end keeps the slave open too, so the master never reads EIO while no serve
         # process has the port open (between a kill and the restart).
-        self.master, self.slave = master, slave
-        tmp = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(os.ttyname(slave), tmp)
-        os.replace(tmp, self.path)
+        self.master, self.slave = raw_pty()
+        point_at(self.path, os.ttyname(self.slave))
 
     def unplug(self) -> None:
         """Pull the cable: the head's end reads EIO, and the port is gone until plug()."""
