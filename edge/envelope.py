@@ -159,6 +159,19 @@ class Envelope:
         return json.dumps(d, sort_keys=True)
 
 
+def parse_document(text: str, version: int, error: type[Exception]) -> dict:
+    """An envelope's metadata text -> its JSON object, refused with ``error`` when it is not
+    JSON or not of ``version`` (shared with :mod:`edge.darkfield.frame_envelope`)."""
+    try:
+        d = json.loads(text)
+    except ValueError as exc:
+        raise error(f"is not JSON ({exc})") from None
+    if not isinstance(d, dict) or d.get("version") != version:
+        got = d.get("version") if isinstance(d, dict) else type(d).__name__
+        raise error(f"has version {got!r}; this runtime reads version {version}")
+    return d
+
+
 def parse_ranges(raw: object, statistics, error: type[Exception]) -> dict[str, tuple[float, float]]:
     """The ``ranges`` of an envelope's metadata, ``{name: [lo, hi]}`` -> ``{name: (lo, hi)}``;
     ``error`` (the caller's exception) names the first fault: no ranges, a statistic not in
@@ -184,13 +197,7 @@ def parse_ranges(raw: object, statistics, error: type[Exception]) -> dict[str, t
 @lru_cache(maxsize=16)
 def parse(text: str) -> Envelope:
     """The envelope in a model's ``envelope`` metadata; EnvelopeMetadataError naming the fault."""
-    try:
-        d = json.loads(text)
-    except ValueError as exc:
-        raise EnvelopeMetadataError(f"is not JSON ({exc})") from None
-    if not isinstance(d, dict) or d.get("version") != VERSION:
-        got = d.get("version") if isinstance(d, dict) else type(d).__name__
-        raise EnvelopeMetadataError(f"has version {got!r}; this runtime reads version {VERSION}")
+    d = parse_document(text, VERSION, EnvelopeMetadataError)
     camera = Camera.from_dict(d.get("camera"))
     ranges = parse_ranges(d.get("ranges"), STATISTICS, EnvelopeMetadataError)
     return Envelope(camera, ranges)

@@ -79,7 +79,7 @@ import numpy as np
 from scipy import ndimage
 
 from edge.darkfield.noise import REFERENCE_FULL_SCALE, Sensor
-from edge.envelope import parse_ranges
+from edge.envelope import parse_document, parse_ranges
 
 METADATA_KEY = "frame_envelope"
 VERSION = 1
@@ -126,13 +126,7 @@ class Envelope:
 def parse(text: str) -> Envelope:
     """The envelope in a model's ``frame_envelope`` metadata; FrameEnvelopeError naming the
     fault."""
-    try:
-        d = json.loads(text)
-    except ValueError as exc:
-        raise FrameEnvelopeError(f"is not JSON ({exc})") from None
-    if not isinstance(d, dict) or d.get("version") != VERSION:
-        got = d.get("version") if isinstance(d, dict) else type(d).__name__
-        raise FrameEnvelopeError(f"has version {got!r}; this runtime reads version {VERSION}")
+    d = parse_document(text, VERSION, FrameEnvelopeError)
     ranges = parse_ranges(d.get("ranges"), STATISTICS, FrameEnvelopeError)
     return Envelope(ranges)
 
