@@ -34,6 +34,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.labels_sample import read_labels
+from model.metrics import rate_line
 
 log = logging.getLogger("glass-inspect.train")
 
@@ -129,11 +130,7 @@ def describe(record: dict) -> str:
     p = record["pooled"]
 
     def rate(what: str, k: int, n: int, key: str) -> str:
-        if not n:
-            return f"  {what}: no such sample among them"
-        lo, hi = p[key + "_ci"]
-        return (f"  {what}: {k}/{n} = {100 * p[key]:.1f} % (95 % interval "
-                f"{100 * lo:.1f}-{100 * hi:.1f} %)")
+        return rate_line(what, k, n, p[key], p[key + "_ci"], "no such sample among them")
 
     return "\n".join([
         f"cross-validated over {record['folds']} folds by sample ({record['samples']} labelled "

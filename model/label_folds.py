@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import UserError
+from model.metrics import rate_line
 
 log = logging.getLogger("glass-inspect.train")
 
@@ -140,11 +141,7 @@ def describe(record: dict) -> str:
     im = p["images"]
 
     def rate(what: str, k: int, n: int, key: str) -> str:
-        if not n:
-            return f"  {what}: no such image among them"
-        lo, hi = im[key + "_ci"]
-        return (f"  {what}: {k}/{n} = {100 * im[key]:.1f} % (95 % interval "
-                f"{100 * lo:.1f}-{100 * hi:.1f} %)")
+        return rate_line(what, k, n, im[key], im[key + "_ci"], "no such image among them")
 
     return "\n".join([
         f"cross-validated over {record['folds']} folds by image ({record['images']} labelled "

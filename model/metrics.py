@@ -98,3 +98,13 @@ def tally(scores: Iterable[np.ndarray], masks: Iterable[np.ndarray], p: Pipeline
     for s, m in zip(scores, masks, strict=True):
         t.add(s, m, p)
     return t
+
+
+def rate_line(what: str, k: int, n: int, rate: float | None, ci, none: str) -> str:
+    """``  what: k/n = r % (95 % interval lo-hi %)``, or ``  what: none`` when ``n`` is 0: one
+    cross-validated rate as the fold drivers print it (:mod:`model.folds`,
+    :mod:`model.label_folds`)."""
+    if not n:
+        return f"  {what}: {none}"
+    lo, hi = ci
+    return f"  {what}: {k}/{n} = {100 * rate:.1f} % (95 % interval {100 * lo:.1f}-{100 * hi:.1f} %)"
