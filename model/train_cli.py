@@ -46,6 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra_chain_share=args.extra_chain_share, extra_texture=args.extra_texture,
             background_px=args.background_px,
             faint_weight=args.faint_weight, init=args.init or "",
+            freeze_norm=args.freeze_norm,
             line_lengths=tuple(args.line_lengths) if args.network == "hybrid" else (),
             recorded=recorded, sim_share=args.sim_share, images=images,
             labels=str(args.labels or ""), images_bit_depth=args.bit_depth or 0)
@@ -227,6 +228,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same network and spec, up to "
                         "the whitening's settings) with a fresh optimiser: fine-tuning")
+    t.add_argument("--freeze-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the batch-norm statistics of --init's checkpoint while "
+                        "fine-tuning (default: on with --init)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

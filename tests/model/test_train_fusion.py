@@ -281,3 +281,28 @@ def test_extra_frames_can_draw_fainter_scratches_and_only_they_do(cfg, tmp_path)
                        (dict(extra_train_images=2, extra_peak_dn=(3.0,)), "LO < HI")]:
         with pytest.raises(ValueError, match=match):
             tiny(tmp_path, **bad)
+
+
+def test_a_fine_tune_keeps_the_batch_norm_statistics_of_its_start_unless_told(cfg, tmp_path):
+    """Mixed batches of another camera's frames would move the running statistics the
+    simulated windows are normalised with (model.train: freeze_norm)."""
+    first = tmp_path / "first"
+    Trainer(tiny(tmp_path, epochs=1), cfg, first, progress=False).run()
+    start = load_checkpoint(first / "last.pt")["model"]
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats
+
+    def after(**changes):
+        out = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+        Trainer(tiny(tmp_path, epochs=1, init=str(first / "last.pt"), **changes), cfg, out,
+                progress=False).run()
+        return load_checkpoint(out / "last.pt")["model"]
+
+    frozen = after()  # the default with init
+    assert all(torch.equal(frozen[k], start[k]) for k in stats)
+    assert any(not torch.equal(frozen[k], start[k]) for k in start if k not in stats
+               and "num_batches" not in k)  # the weights did learn
+    learnt = after(freeze_norm=False)
+    assert any(not torch.equal(learnt[k], start[k]) for k in stats)
+    with pytest.raises(ValueError, match="freeze_norm"):
+        tiny(tmp_path, freeze_norm=True)  # nothing to keep without a start
