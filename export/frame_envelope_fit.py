@@ -45,6 +45,16 @@ Choices:
     heavy-tailed, one cluster of specks is thousands per megapixel of a 512 px frame (300 of
     them went up to 8,400; the training tiles' 99.9th percentile was 3,800);
   - window share: from 0 to the high end plus 0.25 (issue 29's grainy frames: 1.0).
+* **A user's own frames** (``--images DIR``, for a classifier fine-tuned on them with ``train
+  --images``): they are frames of its world now. Each is read as ``classify`` reads it, prepared
+  as :mod:`model.label_windows` trained on it (noise above the camera model's limits taken as
+  it comes, the rest matched), and measured like a training frame (whole and tiles,
+  :func:`measure_images`); the ranges are then
+  fitted over the training frames and these together. Their noise, which the camera model's
+  limits (:data:`edge.darkfield.noise.LIMITS`) may refuse (grain reads as noise), sets the
+  model's own limits, written as ``noise_limits`` metadata (:func:`noise_limits`). Without
+  ``--images`` a model's earlier ``noise_limits`` are replaced by the camera model's, so a
+  refit never keeps limits its frames do not bear out.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ MARGIN = 0.5  # of the span, on each side
 FLOOR = {"power": (0.0, 0.4), "noise_slope": (0.1, 0.0), "haze": (0.0, 0.3),
          "haze_spread": (0.0, 0.3), "outliers": (0.0, 1.5), "window_share": (0.25, 0.0)}
 ZERO_BASED = ("outliers", "window_share")
+NOISE_MARGIN = 1.25  # a user's frames' noise ratios, widened by this factor each way
 
 
 def kind(name: str) -> str:
@@ -174,6 +185,62 @@ def measure_frames(classifier, frames: TrainingFrames, seeds: Sequence[int],
     return whole, parts
 
 
+def measure_images(classifier, folder: str | Path, bit_depth: int | None = None,
+                   bayer: bool = False, progress: Callable[[int, int], None] | None = None
+                   ) -> tuple[list[dict], list[dict], list[float]]:
+    """(statistics of every whole image of ``folder``, of every tile, each image's noise ratio)
+    for a user's own frames (module docstring); FitError naming an image that cannot be read
+    or judged at all."""
+    import math
+
+    from edge.darkfield import frame_envelope as fe
+    from edge.darkfield.classify import sigmoid
+    from edge.darkfield.frame_prep import FramePrep, PrepError
+    from edge.darkfield.noise import LIMITS, NoiseLimits
+    from edge.darkfield.reading import ClassifyError, collect_inputs, read_image
+
+    items = collect_inputs([Path(folder)])
+    problems = [i.problem for i in items if i.problem]
+    if problems or not items:
+        raise FitError(f"--images {folder}: " + ("; ".join(problems[:3]) or "no images"))
+    base = classifier.prep
+    # as training prepared them (model.label_windows): noise above the camera model's limits
+    # (grain) taken as it comes, the rest matched
+    prep = FramePrep(base.sensor, True, base.model_name, base.haze_floor,
+                     NoiseLimits((LIMITS[0], math.inf), (LIMITS[1], math.inf)))
+    whole, parts, ratios = [], [], []
+    for done, item in enumerate(items, 1):
+        try:
+            p = prep(read_image(item.path, bit_depth, bayer).pixels, bayer)
+        except ClassifyError as exc:  # its message names the file
+            raise FitError(str(exc)) from None
+        except PrepError as exc:
+            raise FitError(f"{item.path} {exc}") from None
+        stats = fe.measure(p.pixels, base.sensor)
+        stats["window_share"] = fe.window_share(sigmoid(classifier.logits(p.pixels)[2]))
+        stats["image"] = item.path.name
+        whole.append(stats)
+        parts.extend(fe.measure(t, base.sensor) for t in tiles(p.pixels))
+        ratios.append(float(p.noise_ratio))
+        if progress is not None:
+            progress(done, len(items))
+    return whole, parts, ratios
+
+
+def noise_limits(ratios: Sequence[float]):
+    """The model's :class:`edge.darkfield.noise.NoiseLimits` for a user's frames of these noise
+    ratios (module docstring): the camera model's when none lies above its limits; else those
+    above, widened by :data:`NOISE_MARGIN` each way, are taken as they come (as training on
+    them took them, :mod:`model.label_windows`) and the upper limit covers them."""
+    from edge.darkfield.noise import CAMERA_MODEL, LIMITS, NoiseLimits
+
+    above = [r for r in ratios if r > LIMITS[1]]
+    if not above:
+        return CAMERA_MODEL
+    hi = _r(max(above) * NOISE_MARGIN)
+    return NoiseLimits((LIMITS[0], hi), (_r(max(LIMITS[1], min(above) / NOISE_MARGIN)), hi))
+
+
 def widen(name: str, lo: float, hi: float) -> tuple[float, float]:
     """The trained range ``[lo, hi]`` widened as the module docstring says."""
     absolute, relative = FLOOR[kind(name)]
@@ -201,6 +268,8 @@ def ranges(whole: Sequence[dict], parts: Sequence[dict], haze_floor: float
     widened, trained = {}, {}
     for name in STATISTICS:
         rows = whole if name in AFTER_INFERENCE else [*whole, *parts]
+        # a user's frame too small for the window share (MIN_SHARE_WINDOWS) has none to give
+        rows = [d for d in rows if "image" not in d or np.isfinite(d[name])]
         v = np.array([d[name] for d in rows], np.float64)
         if not np.isfinite(v).all():
             bad = int((~np.isfinite(v)).sum())
@@ -222,6 +291,17 @@ class Fit:
     seeds: tuple[int, ...]
     tiles: int
     frame_px: int
+    images: tuple[str, ...] = ()  # a user's own frames fitted too (--images)
+    noise_limits: object = None  # edge.darkfield.noise.NoiseLimits; None: the camera model's
+
+    def noise_json(self) -> str:
+        """``noise_limits`` metadata (:func:`edge.darkfield.noise.limits_of`)."""
+        from edge.darkfield.noise import CAMERA_MODEL
+
+        n = self.noise_limits or CAMERA_MODEL
+        return json.dumps({"limits": list(n.limits), "as_is": list(n.as_is),
+                           "images": list(self.images),
+                           "producer": "glass-inspect export frame-envelope"})
 
     def to_json(self) -> str:
         from edge.darkfield.frame_envelope import Envelope
@@ -230,14 +310,17 @@ class Fit:
             trained={k: list(v) for k, v in self.trained.items()},
             measured={"frames": len(self.seeds), "frame_seeds": list(self.seeds),
                       "frame_px": self.frame_px, "tiles": self.tiles, "tile_px": TILE_PX,
+                      "images": list(self.images),
                       "percentiles": [LOW_PERCENTILE, HIGH_PERCENTILE], "margin": MARGIN,
                       "floor": {k: list(v) for k, v in FLOOR.items()},
                       "producer": "glass-inspect export frame-envelope"})
 
 
 def fit(model: str | Path, frames: int = DEFAULT_FRAMES, threads: int = 0,
-        progress: Callable[[int, int], None] | None = None) -> Fit:
-    """The envelope of ``frames`` of ``model``'s training frames."""
+        progress: Callable[[int, int], None] | None = None, images: str | Path | None = None,
+        bit_depth: int | None = None, bayer: bool = False) -> Fit:
+    """The envelope of ``frames`` of ``model``'s training frames, and of the user's frames in
+    the folder ``images`` when given (module docstring)."""
     from edge.darkfield.classify import Classifier
     from edge.darkfield.exposure import haze_floor
 
@@ -250,9 +333,14 @@ def fit(model: str | Path, frames: int = DEFAULT_FRAMES, threads: int = 0,
         tf = TrainingFrames.of_metadata(classifier.engine.metadata, Path(model).name)
         seeds = tf.pick(frames)
         whole, parts = measure_frames(classifier, tf, seeds, progress)
+        own, ratios = [], []
+        if images is not None:
+            own, own_parts, ratios = measure_images(classifier, images, bit_depth, bayer)
+            whole, parts = [*whole, *own], [*parts, *own_parts]
         floor = haze_floor(classifier.engine.metadata)
     widened, trained = ranges(whole, parts, floor)
-    return Fit(widened, trained, tuple(seeds), len(parts), tf.frame_px)
+    return Fit(widened, trained, tuple(seeds), len(parts), tf.frame_px,
+               tuple(d["image"] for d in own), noise_limits(ratios) if ratios else None)
 
 
 def describe(f: Fit) -> list[str]:
@@ -269,6 +357,7 @@ def cmd_export_frame_envelope(args: argparse.Namespace) -> int:
     require("onnx", "writing a model's metadata", "train")
     from edge.darkfield.classify import ModelError
     from edge.darkfield.frame_envelope import METADATA_KEY
+    from edge.darkfield.noise import LIMITS_KEY
     from edge.engine.base import EngineError
     from edge.hashing import sha256_file
     from export.onnx import ExportError, set_metadata
@@ -282,15 +371,22 @@ def cmd_export_frame_envelope(args: argparse.Namespace) -> int:
             print(f"  {done} / {total} training frames measured", flush=True)
 
     try:
-        f = fit(model, args.frames, args.threads, tick)
+        f = fit(model, args.frames, args.threads, tick, args.images, args.bit_depth or None,
+                args.bayer)
     except (FitError, ModelError, EngineError, ValueError) as exc:
         raise UsageError(f"export frame-envelope: {exc}") from None
     before = sha256_file(model)
     try:
-        out = set_metadata(model, {METADATA_KEY: f.to_json()}, args.out)
+        out = set_metadata(model, {METADATA_KEY: f.to_json(), LIMITS_KEY: f.noise_json()},
+                           args.out)
     except ExportError as exc:
         raise UsageError(str(exc)) from None
     print("\n".join(describe(f)))
+    if f.images:
+        n = f.noise_limits
+        print(f"with {len(f.images)} of your own frames ({args.images}); noise "
+              f"{n.limits[0]:g}-{n.limits[1]:g} x the camera model accepted, "
+              f"{n.as_is[0]:g}-{n.as_is[1]:g} taken as it comes")
     print(f"wrote the envelope of {len(f.seeds)} training frames ({f.tiles} tiles of {TILE_PX} "
           f"px) into {out}; SHA-256 {before[:12]} -> {sha256_file(out)[:12]} (weights "
           "unchanged: engines built from the old file name the old hash)")
@@ -315,6 +411,14 @@ def add_command(esub: argparse._SubParsersAction) -> None:
     c.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
                    help=f"training frames to measure, evenly spread over the model's list "
                         f"(default: {DEFAULT_FRAMES}; about 5 s each)")
+    c.add_argument("--images", metavar="DIR",
+                   help="also your own frames the model was fine-tuned on (train --images): "
+                        "their statistics join the envelope and their noise sets the model's "
+                        "noise limits")
+    c.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=0,
+                   help="with --images: as classify --bit-depth (default: as stored)")
+    c.add_argument("--bayer", action="store_true",
+                   help="with --images: RAW Bayer mosaics, as classify --bayer")
     c.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
     c.add_argument("--out", metavar="FILE.onnx", help="(default: MODEL, in place)")
     c.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -5,13 +5,17 @@
   (:func:`edge.darkfield.reading.read_image`, ``bit_depth`` and ``bayer`` as there) and prepared
   as it prepares it (:mod:`edge.darkfield.frame_prep`: colour sites, exposure, noise matched to
   the network's camera, which its spec says); windows are cut from the prepared frame, so the
-  levels near a window's edge are the frame's. Choice: a frame whose noise lies beyond the noise
+  levels near a window's edge are the frame's. Choice: a frame whose noise lies above the noise
   check's limits (a real background's grain reads as noise), which ``classify`` refuses, is
-  matched all the same and trained on, as :func:`model.window_eval.prepared_frame` scores such
-  frames "as if judged": these are the frames a user fine-tunes for. They are counted
-  (:attr:`LabelledFrames.refused_by_classify`), since the fine-tuned network only judges them
-  once ``classify`` accepts them. A frame ``classify`` cannot judge at all (unreadable, flat,
-  overexposed, too dark) is refused here with why.
+  trained on as it comes, **not matched**: grain is not noise, and matching it scales each
+  scratch down by the same factor (the held-out texture family reads 2.1-6.4 x: its 30 DN
+  scratches became 5-14 DN, and a fine-tune on 20 matched frames learnt none of them, label
+  F1 0.08-0.19 on its own training frames). These are the frames a user fine-tunes for; they
+  are counted (:attr:`LabelledFrames.refused_by_classify`), and ``glass-inspect export
+  frame-envelope --images`` gives the fine-tuned model the noise limits that take such frames
+  as they come (:func:`edge.darkfield.noise.limits_of`). A frame below the limits (a wrong bit
+  depth) or one ``classify`` cannot judge at all (unreadable, flat, overexposed, too dark) is
+  refused here with why.
 * **Truth** from the label (:mod:`edge.darkfield.labels`, the simulator's rasterisation rule)
   and the rule of simulated windows (:func:`model.windows.label_of`): a scratch window holds at
   least 4 scratch pixels. Every labelled scratch counts as visible: no faint class
@@ -118,10 +122,10 @@ def prepare(pixels: np.ndarray, spec: dict, bayer: bool = False) -> tuple[np.nda
         ratio = noise.noise_ratio(balanced, sensor)
     except noise.NoiseError:
         raise refused from None
-    lo, hi = noise.LIMITS
-    if not math.isfinite(ratio) or lo <= ratio <= hi:
+    # above the limits only: below them is a wrong bit depth, as classify says, not grain
+    if not math.isfinite(ratio) or ratio <= noise.LIMITS[1]:
         raise refused
-    return noise.match(balanced, ratio, sensor), str(refused)
+    return balanced, str(refused)
 
 
 def _cells(h: int, w: int) -> np.ndarray:
@@ -163,8 +167,9 @@ def load_frames(images: str | Path, labels: str | Path | None, spec: dict,
                                 "trained on:\n  " + "\n  ".join(problems[:MAX_PROBLEMS])
                                 + (f"\n  ... and {more} more" if more > 0 else ""))
     if out.refused_by_classify:
-        log.warning("%d of %d labelled images are ones classify refuses (%s): trained on with "
-                    "their noise matched, as evaluate-windows scores such frames",
+        log.warning("%d of %d labelled images are ones classify refuses (%s): trained on as "
+                    "they come (grain is not noise); give the fine-tuned model their noise "
+                    "limits with 'export frame-envelope --images'",
                     len(out.refused_by_classify), len(out),
                     out.refused_by_classify[0].refused_by_classify)
     return out

@@ -271,7 +271,10 @@ class Classifier:
                 f"N x 1 x {WINDOW} x {WINDOW}, one logit per window (N)")
         self.engine = engine
         self.threshold = threshold
-        self.prep = FramePrep.for_model(engine.metadata, f"the model {engine.path.name}")
+        try:
+            self.prep = FramePrep.for_model(engine.metadata, f"the model {engine.path.name}")
+        except PrepError as exc:
+            raise ModelError(str(exc)) from None
         # False: frames are not checked (the envelope's own fit measures the training frames)
         self.envelope = self._envelope(engine) if frame_envelope else None
         self.batch = min(batch, engine.max_batch)

@@ -41,14 +41,20 @@ class FramePrep:
     """The preparation for one model: ``prep(pixels, bayer)`` -> :class:`Prepared`."""
 
     def __init__(self, sensor: noise.Sensor | None, noise_units: bool,
-                 model_name: str = "the model", haze_floor: float = exposure.MIN_HAZE):
+                 model_name: str = "the model", haze_floor: float = exposure.MIN_HAZE,
+                 noise_limits: noise.NoiseLimits = noise.CAMERA_MODEL):
         self.sensor, self.noise_units, self.model_name = sensor, noise_units, model_name
-        self.haze_floor = haze_floor
+        self.haze_floor, self.noise_limits = haze_floor, noise_limits
 
     @classmethod
     def for_model(cls, metadata: dict, model_name: str = "the model") -> FramePrep:
+        """PrepError when the model's own noise limits cannot be read."""
+        try:
+            limits = noise.limits_of(metadata)
+        except noise.NoiseError as exc:
+            raise PrepError(f"{model_name}: {exc}") from None
         return cls(noise.Sensor.from_metadata(metadata), noise.works_in_noise_units(metadata),
-                   model_name, exposure.haze_floor(metadata))
+                   model_name, exposure.haze_floor(metadata), limits)
 
     def __call__(self, pixels: np.ndarray, bayer: bool = False) -> Prepared:
         gains = None
@@ -72,7 +78,7 @@ class FramePrep:
             raise PrepError(str(exc)) from None
         try:
             ratio = noise.noise_ratio(pixels, self.sensor)
-            matched = noise.check(ratio)
+            matched = noise.check(ratio, self.noise_limits)
         except noise.NoiseError as exc:
             raise PrepError(str(exc)) from None
         if matched:
