@@ -208,20 +208,23 @@ def camera_sensor(cfg: DarkfieldConfig | None = None) -> Sensor:
     return Sensor(cfg.dark_offset_dn / fs, cfg.read_noise_dn / fs, cfg.conversion_gain / fs)
 
 
-def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = True
-                   ) -> np.ndarray:
+def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = True,
+                   limits: noise.NoiseLimits = noise.CAMERA_MODEL) -> np.ndarray:
     """A simulated RAW frame as ``glass-inspect classify`` hands it to the network: scaled to
     [0, 1], a mosaic's colour sites balanced, its noise matched when off
     (:mod:`edge.darkfield.frame_prep`, for a network of the simulated camera); ``noise_match=False``
     leaves the noise as it is (to measure what the match does). The model's camera is the one
     it was trained with, whatever camera rendered the frame. A frame whose noise is beyond the
     noise check's limits, which ``classify`` refuses (:func:`frames_refused` lists it), is
-    matched all the same, to score what the classifier would say of it if it judged it."""
+    matched all the same, to score what the classifier would say of it if it judged it.
+    ``limits``: the model's own noise limits (:func:`edge.darkfield.noise.limits_of`: a model
+    fine-tuned on grainy frames takes frames of its as-is range as they come)."""
     pixels = scale(raw, cfg.bit_depth)[0]
     try:
         # no haze floor: a frame classify would refuse as too dark is still measured, and
         # listed apart (frames_refused)
-        return FramePrep(camera_sensor(), noise_match, haze_floor=0.0)(pixels, cfg.bayer).pixels
+        return FramePrep(camera_sensor(), noise_match, haze_floor=0.0,
+                         noise_limits=limits)(pixels, cfg.bayer).pixels
     except PrepError as exc:
         refused = exc
     # noise out of the check's limits (a textured frame's grain reads as noise): classify
@@ -231,20 +234,20 @@ def prepared_frame(raw: np.ndarray, cfg: DarkfieldConfig, noise_match: bool = Tr
     except PrepError as exc:
         raise WindowEvalError(f"a simulated frame {exc}") from None
     ratio = noise.noise_ratio(balanced, camera_sensor())
-    lo, hi = noise.LIMITS
+    lo, hi = limits.limits
     if not math.isfinite(ratio) or lo <= ratio <= hi:
         raise WindowEvalError(f"a simulated frame {refused}") from None
     return noise.match(balanced, ratio, camera_sensor()) if noise_match else balanced
 
 
-def frames_refused(seeds: Sequence[int], cfg: DarkfieldConfig, haze_floor: float
-                   ) -> list[dict]:
+def frames_refused(seeds: Sequence[int], cfg: DarkfieldConfig, haze_floor: float,
+                   limits: noise.NoiseLimits = noise.CAMERA_MODEL) -> list[dict]:
     """The frames of ``seeds`` that ``glass-inspect classify`` would refuse (ERROR): prepared
     as it prepares them (:mod:`edge.darkfield.frame_prep`, the model's floor ``haze_floor``), each
     with why. A classifier's windows are scored on every frame; this says on which ``classify``
     would give no verdict (a part of the ring lights a frame with that share of the haze, which
     can fall under the floor of :mod:`edge.darkfield.exposure`)."""
-    prep = FramePrep(camera_sensor(), True, haze_floor=haze_floor)
+    prep = FramePrep(camera_sensor(), True, haze_floor=haze_floor, noise_limits=limits)
     renderer, out = DarkfieldRenderer(cfg), []
     for seed in seeds:
         try:
@@ -270,8 +273,9 @@ class PreparedWindows:
     window's. The frames are rendered again, one at a time; a set's windows come frame by
     frame."""
 
-    def __init__(self, ws: WindowSet, cfg: DarkfieldConfig, noise_match: bool = True):
-        self.ws, self.cfg, self.noise_match = ws, cfg, noise_match
+    def __init__(self, ws: WindowSet, cfg: DarkfieldConfig, noise_match: bool = True,
+                 limits: noise.NoiseLimits = noise.CAMERA_MODEL):
+        self.ws, self.cfg, self.noise_match, self.limits = ws, cfg, noise_match, limits
         self._renderer = DarkfieldRenderer(cfg)
         self._seed: int | None = None
         self._frame: np.ndarray | None = None
@@ -288,7 +292,7 @@ class PreparedWindows:
             seed = int(self.ws.image_seeds[i])
             if seed != self._seed:
                 self._seed, self._frame = seed, prepared_frame(
-                    self._renderer.render(seed).image, self.cfg, self.noise_match)
+                    self._renderer.render(seed).image, self.cfg, self.noise_match, self.limits)
             r, c = (int(v) for v in self.ws.origins[i])
             out[k, 0] = self._frame[r:r + side, c:c + side]
         return out
@@ -558,7 +562,16 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
             test_windows = val_windows  # the trainer's own validation set
         log.info("%s windows: %d from frames %d..%d", on, test_windows, frames[0], frames[-1])
         drawn = heldout_set(frames, frame_px, test_windows, cache, cfg)
-        test_in = PreparedWindows(drawn, cfg, noise_match) if needs_prep(cfg) else drawn
+        prepared: dict[noise.NoiseLimits, PreparedWindows] = {}
+
+        def test_in(limits: noise.NoiseLimits = noise.CAMERA_MODEL):
+            """The test windows as a model of these noise limits sees them."""
+            if not needs_prep(cfg):
+                return drawn
+            if limits not in prepared:
+                prepared[limits] = PreparedWindows(drawn, cfg, noise_match, limits)
+            return prepared[limits]
+
         # scored at the limit; faint windows (below it) are reported on their own
         test = replace(drawn, labels=relabel(drawn.labels, drawn.visibility, visibility_limit))
         seen = test.labels != FAINT
@@ -587,14 +600,16 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
         # refuse some frames
         unlike_training = (cfg.lit_groups, cfg.camera, cfg.haze, cfg.texture) != (
             None, "area", frames_at(frame_px).haze, "none")
-        refusals: dict[float, list[dict]] = {}  # by haze floor: each frame rendered once
+        # by haze floor and noise limits: each frame rendered once
+        refusals: dict[tuple, list[dict]] = {}
         results: dict[str, dict] = {}
         decide = {}  # name -> windows -> positive
         # name -> (windows -> probability, threshold, region threshold), for the networks
         scores = {}
+        own_limits: dict[str, noise.NoiseLimits] = {}  # a network's own, when not the camera's
         for m in nets:
             t = time.perf_counter()
-            prob = _chunked(m.probability, test_in)
+            prob = _chunked(m.probability, test_in(m.classifier.prep.noise_limits))
             pos = prob >= m.classifier.threshold  # as m.positive decides
             results[m.name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
                                **_faint(pos, test, drawn), **at_rose(pos),
@@ -606,11 +621,12 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                                                  (*CURVE_THRESHOLDS, m.classifier.threshold)),
                                "infer_s": round(time.perf_counter() - t, 1), "set": set_info}
             if unlike_training:
-                floor = m.classifier.prep.haze_floor
-                if floor not in refusals:
-                    refusals[floor] = frames_refused(frames, cfg, floor)
-                results[m.name]["frames_refused"] = refusals[floor]
+                key = (m.classifier.prep.haze_floor, m.classifier.prep.noise_limits)
+                if key not in refusals:
+                    refusals[key] = frames_refused(frames, cfg, *key)
+                results[m.name]["frames_refused"] = refusals[key]
             decide[m.name] = m.positive
+            own_limits[m.name] = m.classifier.prep.noise_limits
             scores[m.name] = (m.probability, m.classifier.threshold,
                               m.classifier.region_threshold)
         if baselines:
@@ -621,7 +637,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                 t = time.perf_counter()
                 val_seen = val.labels != FAINT
                 b.fit_scores(_chunked(b.scores, val_in)[val_seen], val.labels[val_seen])
-                pos = b.decide(_chunked(b.scores, test_in))
+                pos = b.decide(_chunked(b.scores, test_in()))
                 results[name] = {**window_metrics(pos[seen], truth, frames=frames_seen),
                                  **_faint(pos, test, drawn), **at_rose(pos),
                                  "baseline": name,
@@ -635,7 +651,7 @@ def evaluate_windows(models: dict[str, str | Path], baselines: Sequence[str] = (
                        for name, r in results.items() if "frames_refused" in r}
             for name, rows in _image_level(decide, frames[:images], cfg, progress,
                                            scores, noise_match, refused,
-                                           visibility_limit).items():
+                                           visibility_limit, own_limits).items():
                 results[name]["images"] = rows
         log.info("evaluated %d detectors in %.0f s", len(results), time.perf_counter() - t0)
         return results
@@ -704,13 +720,17 @@ def _chunked(fn, ws: WindowSet | PreparedWindows, size: int = 256) -> np.ndarray
 def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
                  progress: bool, scores: dict | None = None, noise_match: bool = True,
                  refused: dict[str, set[int]] | None = None,
-                 limit: float = ROSE_SNR) -> dict[str, dict]:
+                 limit: float = ROSE_SNR,
+                 limits: dict[str, noise.NoiseLimits] | None = None) -> dict[str, dict]:
     """Image-level rates; for a network (``scores``) also its highest window probability per
     image and the rates an image threshold on it would give (:data:`IMAGE_THRESHOLDS`).
     ``refused``: per detector, the seeds ``classify`` gives ERROR (:func:`frames_refused`);
     both renderings of such a frame are left out of its rates and counted, and the rates it
-    would have had are given apart (``refused_if_judged``: the evidence for the refusal)."""
+    would have had are given apart (``refused_if_judged``: the evidence for the refusal).
+    ``limits``: per detector, its noise limits when not the camera model's (each frame is
+    prepared once per distinct limits)."""
     scores = scores or {}
+    limits = limits or {}
     refused = refused or {}
     top: dict[str, list[float]] = {name: [] for name in scores}
     renderers = [("as drawn", DarkfieldRenderer(cfg)),
@@ -724,8 +744,11 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
         for _, renderer in renderers:
             frame = renderer.render(seed)
             # as classify sees it: the whole frame prepared, then cut
-            pixels = prepared_frame(frame.image, cfg, noise_match) if needs_prep(cfg) else None
-            _, wins, labels = image_windows(frame, pixels=pixels, limit=limit)
+            by_limits = {}  # noise limits -> windows
+            for lim in {limits.get(name, noise.CAMERA_MODEL) for name in decide}:
+                pixels = (prepared_frame(frame.image, cfg, noise_match, lim)
+                          if needs_prep(cfg) else None)
+                _, by_limits[lim], labels = image_windows(frame, pixels=pixels, limit=limit)
             # scratched: a window of it is a visible scratch; None: its only scratches are
             # too faint to see (left out of the rates, counted)
             truth.append(True if (labels == 1).any() else None if (labels == FAINT).any()
@@ -733,6 +756,7 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
             grid_truth.append(labels)
             image_seeds.append(seed)
             for name, fn in decide.items():
+                wins = by_limits[limits.get(name, noise.CAMERA_MODEL)]
                 if name in scores:  # one pass: probabilities, then the runtime's decision
                     prob, threshold, region = scores[name]
                     p = prob(wins)
@@ -746,7 +770,7 @@ def _image_level(decide: dict, test_seeds: Sequence[int], cfg: DarkfieldConfig,
                     pos = np.asarray(fn(wins), bool)
                     flagged[name].append(bool(pos.any()))
                 grid[name].append(pos)
-            del frame, wins
+            del frame, wins, by_limits
             bar.update()
     bar.close()
     labels = np.concatenate(grid_truth)

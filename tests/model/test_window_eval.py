@@ -584,3 +584,10 @@ def test_a_frame_classify_refuses_for_its_noise_is_listed_and_still_scored(tmp_p
     before = noise_ratio(scale(raw, 12)[0], camera_sensor())
     after = noise_ratio(prepared_frame(raw, cfg), camera_sensor())
     assert before > 2.0 and abs(after - 1.02) < 0.1
+    # a model fine-tuned on such frames (its own noise limits) takes them as they come, and
+    # classify no longer refuses them for their noise
+    from edge.darkfield.noise import NoiseLimits
+
+    own = NoiseLimits((0.5, 4.0), (2.0, 4.0))
+    assert np.array_equal(prepared_frame(raw, cfg, limits=own), scale(raw, 12)[0])
+    assert frames_refused([7], cfg, 0.0, own) == []
