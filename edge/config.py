@@ -466,6 +466,12 @@ class Simulation(_Section):
     camera against the stage axes about the frame centre (positive from +x toward +y, the image's
     y pointing down), ``origin_offset_mm`` moves the whole field of view: where the camera's RoI
     0 really is minus where the file puts it. Scale and rotation act about the frame centre.
+
+    ``glass`` is which glass population the simulated head sees (:mod:`edge.sim.sample`):
+    ``default``, the one every shipped network was trained on, or ``other-factory``, another
+    plant's (other scratches, water spots and fingerprints) that no training rendered. Left out
+    of dumps at its default, so that the default head's render identity, and with it every
+    cached held-out score map, stays what it was before the key existed.
     """
 
     head_seed: int = Field(ge=0)
@@ -482,6 +488,8 @@ class Simulation(_Section):
     scale_error: float = Field(default=0.0, gt=-0.05, lt=0.05)
     rotation_deg: float = Field(default=0.0, gt=-5.0, lt=5.0)
     origin_offset_mm: Pair = (0.0, 0.0)
+    glass: Literal["default", "other-factory"] = Field(
+        default="default", exclude_if=lambda v: v == "default")
 
     @model_validator(mode="after")
     def _offset_within_reach(self) -> Simulation:

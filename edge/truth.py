@@ -2,7 +2,8 @@
 
 A :class:`Sample` is a glass sample's id, the area the RoI grid covers, and the objects on it:
 scratches (what the product looks for) and the hard negatives that look like them in a single
-dark-field image (dust, stains, fibres), each a :class:`GlassObject`. It says nothing about
+dark-field image (dust, stains, fibres; on the other factory's glass, :mod:`edge.sim.sample`,
+also water spots and fingerprints), each a :class:`GlassObject`. It says nothing about
 pixels. The optics simulator renders it, a recorded sample may carry it (``truth.json``), and the
 evaluation and the command line compare verdicts with it; none of them owns it, so the runtime
 can read a recording's truth without importing the simulator.
@@ -22,20 +23,29 @@ from typing import Literal
 
 import numpy as np
 
-Kind = Literal["scratch", "dust", "stain", "fibre"]
-KINDS: tuple[str, ...] = ("scratch", "dust", "stain", "fibre")
-PROFILES = ("triangular", "rugged", "")
-
+Kind = Literal["scratch", "dust", "stain", "fibre", "water_spot", "fingerprint"]
+KINDS: tuple[str, ...] = ("scratch", "dust", "stain", "fibre", "water_spot", "fingerprint")
+PROFILES = ("triangular", "rugged", "polished", "")
+# Objects given by a centre and a diameter whose whole area scatters (a drying ring, the ridges
+# of a fingerprint): they reach half their diameter from the centre.
+AREA_KINDS = ("water_spot", "fingerprint")
+# how a plural reads in Sample.describe; kinds of the other factory only when present
+_PLURAL = {"scratch": "scratches", "dust": "dust specks", "stain": "stains", "fibre": "fibres",
+           "water_spot": "water spots", "fingerprint": "fingerprints"}
 
 
 @dataclass(frozen=True)
 class GlassObject:
-    """One object on the glass: a scratch, or dust, a stain or a fibre that looks like one.
+    """One object on the glass: a scratch, or dust, a stain, a fibre, a water spot or a
+    fingerprint that looks like one.
 
-    ``points_mm`` is the centre line (scratch, fibre) or the centre (dust, stain: one point).
-    ``width_um`` is the apparent width of a line (FWHM through the optics) or the diameter of
-    a blob. ``intensity_dn`` is the peak scattered signal, in DN of the green channel at the
-    reference exposure, for the best illumination direction.
+    ``points_mm`` is the centre line (scratch, fibre) or the centre (dust, stain, water spot,
+    fingerprint: one point). ``width_um`` is the apparent width of a line (FWHM through the
+    optics), the diameter of a blob or a water spot's ring, or the long axis of a fingerprint's
+    oval. ``intensity_dn`` is the peak scattered signal, in DN of the green channel at the
+    reference exposure, for the best illumination direction (a fingerprint: of its brightest
+    ridge). Shapes beyond these (a stain's parts, a ring's wobble, a fingerprint's ridges)
+    follow from ``seed`` (:mod:`edge.sim.optics`).
     """
 
     kind: Kind
@@ -67,8 +77,10 @@ class GlassObject:
     def bounds_mm(self, pad_mm: float = 0.0) -> tuple[float, float, float, float]:
         """x0, y0, x1, y1 of where the defect visibly lies, widened by ``pad_mm``."""
         p = self.points
-        # a stain's Gaussians spread to about 0.6 diameters from its centre (see optics)
-        reach = self.width_um * 1e-3 * (0.6 if self.kind == "stain" else 1.0) + pad_mm
+        # a stain's Gaussians spread to about 0.6 diameters from its centre (see optics); a
+        # ring or a fingerprint's oval (whose ridges stay inside it) to half its diameter
+        share = {"stain": 0.6, "water_spot": 0.5, "fingerprint": 0.5}.get(self.kind, 1.0)
+        reach = self.width_um * 1e-3 * share + pad_mm
         return (p[:, 0].min() - reach, p[:, 1].min() - reach,
                 p[:, 0].max() + reach, p[:, 1].max() + reach)
 
@@ -112,11 +124,11 @@ class Sample:
         return bool(self.scratches)
 
     def describe(self) -> str:
-        """What lies on the glass, in words: "1 scratches, 23 dust specks, ..."."""
-        plural = {"scratch": "scratches", "dust": "dust specks", "stain": "stains",
-                  "fibre": "fibres"}
-        return ", ".join(f"{sum(d.kind == k for d in self.objects)} {name}"
-                         for k, name in plural.items())
+        """What lies on the glass, in words: "1 scratches, 23 dust specks, ..."; water spots
+        and fingerprints only where there are some."""
+        count = {k: sum(d.kind == k for d in self.objects) for k in _PLURAL}
+        return ", ".join(f"{n} {_PLURAL[k]}" for k, n in count.items()
+                         if n or k not in AREA_KINDS)
 
     def to_dict(self) -> dict:
         return {

@@ -311,7 +311,8 @@ class HeldOutSet:
         if own:
             bar = progress_bar(len(todo) * grid.count, len(todo), progress)
         for s in todo:
-            sample = generate_sample(s, grid.extent_mm, self.share)
+            sample = generate_sample(s, grid.extent_mm, self.share,
+                                     glass=getattr(cfg.simulation, "glass", "default"))
             need = [d for d in detectors if not self._score_path(d.key, s).exists()]
             maps: dict[str, list] = {d.key: [] for d in need}
             refused: dict[str, list[str]] = {d.key: [] for d in need}
@@ -356,7 +357,8 @@ class HeldOutSet:
     def _peaks(self, truth: SampleTruth) -> dict[int, float]:
         if truth.peaks is not None:
             return truth.peaks
-        sample = generate_sample(truth.seed, self.cfg.stage.roi_grid.extent_mm, self.share)
+        sample = generate_sample(truth.seed, self.cfg.stage.roi_grid.extent_mm, self.share,
+                                 glass=getattr(self.cfg.simulation, "glass", "default"))
         return sample_peaks(sample, self.cfg)
 
     def samples(self, key: str) -> Iterator[tuple[SampleTruth, list[np.ndarray]]]:
@@ -563,7 +565,8 @@ def must_fail_seeds(first: int, n: int, cfg: HeadConfig, limit: int = 100_000) -
             raise SeedError(f"only {len(out)} of {n} must-fail samples in {limit} seeds from "
                              f"{first}: is the reject rule ({rule.min_length_mm} mm) longer than "
                              "the simulator's scratches?")
-        if any(rule.rejects(d.length_mm) for d in generate_sample(s, extent, 1.0).scratches):
+        drawn = generate_sample(s, extent, 1.0, glass=getattr(cfg.simulation, "glass", "default"))
+        if any(rule.rejects(d.length_mm) for d in drawn.scratches):
             out.append(s)
         s += 1
     return out

@@ -13,6 +13,16 @@ The model follows the glass paper (sections 3-4) and its Fig. 3:
 * Dust scatters isotropically (+-5 % between states) and is often brighter than full scale; stains
   are diffuse blobs built from several Gaussians with a weak ``cos 2(theta - psi)`` modulation
   (5-25 %); fibres are thick curved threads, isotropic (+-6 %).
+* The other factory's glass (:mod:`edge.sim.sample`): a "polished" scratch has a double-edged
+  cross-section (two walls at +-0.3 of its width, each 0.35 of it wide, over a floor a quarter
+  as bright, the sum's peak at ``intensity_dn``) and one broad lobe (``s`` 14-22 degrees, floor
+  3-8 %). Water spots (a drying ring, slightly out of round and uneven along its circumference,
+  20-45 um wide, over a faint fill) and fingerprints (ridges across an oval patch, each a line
+  100-200 um wide, brightest near the middle of the patch, with gaps) are residues that scatter
+  diffusely: like dust, the same under every state (+-5 %), whatever a ridge's or a ring
+  segment's direction, unlike a scratch's narrow lobes across its normal. They are lines and
+  spots (:func:`area_primitives`); their tightly curved lines are drawn each pixel once, from
+  the nearest segment (:func:`_draw_curve`).
 * Each LED group lights the RoI unevenly: a radial fall-off whose centre is off-axis, a tilt
   along the group's azimuth (the two facets of a pair differ), and a brightness of its own (LED
   balance). These belong to the head (fixed by ``head_seed``), not to the sample: calibration
@@ -51,7 +61,7 @@ import numba as nb
 import numpy as np
 
 from edge.config import N_STATES, HeadConfig
-from edge.truth import GlassObject, Sample
+from edge.truth import AREA_KINDS, GlassObject, Sample
 
 if TYPE_CHECKING:
     from edge.sim.targets import Target
@@ -118,6 +128,59 @@ def _draw_polyline(scene, occ, mask, verts, amp, env, sigma, mask_r):
                 occ[r >> BLOCK_SHIFT, c >> BLOCK_SHIFT] = 1
                 if d <= mask_r and (1.0 - f) * env[i] + f * env[i + 1] >= MASK_ENVELOPE:
                     mask[r, c] = True
+
+
+@nb.njit(inline="always")
+def _seg_dist(verts, i, px, py):
+    """Distance of (px, py) from segment i of ``verts``, and where along it (0-1) it is nearest."""
+    ax, ay = verts[i, 0], verts[i, 1]
+    dx, dy = verts[i + 1, 0] - ax, verts[i + 1, 1] - ay
+    len2 = dx * dx + dy * dy
+    f = 0.0 if len2 < 1e-18 else min(1.0, max(0.0, ((px - ax) * dx + (py - ay) * dy) / len2))
+    ex, ey = px - ax - f * dx, py - ay - f * dy
+    return math.sqrt(ex * ex + ey * ey), f
+
+
+@nb.njit(cache=True, nogil=True)
+def _draw_curve(scene, occ, verts, amp, sigma, closed):
+    """Add a line of Gaussian cross-section ``sigma`` (px) along ``verts`` (V x 2, x/y px), each
+    pixel once, from the segment nearest to it (its neighbours compared), with round ends.
+
+    For tightly curved lines (a water spot's ring, a fingerprint's wavy ridges): there
+    :func:`_draw_polyline`'s rule (a pixel belongs to every segment it projects onto) counts
+    pixels on the inside of a bend twice and drops some on the outside. It needs a radius of
+    curvature larger than the line's reach. ``closed``: the last vertex is the first.
+    """
+    n_states, h, w = scene.shape
+    reach = 3.5 * sigma + 1.0
+    n_seg = verts.shape[0] - 1
+    for i in range(n_seg):
+        ax, ay = verts[i, 0], verts[i, 1]
+        bx, by = verts[i + 1, 0], verts[i + 1, 1]
+        c0 = max(0, int(math.floor(min(ax, bx) - reach)))
+        c1 = min(w - 1, int(math.ceil(max(ax, bx) + reach)))
+        r0 = max(0, int(math.floor(min(ay, by) - reach)))
+        r1 = min(h - 1, int(math.ceil(max(ay, by) + reach)))
+        prev = i - 1 if i > 0 else (n_seg - 1 if closed else -1)
+        nxt = i + 1 if i < n_seg - 1 else (0 if closed else -1)
+        for r in range(r0, r1 + 1):
+            for c in range(c0, c1 + 1):
+                d, f = _seg_dist(verts, i, c, r)
+                if d > reach:
+                    continue
+                # drawn by the nearest of the three; a tie by the lowest index: once at a joint
+                if prev >= 0:
+                    dp = _seg_dist(verts, prev, c, r)[0]
+                    if dp < d or (dp == d and prev < i):
+                        continue
+                if nxt >= 0:
+                    dn = _seg_dist(verts, nxt, c, r)[0]
+                    if dn < d or (dn == d and nxt < i):
+                        continue
+                wgt = math.exp(-0.5 * (d / sigma) ** 2)
+                for s in range(n_states):
+                    scene[s, r, c] += wgt * ((1.0 - f) * amp[i, s] + f * amp[i + 1, s])
+                occ[r >> BLOCK_SHIFT, c >> BLOCK_SHIFT] = 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -321,6 +384,11 @@ def line_response(d: GlassObject, angles_deg: np.ndarray) -> tuple[np.ndarray, n
         drift = weights * (1 + 0.5 * np.sin(2 * np.pi * t[:, None] / period + phase))  # V x L
         lobes = np.exp(-0.5 * (_wrap90(delta[:, :, None] - offsets) / widths) ** 2)  # V x S x L
         resp = floor + (1 - floor) * (lobes * drift[:, None, :]).sum(axis=2) / peak
+    elif d.profile == "polished":
+        env = _envelope(rng, t, 0.3, 0.10)
+        width = rng.uniform(14.0, 22.0)  # smooth walls scatter into a broader cone
+        floor = rng.uniform(0.03, 0.08)
+        resp = floor + (1 - floor) * np.exp(-0.5 * (delta / width) ** 2)
     else:
         env = _envelope(rng, t, 0.3, 0.15)
         width = rng.uniform(8.0, 14.0)
@@ -329,7 +397,28 @@ def line_response(d: GlassObject, angles_deg: np.ndarray) -> tuple[np.ndarray, n
     return d.intensity_dn * env[:, None] * resp, env
 
 
+def polished_section(width_px: float) -> list[tuple[float, float, float]]:
+    """(offset px across the line, sigma px, weight) of the Gaussian lines that make a polished
+    scratch's cross-section of apparent width ``width_px``: two walls and the floor between
+    them, weighted so that the sum peaks at 1."""
+    parts = [(-0.3 * width_px, max(0.5, 0.15 * width_px), 1.0),
+             (0.3 * width_px, max(0.5, 0.15 * width_px), 1.0),
+             (0.0, max(0.5, 0.3 * width_px), 0.25)]
+    x = np.linspace(-width_px, width_px, 801)
+    peak = sum(w * np.exp(-0.5 * ((x - o) / s) ** 2) for o, s, w in parts).max()
+    return [(o, s, w / peak) for o, s, w in parts]
+
+
+def _offset(verts: np.ndarray, by: float) -> np.ndarray:
+    """A polyline (V x 2 px) moved ``by`` px along its local normal."""
+    tangent = np.gradient(verts, axis=0)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+    return verts + by * normal / np.maximum(np.hypot(*normal.T), 1e-12)[:, None]
+
+
 Blob = tuple[float, float, float, np.ndarray]
+# a line of an area object: vertices (V x 2 mm), per-vertex per-state peak (V x S), sigma (mm)
+Line = tuple[np.ndarray, np.ndarray, float]
 
 
 def blob_primitives(d: GlassObject, angles_deg: np.ndarray) -> list[Blob]:
@@ -348,6 +437,80 @@ def blob_primitives(d: GlassObject, angles_deg: np.ndarray) -> list[Blob]:
         sigma = 0.5 * diam * rng.uniform(0.25, 0.6) / 2.0
         parts.append((cx + ox, cy + oy, sigma, d.intensity_dn * rng.uniform(0.4, 1.0) * modulation))
     return parts
+
+
+def _diffuse(rng: np.random.Generator, n_states: int) -> np.ndarray:
+    """A residue's response to the states: the same under each, to within +-5 % (as dust)."""
+    return 1.0 + rng.normal(0.0, 0.05, n_states)
+
+
+def _water_spot(d: GlassObject, angles_deg: np.ndarray) -> tuple[list[Line], list[Blob]]:
+    rng = np.random.default_rng(d.seed)
+    (cx, cy), = d.points_mm
+    jitter = _diffuse(rng, angles_deg.size)
+    a2, a3 = rng.uniform(0.0, 0.08), rng.uniform(0.0, 0.05)
+    p2, p3, p1 = rng.uniform(0, 2 * np.pi, 3)
+    radius = 0.5 * d.width_um * 1e-3 / (1.0 + a2 + a3)  # out of round, within the diameter
+    n = max(48, math.ceil(2 * math.pi * radius / 0.05))
+    # closed: the last vertex is exactly the first (how the renderer knows a ring)
+    phi = np.append(np.linspace(0.0, 2 * np.pi, n, endpoint=False), 0.0)
+    r = radius * (1.0 + a2 * np.cos(2 * phi + p2) + a3 * np.cos(3 * phi + p3))
+    pts = np.stack([cx + r * np.cos(phi), cy + r * np.sin(phi)], axis=1)
+    # the residue piles up unevenly along the rim as the drop dries
+    along = 1.0 + rng.uniform(0.1, 0.4) * np.sin(phi + p1) + 0.15 * np.sin(3 * phi + p2)
+    along = np.clip(along, 0.2, None) / np.clip(along, 0.2, None).max()
+    ring_sigma = rng.uniform(20.0, 45.0) * 1e-3 / 2.355
+    lines = [(pts, d.intensity_dn * along[:, None] * jitter[None, :], ring_sigma)]
+    fill = d.intensity_dn * rng.uniform(0.03, 0.15) * jitter
+    return lines, [(cx, cy, 0.35 * radius, fill)]
+
+
+def _fingerprint(d: GlassObject, angles_deg: np.ndarray) -> tuple[list[Line], list[Blob]]:
+    """Ridges across an oval patch (``width_um`` its long axis, ridges stacked along it, as they
+    run across a finger), each bowed into an arch, slightly wavy, broken by a few gaps."""
+    rng = np.random.default_rng(d.seed)
+    (cx, cy), = d.points_mm
+    jitter = _diffuse(rng, angles_deg.size)
+    half_u = 0.5 * d.width_um * 1e-3
+    half_v = half_u * rng.uniform(0.6, 0.85)
+    turn = rng.uniform(0, np.pi)
+    rot = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    spacing = rng.uniform(0.4, 0.5)
+    bow = rng.uniform(0.1, 0.3) * half_v
+    sigma = rng.uniform(100.0, 200.0) * 1e-3 / 2.355
+    v = np.linspace(-half_v, half_v, max(3, math.ceil(2 * half_v / 0.1) + 1))
+    arch = bow * (1.0 - (v / half_v) ** 2)
+    raw: list[tuple[np.ndarray, np.ndarray]] = []
+    for u0 in np.arange(-half_u - bow + rng.uniform(0, spacing), half_u, spacing):
+        u = u0 + arch + 0.03 * np.sin(2 * np.pi * v / rng.uniform(1.0, 3.0)
+                                      + rng.uniform(0, 2 * np.pi))
+        r2 = (u / half_u) ** 2 + (v / half_v) ** 2
+        # pressed hardest in the middle: brightness falls toward the oval's edge
+        bright = rng.uniform(0.5, 1.0) * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+        keep = r2 < 1.0
+        for _ in range(int(rng.integers(0, 3))):  # ridge endings and breaks
+            at, gap = rng.uniform(-half_v, half_v), rng.uniform(0.2, 0.6)
+            keep &= np.abs(v - at) > 0.5 * gap
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            if b - a >= 2:
+                local = np.stack([u[a:b], v[a:b]], axis=1)
+                raw.append((local @ rot.T + (cx, cy), bright[a:b]))
+    top = max((float(b.max()) for _, b in raw), default=0.0)
+    if top <= 0:
+        return [], []
+    return [(pts, d.intensity_dn * (b / top)[:, None] * jitter[None, :], sigma)
+            for pts, b in raw], []
+
+
+def area_primitives(d: GlassObject, angles_deg: np.ndarray) -> tuple[list[Line], list[Blob]]:
+    """The lines (vertices mm, per-vertex per-state peak, sigma mm) and spots that make up a
+    water spot or a fingerprint."""
+    if d.kind == "water_spot":
+        return _water_spot(d, angles_deg)
+    if d.kind == "fingerprint":
+        return _fingerprint(d, angles_deg)
+    raise ValueError(f"{d.kind!r} is not one of the area objects {AREA_KINDS}")
 
 
 class OpticsRenderer:
@@ -455,8 +618,10 @@ class OpticsRenderer:
         px_mm = self.px_mm
         seen = []
         for i, d in enumerate(sample.objects):
-            # the faintest tail drawn: 4 sigma of a line or dust, half a diameter past a stain
-            bx0, by0, bx1, by1 = d.bounds_mm(pad_mm=d.width_um * 1e-3 * 2.0)
+            # the faintest tail drawn: 4 sigma of a line or dust, half a diameter past a stain;
+            # a ring's or a ridge's line (at most 200 um wide) stays within 0.3 mm of the oval
+            pad = 0.3 if d.kind in AREA_KINDS else d.width_um * 1e-3 * 2.0
+            bx0, by0, bx1, by1 = d.bounds_mm(pad_mm=pad)
             if bx1 < x0 or bx0 > x1 or by1 < y0 or by0 > y1:
                 continue
             seen.append(i)
@@ -465,8 +630,25 @@ class OpticsRenderer:
                 sigma = max(0.5, d.width_um * 1e-3 / px_mm / 2.355)
                 # label the line's core: the pixel nearest the centre line at least
                 mask_r = max(0.71, 1.55 * sigma) if d.kind == "scratch" else -1.0
-                _draw_polyline(layers, occ, mask, self.to_px(d.points, origin_mm),
-                               np.ascontiguousarray(amp), env, sigma, mask_r)
+                verts = self.to_px(d.points, origin_mm)
+                if d.profile != "polished":
+                    _draw_polyline(layers, occ, mask, verts, np.ascontiguousarray(amp), env,
+                                   sigma, mask_r)
+                    continue
+                for off, sig, wgt in polished_section(d.width_um * 1e-3 / px_mm):
+                    # the floor line (offset 0) carries the label, the walls only light
+                    _draw_polyline(layers, occ, mask, _offset(verts, off),
+                                   np.ascontiguousarray(amp * wgt), env, sig,
+                                   mask_r if off == 0.0 else -1.0)
+            elif d.kind in AREA_KINDS:
+                lines, blobs = area_primitives(d, self.angles_deg)
+                for pts, amp, sig_mm in lines:
+                    _draw_curve(layers, occ, self.to_px(pts, origin_mm),
+                                np.ascontiguousarray(amp), max(0.5, sig_mm / px_mm),
+                                bool(np.array_equal(pts[0], pts[-1])))
+                for bx, by, sig_mm, amp in blobs:
+                    (cx, cy), = self.to_px(np.array([[bx, by]]), origin_mm)
+                    _draw_blob(layers, occ, cx, cy, max(0.5, sig_mm / px_mm), amp)
             else:
                 for bx, by, sig_mm, amp in blob_primitives(d, self.angles_deg):
                     (cx, cy), = self.to_px(np.array([[bx, by]]), origin_mm)

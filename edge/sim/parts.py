@@ -35,7 +35,7 @@ from edge.sim.camera import ReplayCamera, SimCamera, SimWiring, TriggeredSimCame
 from edge.sim.faults import FaultInjector, make_injector, trace_from_env
 from edge.sim.grbl import GrblSimulator
 from edge.sim.optics import OpticsRenderer
-from edge.sim.sample import generate_sample
+from edge.sim.sample import generate_sample, head_glass
 from edge.sim.targets import Target
 from edge.truth import Sample
 
@@ -139,7 +139,7 @@ class SimGlass:
 
     def random(self, seed: int, sample_id: str | None = None) -> Sample:
         return generate_sample(seed, self.cfg.stage.roi_grid.extent_mm, self.scratch_share,
-                               sample_id)
+                               sample_id, glass=head_glass(self.cfg))
 
     def next(self, k: int, seed: int) -> tuple[str, Sample]:
         """The ``k``-th glass of a run that starts at ``seed``: its id and ground truth."""

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from edge.config import N_STATES, HeadConfig
 from edge.recording import MANIFEST, SampleWriter, open_sample
 from edge.sim.optics import OpticsRenderer
-from edge.sim.sample import generate_sample
+from edge.sim.sample import generate_sample, head_glass
 from edge.truth import Sample
 
 
@@ -46,12 +46,13 @@ def record_sample(cfg: HeadConfig, optics: OpticsRenderer, sample: Sample, root:
 def simulate_samples(cfg: HeadConfig, count: int, out: str | Path, seed: int = 0,
                      scratch_share: float = 0.3, shape: tuple[int, int] | None = None,
                      progress: bool = True) -> list[tuple[Sample, Path]]:
-    """Render ``count`` random samples (seeds ``seed``, ``seed + 1``, ...) into ``out``."""
+    """Render ``count`` random samples (seeds ``seed``, ``seed + 1``, ...) of the head's glass
+    population (``[simulation] glass``) into ``out``."""
     optics = OpticsRenderer(cfg, shape=shape)
     extent = cfg.stage.roi_grid.extent_mm
     done = []
     for k in range(count):
-        sample = generate_sample(seed + k, extent, scratch_share)
+        sample = generate_sample(seed + k, extent, scratch_share, glass=head_glass(cfg))
         done.append((sample, record_sample(cfg, optics, sample, out, progress=progress)))
     return done
 
@@ -61,7 +62,8 @@ def record_demo(cfg: HeadConfig, out: str | Path, seed: int = 1,
     """The demo's scratched sample recorded under ``out``: (sample, folder, newly recorded).
     A recording this head made already is kept; one made by another head is made again."""
     optics = OpticsRenderer(cfg, shape=shape)
-    sample = generate_sample(seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0)
+    sample = generate_sample(seed, cfg.stage.roi_grid.extent_mm, scratch_share=1.0,
+                             glass=head_glass(cfg))
     sample_dir = Path(out) / sample.sample_id
     manifest = sample_dir / MANIFEST
     if manifest.exists():
