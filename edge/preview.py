@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 # outline colours per ground-truth kind
 COLOURS = {"scratch": (255, 60, 60), "dust": (80, 170, 255), "stain": (255, 200, 0),
-           "fibre": (180, 110, 255)}
+           "fibre": (180, 110, 255), "water_spot": (60, 220, 200), "fingerprint": (255, 140, 200)}
 
 
 @dataclass(frozen=True)
