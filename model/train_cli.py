@@ -158,11 +158,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="feature-count multiplier; 1 is the paper's network (default: 0.125)")
     t.add_argument("--features", type=int, default=16,
                    help="hybrid network: features of the learned head (default: 16)")
-    t.add_argument("--line-lengths", type=int, nargs="*", default=[11, 31, 91], metavar="CELLS",
+    t.add_argument("--line-lengths", type=int, nargs="*", default=[], metavar="CELLS",
                    help="hybrid network: long-line channels, the gated contrast summed along "
                         "lines of these lengths in quarter-resolution cells, as z-scores "
-                        "against the noise (default: 11 31 91, i.e. 0.5, 1.4 and 4.2 mm; none "
-                        "for the network shipped before them)")
+                        "against the noise (default: none, the shipped recipe; 11 31 91, i.e. "
+                        "0.5, 1.4 and 4.2 mm, was tried and not shipped: model card)")
     t.add_argument("--levels", type=int, default=6, choices=(4, 5, 6),
                    help="encoder levels (default: 6, as in the paper)")
     t.add_argument("--no-nested", action="store_true", help="own kernels for every convolution")
