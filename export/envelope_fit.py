@@ -40,6 +40,15 @@ Choices:
   The far-off heads of the issue (gain x2 or x0.5, noise x2, one LED group at 30 %, another
   black level) lie far outside (``benchmarks/envelope.py``, the model card).
 * **Saturated share**: its lower end is 0 (a RoI without dust is the rule).
+* **Recorded samples** (``--recorded DIR...``, for a network fine-tuned on them with ``train
+  --recorded``): their RoIs are frames of its world now. Each RoI's RAW frames are measured as
+  training took them (uncorrected; :func:`recorded_statistics`) against the training camera
+  and joined to the simulated RoIs before the ranges are fitted, so one envelope holds the
+  simulated head and the head the samples came from (issue 31: a head with twice the read
+  noise and 1.6 x the gain lies far outside the shipped envelope, whose noise range is
+  0.75-1.26 x the camera model). Only what the fine-tune saw: a calibrated head's corrected
+  frames are another world, and a head that runs with a calibration needs samples recorded
+  and trained through it.
 """
 
 from __future__ import annotations
@@ -114,6 +123,38 @@ def roi_statistics(cfg: HeadConfig, samples: Sequence[tuple[int, float]],
                 progress(done, total)
 
 
+def recorded_statistics(paths: Sequence[str | Path], camera: Camera, bit_depth: int,
+                        progress: Callable[[int, int], None] | None = None
+                        ) -> list[tuple[str, int, dict[str, float]]]:
+    """(sample id, RoI, statistics) for every RoI of the recorded samples under ``paths``
+    (folders of samples or samples), measured uncorrected (module docstring); ValueError naming
+    a sample that cannot be read."""
+    from edge.recording import RecordingError, find_samples, open_sample
+
+    samples = []
+    for p in paths:
+        try:
+            samples.extend(find_samples(p))
+        except (RecordingError, OSError) as exc:
+            raise ValueError(f"--recorded: {exc}") from None
+    if not samples:
+        raise ValueError(f"--recorded {' '.join(map(str, paths))}: no recorded samples")
+    out = []
+    total = sum(len(open_sample(s).manifest.rois) for s in samples)
+    for path in samples:
+        try:
+            rec = open_sample(path)
+            for entry in rec.manifest.rois:
+                frames = rec.frames(entry.index)
+                out.append((rec.sample_id, entry.index, measure(frames, camera,
+                                                                bit_depth=bit_depth)))
+                if progress is not None:
+                    progress(len(out), total)
+        except (RecordingError, OSError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return out
+
+
 @dataclass(frozen=True)
 class Fit:
     envelope: Envelope
@@ -123,6 +164,7 @@ class Fit:
     seed: int
     head_digest: str
     frame: tuple[int, int]
+    recorded: tuple[str, ...] = ()  # sample ids whose RoIs were fitted too (--recorded)
 
     def to_json(self) -> str:
         return self.envelope.to_json(
@@ -131,6 +173,7 @@ class Fit:
                       "sample_seeds": f"default_rng([{self.seed}, i]).integers(2**31), "
                                       f"i = 0..{self.samples - 1}, scratches in even i",
                       "frame": list(self.frame), "head_digest": self.head_digest,
+                      "recorded_samples": list(self.recorded),
                       "percentiles": [LOW_PERCENTILE, HIGH_PERCENTILE], "margin": MARGIN,
                       "floor": {k: list(v) for k, v in FLOOR.items()},
                       "producer": "glass-inspect export envelope"})
@@ -170,9 +213,10 @@ def ranges(values: Sequence[dict[str, float]]) -> tuple[dict, dict]:
 def fit(cfg: HeadConfig, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
         size: tuple[int, int] | None = None,
         progress: Callable[[int, int], None] | None = None,
-        values: list | None = None) -> Fit:
-    """The envelope of ``samples`` training samples of ``cfg``'s simulated head. ``values``,
-    when given, receives each RoI's (sample seed, RoI, statistics)."""
+        values: list | None = None, recorded: Sequence[str | Path] = ()) -> Fit:
+    """The envelope of ``samples`` training samples of ``cfg``'s simulated head, and of the
+    RoIs of the ``recorded`` samples (module docstring). ``values``, when given, receives each
+    RoI's (sample seed or id, RoI, statistics)."""
     if samples < 1:
         raise ValueError(f"the envelope needs at least one sample, got {samples}")
     cam = camera_of(cfg)
@@ -182,10 +226,14 @@ def fit(cfg: HeadConfig, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEE
         got.append(row[2])
         if values is not None:
             values.append(row)
+    own = recorded_statistics(recorded, cam, cfg.camera.bit_depth) if recorded else []
+    got.extend(row[2] for row in own)
+    if values is not None:
+        values.extend(own)
     widened, trained = ranges(got)
     frame = size or (cfg.camera.height, cfg.camera.width)
     return Fit(Envelope(cam, widened), trained, len(got), samples, seed, cfg.digest(),
-               (int(frame[0]), int(frame[1])))
+               (int(frame[0]), int(frame[1])), tuple(dict.fromkeys(r[0] for r in own)))
 
 
 def training_seed(metadata: dict) -> int | None:

@@ -118,3 +118,27 @@ def test_the_command_writes_an_envelope_the_runtime_reads(tmp_path, capsys):
         env = E.of_metadata(e.metadata)
     assert set(env.ranges) == set(E.STATISTICS)
     assert json.loads(e.metadata["envelope"])["measured"]["training_seed"] == 3
+
+
+def test_recorded_samples_of_another_head_join_the_envelope(small_cfg, tmp_path):
+    """A network fine-tuned on a noisier head's samples (train --recorded) takes their RoIs
+    into its envelope (issue 31): outside the simulated one, inside the joint one."""
+    from edge.config import parse
+    from edge.sim.recorder import simulate_samples
+    from export.envelope_fit import recorded_statistics
+    from tests.conftest import small_head_data
+
+    data = small_head_data()
+    data["simulation"]["read_noise_dn"] *= 2.5
+    noisy = parse(data, "noisy-head.toml")
+    simulate_samples(noisy, 1, tmp_path / "rec", seed=40, shape=(256, 320), progress=False)
+    alone = fit(small_cfg, samples=2, size=(256, 320))
+    rows = recorded_statistics([tmp_path / "rec"], alone.envelope.camera,
+                               small_cfg.camera.bit_depth)
+    assert len(rows) == 2 and all(E.outside(v, alone.envelope) for _, _, v in rows)
+    joint = fit(small_cfg, samples=2, size=(256, 320), recorded=[tmp_path / "rec"])
+    assert joint.rois == 6 and joint.recorded == (rows[0][0],)
+    assert all(E.outside(v, joint.envelope) == [] for _, _, v in rows)
+    assert json.loads(joint.to_json())["measured"]["recorded_samples"] == [rows[0][0]]
+    with pytest.raises(ValueError, match="--recorded: .*nothing: no recorded sample here"):
+        fit(small_cfg, samples=1, size=(256, 320), recorded=[tmp_path / "nothing"])
