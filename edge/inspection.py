@@ -101,8 +101,13 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
             ts = time.perf_counter()
             frames = roi.frames()
             stages["acquire"] = stages.get("acquire", 0.0) + time.perf_counter() - ts
-            r = process_roi(frames, calibration, engine, cfg, roi.index, roi.origin_mm,
-                            mm_per_px, keep_score=keep_scores or on_roi is not None)
+            try:
+                r = process_roi(frames, calibration, engine, cfg, roi.index, roi.origin_mm,
+                                mm_per_px, keep_score=keep_scores or on_roi is not None)
+            except Exception as exc:
+                if on_roi is not None:
+                    _hand_over_refused(on_roi, roi, frames, calibration is not None, exc)
+                raise
             for k, v in r.timings_s.items():
                 stages[k] = stages.get(k, 0.0) + v
             if on_roi is not None:
@@ -129,6 +134,20 @@ def inspect_sample(sample_id: str, rois: Iterable[RoiInput], expected: int, engi
         return error(sample_id, reason, results, engine.identity, cal_id, total())
     return decide(sample_id, results, expected, engine.identity, cal_id, total(),
                   cfg.reject_rule.min_length_mm)
+
+
+def _hand_over_refused(on_roi: Callable[[RoiResult, np.ndarray], None], roi, frames: np.ndarray,
+                       corrected: bool, exc: Exception) -> None:
+    """The frames of a RoI the pipeline refused (frames unlike training, a fault it found)
+    still go to ``on_roi``, without a score map: a recording keeps them, and a sample kept for
+    review (:mod:`edge.review`) holds the very frames that made it an ERROR, which are what a
+    person needs to see. Never raises: the refusal is the verdict's reason."""
+    r = RoiResult(roi.index, tuple(roi.origin_mm), [], {}, 0, corrected,
+                  notes=[f"not judged: {reason_of(exc)}"])
+    try:
+        on_roi(r, frames)
+    except Exception:
+        log.exception("RoI %s: its frames could not be handed on after it was refused", roi.index)
 
 
 def recorded_rois(sample_dir: str | Path, cfg: HeadConfig) -> tuple[RecordedSample, list[RoiInput]]:

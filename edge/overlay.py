@@ -69,6 +69,8 @@ def overlay_writer(out_dir: str | Path, cfg) -> Callable[[RoiResult, np.ndarray]
     out_dir = Path(out_dir)
 
     def write(result: RoiResult, frames: np.ndarray) -> None:
+        if result.score is None:  # a RoI the pipeline refused: no score map to show
+            return
         write_overlay(out_dir / f"roi_{result.index:02d}.png", frames, result,
                       cfg.camera.bayer_pattern, cfg.camera.max_dn, cfg.pipeline.t_low)
 

@@ -16,7 +16,9 @@ grey, ``score = -1 + 2 * v / 255``: every network's range, sigmoid or tanh, in s
 viewable in any image tool; :func:`read_scores`) and ``verdict.json`` (the verdict as the line
 got it, with a ``review`` block: why it was kept, its peak score, the thresholds, the model's
 SHA-256 and the head digest). An ERROR before the first RoI has no frames: its folder holds
-``verdict.json`` alone.
+``verdict.json`` alone. The RoI that made a sample ERROR (frames unlike training, a fault the
+pipeline found) is kept with its frames and no score map
+(:func:`edge.inspection.inspect_sample` hands refused RoIs on): what a person needs to see.
 
 **Never in the way**: the pipeline hands each RoI's frames and score map to
 :class:`Collector` as references (the head allocates a fresh frame array per RoI, a replayed

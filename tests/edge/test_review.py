@@ -235,3 +235,34 @@ def test_run_and_serve_keep_samples_that_replay_to_the_same_verdict(tmp_path):
     for v, replayed in zip(verdicts, inspect_recorded(folders, cfg), strict=True):
         assert replayed.status is v.status
         assert len(replayed.defects) == len(v.defects)
+
+
+def test_a_refused_roi_keeps_its_frames_for_review(head_cfg, tmp_path, monkeypatch):
+    """The RoI that made a sample ERROR (frames unlike training) is the one a person needs to
+    see: its frames reach the collector without a score map, and the kept sample holds them."""
+    from types import SimpleNamespace
+
+    from edge import inspection
+    from edge.pipeline import PipelineError
+
+    def process(frames, calibration, engine, cfg, index, origin, *args, **kwargs):
+        if index == 1:
+            raise PipelineError(f"RoI {index}: frames unlike the training frames: noise 2.1 x")
+        return RoiResult(index, origin, [], {}, 1, False, [], np.zeros((32, 32), np.float32))
+
+    monkeypatch.setattr(inspection, "process_roi", process)
+    frames = [np.full((6, 64, 64), 100 + i, np.uint16) for i in range(2)]
+    rois = [inspection.RoiInput(i, head_cfg.stage.roi_grid.roi_origin_mm(i),
+                                lambda i=i: frames[i]) for i in range(2)]
+    k = keeper_for(head_cfg, tmp_path)
+    c = k.collector()
+    quiet = SimpleNamespace(roi=lambda *a: None, finish=lambda: None)  # flat test frames
+    v = inspection.inspect_sample("E2", rois, 2, SimpleNamespace(identity={}), None, head_cfg,
+                                  on_roi=c, self_check=SimpleNamespace(sample=lambda *a: quiet))
+    assert v.status.name == "ERROR" and "noise 2.1 x" in v.reason
+    assert [r.index for r in c.rois] == [0, 1] and c.rois[1].score is None
+    assert k.finish(c, v) == review.ERROR
+    k.close()
+    rec = open_sample(tmp_path / "kept" / "E2")
+    assert np.array_equal(rec.frames(1), frames[1])
+    assert review.read_scores(tmp_path / "kept" / "E2", 1) is None
