@@ -743,6 +743,14 @@ def shipped(name: str) -> Path:
     return Path(str(resources.files("edge").joinpath("models", name)))
 
 
+def model_path(text: str | Path) -> Path:
+    """A model named on a command line: ``shipped:NAME`` (:func:`shipped`, as a head file names
+    its artifact) or a path (``~`` expanded, relative to the working folder); whether the file
+    exists is for the caller to say, in its own words."""
+    text = str(text)
+    return shipped(text[len(SHIPPED):]) if text.startswith(SHIPPED) else Path(text).expanduser()
+
+
 def describe_errors(exc: ValidationError) -> list[str]:
     """One line per problem, ``dotted.key: what is wrong (got value)``; shared by all loaders."""
     return [_describe(e) for e in exc.errors()]

@@ -63,7 +63,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.cli_common import UsageError
-from edge.config import SHIPPED, HeadConfig, shipped
+from edge.config import SHIPPED, HeadConfig, model_path, shipped
 from model.metrics import covered
 
 MARGIN_MM = 0.15
@@ -284,7 +284,7 @@ def model_files(given: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     models: dict[str, Path] = {}
     as_given: dict[str, str] = {}
     for text in given:
-        p = shipped(text[len(SHIPPED):]) if text.startswith(SHIPPED) else Path(text)
+        p = model_path(text)
         if not p.is_file():
             where = "no such model file"
             if text.startswith(SHIPPED):

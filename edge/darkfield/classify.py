@@ -230,8 +230,7 @@ def resolve_model(spec: str | Path) -> Path:
     from edge import config
 
     text = str(spec)
-    path = (config.shipped(text[len(config.SHIPPED):]) if text.startswith(config.SHIPPED)
-            else Path(text).expanduser())
+    path = config.model_path(text)
     if not path.is_file():
         what = (f"the shipped classifier {text} ({path}) is not there: none is shipped yet"
                 if text.startswith(config.SHIPPED) else f"model {path} does not exist")
