@@ -100,19 +100,29 @@ def _points(arr: np.ndarray) -> tuple[tuple[float, float], ...]:
     return tuple((float(x), float(y)) for x, y in arr)
 
 
-def make_scratch(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
+def _scratch(rng: np.random.Generator, extent_mm: tuple[float, float],
+             width_um: tuple[float, float], peak_dn: tuple[float, float],
+             profile: tuple[str, float, str]) -> GlassObject:
+    """A scratch of any population: lengths and shapes alike, width (uniform) and peak
+    (log-uniform) from its ranges, ``profile`` (first, its share, else second). The draws come
+    in one order for every population, so the default's samples stay what they were."""
     length = _log_uniform(rng, 0.05, 70.0)
     start = (rng.uniform(0, extent_mm[0]), rng.uniform(0, extent_mm[1]))
     turn = 0.0 if rng.random() < 0.5 else rng.uniform(-60, 60)
     pts = arc(start, rng.uniform(0, 360), length, turn)
+    first, share, other = profile
     return GlassObject(
         kind="scratch",
         points_mm=_points(pts),
-        width_um=rng.uniform(11.0, 34.0),
-        intensity_dn=_log_uniform(rng, 8.0, 2500.0),
+        width_um=rng.uniform(*width_um),
+        intensity_dn=_log_uniform(rng, *peak_dn),
         seed=int(rng.integers(2**31)),
-        profile="rugged" if rng.random() < 0.25 else "triangular",
+        profile=first if rng.random() < share else other,
     )
+
+
+def make_scratch(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
+    return _scratch(rng, extent_mm, (11.0, 34.0), (8.0, 2500.0), ("rugged", 0.25, "triangular"))
 
 
 def make_dust(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
@@ -150,18 +160,7 @@ def make_fibre(rng: np.random.Generator, extent_mm: tuple[float, float]) -> Glas
 def make_other_scratch(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
     """A scratch of the other factory: the default's lengths and shapes, its own width, peak
     and profile."""
-    length = _log_uniform(rng, 0.05, 70.0)
-    start = (rng.uniform(0, extent_mm[0]), rng.uniform(0, extent_mm[1]))
-    turn = 0.0 if rng.random() < 0.5 else rng.uniform(-60, 60)
-    pts = arc(start, rng.uniform(0, 360), length, turn)
-    return GlassObject(
-        kind="scratch",
-        points_mm=_points(pts),
-        width_um=rng.uniform(35.0, 80.0),
-        intensity_dn=_log_uniform(rng, 6.0, 600.0),
-        seed=int(rng.integers(2**31)),
-        profile="polished" if rng.random() < 0.6 else "rugged",
-    )
+    return _scratch(rng, extent_mm, (35.0, 80.0), (6.0, 600.0), ("polished", 0.6, "rugged"))
 
 
 def make_water_spot(rng: np.random.Generator, extent_mm: tuple[float, float]) -> GlassObject:
