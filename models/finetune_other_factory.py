@@ -81,7 +81,8 @@ def main() -> int:
                            "scratch_hybrid": dets["scratch_hybrid"].get("post_processing")},
             "default_head": "the head file's own (t_high 0.6, DBSCAN eps 12 / min 2, downscale "
                             "8: the shipped network's validated setting) for both networks"},
-        "other_head_record": other_json,
+        "other_head_record": f"docs/evaluation/{Path(other_json).name}",
+        "other_head_validation": "docs/evaluation/other-factory-sweep-validation.json",
     }
     if rest:
         first = json.loads(Path(rest[0]).read_text())
