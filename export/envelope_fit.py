@@ -140,10 +140,13 @@ def recorded_statistics(paths: Sequence[str | Path], camera: Camera, bit_depth: 
     if not samples:
         raise ValueError(f"--recorded {' '.join(map(str, paths))}: no recorded samples")
     out = []
-    total = sum(len(open_sample(s).manifest.rois) for s in samples)
-    for path in samples:
+    try:
+        opened = [(path, open_sample(path)) for path in samples]
+    except (RecordingError, OSError) as exc:
+        raise ValueError(str(exc)) from None
+    total = sum(len(rec.manifest.rois) for _, rec in opened)
+    for path, rec in opened:
         try:
-            rec = open_sample(path)
             for entry in rec.manifest.rois:
                 frames = rec.frames(entry.index)
                 out.append((rec.sample_id, entry.index, measure(frames, camera,
